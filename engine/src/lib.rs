@@ -1,0 +1,8 @@
+//! arrayjob engine: the `ArrayJob` spec, its validation and planning into chunk tasks, the compute kernels,
+//! the chunk store and the local executor. Nothing in here knows about Kubernetes.
+
+pub mod array;
+pub mod kernels;
+pub mod output;
+pub mod source;
+pub mod spec;

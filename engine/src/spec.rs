@@ -1,0 +1,294 @@
+//! The `ArrayJob` spec (API group `arrayjob.dev`, version `v1alpha1`).
+//!
+//! These are the types the operator uses as its CRD spec and the CLI reads from a manifest. The doc comment on
+//! every field becomes its `kubectl explain` text, so keep them written for users.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::array::DType;
+
+/// API group of the `ArrayJob` resource.
+pub const GROUP: &str = "arrayjob.dev";
+/// API version of the types in this module.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` string of a manifest.
+pub const API_VERSION: &str = "arrayjob.dev/v1alpha1";
+/// `kind` of a manifest.
+pub const KIND: &str = "ArrayJob";
+/// Name of the implicit input that refers to the job's source array.
+pub const SOURCE_INPUT: &str = "source";
+
+/// A whole `kind: ArrayJob` manifest as read from a YAML file (the local runner's view of the resource).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArrayJobManifest {
+    /// Must be `arrayjob.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `ArrayJob`.
+    pub kind: String,
+    /// Object metadata; only the name is used locally.
+    pub metadata: ManifestMetadata,
+    /// What to compute.
+    pub spec: ArrayJobSpec,
+}
+
+/// The subset of Kubernetes object metadata a manifest file carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestMetadata {
+    /// Name of the job; used for the output directory and in messages.
+    pub name: String,
+    /// Namespace (used by `kubectl apply`; ignored locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels (used by Kubernetes; ignored locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Annotations (used by Kubernetes; ignored locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// What an ArrayJob computes: a source array and a small DAG of stages over it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArrayJobSpec {
+    /// Where the 3-D array comes from: one 2-D image per index along axis 0.
+    pub source: SourceSpec,
+    /// The stages, each reading the source or an earlier stage by name.
+    pub stages: Vec<StageSpec>,
+}
+
+/// The source array. Exactly one of `synthetic`, `files` or `http` must be set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A deterministic EM-like test stack (recipe `emstack-v1`), generated in place: needs no data or network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticSource>,
+    /// Local image files, by index template or glob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSource>,
+    /// Images fetched over HTTP(S), one URL per index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+    /// Slices per source chunk (chunk length along axis 0). Each chunk is one load task. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices_per_chunk: Option<usize>,
+}
+
+/// Synthetic stack of recipe `emstack-v1` (see `shared/bench/gen_data.py`): a drifting bright blob on noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyntheticSource {
+    /// Number of slices (length of axis 0).
+    pub slices: usize,
+    /// Rows per slice (a multiple of 4).
+    pub height: usize,
+    /// Columns per slice (a multiple of 4).
+    pub width: usize,
+    /// Seed of the noise stream. Default 20170117.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// Local image files (PNG, TIFF or JPEG; 8- or 16-bit grey). Exactly one of `pattern` or `glob`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesSource {
+    /// Path template with the slice index as `{index}`, `{index:05}`, `%d` or `%05d`; used with `start`/`stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Glob pattern; matching files are sorted by name and become indices 0, 1, 2, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+    /// First index (inclusive), with `pattern`. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// Last index (exclusive), with `pattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<u64>,
+    /// Relative paths are taken from this directory; locally it defaults to the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dir: Option<String>,
+}
+
+/// Images fetched by URL, one per index in `[start, stop)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSource {
+    /// URL with the slice index as `{index}` or `{index:05}` (zero-padded to 5 digits).
+    pub url_template: String,
+    /// First index (inclusive). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// Last index (exclusive).
+    pub stop: u64,
+    /// Requests in flight at once. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Retries of one URL after a 5xx answer, a reset or a timeout, with exponential backoff. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Timeout of one request in seconds. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// One stage: reads `input` and applies exactly one operation (`reduce`, `recenter`, `rechunk` or `fft`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageSpec {
+    /// Unique name (lowercase letters, digits and '-'); other stages use it as their `input`.
+    pub name: String,
+    /// `source` or the name of another stage.
+    pub input: String,
+    /// Reduce over some axes (mean, sum, min, max, std).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<ReduceOp>,
+    /// Crop every 2-D slice to a window around its intensity centroid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recenter: Option<RecenterOp>,
+    /// Change the chunk shape (an all-to-all exchange when the chunked axes change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rechunk: Option<RechunkOp>,
+    /// FFT along one axis, returned as a real spectrum (power or amplitude).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fft: Option<FftOp>,
+    /// Files to write from this stage's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSpec>,
+}
+
+/// The operation of a stage, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOp {
+    /// See [`ReduceOp`].
+    Reduce(ReduceOp),
+    /// See [`RecenterOp`].
+    Recenter(RecenterOp),
+    /// See [`RechunkOp`].
+    Rechunk(RechunkOp),
+    /// See [`FftOp`].
+    Fft(FftOp),
+}
+
+impl StageSpec {
+    /// The operations set on this stage (a valid stage has exactly one).
+    pub fn ops(&self) -> Vec<StageOp> {
+        let mut v = Vec::new();
+        if let Some(o) = &self.reduce {
+            v.push(StageOp::Reduce(o.clone()));
+        }
+        if let Some(o) = &self.recenter {
+            v.push(StageOp::Recenter(o.clone()));
+        }
+        if let Some(o) = &self.rechunk {
+            v.push(StageOp::Rechunk(o.clone()));
+        }
+        if let Some(o) = &self.fft {
+            v.push(StageOp::Fft(o.clone()));
+        }
+        v
+    }
+}
+
+/// Reduction kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceKind {
+    /// Arithmetic mean (float64).
+    Mean,
+    /// Sum (float64).
+    Sum,
+    /// Minimum (input type).
+    Min,
+    /// Maximum (input type).
+    Max,
+    /// Population standard deviation, like NumPy's `std` with `ddof=0` (float64).
+    Std,
+}
+
+/// Reduce over `axes` with a tree reduction, accumulating in float64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReduceOp {
+    /// The reduction.
+    pub op: ReduceKind,
+    /// Axes to reduce over (0-based, distinct, in range of the input).
+    pub axes: Vec<usize>,
+}
+
+/// Recenter every slice: compute its intensity centroid, clamp it so the window stays inside the slice, crop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecenterOp {
+    /// Window `[rows, cols]` to crop; default half the slice in each direction (the post's 1000 of 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Vec<usize>>,
+}
+
+/// New chunk shape: one entry per axis, `-1` meaning the whole axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RechunkOp {
+    /// Chunk length per axis (`-1` = whole axis).
+    pub chunks: Vec<i64>,
+}
+
+/// FFT along one axis of a real input; the result is real: `|X|^2` (power) or `|X|` (amplitude).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FftOp {
+    /// Axis to transform; it must lie in a single chunk (rechunk first with `-1` on it).
+    pub axis: usize,
+    /// `true` (default): power spectrum `|X|^2`; `false`: amplitude spectrum `|X|`.
+    #[serde(default = "default_true")]
+    pub power: bool,
+    /// Keep only the non-negative frequencies (`n/2 + 1` of them, like `numpy.fft.rfft`). Default false: all `n`.
+    #[serde(default)]
+    pub onesided: bool,
+    /// Result type, `float32` (default) or `float64`; computed in float64 either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Files written from a stage's result. Paths are relative to the job's output location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputSpec {
+    /// A Zarr v3 array (directory name, e.g. `power.zarr`) with the stage's chunk grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zarr: Option<String>,
+    /// A PNG of a 2-D result, scaled from its minimum (black) to its maximum (white).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A PNG line plot of a 1-D result, or of chosen series along axis 0 of a 3-D result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plot: Option<PlotOutput>,
+    /// A CSV of a 1-D result (`index,value`) or a 2-D result (one row per row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<String>,
+}
+
+/// A PNG line plot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlotOutput {
+    /// File name, e.g. `brightness.png`.
+    pub file: String,
+    /// For a 3-D result: the `[row, col]` pixels whose series along axis 0 are drawn, one line each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<Vec<Vec<usize>>>,
+    /// Draw the y axis on a log scale (useful for power spectra). Default false.
+    #[serde(default)]
+    pub log_y: bool,
+    /// Plot title; defaults to the stage name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
