@@ -76,6 +76,13 @@ pub struct SourceSpec {
     /// Slices per source chunk (chunk length along axis 0). Each chunk is one load task. Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices_per_chunk: Option<usize>,
+    /// Expected `[rows, cols]` of every slice. Lets `validate`/`plan` work without reading the data; a run
+    /// fails if slice 0 differs. Optional for `files`/`http` (then slice 0 is read to learn it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_shape: Option<Vec<usize>>,
+    /// Expected element type of every slice (`uint8` or `uint16`), checked like `sliceShape`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
 }
 
 /// Synthetic stack of recipe `emstack-v1` (see `shared/bench/gen_data.py`): a drifting bright blob on noise.
