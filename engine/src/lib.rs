@@ -6,3 +6,4 @@ pub mod kernels;
 pub mod output;
 pub mod source;
 pub mod spec;
+pub mod validate;

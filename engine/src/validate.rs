@@ -1,0 +1,806 @@
+//! Reading a manifest and checking a spec before anything runs.
+//!
+//! Validation reports every problem at once, each with the field path and what was expected. It works on
+//! the spec alone: where a slice's size is not known without reading data, the checks that need it are left
+//! to the planner, which runs once the first slice has been read.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::array::DType;
+use crate::spec::{
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, KIND, OutputSpec, ReduceKind, SOURCE_INPUT,
+    StageOp, StageSpec,
+};
+
+/// Default slices per source chunk.
+pub const DEFAULT_SLICES_PER_CHUNK: usize = 20;
+
+/// One problem found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `spec.stages[3].rechunk.chunks`.
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file is not valid YAML, or does not match the ArrayJob schema (unknown or missing field...).
+    #[error("{file}: {message}")]
+    Parse {
+        /// Manifest file name.
+        file: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The manifest parsed but has problems (all of them listed).
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Manifest file name.
+        file: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+/// Parses a whole `kind: ArrayJob` manifest from YAML text and validates it.
+///
+/// # Errors
+/// [`SpecError::Parse`] for YAML or schema errors (with line/column), [`SpecError::Invalid`] with every
+/// problem found by [`validate`].
+pub fn parse_manifest(text: &str, file: &str) -> Result<ArrayJobManifest, SpecError> {
+    let m: ArrayJobManifest = serde_yaml::from_str(text).map_err(|e| SpecError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut problems = Vec::new();
+    if m.api_version != API_VERSION {
+        problems.push(Problem {
+            path: "apiVersion".into(),
+            message: format!("expected '{API_VERSION}', found '{}'", m.api_version),
+        });
+    }
+    if m.kind != KIND {
+        problems.push(Problem {
+            path: "kind".into(),
+            message: format!("expected '{KIND}', found '{}'", m.kind),
+        });
+    }
+    if !is_dns_label(&m.metadata.name) {
+        problems.push(Problem {
+            path: "metadata.name".into(),
+            message: format!(
+                "'{}' is not a valid name (lowercase letters, digits and '-', at most 63 characters)",
+                m.metadata.name
+            ),
+        });
+    }
+    if let Err(mut more) = validate(&m.spec) {
+        problems.append(&mut more);
+    }
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(SpecError::Invalid {
+            file: file.to_string(),
+            problems,
+        })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// What validation knows about an array: rank, type, the lengths it can know and which axes are split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeInfo {
+    /// Length per axis, `None` where it depends on data not read yet.
+    pub dims: Vec<Option<usize>>,
+    /// Whether each axis lies in a single chunk.
+    pub whole: Vec<bool>,
+    /// Element type, `None` when it depends on the source data.
+    pub dtype: Option<DType>,
+}
+
+impl ShapeInfo {
+    fn ndim(&self) -> usize {
+        self.dims.len()
+    }
+}
+
+/// Checks a spec and returns the stages in an order where every input comes before its consumers.
+///
+/// # Errors
+/// Every problem found, each with its field path.
+pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
+    let mut p = Vec::new();
+    let source = source_shape(spec, &mut p);
+    let order = stage_order(&spec.stages, &mut p);
+    let mut shapes: HashMap<&str, ShapeInfo> = HashMap::new();
+    if let Some(s) = source {
+        shapes.insert(SOURCE_INPUT, s);
+    }
+    let mut outputs_seen: HashMap<String, String> = HashMap::new();
+    if let Some(order) = &order {
+        for &i in order {
+            let st = &spec.stages[i];
+            let at = format!("spec.stages[{i}]");
+            let Some(input) = shapes.get(st.input.as_str()).cloned() else {
+                continue;
+            };
+            if let Some(out) = stage_shape(st, &at, &input, &mut p) {
+                if let Some(o) = &st.output {
+                    check_output(o, &at, &st.name, &out, &mut outputs_seen, &mut p);
+                }
+                shapes.insert(st.name.as_str(), out);
+            }
+        }
+    }
+    if p.is_empty() {
+        Ok(order.unwrap_or_default())
+    } else {
+        Err(p)
+    }
+}
+
+fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> {
+    let s = &spec.source;
+    let kinds = [s.synthetic.is_some(), s.files.is_some(), s.http.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if kinds != 1 {
+        p.push(Problem {
+            path: "spec.source".into(),
+            message: format!(
+                "exactly one of 'synthetic', 'files' or 'http' must be set, found {kinds}"
+            ),
+        });
+        return None;
+    }
+    let per_chunk = s.slices_per_chunk.unwrap_or(DEFAULT_SLICES_PER_CHUNK);
+    if per_chunk == 0 {
+        p.push(Problem {
+            path: "spec.source.slicesPerChunk".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let mut hw: [Option<usize>; 2] = [None, None];
+    let mut dtype = s.dtype;
+    if let Some(shape) = &s.slice_shape {
+        if shape.len() != 2 || shape.contains(&0) {
+            p.push(Problem {
+                path: "spec.source.sliceShape".into(),
+                message: format!("expected [rows, cols] of positive lengths, found {shape:?}"),
+            });
+        } else {
+            hw = [Some(shape[0]), Some(shape[1])];
+        }
+    }
+    if let Some(d) = s.dtype
+        && !matches!(d, DType::Uint8 | DType::Uint16)
+    {
+        p.push(Problem {
+            path: "spec.source.dtype".into(),
+            message: format!("images are uint8 or uint16, found {d}"),
+        });
+    }
+    let n: Option<usize> = if let Some(syn) = &s.synthetic {
+        for (name, v) in [("height", syn.height), ("width", syn.width)] {
+            if v == 0 || v % 4 != 0 {
+                p.push(Problem {
+                    path: format!("spec.source.synthetic.{name}"),
+                    message: format!(
+                        "must be a positive multiple of 4 (recipe emstack-v1), found {v}"
+                    ),
+                });
+            }
+        }
+        if syn.slices == 0 {
+            p.push(Problem {
+                path: "spec.source.synthetic.slices".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if let [Some(h), Some(w)] = hw
+            && (h, w) != (syn.height, syn.width)
+        {
+            p.push(Problem {
+                path: "spec.source.sliceShape".into(),
+                message: format!(
+                    "[{h}, {w}] contradicts synthetic height/width [{}, {}]",
+                    syn.height, syn.width
+                ),
+            });
+        }
+        if dtype.is_some_and(|d| d != DType::Uint8) {
+            p.push(Problem {
+                path: "spec.source.dtype".into(),
+                message: "synthetic slices are uint8".into(),
+            });
+        }
+        hw = [Some(syn.height), Some(syn.width)];
+        dtype = Some(DType::Uint8);
+        Some(syn.slices)
+    } else if let Some(f) = &s.files {
+        match (&f.pattern, &f.glob) {
+            (Some(_), None) => {
+                let start = f.start.unwrap_or(0);
+                match f.stop {
+                    None => {
+                        p.push(Problem {
+                            path: "spec.source.files.stop".into(),
+                            message: "required with 'pattern' (last index, exclusive)".into(),
+                        });
+                        None
+                    }
+                    Some(stop) if stop <= start => {
+                        p.push(Problem {
+                            path: "spec.source.files".into(),
+                            message: format!("empty index range: start {start} >= stop {stop}"),
+                        });
+                        None
+                    }
+                    Some(stop) => usize::try_from(stop - start).ok(),
+                }
+            }
+            (None, Some(_)) => {
+                if f.start.is_some() || f.stop.is_some() {
+                    p.push(Problem {
+                        path: "spec.source.files".into(),
+                        message: "'start'/'stop' go with 'pattern', not with 'glob'".into(),
+                    });
+                }
+                None
+            }
+            _ => {
+                p.push(Problem {
+                    path: "spec.source.files".into(),
+                    message: "exactly one of 'pattern' or 'glob' must be set".into(),
+                });
+                None
+            }
+        }
+    } else if let Some(h) = &s.http {
+        let start = h.start.unwrap_or(0);
+        if h.concurrency == Some(0) {
+            p.push(Problem {
+                path: "spec.source.http.concurrency".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if h.timeout_seconds == Some(0) {
+            p.push(Problem {
+                path: "spec.source.http.timeoutSeconds".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if !(h.url_template.starts_with("http://") || h.url_template.starts_with("https://")) {
+            p.push(Problem {
+                path: "spec.source.http.urlTemplate".into(),
+                message: format!(
+                    "expected an http:// or https:// URL, found '{}'",
+                    h.url_template
+                ),
+            });
+        }
+        if !h.url_template.contains("{index") {
+            p.push(Problem {
+                path: "spec.source.http.urlTemplate".into(),
+                message: "must contain the slice index as {index} or {index:05}".into(),
+            });
+        }
+        if h.stop <= start {
+            p.push(Problem {
+                path: "spec.source.http".into(),
+                message: format!("empty index range: start {start} >= stop {}", h.stop),
+            });
+            None
+        } else {
+            usize::try_from(h.stop - start).ok()
+        }
+    } else {
+        None
+    };
+    let whole0 = n.is_some_and(|n| per_chunk >= n);
+    Some(ShapeInfo {
+        dims: vec![n, hw[0], hw[1]],
+        whole: vec![whole0, true, true],
+        dtype,
+    })
+}
+
+/// Checks names and inputs, and orders the stages topologically (inputs first); `None` if that is impossible.
+fn stage_order(stages: &[StageSpec], p: &mut Vec<Problem>) -> Option<Vec<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut ok = true;
+    if stages.is_empty() {
+        p.push(Problem {
+            path: "spec.stages".into(),
+            message: "at least one stage is required".into(),
+        });
+    }
+    for (i, st) in stages.iter().enumerate() {
+        let at = format!("spec.stages[{i}]");
+        if st.name == SOURCE_INPUT {
+            p.push(Problem {
+                path: format!("{at}.name"),
+                message: "'source' is reserved for the job's source".into(),
+            });
+            ok = false;
+        } else if !is_dns_label(&st.name) {
+            p.push(Problem {
+                path: format!("{at}.name"),
+                message: format!(
+                    "'{}' is not a valid name (lowercase letters, digits and '-')",
+                    st.name
+                ),
+            });
+        }
+        if let Some(&j) = index.get(st.name.as_str()) {
+            p.push(Problem {
+                path: format!("{at}.name"),
+                message: format!("duplicate stage name '{}' (also spec.stages[{j}])", st.name),
+            });
+            ok = false;
+        } else {
+            index.insert(st.name.as_str(), i);
+        }
+        let n_ops = st.ops().len();
+        if n_ops != 1 {
+            p.push(Problem {
+                path: at.clone(),
+                message: format!("exactly one of 'reduce', 'recenter', 'rechunk' or 'fft' must be set, found {n_ops}"),
+            });
+            ok = false;
+        }
+    }
+    for (i, st) in stages.iter().enumerate() {
+        if st.input != SOURCE_INPUT && !index.contains_key(st.input.as_str()) {
+            let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+            p.push(Problem {
+                path: format!("spec.stages[{i}].input"),
+                message: format!(
+                    "unknown input '{}': expected 'source' or one of {names:?}",
+                    st.input
+                ),
+            });
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    // Kahn's algorithm over "input -> stage" edges.
+    let mut order = Vec::with_capacity(stages.len());
+    let mut done: HashSet<&str> = HashSet::from([SOURCE_INPUT]);
+    let mut progress = true;
+    while progress && order.len() < stages.len() {
+        progress = false;
+        for (i, st) in stages.iter().enumerate() {
+            if !done.contains(st.name.as_str()) && done.contains(st.input.as_str()) {
+                done.insert(st.name.as_str());
+                order.push(i);
+                progress = true;
+            }
+        }
+    }
+    if order.len() < stages.len() {
+        let cyc: Vec<String> = stages
+            .iter()
+            .filter(|s| !done.contains(s.name.as_str()))
+            .map(|s| format!("{} <- {}", s.name, s.input))
+            .collect();
+        p.push(Problem {
+            path: "spec.stages".into(),
+            message: format!("stage inputs form a cycle: {}", cyc.join(", ")),
+        });
+        return None;
+    }
+    Some(order)
+}
+
+fn stage_shape(
+    st: &StageSpec,
+    at: &str,
+    input: &ShapeInfo,
+    p: &mut Vec<Problem>,
+) -> Option<ShapeInfo> {
+    let nd = input.ndim();
+    let ops = st.ops();
+    let [op] = ops.as_slice() else { return None };
+    match op {
+        StageOp::Reduce(r) => {
+            let mut bad = false;
+            let mut seen = HashSet::new();
+            for (k, &a) in r.axes.iter().enumerate() {
+                if a >= nd {
+                    p.push(Problem {
+                        path: format!("{at}.reduce.axes[{k}]"),
+                        message: format!("axis {a} out of range: input '{}' is {nd}-D", st.input),
+                    });
+                    bad = true;
+                } else if !seen.insert(a) {
+                    p.push(Problem {
+                        path: format!("{at}.reduce.axes[{k}]"),
+                        message: format!("axis {a} repeated"),
+                    });
+                    bad = true;
+                }
+            }
+            if r.axes.is_empty() {
+                p.push(Problem {
+                    path: format!("{at}.reduce.axes"),
+                    message: "at least one axis is required".into(),
+                });
+                bad = true;
+            }
+            if bad {
+                return None;
+            }
+            let keep: Vec<usize> = (0..nd).filter(|a| !r.axes.contains(a)).collect();
+            let dtype = match r.op {
+                ReduceKind::Min | ReduceKind::Max => input.dtype,
+                _ => Some(DType::Float64),
+            };
+            Some(ShapeInfo {
+                dims: keep.iter().map(|&a| input.dims[a]).collect(),
+                whole: keep.iter().map(|&a| input.whole[a]).collect(),
+                dtype,
+            })
+        }
+        StageOp::Recenter(r) => {
+            if nd != 3 {
+                p.push(Problem {
+                    path: format!("{at}.recenter"),
+                    message: format!(
+                        "needs a 3-D input (slices along axis 0), but input '{}' is {nd}-D",
+                        st.input
+                    ),
+                });
+                return None;
+            }
+            if !input.whole[1] || !input.whole[2] {
+                p.push(Problem {
+                    path: format!("{at}.recenter"),
+                    message: format!(
+                        "input '{}' is split along axes 1/2; recenter needs whole slices (rechunk with -1 there)",
+                        st.input
+                    ),
+                });
+                return None;
+            }
+            let win = match &r.window {
+                Some(w) => {
+                    if w.len() != 2 || w.contains(&0) {
+                        p.push(Problem {
+                            path: format!("{at}.recenter.window"),
+                            message: format!(
+                                "expected [rows, cols] of positive lengths, found {w:?}"
+                            ),
+                        });
+                        return None;
+                    }
+                    for (k, name) in [(0usize, "rows"), (1, "cols")] {
+                        if let Some(d) = input.dims[k + 1]
+                            && w[k] > d
+                        {
+                            p.push(Problem {
+                                path: format!("{at}.recenter.window[{k}]"),
+                                message: format!(
+                                    "{} {name} do not fit in slices of {d} {name}",
+                                    w[k]
+                                ),
+                            });
+                        }
+                    }
+                    [Some(w[0]), Some(w[1])]
+                }
+                None => [input.dims[1].map(|h| h / 2), input.dims[2].map(|w| w / 2)],
+            };
+            Some(ShapeInfo {
+                dims: vec![input.dims[0], win[0], win[1]],
+                whole: vec![input.whole[0], true, true],
+                dtype: input.dtype,
+            })
+        }
+        StageOp::Rechunk(r) => {
+            if r.chunks.len() != nd {
+                p.push(Problem {
+                    path: format!("{at}.rechunk.chunks"),
+                    message: format!(
+                        "{} entries, but input '{}' is {nd}-D",
+                        r.chunks.len(),
+                        st.input
+                    ),
+                });
+                return None;
+            }
+            let mut whole = Vec::with_capacity(nd);
+            for (k, &c) in r.chunks.iter().enumerate() {
+                if c == -1 {
+                    whole.push(true);
+                } else if c <= 0 {
+                    p.push(Problem {
+                        path: format!("{at}.rechunk.chunks[{k}]"),
+                        message: format!(
+                            "expected a positive length or -1 (whole axis), found {c}"
+                        ),
+                    });
+                    return None;
+                } else {
+                    whole.push(input.dims[k].is_some_and(|d| c as usize >= d));
+                }
+            }
+            Some(ShapeInfo {
+                dims: input.dims.clone(),
+                whole,
+                dtype: input.dtype,
+            })
+        }
+        StageOp::Fft(f) => {
+            if f.axis >= nd {
+                p.push(Problem {
+                    path: format!("{at}.fft.axis"),
+                    message: format!(
+                        "axis {} out of range: input '{}' is {nd}-D",
+                        f.axis, st.input
+                    ),
+                });
+                return None;
+            }
+            if !input.whole[f.axis] {
+                p.push(Problem {
+                    path: format!("{at}.fft.axis"),
+                    message: format!(
+                        "input '{}' is split into several chunks along axis {}; add a rechunk stage with -1 on \
+                         that axis first",
+                        st.input, f.axis
+                    ),
+                });
+                return None;
+            }
+            let dtype = f.dtype.unwrap_or(DType::Float32);
+            if !matches!(dtype, DType::Float32 | DType::Float64) {
+                p.push(Problem {
+                    path: format!("{at}.fft.dtype"),
+                    message: format!("expected float32 or float64, found {dtype}"),
+                });
+            }
+            let mut dims = input.dims.clone();
+            if f.onesided {
+                dims[f.axis] = dims[f.axis].map(|n| n / 2 + 1);
+            }
+            Some(ShapeInfo {
+                dims,
+                whole: input.whole.clone(),
+                dtype: Some(dtype),
+            })
+        }
+    }
+}
+
+fn check_output(
+    o: &OutputSpec,
+    at: &str,
+    stage: &str,
+    shape: &ShapeInfo,
+    seen: &mut HashMap<String, String>,
+    p: &mut Vec<Problem>,
+) {
+    let nd = shape.ndim();
+    let mut files: Vec<(String, &str)> = Vec::new();
+    if let Some(z) = &o.zarr {
+        files.push((format!("{at}.output.zarr"), z));
+        if nd == 0 {
+            p.push(Problem {
+                path: format!("{at}.output.zarr"),
+                message: format!("stage '{stage}' gives a single number; write it as csv instead"),
+            });
+        }
+    }
+    if let Some(f) = &o.image {
+        files.push((format!("{at}.output.image"), f));
+        if nd != 2 {
+            p.push(Problem {
+                path: format!("{at}.output.image"),
+                message: format!("an image needs a 2-D result, but stage '{stage}' is {nd}-D"),
+            });
+        }
+    }
+    if let Some(f) = &o.csv {
+        files.push((format!("{at}.output.csv"), f));
+        if nd > 2 {
+            p.push(Problem {
+                path: format!("{at}.output.csv"),
+                message: format!(
+                    "csv takes a 0-D, 1-D or 2-D result, but stage '{stage}' is {nd}-D"
+                ),
+            });
+        }
+    }
+    if let Some(pl) = &o.plot {
+        files.push((format!("{at}.output.plot.file"), &pl.file));
+        match (nd, &pl.pixels) {
+            (1, None) => {}
+            (1, Some(_)) => p.push(Problem {
+                path: format!("{at}.output.plot.pixels"),
+                message: format!("only for 3-D results; stage '{stage}' is 1-D and is drawn whole"),
+            }),
+            (3, Some(px)) => {
+                if px.is_empty() {
+                    p.push(Problem {
+                        path: format!("{at}.output.plot.pixels"),
+                        message: "list at least one [row, col] pixel".into(),
+                    });
+                }
+                for (k, rc) in px.iter().enumerate() {
+                    if rc.len() != 2 {
+                        p.push(Problem {
+                            path: format!("{at}.output.plot.pixels[{k}]"),
+                            message: format!("expected [row, col], found {rc:?}"),
+                        });
+                        continue;
+                    }
+                    for (a, &v) in rc.iter().enumerate() {
+                        if let Some(d) = shape.dims[a + 1]
+                            && v >= d
+                        {
+                            p.push(Problem {
+                                path: format!("{at}.output.plot.pixels[{k}][{a}]"),
+                                message: format!("{v} out of range: axis {} of stage '{stage}' has length {d}", a + 1),
+                            });
+                        }
+                    }
+                }
+            }
+            (3, None) => p.push(Problem {
+                path: format!("{at}.output.plot.pixels"),
+                message: format!("stage '{stage}' is 3-D: list the [row, col] pixels whose series to draw"),
+            }),
+            _ => p.push(Problem {
+                path: format!("{at}.output.plot"),
+                message: format!("a plot needs a 1-D result (or a 3-D one with pixels), but stage '{stage}' is {nd}-D"),
+            }),
+        }
+    }
+    for (path, f) in files {
+        let bad = f.is_empty()
+            || f.starts_with('/')
+            || f.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+            || f == "summary.json";
+        if bad {
+            p.push(Problem {
+                path,
+                message: format!("'{f}' must be a relative path inside the output location (no '..', not summary.json)"),
+            });
+        } else if let Some(prev) = seen.get(f) {
+            p.push(Problem {
+                path,
+                message: format!("'{f}' is already written by {prev}"),
+            });
+        } else {
+            seen.insert(f.to_string(), path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: arrayjob.dev/v1alpha1
+kind: ArrayJob
+metadata: {name: t}
+spec:
+  source:
+    synthetic: {slices: 40, height: 64, width: 64}
+    slicesPerChunk: 10
+  stages:
+  - {name: time-mean, input: source, reduce: {op: mean, axes: [0]}, output: {image: tm.png}}
+  - {name: recentered, input: source, recenter: {}}
+  - {name: series, input: recentered, rechunk: {chunks: [-1, 8, 8]}}
+  - {name: power, input: series, fft: {axis: 0}, output: {zarr: power.zarr, plot: {file: p.png, pixels: [[0, 0], [31, 31]]}}}
+"#;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match parse_manifest(yaml, "job.yaml") {
+            Ok(_) => vec![],
+            Err(SpecError::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn good_manifest_orders_stages() {
+        let m = parse_manifest(GOOD, "job.yaml").expect("valid");
+        assert_eq!(validate(&m.spec).expect("valid"), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn reports_all_problems_with_paths() {
+        let y = GOOD
+            .replace("chunks: [-1, 8, 8]", "chunks: [-1, 8]")
+            .replace("axes: [0]", "axes: [0, 3]")
+            .replace("pixels: [[0, 0], [31, 31]]", "pixels: [[0, 0], [32, 1]]");
+        let p = problems(&y);
+        assert!(
+            p.contains(
+                &"spec.stages[2].rechunk.chunks: 2 entries, but input 'recentered' is 3-D"
+                    .to_string()
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("spec.stages[0].reduce.axes[1]: axis 3 out of range")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn pixel_out_of_range_is_named() {
+        let p = problems(&GOOD.replace("[31, 31]", "[32, 1]"));
+        assert_eq!(
+            p,
+            vec![
+                "spec.stages[3].output.plot.pixels[1][0]: 32 out of range: axis 1 of stage 'power' has length 32"
+            ]
+        );
+    }
+
+    #[test]
+    fn cycle_and_unknown_input() {
+        let y = GOOD.replace("input: recentered,", "input: power,");
+        let p = problems(&y);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("spec.stages: stage inputs form a cycle"),
+            "{p:?}"
+        );
+        let y = GOOD.replace("input: recentered,", "input: nope,");
+        assert!(problems(&y)[0].starts_with("spec.stages[2].input: unknown input 'nope'"));
+    }
+
+    #[test]
+    fn fft_on_split_axis_is_refused() {
+        let y = GOOD.replace("input: series, fft", "input: recentered, fft");
+        let p = problems(&y);
+        assert!(
+            p[0].starts_with("spec.stages[3].fft.axis: input 'recentered' is split"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_a_parse_error_with_its_name() {
+        let e = parse_manifest(
+            &GOOD.replace("slicesPerChunk", "slicesPerChunks"),
+            "job.yaml",
+        )
+        .expect_err("bad");
+        assert!(
+            e.to_string().contains("unknown field `slicesPerChunks`"),
+            "{e}"
+        );
+    }
+}
