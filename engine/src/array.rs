@@ -154,6 +154,56 @@ impl Chunk {
     }
 }
 
+impl Chunk {
+    /// A copy of the block `start .. start + len` of this chunk.
+    pub fn region(&self, start: &[usize], len: &[usize]) -> Chunk {
+        let info = |ax: ndarray::AxisDescription| {
+            let a = ax.axis.index();
+            ndarray::Slice::from(start[a]..start[a] + len[a])
+        };
+        match self {
+            Chunk::U8(a) => Chunk::U8(a.slice_each_axis(info).to_owned()),
+            Chunk::U16(a) => Chunk::U16(a.slice_each_axis(info).to_owned()),
+            Chunk::F32(a) => Chunk::F32(a.slice_each_axis(info).to_owned()),
+            Chunk::F64(a) => Chunk::F64(a.slice_each_axis(info).to_owned()),
+        }
+    }
+
+    /// Copies all of `src` into this chunk at offset `at`.
+    ///
+    /// # Errors
+    /// When the element types differ or `src` does not fit at `at`.
+    pub fn paste(&mut self, at: &[usize], src: &Chunk) -> Result<(), String> {
+        let fits = at.len() == self.shape().len()
+            && src.shape().len() == at.len()
+            && at
+                .iter()
+                .zip(src.shape())
+                .zip(self.shape())
+                .all(|((a, s), d)| a + s <= *d);
+        if !fits {
+            return Err(format!(
+                "block {:?} does not fit at {at:?} in {:?}",
+                src.shape(),
+                self.shape()
+            ));
+        }
+        let sshape = src.shape().to_vec();
+        let info = |ax: ndarray::AxisDescription| {
+            let a = ax.axis.index();
+            ndarray::Slice::from(at[a]..at[a] + sshape[a])
+        };
+        match (self, src) {
+            (Chunk::U8(d), Chunk::U8(s)) => d.slice_each_axis_mut(info).assign(s),
+            (Chunk::U16(d), Chunk::U16(s)) => d.slice_each_axis_mut(info).assign(s),
+            (Chunk::F32(d), Chunk::F32(s)) => d.slice_each_axis_mut(info).assign(s),
+            (Chunk::F64(d), Chunk::F64(s)) => d.slice_each_axis_mut(info).assign(s),
+            (d, s) => return Err(format!("cannot paste {} into {}", s.dtype(), d.dtype())),
+        }
+        Ok(())
+    }
+}
+
 /// Shape, element type and chunk grid of a (logical) array.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArrayMeta {
@@ -257,5 +307,22 @@ mod tests {
             c
         );
         assert!(Chunk::from_le_bytes(DType::Float32, &[2, 3], &b).is_err());
+    }
+
+    #[test]
+    fn region_and_paste_round_trip() {
+        let src = Chunk::U8(ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| {
+            (i[0] * 10 + i[1]) as u8
+        }));
+        let r = src.region(&[1, 2], &[2, 2]);
+        assert_eq!(r.to_le_bytes(), vec![12, 13, 22, 23]);
+        let mut dst = Chunk::zeros(DType::Uint8, &[3, 3]);
+        dst.paste(&[1, 0], &r).expect("fits");
+        assert_eq!(dst.to_le_bytes(), vec![0, 0, 0, 12, 13, 0, 22, 23, 0]);
+        assert!(dst.paste(&[2, 2], &r).is_err());
+        assert!(
+            dst.paste(&[0, 0], &Chunk::zeros(DType::Float32, &[1, 1]))
+                .is_err()
+        );
     }
 }

@@ -4,6 +4,8 @@
 pub mod array;
 pub mod kernels;
 pub mod output;
+pub mod plan;
 pub mod source;
 pub mod spec;
+pub mod store;
 pub mod validate;

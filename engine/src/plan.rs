@@ -1,0 +1,448 @@
+//! The planner: a validated spec plus the slice shape becomes a graph of nodes with concrete chunk grids.
+//!
+//! Each node is an array (the source or a stage). How a node's chunks are made decides the task structure:
+//!
+//! - `Source` chunks are *loaded* (one load task per chunk);
+//! - `Recenter` and `Fft` chunks map one-to-one onto their input's chunks, so they are *fused* into the task
+//!   that made the input chunk and are never stored in between;
+//! - `Reduce` takes a partial of each input chunk inside that same task, then combines the partials in a
+//!   fixed tree per output chunk;
+//! - `Rechunk` splits each input chunk into pieces (inside the producing task) and *merges* the pieces of each
+//!   output chunk in a merge task once they are all there.
+//!
+//! So the task kinds are: load, merge, and the completion of a reduction tree; everything else rides along.
+
+use crate::array::{ArrayMeta, DType};
+use crate::source::SliceInfo;
+use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
+use crate::validate::DEFAULT_SLICES_PER_CHUNK;
+
+/// Fan-in of the reduction tree.
+pub const REDUCE_FAN_IN: usize = 8;
+
+/// What a node computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOp {
+    /// The source array.
+    Source,
+    /// A reduction (partials fused into the input's task, combined in a tree).
+    Reduce(ReduceOp),
+    /// Centroid recentering with a resolved `[rows, cols]` window (fused).
+    Recenter {
+        /// Window to crop.
+        window: [usize; 2],
+    },
+    /// A change of chunk grid (split into pieces, then merged).
+    Rechunk,
+    /// An FFT spectrum along one axis (fused).
+    Fft(FftOp),
+}
+
+impl NodeOp {
+    /// Short name of the operation, for tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeOp::Source => "source",
+            NodeOp::Reduce(_) => "reduce",
+            NodeOp::Recenter { .. } => "recenter",
+            NodeOp::Rechunk => "rechunk",
+            NodeOp::Fft(_) => "fft",
+        }
+    }
+}
+
+/// One array of the plan.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `source` or the stage name.
+    pub name: String,
+    /// Index of the stage in `spec.stages` (None for the source).
+    pub spec_index: Option<usize>,
+    /// Node this one reads (None for the source).
+    pub input: Option<usize>,
+    /// What it computes.
+    pub op: NodeOp,
+    /// Shape, chunk grid and type of the result.
+    pub meta: ArrayMeta,
+    /// Files to write from it.
+    pub output: Option<OutputSpec>,
+    /// Nodes that read this one.
+    pub children: Vec<usize>,
+}
+
+impl Node {
+    /// Units of work counted for progress: loads, partials, merges or fused chunk computations.
+    pub fn tasks(&self, nodes: &[Node]) -> usize {
+        match (&self.op, self.input) {
+            (NodeOp::Reduce(_), Some(i)) => nodes[i].meta.num_chunks(),
+            _ => self.meta.num_chunks(),
+        }
+    }
+}
+
+/// A job turned into nodes with concrete chunk grids, in an order where inputs come first (node 0 = source).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// All nodes; node 0 is the source.
+    pub nodes: Vec<Node>,
+}
+
+/// A spec that is valid on its own but does not fit the actual data.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlanError {
+    /// Field path.
+    pub path: String,
+    /// What does not fit.
+    pub message: String,
+}
+
+impl Plan {
+    /// Builds the plan for `spec` (validated, stages in `order`) over `slices` slices described by `info`.
+    ///
+    /// # Errors
+    /// When the spec does not fit the data: a window or pixel outside the real slice size, a declared slice
+    /// shape or type that differs from the data.
+    pub fn build(
+        spec: &ArrayJobSpec,
+        order: &[usize],
+        slices: usize,
+        info: SliceInfo,
+    ) -> Result<Plan, PlanError> {
+        if let Some(s) = &spec.source.slice_shape
+            && s.as_slice() != [info.height, info.width]
+        {
+            return Err(PlanError {
+                path: "spec.source.sliceShape".into(),
+                message: format!(
+                    "declared {s:?}, but slice 0 is {}x{}",
+                    info.height, info.width
+                ),
+            });
+        }
+        if let Some(d) = spec.source.dtype
+            && d != info.dtype
+        {
+            return Err(PlanError {
+                path: "spec.source.dtype".into(),
+                message: format!("declared {d}, but slice 0 is {}", info.dtype),
+            });
+        }
+        if slices == 0 {
+            return Err(PlanError {
+                path: "spec.source".into(),
+                message: "the source has no slices".into(),
+            });
+        }
+        let per_chunk = spec
+            .source
+            .slices_per_chunk
+            .unwrap_or(DEFAULT_SLICES_PER_CHUNK)
+            .clamp(1, slices);
+        let mut nodes = vec![Node {
+            name: SOURCE_INPUT.to_string(),
+            spec_index: None,
+            input: None,
+            op: NodeOp::Source,
+            meta: ArrayMeta {
+                shape: vec![slices, info.height, info.width],
+                chunks: vec![per_chunk, info.height, info.width],
+                dtype: info.dtype,
+            },
+            output: None,
+            children: vec![],
+        }];
+        for &si in order {
+            let st = &spec.stages[si];
+            let at = format!("spec.stages[{si}]");
+            let input = nodes
+                .iter()
+                .position(|n| n.name == st.input)
+                .ok_or_else(|| PlanError {
+                    path: format!("{at}.input"),
+                    message: format!("unknown input '{}'", st.input),
+                })?;
+            let im = nodes[input].meta.clone();
+            let ops = st.ops();
+            let Some(op) = ops.first() else {
+                return Err(PlanError {
+                    path: at,
+                    message: "no operation".into(),
+                });
+            };
+            let (op, meta) = match op {
+                StageOp::Reduce(r) => {
+                    let keep: Vec<usize> = (0..im.shape.len())
+                        .filter(|a| !r.axes.contains(a))
+                        .collect();
+                    let dtype = match r.op {
+                        crate::spec::ReduceKind::Min | crate::spec::ReduceKind::Max => im.dtype,
+                        _ => DType::Float64,
+                    };
+                    let meta = ArrayMeta {
+                        shape: keep.iter().map(|&a| im.shape[a]).collect(),
+                        chunks: keep.iter().map(|&a| im.chunks[a]).collect(),
+                        dtype,
+                    };
+                    (NodeOp::Reduce(r.clone()), meta)
+                }
+                StageOp::Recenter(r) => {
+                    let (h, w) = (im.shape[1], im.shape[2]);
+                    let window = match &r.window {
+                        Some(v) => [v[0], v[1]],
+                        None => [h / 2, w / 2],
+                    };
+                    if window[0] > h || window[1] > w || window[0] == 0 || window[1] == 0 {
+                        return Err(PlanError {
+                            path: format!("{at}.recenter.window"),
+                            message: format!("window {window:?} does not fit in slices of {h}x{w}"),
+                        });
+                    }
+                    let meta = ArrayMeta {
+                        shape: vec![im.shape[0], window[0], window[1]],
+                        chunks: vec![im.chunks[0], window[0], window[1]],
+                        dtype: im.dtype,
+                    };
+                    (NodeOp::Recenter { window }, meta)
+                }
+                StageOp::Rechunk(r) => {
+                    let chunks = r
+                        .chunks
+                        .iter()
+                        .zip(&im.shape)
+                        .map(|(&c, &n)| {
+                            if c < 0 {
+                                n.max(1)
+                            } else {
+                                (c as usize).min(n).max(1)
+                            }
+                        })
+                        .collect();
+                    (
+                        NodeOp::Rechunk,
+                        ArrayMeta {
+                            shape: im.shape.clone(),
+                            chunks,
+                            dtype: im.dtype,
+                        },
+                    )
+                }
+                StageOp::Fft(f) => {
+                    let mut shape = im.shape.clone();
+                    if f.onesided {
+                        shape[f.axis] = shape[f.axis] / 2 + 1;
+                    }
+                    let mut chunks = im.chunks.clone();
+                    chunks[f.axis] = shape[f.axis];
+                    let dtype = f.dtype.unwrap_or(DType::Float32);
+                    (
+                        NodeOp::Fft(f.clone()),
+                        ArrayMeta {
+                            shape,
+                            chunks,
+                            dtype,
+                        },
+                    )
+                }
+            };
+            if let Some(o) = &st.output
+                && let Some(pl) = &o.plot
+                && let Some(px) = &pl.pixels
+            {
+                for (k, rc) in px.iter().enumerate() {
+                    for (a, &v) in rc.iter().enumerate() {
+                        if meta.shape.get(a + 1).is_none_or(|&d| v >= d) {
+                            return Err(PlanError {
+                                path: format!("{at}.output.plot.pixels[{k}][{a}]"),
+                                message: format!(
+                                    "{v} out of range: stage '{}' has shape {:?}",
+                                    st.name, meta.shape
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            let id = nodes.len();
+            nodes[input].children.push(id);
+            nodes.push(Node {
+                name: st.name.clone(),
+                spec_index: Some(si),
+                input: Some(input),
+                op,
+                meta,
+                output: st.output.clone(),
+                children: vec![],
+            });
+        }
+        Ok(Plan { nodes })
+    }
+
+    /// Per-node figures for `arrayjob plan` and for sizing runs.
+    pub fn report(&self, threads: usize) -> PlanReport {
+        let mut stages = Vec::new();
+        let mut exchange = 0usize;
+        let mut largest_chunk = 0usize;
+        let mut partial_bytes = 0usize;
+        for n in &self.nodes {
+            let chunk_bytes = n.meta.chunks.iter().product::<usize>() * n.meta.dtype.size();
+            largest_chunk = largest_chunk.max(chunk_bytes);
+            let moved = match (&n.op, n.input) {
+                (NodeOp::Rechunk, Some(i)) => self.nodes[i].meta.nbytes(),
+                _ => 0,
+            };
+            if let (NodeOp::Reduce(r), Some(i)) = (&n.op, n.input) {
+                // Tree state: at most fan-in partials per level, each one output chunk of f64 (two for std).
+                let per = n.meta.chunks.iter().product::<usize>()
+                    * 8
+                    * if r.op == crate::spec::ReduceKind::Std {
+                        3
+                    } else {
+                        1
+                    };
+                let leaves = self.nodes[i].meta.num_chunks();
+                let levels = (leaves.max(2) as f64).log(REDUCE_FAN_IN as f64).ceil() as usize;
+                let out_chunks = n.meta.num_chunks();
+                partial_bytes += per
+                    * (REDUCE_FAN_IN * levels.max(1)).min(leaves)
+                    * out_chunks.min(threads * 2 + 1);
+            }
+            exchange += moved;
+            stages.push(StageReport {
+                name: n.name.clone(),
+                kind: n.op.kind().to_string(),
+                shape: n.meta.shape.clone(),
+                chunks: n.meta.chunks.clone(),
+                dtype: n.meta.dtype,
+                num_chunks: n.meta.num_chunks(),
+                tasks: n.tasks(&self.nodes),
+                bytes: n.meta.nbytes(),
+                bytes_moved: moved,
+            });
+        }
+        // In flight: each thread holds a chunk and what is derived from it (about 4 chunk sizes); the
+        // exchange holds its pieces until merged (bounded by the memory budget, beyond which they spill).
+        let in_flight = threads * largest_chunk * 4;
+        PlanReport {
+            stages,
+            bytes_moved: exchange,
+            peak_memory_estimate: in_flight + exchange + partial_bytes,
+        }
+    }
+}
+
+/// One line of `arrayjob plan`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageReport {
+    /// Node name.
+    pub name: String,
+    /// Operation kind.
+    pub kind: String,
+    /// Result shape.
+    pub shape: Vec<usize>,
+    /// Chunk shape.
+    pub chunks: Vec<usize>,
+    /// Result type.
+    pub dtype: DType,
+    /// Number of chunks.
+    pub num_chunks: usize,
+    /// Units of work (see [`Node::tasks`]).
+    pub tasks: usize,
+    /// Bytes of the whole result.
+    pub bytes: usize,
+    /// Bytes exchanged between chunks (rechunk input).
+    pub bytes_moved: usize,
+}
+
+/// What `arrayjob plan` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanReport {
+    /// One entry per node, source first.
+    pub stages: Vec<StageReport>,
+    /// Total bytes moved by rechunks.
+    pub bytes_moved: usize,
+    /// Estimated peak memory of a local run without a memory limit, in bytes.
+    pub peak_memory_estimate: usize,
+}
+
+/// For each axis, the range of chunk indices of grid `from` (chunks of `from_chunks`) that overlap
+/// `start .. start + len`.
+pub fn overlapping(
+    from_chunks: &[usize],
+    start: &[usize],
+    len: &[usize],
+) -> Vec<std::ops::Range<usize>> {
+    from_chunks
+        .iter()
+        .zip(start.iter().zip(len))
+        .map(|(&c, (&s, &l))| (s / c)..(s + l).div_ceil(c))
+        .collect()
+}
+
+/// Linear (row-major) index of a chunk in a grid.
+pub fn linear(grid: &[usize], idx: &[usize]) -> usize {
+    idx.iter().zip(grid).fold(0, |acc, (&i, &g)| acc * g + i)
+}
+
+/// Chunk index of a linear index in a grid.
+pub fn unlinear(grid: &[usize], mut lin: usize) -> Vec<usize> {
+    let mut idx = vec![0; grid.len()];
+    for a in (0..grid.len()).rev() {
+        idx[a] = lin % grid[a].max(1);
+        lin /= grid[a].max(1);
+    }
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::parse_manifest;
+
+    #[test]
+    fn quickstart_shapes_and_counts() {
+        let m = parse_manifest(
+            r#"
+apiVersion: arrayjob.dev/v1alpha1
+kind: ArrayJob
+metadata: {name: t}
+spec:
+  source: {synthetic: {slices: 45, height: 40, width: 40}}
+  stages:
+  - {name: brightness, input: source, reduce: {op: mean, axes: [1, 2]}}
+  - {name: recentered, input: source, recenter: {}}
+  - {name: series, input: recentered, rechunk: {chunks: [-1, 7, 7]}}
+  - {name: power, input: series, fft: {axis: 0, onesided: true}}
+"#,
+            "t.yaml",
+        )
+        .expect("valid");
+        let order = crate::validate::validate(&m.spec).expect("valid");
+        let info = SliceInfo {
+            height: 40,
+            width: 40,
+            dtype: DType::Uint8,
+        };
+        let p = Plan::build(&m.spec, &order, 45, info).expect("plan");
+        let by = |n: &str| p.nodes.iter().find(|x| x.name == n).expect("node");
+        assert_eq!(by("source").meta.grid(), vec![3, 1, 1]);
+        assert_eq!(by("brightness").meta.shape, vec![45]);
+        assert_eq!(by("brightness").meta.chunks, vec![20]);
+        assert_eq!(by("brightness").tasks(&p.nodes), 3);
+        assert_eq!(by("recentered").meta.shape, vec![45, 20, 20]);
+        assert_eq!(by("series").meta.grid(), vec![1, 3, 3]);
+        assert_eq!(by("power").meta.shape, vec![23, 20, 20]);
+        assert_eq!(by("power").meta.chunks, vec![23, 7, 7]);
+        let r = p.report(2);
+        assert_eq!(r.bytes_moved, 45 * 20 * 20);
+    }
+
+    #[test]
+    fn overlap_and_linear_indices() {
+        assert_eq!(overlapping(&[20, 5], &[15, 0], &[10, 5]), vec![0..2, 0..1]);
+        assert_eq!(linear(&[3, 4], &[2, 1]), 9);
+        assert_eq!(unlinear(&[3, 4], 9), vec![2, 1]);
+    }
+}
