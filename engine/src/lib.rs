@@ -2,9 +2,11 @@
 //! the chunk store and the local executor. Nothing in here knows about Kubernetes.
 
 pub mod array;
+pub mod exec;
 pub mod kernels;
 pub mod output;
 pub mod plan;
+pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod store;

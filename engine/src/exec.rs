@@ -1,0 +1,494 @@
+//! The local executor: runs a [`Plan`] on a pool of threads.
+//!
+//! Task kinds (see [`crate::plan`]): *load* a source chunk, *merge* the pieces of a rechunk output chunk.
+//! Whatever a task produces is pushed through the fused stages below it at once ([`Exec::emit`]): recenter
+//! and FFT chunks are computed in place, reductions take a partial and feed their tree, rechunks split the
+//! chunk into pieces for the [`ChunkStore`]. When the last piece of a merge arrives, the merge is queued;
+//! when the last partial of a reduction tree arrives, the reduced chunk is emitted by that same thread.
+//! Merges run before loads, so pieces leave memory as soon as they can.
+//!
+//! Results do not depend on thread timing: partials are combined in a fixed tree order, pieces are pasted
+//! into fixed positions.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use crate::array::{Chunk, DType};
+use crate::kernels::KernelError;
+use crate::kernels::reduce::{self, Partial};
+use crate::plan::{NodeOp, Plan, REDUCE_FAN_IN, linear, overlapping, unlinear};
+use crate::source::{SliceSource, SourceError};
+use crate::store::{ChunkKey, ChunkStore, StoreError, StoreStats};
+
+/// Receives every finished chunk of the nodes that have outputs.
+pub trait ChunkSink: Send + Sync {
+    /// Called once per chunk of node `node` (chunk index `idx`), from any thread.
+    ///
+    /// # Errors
+    /// When the output cannot be written; the run stops.
+    fn deliver(&self, node: usize, idx: &[usize], chunk: &Chunk) -> Result<(), ExecError>;
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Reading the source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A kernel refused its input.
+    #[error("stage '{stage}', chunk {chunk:?}: {source}")]
+    Kernel {
+        /// Stage name.
+        stage: String,
+        /// Chunk index.
+        chunk: Vec<usize>,
+        /// Kernel error.
+        source: KernelError,
+    },
+    /// The chunk store failed (spill I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An output could not be written.
+    #[error("stage '{stage}': writing {target} failed: {message}")]
+    Output {
+        /// Stage name.
+        stage: String,
+        /// File or directory.
+        target: String,
+        /// What failed.
+        message: String,
+    },
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Bytes the chunk store may keep in memory before spilling.
+    pub memory_budget: usize,
+    /// Directory for the spill file.
+    pub spill_dir: std::path::PathBuf,
+}
+
+/// Live counters of one node, readable while the run goes on.
+#[derive(Debug)]
+pub struct NodeProgress {
+    /// Node name.
+    pub name: String,
+    /// Operation kind.
+    pub kind: &'static str,
+    /// Units of work in total.
+    pub total: u64,
+    done: AtomicU64,
+    busy_ns: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A copy of a node's counters.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSnapshot {
+    /// Node name.
+    pub name: String,
+    /// Operation kind.
+    pub kind: String,
+    /// Units of work in total.
+    pub tasks_total: u64,
+    /// Units of work done.
+    pub tasks_done: u64,
+    /// Bytes read by this node's computations.
+    pub bytes_in: u64,
+    /// Bytes of the chunks it produced.
+    pub bytes_out: u64,
+    /// Wall-clock seconds from its first to its last unit of work.
+    pub seconds: f64,
+    /// Thread-seconds spent in its computations.
+    pub busy_seconds: f64,
+}
+
+/// Progress of a whole run: one [`NodeProgress`] per plan node.
+#[derive(Debug)]
+pub struct JobProgress {
+    start: Instant,
+    nodes: Vec<NodeProgress>,
+}
+
+impl JobProgress {
+    /// Counters for every node of `plan`, all at zero.
+    pub fn new(plan: &Plan) -> JobProgress {
+        JobProgress {
+            start: Instant::now(),
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| NodeProgress {
+                    name: n.name.clone(),
+                    kind: n.op.kind(),
+                    total: n.tasks(&plan.nodes) as u64,
+                    done: AtomicU64::new(0),
+                    busy_ns: AtomicU64::new(0),
+                    first_ns: AtomicU64::new(u64::MAX),
+                    last_ns: AtomicU64::new(0),
+                    bytes_in: AtomicU64::new(0),
+                    bytes_out: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Current counters of every node.
+    pub fn snapshot(&self) -> Vec<NodeSnapshot> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let first = n.first_ns.load(Ordering::Relaxed);
+                let last = n.last_ns.load(Ordering::Relaxed);
+                NodeSnapshot {
+                    name: n.name.clone(),
+                    kind: n.kind.to_string(),
+                    tasks_total: n.total,
+                    tasks_done: n.done.load(Ordering::Relaxed),
+                    bytes_in: n.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: n.bytes_out.load(Ordering::Relaxed),
+                    seconds: if first == u64::MAX { 0.0 } else { last.saturating_sub(first) as f64 / 1e9 },
+                    busy_seconds: n.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                }
+            })
+            .collect()
+    }
+
+    fn record(&self, node: usize, started: Instant, bytes_in: usize, done: bool) {
+        let n = &self.nodes[node];
+        let s = started.duration_since(self.start).as_nanos() as u64;
+        let e = self.start.elapsed().as_nanos() as u64;
+        n.first_ns.fetch_min(s, Ordering::Relaxed);
+        n.last_ns.fetch_max(e, Ordering::Relaxed);
+        n.busy_ns.fetch_add(e.saturating_sub(s), Ordering::Relaxed);
+        n.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
+        if done {
+            n.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Load(usize),
+    Merge { node: usize, chunk: usize },
+}
+
+/// The fixed reduction tree of one output chunk.
+#[derive(Default)]
+struct Tree {
+    /// Children waiting for their siblings, by (level, parent index).
+    waiting: HashMap<(usize, usize), Vec<Option<Partial>>>,
+}
+
+struct ReduceState {
+    /// Leaves (input chunks) per output chunk.
+    leaves: usize,
+    trees: Vec<Mutex<Tree>>,
+}
+
+struct Exec<'a> {
+    plan: &'a Plan,
+    source: &'a dyn SliceSource,
+    sink: &'a dyn ChunkSink,
+    progress: &'a JobProgress,
+    cancel: &'a AtomicBool,
+    store: ChunkStore,
+    queue: Mutex<(VecDeque<Task>, VecDeque<Task>)>,
+    wake: Condvar,
+    outstanding: AtomicUsize,
+    failed: Mutex<Option<ExecError>>,
+    /// For rechunk nodes: pieces still missing per output chunk.
+    missing: Vec<Vec<AtomicUsize>>,
+    reduce: Vec<Option<ReduceState>>,
+}
+
+/// Runs `plan` over `source`, sending finished chunks of nodes with outputs to `sink`.
+///
+/// # Errors
+/// The first error of any task (source, kernel, spill, output); the other threads stop at their next task.
+/// [`ExecError::Cancelled`] when `cancel` is set.
+pub fn execute(
+    plan: &Plan,
+    source: &dyn SliceSource,
+    sink: &dyn ChunkSink,
+    opts: &ExecOptions,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+) -> Result<StoreStats, ExecError> {
+    let spill = crate::store::FileSpill::new(&opts.spill_dir)
+        .map_err(|e| StoreError::Spill { key: ChunkKey { node: 0, chunk: 0, part: 0 }, source: e })?;
+    let mut missing = Vec::new();
+    let mut reduce = Vec::new();
+    for n in &plan.nodes {
+        let input = n.input.map(|i| &plan.nodes[i]);
+        missing.push(match (&n.op, input) {
+            (NodeOp::Rechunk, Some(inp)) => n
+                .meta
+                .chunk_indices()
+                .iter()
+                .map(|o| {
+                    let (s, l) = n.meta.chunk_region(o);
+                    AtomicUsize::new(overlapping(&inp.meta.chunks, &s, &l).iter().map(|r| r.len()).product())
+                })
+                .collect(),
+            _ => Vec::new(),
+        });
+        reduce.push(match (&n.op, input) {
+            (NodeOp::Reduce(r), Some(inp)) => {
+                let g = inp.meta.grid();
+                let leaves = r.axes.iter().map(|&a| g[a]).product();
+                Some(ReduceState { leaves, trees: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect() })
+            }
+            _ => None,
+        });
+    }
+    let loads: VecDeque<Task> = (0..plan.nodes[0].meta.num_chunks()).map(Task::Load).collect();
+    let ex = Exec {
+        plan,
+        source,
+        sink,
+        progress,
+        cancel,
+        store: ChunkStore::new(opts.memory_budget, Box::new(spill)),
+        outstanding: AtomicUsize::new(loads.len()),
+        queue: Mutex::new((VecDeque::new(), loads)),
+        wake: Condvar::new(),
+        failed: Mutex::new(None),
+        missing,
+        reduce,
+    };
+    std::thread::scope(|s| {
+        for t in 0..opts.threads.max(1) {
+            let ex = &ex;
+            std::thread::Builder::new()
+                .name(format!("arrayjob-exec-{t}"))
+                .spawn_scoped(s, move || ex.worker())
+                .map(|_| ())
+                .unwrap_or_else(|e| ex.fail(ExecError::Output { stage: "-".into(), target: "thread".into(), message: e.to_string() }));
+        }
+    });
+    if let Some(e) = ex.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(ExecError::Cancelled);
+    }
+    Ok(ex.store.stats())
+}
+
+impl Exec<'_> {
+    fn fail(&self, e: ExecError) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        drop(f);
+        self.wake.notify_all();
+    }
+
+    fn stopped(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
+    fn enqueue(&self, t: Task) {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.0.push_back(t);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn worker(&self) {
+        loop {
+            let task = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if self.stopped() {
+                        return;
+                    }
+                    if let Some(t) = q.0.pop_front().or_else(|| q.1.pop_front()) {
+                        break t;
+                    }
+                    if self.outstanding.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if let Err(e) = self.run(task) {
+                self.fail(e);
+            }
+            if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.wake.notify_all();
+            }
+        }
+    }
+
+    fn run(&self, task: Task) -> Result<(), ExecError> {
+        match task {
+            Task::Load(i) => {
+                let meta = &self.plan.nodes[0].meta;
+                let idx = vec![i, 0, 0];
+                let (start, len) = meta.chunk_region(&idx);
+                let t0 = Instant::now();
+                let chunk = self.source.read(start[0], start[0] + len[0])?;
+                self.progress.record(0, t0, 0, true);
+                self.emit(0, &idx, chunk)
+            }
+            Task::Merge { node, chunk } => {
+                let n = &self.plan.nodes[node];
+                let Some(input) = n.input else { return Ok(()) };
+                let im = &self.plan.nodes[input].meta;
+                let idx = unlinear(&n.meta.grid(), chunk);
+                let (start, len) = n.meta.chunk_region(&idx);
+                let t0 = Instant::now();
+                let mut out = Chunk::zeros(n.meta.dtype, &len);
+                let mut bytes = 0;
+                for part in product(&overlapping(&im.chunks, &start, &len)) {
+                    let (ps, _) = im.chunk_region(&part);
+                    let piece =
+                        self.store.take(ChunkKey { node: node as u32, chunk: chunk as u32, part: linear(&im.grid(), &part) as u32 })?;
+                    let at: Vec<usize> = ps.iter().zip(&start).map(|(&p, &s)| p.saturating_sub(s)).collect();
+                    out.paste(&at, &piece).map_err(|m| self.kernel_err(node, &idx, m))?;
+                    bytes += piece.nbytes();
+                }
+                self.progress.record(node, t0, bytes, true);
+                self.emit(node, &idx, out)
+            }
+        }
+    }
+
+    fn kernel_err(&self, node: usize, idx: &[usize], m: String) -> ExecError {
+        ExecError::Kernel {
+            stage: self.plan.nodes[node].name.clone(),
+            chunk: idx.to_vec(),
+            source: KernelError::Invalid(m),
+        }
+    }
+
+    /// Hands a finished chunk of `node` to its outputs and to every stage that reads it.
+    fn emit(&self, node: usize, idx: &[usize], chunk: Chunk) -> Result<(), ExecError> {
+        if self.stopped() {
+            return Err(ExecError::Cancelled);
+        }
+        let n = &self.plan.nodes[node];
+        self.progress.nodes[node].bytes_out.fetch_add(chunk.nbytes() as u64, Ordering::Relaxed);
+        if n.output.is_some() {
+            self.sink.deliver(node, idx, &chunk)?;
+        }
+        let kerr = |child: usize, source: KernelError| ExecError::Kernel {
+            stage: self.plan.nodes[child].name.clone(),
+            chunk: idx.to_vec(),
+            source,
+        };
+        for &child in &n.children {
+            let c = &self.plan.nodes[child];
+            let t0 = Instant::now();
+            match &c.op {
+                NodeOp::Recenter { window } => {
+                    let (out, _) = crate::kernels::recenter::recenter_chunk(&chunk, *window).map_err(|e| kerr(child, e))?;
+                    self.progress.record(child, t0, chunk.nbytes(), true);
+                    self.emit(child, idx, out)?;
+                }
+                NodeOp::Fft(f) => {
+                    let dtype = f.dtype.unwrap_or(DType::Float32);
+                    let out = crate::kernels::fft::spectrum(&chunk, f.axis, f.power, f.onesided, dtype)
+                        .map_err(|e| kerr(child, e))?;
+                    self.progress.record(child, t0, chunk.nbytes(), true);
+                    self.emit(child, idx, out)?;
+                }
+                NodeOp::Reduce(r) => {
+                    let p = reduce::partial(&chunk, &r.axes, r.op).map_err(|e| kerr(child, e))?;
+                    self.progress.record(child, t0, chunk.nbytes(), true);
+                    let keep: Vec<usize> = (0..idx.len()).filter(|a| !r.axes.contains(a)).collect();
+                    let out_idx: Vec<usize> = keep.iter().map(|&a| idx[a]).collect();
+                    let in_grid = self.plan.nodes[node].meta.grid();
+                    let red_grid: Vec<usize> = r.axes.iter().map(|&a| in_grid[a]).collect();
+                    let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
+                    let leaf = linear(&red_grid, &red_idx);
+                    let out_lin = linear(&c.meta.grid(), &out_idx);
+                    if let Some(total) = self.feed_tree(child, out_lin, leaf, p).map_err(|e| kerr(child, e))? {
+                        let t1 = Instant::now();
+                        let out = reduce::finish(total, chunk.dtype());
+                        self.progress.record(child, t1, 0, false);
+                        self.emit(child, &out_idx, out)?;
+                    }
+                }
+                NodeOp::Rechunk => {
+                    let im = &n.meta;
+                    let (start, len) = im.chunk_region(idx);
+                    let part = linear(&im.grid(), idx) as u32;
+                    let grid = c.meta.grid();
+                    for o in product(&overlapping(&c.meta.chunks, &start, &len)) {
+                        let (os, ol) = c.meta.chunk_region(&o);
+                        let lo: Vec<usize> = start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
+                        let hi: Vec<usize> = (0..lo.len()).map(|a| (start[a] + len[a]).min(os[a] + ol[a])).collect();
+                        let rel: Vec<usize> = lo.iter().zip(&start).map(|(l, s)| l - s).collect();
+                        let ext: Vec<usize> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
+                        let piece = chunk.region(&rel, &ext);
+                        let lin = linear(&grid, &o);
+                        self.store.put(ChunkKey { node: child as u32, chunk: lin as u32, part }, piece, 1)?;
+                        if self.missing[child][lin].fetch_sub(1, Ordering::SeqCst) == 1 {
+                            self.enqueue(Task::Merge { node: child, chunk: lin });
+                        }
+                    }
+                    self.progress.record(child, t0, chunk.nbytes(), false);
+                }
+                NodeOp::Source => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts leaf `leaf` of output chunk `out` into its reduction tree; returns the root when it completes.
+    fn feed_tree(&self, node: usize, out: usize, leaf: usize, p: Partial) -> Result<Option<Partial>, KernelError> {
+        let Some(state) = &self.reduce[node] else { return Ok(Some(p)) };
+        let (mut level, mut k, mut p) = (0usize, leaf, p);
+        let mut count = state.leaves;
+        loop {
+            if count <= 1 {
+                return Ok(Some(p));
+            }
+            let parent = k / REDUCE_FAN_IN;
+            let siblings = REDUCE_FAN_IN.min(count - parent * REDUCE_FAN_IN);
+            let full = {
+                let mut t = state.trees[out].lock().unwrap_or_else(|e| e.into_inner());
+                let slot = t.waiting.entry((level + 1, parent)).or_insert_with(|| (0..siblings).map(|_| None).collect());
+                slot[k % REDUCE_FAN_IN] = Some(p);
+                if slot.iter().all(Option::is_some) { t.waiting.remove(&(level + 1, parent)) } else { None }
+            };
+            let Some(children) = full else { return Ok(None) };
+            let mut it = children.into_iter().flatten();
+            let Some(mut acc) = it.next() else { return Ok(None) };
+            for c in it {
+                acc = reduce::combine(acc, &c)?;
+            }
+            p = acc;
+            level += 1;
+            k = parent;
+            count = count.div_ceil(REDUCE_FAN_IN);
+        }
+    }
+}
+
+/// Every index in the cartesian product of per-axis ranges, row-major.
+fn product(ranges: &[std::ops::Range<usize>]) -> Vec<Vec<usize>> {
+    let ext: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    crate::array::grid_indices(&ext)
+        .into_iter()
+        .map(|i| i.iter().zip(ranges).map(|(k, r)| r.start + k).collect())
+        .collect()
+}

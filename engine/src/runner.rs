@@ -1,0 +1,297 @@
+//! The local runner: manifest -> source -> plan -> execution -> output files, all or nothing.
+//!
+//! Outputs are written into a staging directory inside the output location and moved into place only when
+//! the whole run succeeded, `summary.json` last. A failed or interrupted run leaves the previous outputs (if
+//! any) untouched and no half-written file under a final name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::array::Chunk;
+use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, execute};
+use crate::output::OutputError;
+use crate::output::plot::PlotSpec;
+use crate::output::zarr::ZarrWriter;
+use crate::plan::{Plan, PlanError};
+use crate::source::{SliceSource, SourceError};
+use crate::spec::ArrayJobManifest;
+use crate::store::StoreStats;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The source could not be opened or its first slice read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The spec does not fit the data.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Execution failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// An output file could not be written or moved into place.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The output location could not be prepared.
+    #[error("output directory {path}: {source}")]
+    OutDir {
+        /// Directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A job with its source opened and its plan built, ready to run.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The manifest.
+    pub manifest: ArrayJobManifest,
+    /// The opened source.
+    pub source: Box<dyn SliceSource>,
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// Opens the source of a validated manifest (reading slice 0 unless the spec declares the slice shape and
+/// type) and builds the plan. `base_dir` resolves relative file paths (the manifest's directory).
+///
+/// # Errors
+/// When the source cannot be opened or read, or the spec does not fit the data.
+pub fn prepare(manifest: ArrayJobManifest, order: &[usize], base_dir: &Path) -> Result<Prepared, RunError> {
+    let source = crate::source::open(&manifest.spec.source, base_dir)?;
+    let s = &manifest.spec.source;
+    let info = match (&s.slice_shape, s.dtype, s.synthetic.is_some()) {
+        (Some(shape), Some(dtype), false) if shape.len() == 2 => {
+            crate::source::SliceInfo { height: shape[0], width: shape[1], dtype }
+        }
+        _ => source.slice_info()?,
+    };
+    let plan = Plan::build(&manifest.spec, order, source.len(), info)?;
+    Ok(Prepared { manifest, source, plan })
+}
+
+/// Local run settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where outputs and `summary.json` go.
+    pub out_dir: PathBuf,
+    /// Worker threads.
+    pub threads: usize,
+    /// Bytes of chunks kept in memory before spilling to disk.
+    pub memory_budget: usize,
+}
+
+/// What `summary.json` holds.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// Job name.
+    pub job: String,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+    /// Threads used.
+    pub threads: usize,
+    /// Memory budget of the chunk store, bytes.
+    pub memory_budget: u64,
+    /// Chunk store counters (peak resident bytes, bytes spilled and read back).
+    pub store: StoreStats,
+    /// Per node (source first): tasks, bytes in/out, seconds.
+    pub stages: Vec<NodeSnapshot>,
+    /// Files written, relative to the output directory.
+    pub outputs: Vec<OutputRecord>,
+}
+
+/// One output file of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputRecord {
+    /// Stage that produced it.
+    pub stage: String,
+    /// `zarr`, `image`, `plot` or `csv`.
+    pub kind: String,
+    /// Path relative to the output directory.
+    pub path: String,
+}
+
+struct NodeSinks {
+    stage: String,
+    chunks: Vec<usize>,
+    zarr: Option<ZarrWriter>,
+    /// The whole result as f64, for images, plots and CSVs of small results.
+    dense: Option<Mutex<Chunk>>,
+    /// Chosen `[row, col]` pixels and their series along axis 0, for plots of 3-D results.
+    series: Option<(Vec<[usize; 2]>, Mutex<Vec<Vec<f64>>>)>,
+}
+
+struct Sinks {
+    nodes: Vec<Option<NodeSinks>>,
+}
+
+impl ChunkSink for Sinks {
+    fn deliver(&self, node: usize, idx: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
+        let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else { return Ok(()) };
+        let err = |target: &str, e: String| ExecError::Output { stage: s.stage.clone(), target: target.into(), message: e };
+        if let Some(z) = &s.zarr {
+            z.write_chunk(idx, chunk).map_err(|e| err("zarr", e.to_string()))?;
+        }
+        let shape = chunk.shape();
+        let start: Vec<usize> = idx.iter().zip(&s.chunks).map(|(i, c)| i * c).collect();
+        if let Some(d) = &s.dense {
+            let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
+            full.paste(&start, &Chunk::F64(chunk.to_f64())).map_err(|m| err("assembly", m))?;
+        }
+        if let Some((pixels, values)) = &s.series {
+            let vals = chunk.to_f64();
+            let mut out = values.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, &[r, c]) in pixels.iter().enumerate() {
+                if (start[1]..start[1] + shape[1]).contains(&r) && (start[2]..start[2] + shape[2]).contains(&c) {
+                    for t in 0..shape[0] {
+                        out[k][start[0] + t] = vals[[t, r - start[1], c - start[2]]];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::OutDir { path: path.display().to_string(), source }
+}
+
+/// Runs a prepared job: executes the plan, writes every output into a staging directory and moves them into
+/// `opts.out_dir` when everything succeeded, then writes `summary.json`.
+///
+/// # Errors
+/// The first failure; the staging directory is removed and nothing under `out_dir` is replaced.
+pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &AtomicBool) -> Result<RunSummary, RunError> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".arrayjob-staging-")
+        .tempdir_in(&opts.out_dir)
+        .map_err(io_err(&opts.out_dir))?;
+    let plan = &job.plan;
+    let mut nodes = Vec::new();
+    let mut records = Vec::new();
+    for n in &plan.nodes {
+        let Some(o) = &n.output else {
+            nodes.push(None);
+            continue;
+        };
+        let mut zarr = None;
+        if let Some(z) = &o.zarr {
+            let mut attrs = serde_json::Map::new();
+            attrs.insert("arrayjob".into(), serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}));
+            zarr = Some(ZarrWriter::create(&staging.path().join(z), &n.meta, attrs)?);
+            records.push(OutputRecord { stage: n.name.clone(), kind: "zarr".into(), path: z.clone() });
+        }
+        let wants_dense = o.image.is_some() || o.csv.is_some() || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
+        let series = o.plot.as_ref().and_then(|p| p.pixels.as_ref()).map(|px| {
+            let pixels = px.iter().map(|rc| [rc[0], rc[1]]).collect::<Vec<_>>();
+            let len = n.meta.shape[0];
+            let vals = Mutex::new(vec![vec![f64::NAN; len]; pixels.len()]);
+            (pixels, vals)
+        });
+        nodes.push(Some(NodeSinks {
+            stage: n.name.clone(),
+            chunks: n.meta.chunks.clone(),
+            zarr,
+            dense: wants_dense.then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
+            series,
+        }));
+    }
+    let sinks = Sinks { nodes };
+    let exec_opts = ExecOptions {
+        threads: opts.threads,
+        memory_budget: opts.memory_budget,
+        spill_dir: staging.path().join(".spill"),
+    };
+    let store = execute(plan, job.source.as_ref(), &sinks, &exec_opts, progress, cancel)?;
+    // Small outputs are written once every chunk has arrived.
+    for (n, s) in plan.nodes.iter().zip(sinks.nodes) {
+        let (Some(o), Some(s)) = (&n.output, s) else { continue };
+        let dense = s.dense.map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
+        if let (Some(f), Some(d)) = (&o.image, &dense) {
+            let d2 = d.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| OutputError::Invalid {
+                path: f.clone(),
+                message: e.to_string(),
+            })?;
+            crate::output::image::write_image_png(&staging_file(staging.path(), f)?, d2)?;
+            records.push(OutputRecord { stage: n.name.clone(), kind: "image".into(), path: f.clone() });
+        }
+        if let (Some(f), Some(d)) = (&o.csv, &dense) {
+            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view(), &[&n.name])?;
+            records.push(OutputRecord { stage: n.name.clone(), kind: "csv".into(), path: f.clone() });
+        }
+        if let Some(p) = &o.plot {
+            let (series, x_label) = match (&s.series, &dense) {
+                (Some((pixels, vals)), _) => {
+                    let vals = vals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let named = pixels.iter().zip(vals).map(|(px, v)| (format!("pixel ({}, {})", px[0], px[1]), v)).collect();
+                    (named, if matches!(n.op, crate::plan::NodeOp::Fft(_)) { "frequency bin" } else { "index along axis 0" })
+                }
+                (None, Some(d)) => (vec![(n.name.clone(), d.iter().copied().collect())], "index"),
+                (None, None) => continue,
+            };
+            let spec = PlotSpec {
+                title: p.title.clone().unwrap_or_else(|| n.name.clone()),
+                x_label: x_label.to_string(),
+                y_label: n.name.clone(),
+                series,
+                log_y: p.log_y,
+            };
+            crate::output::plot::write_plot_png(&staging_file(staging.path(), &p.file)?, &spec)?;
+            records.push(OutputRecord { stage: n.name.clone(), kind: "plot".into(), path: p.file.clone() });
+        }
+    }
+    // Everything is written: move outputs into place, then the summary. The old summary goes first, so a
+    // directory with a summary.json always holds one complete run.
+    let dst = opts.out_dir.join("summary.json");
+    if dst.exists() {
+        std::fs::remove_file(&dst).map_err(io_err(&dst))?;
+    }
+    for r in &records {
+        let from = staging.path().join(&r.path);
+        let to = opts.out_dir.join(&r.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        if to.is_dir() {
+            std::fs::remove_dir_all(&to).map_err(io_err(&to))?;
+        } else if to.exists() {
+            std::fs::remove_file(&to).map_err(io_err(&to))?;
+        }
+        std::fs::rename(&from, &to).map_err(io_err(&to))?;
+    }
+    let summary = RunSummary {
+        job: job.manifest.metadata.name.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        threads: opts.threads,
+        memory_budget: opts.memory_budget as u64,
+        store,
+        stages: progress.snapshot(),
+        outputs: records,
+    };
+    let tmp = staging.path().join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| OutputError::Invalid {
+        path: "summary.json".into(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    Ok(summary)
+}
+
+/// Path of `rel` inside the staging directory, with its parent directories created.
+fn staging_file(staging: &Path, rel: &str) -> Result<PathBuf, RunError> {
+    let p = staging.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    Ok(p)
+}
