@@ -144,7 +144,9 @@ impl Chunk {
             }};
         }
         Ok(match dtype {
-            DType::Uint8 => Chunk::U8(ArrayD::from_shape_vec(s, bytes.to_vec()).map_err(|e| e.to_string())?),
+            DType::Uint8 => {
+                Chunk::U8(ArrayD::from_shape_vec(s, bytes.to_vec()).map_err(|e| e.to_string())?)
+            }
             DType::Uint16 => build!(u16, U16),
             DType::Float32 => build!(f32, F32),
             DType::Float64 => build!(f64, F64),
@@ -232,7 +234,11 @@ mod tests {
 
     #[test]
     fn grid_and_regions_cover_ragged_edges() {
-        let m = ArrayMeta { shape: vec![45, 10], chunks: vec![20, 4], dtype: DType::Uint8 };
+        let m = ArrayMeta {
+            shape: vec![45, 10],
+            chunks: vec![20, 4],
+            dtype: DType::Uint8,
+        };
         assert_eq!(m.grid(), vec![3, 3]);
         assert_eq!(m.chunk_region(&[2, 2]), (vec![40, 8], vec![5, 2]));
         assert_eq!(m.chunk_indices().len(), 9);
@@ -241,10 +247,15 @@ mod tests {
 
     #[test]
     fn bytes_round_trip() {
-        let c = Chunk::F32(ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.5, -2.0, 3.25, 0.0]).expect("shape"));
+        let c = Chunk::F32(
+            ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.5, -2.0, 3.25, 0.0]).expect("shape"),
+        );
         let b = c.to_le_bytes();
         assert_eq!(b.len(), 16);
-        assert_eq!(Chunk::from_le_bytes(DType::Float32, &[2, 2], &b).expect("decode"), c);
+        assert_eq!(
+            Chunk::from_le_bytes(DType::Float32, &[2, 2], &b).expect("decode"),
+            c
+        );
         assert!(Chunk::from_le_bytes(DType::Float32, &[2, 3], &b).is_err());
     }
 }
