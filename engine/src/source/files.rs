@@ -1,0 +1,172 @@
+//! The `files` source: local image files named by an index template or matched by a glob.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::decode::decode_slice;
+use super::template::IndexTemplate;
+use super::{InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use crate::array::Chunk;
+use crate::spec::FilesSource;
+
+/// How the files of a [`FilesSliceSource`] are named.
+#[derive(Debug, Clone)]
+enum Naming {
+    /// `template` rendered for indices `start..start + len`.
+    Pattern { template: IndexTemplate, start: u64 },
+    /// These files, sorted by name.
+    Glob { glob: String, paths: Vec<PathBuf> },
+}
+
+/// Slices read from local PNG, TIFF or JPEG files (8- or 16-bit greyscale).
+#[derive(Debug)]
+pub struct FilesSliceSource {
+    naming: Naming,
+    len: usize,
+    info: InfoCache,
+}
+
+impl FilesSliceSource {
+    /// Resolves the spec: relative paths are taken from `files.baseDir` (itself relative to `base_dir`) or
+    /// `base_dir`. A glob is expanded here, once.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] when not exactly one of `pattern` or `glob` is set, the pattern has no index
+    /// placeholder or an empty range, or the glob is invalid or matches no file.
+    pub fn new(spec: &FilesSource, base_dir: &Path) -> Result<FilesSliceSource, SourceError> {
+        let config = |field: &str, message: String| SourceError::Config {
+            field: format!("spec.source.files{field}"),
+            message,
+        };
+        let dir = match &spec.base_dir {
+            Some(d) => base_dir.join(d),
+            None => base_dir.to_path_buf(),
+        };
+        let (naming, len) = match (&spec.pattern, &spec.glob) {
+            (Some(pattern), None) => {
+                let full = dir.join(pattern);
+                let text = full
+                    .to_str()
+                    .ok_or_else(|| config(".pattern", format!("{full:?} is not valid UTF-8")))?;
+                let template = IndexTemplate::parse(text, "spec.source.files.pattern")?;
+                let start = spec.start.unwrap_or(0);
+                let stop = spec
+                    .stop
+                    .ok_or_else(|| config(".stop", "is required with pattern".into()))?;
+                if start >= stop {
+                    return Err(config(
+                        ".stop",
+                        format!("empty range [{start}, {stop}): stop must be greater than start"),
+                    ));
+                }
+                let len = usize::try_from(stop - start)
+                    .map_err(|_| config(".stop", format!("range [{start}, {stop}) is too long")))?;
+                (Naming::Pattern { template, start }, len)
+            }
+            (None, Some(glob)) => {
+                if spec.start.is_some() || spec.stop.is_some() {
+                    return Err(config(
+                        "",
+                        "start/stop go with pattern, not with glob".into(),
+                    ));
+                }
+                let full = dir.join(glob);
+                let text = full
+                    .to_str()
+                    .ok_or_else(|| config(".glob", format!("{full:?} is not valid UTF-8")))?;
+                let entries = glob::glob(text)
+                    .map_err(|e| config(".glob", format!("bad glob {text:?}: {e}")))?;
+                let mut paths = entries
+                    .map(|entry| {
+                        entry.map_err(|e| config(".glob", format!("while expanding {text:?}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                paths.retain(|p| p.is_file());
+                if paths.is_empty() {
+                    return Err(config(".glob", format!("no file matches {text:?}")));
+                }
+                paths.sort();
+                let len = paths.len();
+                (
+                    Naming::Glob {
+                        glob: text.to_owned(),
+                        paths,
+                    },
+                    len,
+                )
+            }
+            _ => {
+                return Err(config(
+                    "",
+                    "exactly one of pattern or glob must be set".into(),
+                ));
+            }
+        };
+        Ok(FilesSliceSource {
+            naming,
+            len,
+            info: InfoCache::default(),
+        })
+    }
+
+    /// Path of slice `index`.
+    pub fn path(&self, index: usize) -> PathBuf {
+        match &self.naming {
+            Naming::Pattern { template, start } => {
+                PathBuf::from(template.render(start + index as u64))
+            }
+            Naming::Glob { paths, .. } => paths.get(index).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Reads and decodes one slice.
+    fn load(&self, index: usize) -> Result<Chunk, SourceError> {
+        let path = self.path(index);
+        let bytes = std::fs::read(&path).map_err(|source| SourceError::Io {
+            index,
+            path: path.display().to_string(),
+            source,
+        })?;
+        decode_slice(&bytes, index, &path.display().to_string())
+    }
+}
+
+impl SliceSource for FilesSliceSource {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slice_info(&self) -> Result<SliceInfo, SourceError> {
+        self.info.get_or_try(|| {
+            let slice = self.load(0)?;
+            SliceInfo::of(&slice).ok_or_else(|| SourceError::Decode {
+                index: 0,
+                location: self.path(0).display().to_string(),
+                message: "not a 2-D image".into(),
+            })
+        })
+    }
+
+    fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
+        check_range(self, start, end)?;
+        let slices = (start..end)
+            .into_par_iter()
+            .map(|i| self.load(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = match SliceInfo::of(&slices[0]) {
+            Some(first) if start == 0 => self.info.get_or_try(|| Ok(first))?,
+            _ => self.slice_info()?,
+        };
+        stack(start, slices, info, |i| self.path(i).display().to_string())
+    }
+
+    fn describe(&self) -> String {
+        match &self.naming {
+            Naming::Pattern { template, start } => {
+                format!("files {template} [{start}, {})", start + self.len as u64)
+            }
+            Naming::Glob { glob, .. } => format!("files {glob} ({} files)", self.len),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The `http` source: one image per URL, fetched with bounded concurrency and retries.
+//!
+//! The source owns a small tokio runtime; [`SliceSource::read`] blocks on it, so it must be called from plain
+//! threads (the executor's), not from inside another tokio runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rayon::prelude::*;
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::decode::decode_slice;
+use super::template::IndexTemplate;
+use super::{InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use crate::array::Chunk;
+use crate::spec::HttpSource;
+
+/// Requests in flight at once when the spec does not say.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Retries of one URL when the spec does not say.
+pub const DEFAULT_RETRIES: u32 = 4;
+/// Timeout of one request when the spec does not say.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+/// Delay before the first retry; it doubles on each further retry.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Slices fetched over HTTP(S) from `urlTemplate` for indices `[start, stop)`.
+#[derive(Debug)]
+pub struct HttpSliceSource {
+    template: IndexTemplate,
+    start: u64,
+    len: usize,
+    retries: u32,
+    client: reqwest::Client,
+    /// Shared by every concurrent `read`, so `concurrency` bounds the whole source.
+    permits: Arc<Semaphore>,
+    runtime: Runtime,
+    info: InfoCache,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// The server answered with a non-success status.
+    Status(u16),
+    /// No answer: refused, reset, closed, timed out...; `retry` is false for errors a retry cannot fix.
+    Transport { message: String, retry: bool },
+}
+
+impl HttpSliceSource {
+    /// Checks the spec and builds the HTTP client and its runtime.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] naming the field when the template has no index placeholder or does not give an
+    /// http(s) URL, the range is empty, or `concurrency` or `timeoutSeconds` is 0.
+    pub fn new(spec: &HttpSource) -> Result<HttpSliceSource, SourceError> {
+        let config = |field: &str, message: String| SourceError::Config {
+            field: format!("spec.source.http.{field}"),
+            message,
+        };
+        let template = IndexTemplate::parse(&spec.url_template, "spec.source.http.urlTemplate")?;
+        let start = spec.start.unwrap_or(0);
+        if start >= spec.stop {
+            return Err(config(
+                "stop",
+                format!(
+                    "empty range [{start}, {}): stop must be greater than start",
+                    spec.stop
+                ),
+            ));
+        }
+        let len = usize::try_from(spec.stop - start).map_err(|_| {
+            config(
+                "stop",
+                format!("range [{start}, {}) is too long", spec.stop),
+            )
+        })?;
+        let example = template.render(start);
+        match reqwest::Url::parse(&example) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(url) => {
+                return Err(config(
+                    "urlTemplate",
+                    format!("{example}: scheme {} is not http or https", url.scheme()),
+                ));
+            }
+            Err(e) => {
+                return Err(config(
+                    "urlTemplate",
+                    format!("{example} is not a valid URL: {e}"),
+                ));
+            }
+        }
+        let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(config("concurrency", "must be at least 1".into()));
+        }
+        let timeout = spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+        if timeout == 0 {
+            return Err(config("timeoutSeconds", "must be at least 1".into()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(timeout))
+            .connect_timeout(Duration::from_secs(timeout.min(10)))
+            .build()
+            .map_err(|e| {
+                config(
+                    "urlTemplate",
+                    format!("cannot build the HTTP client: {}", error_chain(&e)),
+                )
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("arrayjob-http")
+            .enable_all()
+            .build()
+            .map_err(|e| config("urlTemplate", format!("cannot start the HTTP runtime: {e}")))?;
+        Ok(HttpSliceSource {
+            template,
+            start,
+            len,
+            retries: spec.retries.unwrap_or(DEFAULT_RETRIES),
+            client,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            runtime,
+            info: InfoCache::default(),
+        })
+    }
+
+    /// URL of slice `index`.
+    pub fn url(&self, index: usize) -> String {
+        self.template.render(self.start + index as u64)
+    }
+
+    /// Fetches the bytes of slices `start..end`, all at once within the concurrency bound; stops at the first
+    /// slice that fails for good.
+    fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+        self.runtime.block_on(async {
+            let mut tasks = JoinSet::new();
+            for index in start..end {
+                let fetch = fetch(
+                    self.client.clone(),
+                    Arc::clone(&self.permits),
+                    self.url(index),
+                    index,
+                    self.retries,
+                );
+                tasks.spawn(async move { (index, fetch.await) });
+            }
+            let mut bodies = vec![Vec::new(); end - start];
+            while let Some(joined) = tasks.join_next().await {
+                let (index, body) = joined.map_err(|e| SourceError::HttpTransport {
+                    index: start,
+                    url: self.url(start),
+                    attempts: 0,
+                    message: format!("fetch task failed: {e}"),
+                })?;
+                // Returning drops `tasks`, which aborts the fetches still running.
+                bodies[index - start] = body?;
+            }
+            Ok(bodies)
+        })
+    }
+}
+
+/// GETs `url`, retrying 5xx answers (and 429) and transport failures with exponential backoff.
+async fn fetch(
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    url: String,
+    index: usize,
+    retries: u32,
+) -> Result<Vec<u8>, SourceError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let outcome = {
+            let _permit = permits
+                .acquire()
+                .await
+                .map_err(|e| SourceError::HttpTransport {
+                    index,
+                    url: url.clone(),
+                    attempts,
+                    message: e.to_string(),
+                })?;
+            get(&client, &url).await
+        };
+        let retry = match &outcome {
+            Ok(body) => {
+                debug!(index, url, attempts, bytes = body.len(), "fetched slice");
+                false
+            }
+            Err(Failure::Status(status)) => *status >= 500 || *status == 429,
+            Err(Failure::Transport { retry, .. }) => *retry,
+        };
+        if retry && attempts <= retries {
+            let delay = BACKOFF_BASE
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(BACKOFF_MAX);
+            let why = match &outcome {
+                Err(Failure::Status(status)) => format!("HTTP {status}"),
+                Err(Failure::Transport { message, .. }) => message.clone(),
+                Ok(_) => String::new(),
+            };
+            warn!(
+                index,
+                url,
+                attempts,
+                retries,
+                delay_ms = delay.as_millis() as u64,
+                error = why,
+                "retrying slice fetch"
+            );
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        return outcome.map_err(|failure| match failure {
+            Failure::Status(status) => SourceError::HttpStatus {
+                index,
+                url,
+                status,
+                attempts,
+            },
+            Failure::Transport { message, .. } => SourceError::HttpTransport {
+                index,
+                url,
+                attempts,
+                message,
+            },
+        });
+    }
+}
+
+/// One attempt: GET `url` and read the whole body.
+async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
+    let transport = |e: reqwest::Error| Failure::Transport {
+        retry: !e.is_builder(),
+        message: error_chain(&e),
+    };
+    let response = client.get(url).send().await.map_err(transport)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Failure::Status(status.as_u16()));
+    }
+    Ok(response.bytes().await.map_err(transport)?.to_vec())
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message hides the cause, e.g. "connection reset").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
+impl SliceSource for HttpSliceSource {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slice_info(&self) -> Result<SliceInfo, SourceError> {
+        self.info.get_or_try(|| {
+            let bodies = self.fetch_all(0, 1)?;
+            let url = self.url(0);
+            let slice = decode_slice(bodies.first().map_or(&[][..], |b| &b[..]), 0, &url)?;
+            SliceInfo::of(&slice).ok_or_else(|| SourceError::Decode {
+                index: 0,
+                location: url,
+                message: "not a 2-D image".into(),
+            })
+        })
+    }
+
+    fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
+        check_range(self, start, end)?;
+        let bodies = self.fetch_all(start, end)?;
+        let slices = bodies
+            .par_iter()
+            .enumerate()
+            .map(|(i, body)| decode_slice(body, start + i, &self.url(start + i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let info = match SliceInfo::of(&slices[0]) {
+            Some(first) if start == 0 => self.info.get_or_try(|| Ok(first))?,
+            _ => self.slice_info()?,
+        };
+        stack(start, slices, info, |i| self.url(i))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "http {} [{}, {})",
+            self.template,
+            self.start,
+            self.start + self.len as u64
+        )
+    }
+}

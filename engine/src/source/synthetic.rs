@@ -1,0 +1,90 @@
+//! The `synthetic` source: recipe `emstack-v1` (see [`super::emstack`]) generated in memory.
+
+use ndarray::{ArrayD, IxDyn};
+use rayon::prelude::*;
+
+use super::emstack::{self, DEFAULT_SEED, RECIPE};
+use super::{SliceInfo, SliceSource, SourceError, check_range};
+use crate::array::{Chunk, DType};
+use crate::spec::SyntheticSource;
+
+/// A deterministic EM-like stack of `uint8` slices, generated on demand (no I/O).
+#[derive(Debug, Clone)]
+pub struct SyntheticSliceSource {
+    slices: usize,
+    height: usize,
+    width: usize,
+    seed: u64,
+}
+
+impl SyntheticSliceSource {
+    /// Checks the spec: at least one slice, height and width positive multiples of 4.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] naming the offending field.
+    pub fn new(spec: &SyntheticSource) -> Result<SyntheticSliceSource, SourceError> {
+        let config = |field: &str, message: String| SourceError::Config {
+            field: format!("spec.source.synthetic.{field}"),
+            message,
+        };
+        if spec.slices == 0 {
+            return Err(config("slices", "must be at least 1".into()));
+        }
+        for (field, v) in [("height", spec.height), ("width", spec.width)] {
+            if v == 0 || v % 4 != 0 {
+                return Err(config(
+                    field,
+                    format!("must be a positive multiple of 4 (recipe {RECIPE}), got {v}"),
+                ));
+            }
+        }
+        Ok(SyntheticSliceSource {
+            slices: spec.slices,
+            height: spec.height,
+            width: spec.width,
+            seed: spec.seed.unwrap_or(DEFAULT_SEED),
+        })
+    }
+}
+
+impl SliceSource for SyntheticSliceSource {
+    fn len(&self) -> usize {
+        self.slices
+    }
+
+    fn slice_info(&self) -> Result<SliceInfo, SourceError> {
+        Ok(SliceInfo {
+            height: self.height,
+            width: self.width,
+            dtype: DType::Uint8,
+        })
+    }
+
+    fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
+        check_range(self, start, end)?;
+        let plane = self.height * self.width;
+        let mut data = vec![0u8; (end - start) * plane];
+        data.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+            emstack::generate_slice_into(
+                (start + i) as u64,
+                self.height,
+                self.width,
+                self.seed,
+                out,
+            );
+        });
+        let array = ArrayD::from_shape_vec(IxDyn(&[end - start, self.height, self.width]), data)
+            .map_err(|e| SourceError::Config {
+                field: "spec.source.synthetic".into(),
+                message: format!("slices {start}..{end}: {e}"),
+            })?;
+        Ok(Chunk::U8(array))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "synthetic {RECIPE} {}x{}x{} seed {}",
+            self.slices, self.height, self.width, self.seed
+        )
+    }
+}
