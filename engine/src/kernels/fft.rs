@@ -1,0 +1,158 @@
+//! Real spectra along one axis: `|FFT(x)|^2` (power) or `|FFT(x)|` (amplitude) of a real chunk, computed in
+//! float64 with a real-to-complex FFT.
+
+use std::cell::RefCell;
+
+use ndarray::{ArrayD, IxDyn};
+use realfft::RealFftPlanner;
+use realfft::num_complex::Complex;
+
+use super::KernelError;
+use super::reduce::Elem;
+use crate::array::{Chunk, DType};
+
+/// Series gathered and transformed together (bounds the gather buffer to `SERIES_BLOCK * n` values).
+const SERIES_BLOCK: usize = 64;
+
+thread_local! {
+    /// Per-thread planner; it caches the plans it made, keyed by length.
+    static PLANNER: RefCell<RealFftPlanner<f64>> = RefCell::new(RealFftPlanner::new());
+}
+
+/// An output element type of [`spectrum`].
+trait OutElem: Copy + Default + Send + Sync + 'static {
+    fn from_f64(v: f64) -> Self;
+}
+impl OutElem for f32 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+impl OutElem for f64 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Spectrum of the real chunk along `axis`: `|X_k|^2` when `power`, else `|X_k|`, where `X = FFT(x)` along the
+/// axis (no normalisation, like `numpy.fft.fft`).
+///
+/// With `onesided` only the `n/2 + 1` non-negative frequencies are kept (like `numpy.fft.rfft`); otherwise all
+/// `n` bins in NumPy's order, the negative frequencies filled from the Hermitian symmetry `|X_{n-k}| = |X_k|`.
+/// The result has the input's shape except along `axis`, and type `dtype` (float32 or float64).
+///
+/// # Errors
+/// [`KernelError::InvalidArgument`] naming `axis` when it is out of range or the axis is empty, or `dtype`
+/// when it is not a float type.
+pub fn spectrum(
+    chunk: &Chunk,
+    axis: usize,
+    power: bool,
+    onesided: bool,
+    dtype: DType,
+) -> Result<Chunk, KernelError> {
+    let shape = chunk.shape();
+    if axis >= shape.len() {
+        return Err(KernelError::arg(
+            "axis",
+            format!("axis {axis} is out of range for a {}-d chunk", shape.len()),
+        ));
+    }
+    if shape[axis] == 0 {
+        return Err(KernelError::arg(
+            "axis",
+            format!("axis {axis} has length 0"),
+        ));
+    }
+    let out = match dtype {
+        DType::Float32 => Chunk::F32(
+            crate::with_chunk!(chunk, a => spectrum_typed::<_, f32>(a, axis, power, onesided)),
+        ),
+        DType::Float64 => Chunk::F64(
+            crate::with_chunk!(chunk, a => spectrum_typed::<_, f64>(a, axis, power, onesided)),
+        ),
+        other => {
+            return Err(KernelError::arg(
+                "dtype",
+                format!("spectra are float32 or float64, not {other}"),
+            ));
+        }
+    };
+    Ok(out)
+}
+
+fn spectrum_typed<T: Elem, O: OutElem>(
+    a: &ArrayD<T>,
+    axis: usize,
+    power: bool,
+    onesided: bool,
+) -> ArrayD<O> {
+    let std_a = a.as_standard_layout();
+    let data: &[T] = std_a.as_slice().unwrap_or(&[]);
+    let shape = a.shape();
+    let n = shape[axis];
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let half = n / 2 + 1;
+    let m = if onesided { half } else { n };
+    let mut out_shape = shape.to_vec();
+    out_shape[axis] = m;
+    let mut out = vec![O::default(); outer * m * inner];
+    if outer * inner == 0 {
+        return ArrayD::from_shape_vec(IxDyn(&out_shape), out).unwrap_or_default();
+    }
+
+    let fft = PLANNER.with(|p| p.borrow_mut().plan_fft_forward(n));
+    let mut scratch = fft.make_scratch_vec();
+    let mut spec = fft.make_output_vec();
+    let block = SERIES_BLOCK.min(inner);
+    // Gathered series (`block` of them, each contiguous) and their magnitudes (`block` x `half`).
+    let mut series = vec![0f64; block * n];
+    let mut mags = vec![0f64; block * half];
+
+    for o in 0..outer {
+        let in_base = o * n * inner;
+        let out_base = o * m * inner;
+        for j0 in (0..inner).step_by(block) {
+            let nb = block.min(inner - j0);
+            // Gather: row k of the input holds element k of series j0..j0+nb, contiguously.
+            for k in 0..n {
+                let row = &data[in_base + k * inner + j0..in_base + k * inner + j0 + nb];
+                for (b, v) in row.iter().enumerate() {
+                    series[b * n + k] = v.f();
+                }
+            }
+            for b in 0..nb {
+                let input = &mut series[b * n..(b + 1) * n];
+                // Lengths match the plan by construction, so this cannot fail.
+                if fft
+                    .process_with_scratch(input, &mut spec, &mut scratch)
+                    .is_err()
+                {
+                    continue;
+                }
+                let dst = &mut mags[b * half..(b + 1) * half];
+                for (d, c) in dst.iter_mut().zip(&spec) {
+                    *d = magnitude(*c, power);
+                }
+            }
+            // Scatter: bin k of series j0+b goes to out[o, k, j0+b].
+            for k in 0..m {
+                let src_k = if k < half { k } else { n - k };
+                let row = &mut out[out_base + k * inner + j0..out_base + k * inner + j0 + nb];
+                for (b, d) in row.iter_mut().enumerate() {
+                    *d = O::from_f64(mags[b * half + src_k]);
+                }
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&out_shape), out).unwrap_or_default()
+}
+
+#[inline(always)]
+fn magnitude(c: Complex<f64>, power: bool) -> f64 {
+    let p = c.re * c.re + c.im * c.im;
+    if power { p } else { p.sqrt() }
+}
