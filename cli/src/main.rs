@@ -116,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plan { file, json, threads } => {
             let (m, order) = load(&file)?;
-            let job = runner::prepare(m, &order, &base_dir(&file))?;
+            let job = runner::prepare(m, &order, &base_dir(&file), false)?;
             let r = job.plan.report(threads.unwrap_or_else(default_threads));
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -129,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { file, out, threads, memory_limit, quiet } => {
             let (m, order) = load(&file)?;
             let out = out.unwrap_or_else(|| PathBuf::from("out").join(&m.metadata.name));
-            let job = runner::prepare(m, &order, &base_dir(&file))?;
+            let job = runner::prepare(m, &order, &base_dir(&file), true)?;
             let opts = RunOptions {
                 out_dir: out.clone(),
                 threads: threads.unwrap_or_else(default_threads).max(1),
@@ -138,8 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = JobProgress::new(&job.plan);
             let cancel = AtomicBool::new(false);
             let bars = (!quiet).then(|| report::Bars::new(&progress));
+            let done = AtomicBool::new(false);
             let result = std::thread::scope(|s| {
-                let done = AtomicBool::new(false);
                 if let Some(b) = &bars {
                     s.spawn(|| {
                         while !done.load(std::sync::atomic::Ordering::Relaxed) {

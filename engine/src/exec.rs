@@ -375,7 +375,7 @@ impl Exec<'_> {
         ExecError::Kernel {
             stage: self.plan.nodes[node].name.clone(),
             chunk: idx.to_vec(),
-            source: KernelError::Invalid(m),
+            source: KernelError::InvalidArgument { name: "chunk", reason: m },
         }
     }
 
@@ -445,7 +445,8 @@ impl Exec<'_> {
                             self.enqueue(Task::Merge { node: child, chunk: lin });
                         }
                     }
-                    self.progress.record(child, t0, chunk.nbytes(), false);
+                    // Split time counts towards the rechunk; its bytes in are counted by the merges.
+                    self.progress.record(child, t0, 0, false);
                 }
                 NodeOp::Source => {}
             }

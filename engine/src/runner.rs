@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use ndarray::{ArrayD, IxDyn};
-
 use crate::array::Chunk;
 use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, execute};
 use crate::output::OutputError;
@@ -56,15 +54,17 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// Opens the source of a validated manifest (reading slice 0 unless the spec declares the slice shape and
-/// type) and builds the plan. `base_dir` resolves relative file paths (the manifest's directory).
+/// Opens the source of a validated manifest and builds the plan. `base_dir` resolves relative file paths
+/// (the manifest's directory). With `probe`, slice 0 is read to learn the slice shape and type (and checked
+/// against what the spec declares); without it, a declared shape and type are trusted, so a plan can be made
+/// offline.
 ///
 /// # Errors
 /// When the source cannot be opened or read, or the spec does not fit the data.
-pub fn prepare(manifest: ArrayJobManifest, order: &[usize], base_dir: &Path) -> Result<Prepared, RunError> {
+pub fn prepare(manifest: ArrayJobManifest, order: &[usize], base_dir: &Path, probe: bool) -> Result<Prepared, RunError> {
     let source = crate::source::open(&manifest.spec.source, base_dir)?;
     let s = &manifest.spec.source;
-    let info = match (&s.slice_shape, s.dtype, s.synthetic.is_some()) {
+    let info = match (&s.slice_shape, s.dtype, probe) {
         (Some(shape), Some(dtype), false) if shape.len() == 2 => {
             crate::source::SliceInfo { height: shape[0], width: shape[1], dtype }
         }
@@ -217,10 +217,7 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
         let (Some(o), Some(s)) = (&n.output, s) else { continue };
         let dense = s.dense.map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
         if let (Some(f), Some(d)) = (&o.image, &dense) {
-            let d2 = d.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| OutputError::Invalid {
-                path: f.clone(),
-                message: e.to_string(),
-            })?;
+            let d2 = d.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| OutputError::invalid(Path::new(f), "data", e.to_string()))?;
             crate::output::image::write_image_png(&staging_file(staging.path(), f)?, d2)?;
             records.push(OutputRecord { stage: n.name.clone(), kind: "image".into(), path: f.clone() });
         }
@@ -278,10 +275,7 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
         outputs: records,
     };
     let tmp = staging.path().join("summary.json");
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| OutputError::Invalid {
-        path: "summary.json".into(),
-        message: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
     Ok(summary)

@@ -1,0 +1,50 @@
+//! Helpers shared by the CLI's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with numpy, zarr and Pillow: `$ARRAYJOB_PYTHON`, or the venv `scripts/setup-python.sh` makes.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("ARRAYJOB_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(repo_root().join("scripts/setup-python.sh")).output().expect("run setup-python.sh");
+    assert!(out.status.success(), "setup-python.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs a Python script of `tests/oracle/` with arguments; panics with its output when it fails.
+pub fn oracle(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/oracle").join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}
+
+/// Runs the `arrayjob` binary.
+pub fn arrayjob(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arrayjob")).args(args).env("ARRAYJOB_QUIET", "1").output().expect("run arrayjob")
+}
+
+/// Runs `arrayjob` and returns (success, stdout, stderr).
+pub fn arrayjob_text(args: &[&str]) -> (bool, String, String) {
+    let o = arrayjob(args);
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+/// Writes `text` to `dir/name` and returns the path as a string.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.display().to_string()
+}

@@ -1,0 +1,65 @@
+//! The whole pipeline against a NumPy oracle: arrayjob runs the post's workflow (plus every reduction kind)
+//! over a PNG stack; `tests/oracle/check_pipeline.py` recomputes it with NumPy from the same PNGs and compares
+//! with the Zarr (read by zarr-python), CSV and PNG outputs.
+
+mod common;
+use common::*;
+
+fn job(data: &str, slices_per_chunk: usize) -> String {
+    format!(
+        r#"
+apiVersion: arrayjob.dev/v1alpha1
+kind: ArrayJob
+metadata: {{name: oracle}}
+spec:
+  source:
+    files: {{pattern: "{data}/slice_%05d.png", start: 0, stop: 45}}
+    slicesPerChunk: {slices_per_chunk}
+  stages:
+  - {{name: time-mean, input: source, reduce: {{op: mean, axes: [0]}}, output: {{zarr: time-mean.zarr, image: time-mean.png}}}}
+  - {{name: brightness, input: source, reduce: {{op: mean, axes: [1, 2]}}, output: {{csv: brightness.csv, plot: {{file: brightness.png}}}}}}
+  - {{name: time-std, input: source, reduce: {{op: std, axes: [0]}}, output: {{zarr: time-std.zarr}}}}
+  - {{name: row-max, input: source, reduce: {{op: max, axes: [1]}}, output: {{zarr: row-max.zarr}}}}
+  - {{name: col-min, input: source, reduce: {{op: min, axes: [0, 1]}}, output: {{zarr: col-min.zarr}}}}
+  - {{name: sum02, input: source, reduce: {{op: sum, axes: [0, 2]}}, output: {{zarr: sum02.zarr}}}}
+  - {{name: recentered, input: source, recenter: {{window: [32, 24]}}, output: {{zarr: recentered.zarr}}}}
+  - {{name: recentered-mean, input: recentered, reduce: {{op: mean, axes: [0]}}, output: {{zarr: recentered-mean.zarr}}}}
+  - {{name: series, input: recentered, rechunk: {{chunks: [-1, 5, 7]}}}}
+  - {{name: power, input: series, fft: {{axis: 0, power: true, dtype: float32}}, output: {{zarr: power.zarr, plot: {{file: power.png, pixels: [[0, 0], [16, 12]], logY: true}}}}}}
+  - {{name: amplitude, input: series, fft: {{axis: 0, power: false, onesided: true, dtype: float64}}, output: {{zarr: amplitude.zarr}}}}
+"#
+    )
+}
+
+fn run_and_check(slices_per_chunk: usize, extra: &[&str]) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    oracle("make_stack.py", &["--out", &data.display().to_string(), "--n", "45", "--h", "64", "--w", "48"]);
+    let manifest = write(dir.path(), "job.yaml", &job(&data.display().to_string(), slices_per_chunk));
+    let out = dir.path().join("out").display().to_string();
+    let mut args = vec!["run", &manifest, "--out", &out];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = arrayjob_text(&args);
+    assert!(ok, "arrayjob run failed:\n{stdout}\n{stderr}");
+    let report = oracle("check_pipeline.py", &["--data", &data.display().to_string(), "--out", &out, "--window", "32", "24"]);
+    assert!(report.contains("0 failed"), "{report}");
+    // Only final outputs and the summary are left; no staging directory.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .expect("out dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    assert!(names.contains(&"summary.json".to_string()) && names.contains(&"power.png".to_string()), "{names:?}");
+}
+
+#[test]
+fn pipeline_matches_numpy() {
+    run_and_check(7, &[]);
+}
+
+#[test]
+fn pipeline_matches_numpy_with_spilling_and_one_thread() {
+    // 45 x 32 x 24 recentered bytes = 34560 pieces' worth; a 4 KB budget forces nearly everything to disk.
+    run_and_check(4, &["--memory-limit", "4KB", "--threads", "1"]);
+}
