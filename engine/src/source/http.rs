@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::decode::decode_slice;
 use super::template::IndexTemplate;
-use super::{InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
 use crate::array::Chunk;
 use crate::spec::HttpSource;
 
@@ -52,12 +52,13 @@ enum Failure {
 }
 
 impl HttpSliceSource {
-    /// Checks the spec and builds the HTTP client and its runtime.
+    /// Checks the spec and builds the HTTP client and its runtime. `declared` is what the spec says every slice
+    /// is.
     ///
     /// # Errors
     /// [`SourceError::Config`] naming the field when the template has no index placeholder or does not give an
     /// http(s) URL, the range is empty, or `concurrency` or `timeoutSeconds` is 0.
-    pub fn new(spec: &HttpSource) -> Result<HttpSliceSource, SourceError> {
+    pub fn new(spec: &HttpSource, declared: Declared) -> Result<HttpSliceSource, SourceError> {
         let config = |field: &str, message: String| SourceError::Config {
             field: format!("spec.source.http.{field}"),
             message,
@@ -127,7 +128,7 @@ impl HttpSliceSource {
             client,
             permits: Arc::new(Semaphore::new(concurrency)),
             runtime,
-            info: InfoCache::default(),
+            info: InfoCache::new(declared),
         })
     }
 
@@ -275,11 +276,14 @@ impl SliceSource for HttpSliceSource {
             let bodies = self.fetch_all(0, 1)?;
             let url = self.url(0);
             let slice = decode_slice(bodies.first().map_or(&[][..], |b| &b[..]), 0, &url)?;
-            SliceInfo::of(&slice).ok_or_else(|| SourceError::Decode {
-                index: 0,
-                location: url,
-                message: "not a 2-D image".into(),
-            })
+            match SliceInfo::of(&slice) {
+                Some(info) => Ok((info, url)),
+                None => Err(SourceError::Decode {
+                    index: 0,
+                    location: url,
+                    message: "not a 2-D image".into(),
+                }),
+            }
         })
     }
 
@@ -292,10 +296,12 @@ impl SliceSource for HttpSliceSource {
             .map(|(i, body)| decode_slice(body, start + i, &self.url(start + i)))
             .collect::<Result<Vec<_>, _>>()?;
         let info = match SliceInfo::of(&slices[0]) {
-            Some(first) if start == 0 => self.info.get_or_try(|| Ok(first))?,
+            Some(first) if start == 0 => self.info.get_or_try(|| Ok((first, self.url(0))))?,
             _ => self.slice_info()?,
         };
-        stack(start, slices, info, |i| self.url(i))
+        stack(start, slices, info, self.info.declared.basis(), |i| {
+            self.url(i)
+        })
     }
 
     fn describe(&self) -> String {
