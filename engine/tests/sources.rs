@@ -724,7 +724,7 @@ fn http_reads_slices_and_retries_5xx() {
     );
     assert_eq!(
         server.hits("/ok/00000.png"),
-        1,
+        2,
         "slice 0 is fetched once for slice_info and once for read"
     );
     assert_eq!(server.hits("/ok/00001.png"), 3, "two 500s then success");
