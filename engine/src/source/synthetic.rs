@@ -35,7 +35,7 @@ impl SyntheticSliceSource {
             return Err(config("slices", "must be at least 1".into()));
         }
         for (field, v) in [("height", spec.height), ("width", spec.width)] {
-            if v == 0 || v % 4 != 0 {
+            if v == 0 || !v.is_multiple_of(4) {
                 return Err(config(
                     field,
                     format!("must be a positive multiple of 4 (recipe {RECIPE}), got {v}"),
