@@ -604,12 +604,25 @@ enum Reply {
     Close,
     /// Read the request, never answer (until the client gives up).
     Hang,
+    /// 200 with the bytes, after a delay.
+    Slow(Duration, Vec<u8>),
 }
 
-/// A small HTTP/1.1 server on 127.0.0.1, one thread per connection, counting requests per path.
+/// What the test server saw.
+#[derive(Default)]
+struct Seen {
+    /// Requests per path.
+    hits: HashMap<String, usize>,
+    /// Requests being answered now.
+    in_flight: usize,
+    /// Most requests ever answered at once.
+    max_in_flight: usize,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1, one thread per connection, recording what it sees.
 struct Server {
     base: String,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Server {
@@ -622,32 +635,33 @@ impl Server {
                 .map(|(p, r)| ((*p).to_owned(), r.clone()))
                 .collect(),
         );
-        let hits = Arc::new(Mutex::new(HashMap::new()));
-        let counter = Arc::clone(&hits);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let record = Arc::clone(&seen);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (routes, counter) = (Arc::clone(&routes), Arc::clone(&counter));
-                std::thread::spawn(move || handle(stream, &routes, &counter));
+                let (routes, record) = (Arc::clone(&routes), Arc::clone(&record));
+                std::thread::spawn(move || handle(stream, &routes, &record));
             }
         });
-        Server { base, hits }
+        Server { base, seen }
     }
 
     fn hits(&self, path: &str) -> usize {
-        self.hits
+        self.seen
             .lock()
             .expect("lock")
+            .hits
             .get(path)
             .copied()
             .unwrap_or(0)
     }
+
+    fn max_in_flight(&self) -> usize {
+        self.seen.lock().expect("lock").max_in_flight
+    }
 }
 
-fn handle(
-    mut stream: TcpStream,
-    routes: &HashMap<String, Reply>,
-    hits: &Mutex<HashMap<String, usize>>,
-) {
+fn handle(mut stream: TcpStream, routes: &HashMap<String, Reply>, seen: &Mutex<Seen>) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -659,30 +673,87 @@ fn handle(
     let text = String::from_utf8_lossy(&request);
     let path = text.split(' ').nth(1).unwrap_or("").to_owned();
     let n = {
-        let mut hits = hits.lock().expect("lock");
-        let n = hits.entry(path.clone()).or_insert(0);
+        let mut seen = seen.lock().expect("lock");
+        seen.in_flight += 1;
+        seen.max_in_flight = seen.max_in_flight.max(seen.in_flight);
+        let n = seen.hits.entry(path.clone()).or_insert(0);
         *n += 1;
         *n
     };
-    let (status, body) = match routes.get(&path) {
-        None => (404, b"not found".to_vec()),
-        Some(Reply::Body(b)) => (200, b.clone()),
-        Some(Reply::Status(s)) => (*s, b"error".to_vec()),
-        Some(Reply::FailThen(k, _)) if n <= *k => (500, b"try again".to_vec()),
-        Some(Reply::FailThen(_, b)) => (200, b.clone()),
-        Some(Reply::Close) => return,
+    let reply = match routes.get(&path) {
+        None => Some((404, b"not found".to_vec())),
+        Some(Reply::Body(b)) => Some((200, b.clone())),
+        Some(Reply::Status(s)) => Some((*s, b"error".to_vec())),
+        Some(Reply::FailThen(k, _)) if n <= *k => Some((500, b"try again".to_vec())),
+        Some(Reply::FailThen(_, b)) => Some((200, b.clone())),
+        Some(Reply::Close) => None,
         Some(Reply::Hang) => {
             std::thread::sleep(Duration::from_secs(5));
-            return;
+            None
+        }
+        Some(Reply::Slow(delay, b)) => {
+            std::thread::sleep(*delay);
+            Some((200, b.clone()))
         }
     };
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    // Counted out before answering, so the count never exceeds the requests the client has open.
+    seen.lock().expect("lock").in_flight -= 1;
+    if let Some((status, body)) = reply {
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(&body));
+    }
+}
+
+#[test]
+fn http_concurrency_is_bounded_across_reads() {
+    let img = png_bytes(&grey8(4, 4, 9));
+    let routes: Vec<(String, Reply)> = (0..8)
+        .map(|i| {
+            (
+                format!("/c/{i}"),
+                Reply::Slow(Duration::from_millis(150), img.clone()),
+            )
+        })
+        .collect();
+    let routes: Vec<(&str, Reply)> = routes
+        .iter()
+        .map(|(p, r)| (p.as_str(), r.clone()))
+        .collect();
+    let server = Server::start(&routes);
+    let mut spec = http(format!("{}/c/{{index}}", server.base), 8, 0, None);
+    if let Some(h) = spec.http.as_mut() {
+        h.concurrency = Some(3);
+    }
+    let src = open(&spec, Path::new("."));
+    let chunks: Vec<Chunk> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4)
+            .map(|k| {
+                s.spawn({
+                    let src = &src;
+                    move || src.read(2 * k, 2 * k + 2)
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().expect("reader").expect("read"))
+            .collect()
+    });
+    assert!(
+        chunks
+            .iter()
+            .all(|c| u8_values(c) == [expected8(4, 4, 9), expected8(4, 4, 9)].concat())
     );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(&body));
+    assert_eq!(
+        server.max_in_flight(),
+        3,
+        "concurrency 3 shared by 4 readers of 2 slices"
+    );
 }
 
 #[test]
@@ -797,7 +868,10 @@ fn http_errors_name_url_status_and_attempts() {
         ),
         "{e:?}"
     );
-    assert_contains(&e.to_string(), &["slice 3", &url(3), "3 attempt"]);
+    assert_contains(
+        &e.to_string(),
+        &["slice 3", &url(3), "3 attempt", "connection closed"],
+    );
     assert_eq!(server.hits("/e/3"), 3);
 
     let e = read_err(src.as_ref(), 4, 5).to_string();
@@ -864,7 +938,11 @@ fn http_timeout_and_refused_connection() {
     );
     assert_contains(
         &e.to_string(),
-        &[&format!("http://127.0.0.1:{port}/0"), "2 attempt"],
+        &[
+            &format!("http://127.0.0.1:{port}/0"),
+            "2 attempt",
+            "Connection refused",
+        ],
     );
 }
 
