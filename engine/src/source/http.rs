@@ -39,7 +39,8 @@ pub struct HttpSliceSource {
     client: reqwest::Client,
     /// Shared by every concurrent `read`, so `concurrency` bounds the whole source.
     permits: Arc<Semaphore>,
-    runtime: Runtime,
+    /// Always `Some` until dropped (taken in `Drop` to shut it down without blocking).
+    runtime: Option<Runtime>,
     info: InfoCache,
 }
 
@@ -127,7 +128,7 @@ impl HttpSliceSource {
             retries: spec.retries.unwrap_or(DEFAULT_RETRIES),
             client,
             permits: Arc::new(Semaphore::new(concurrency)),
-            runtime,
+            runtime: Some(runtime),
             info: InfoCache::new(declared),
         })
     }
@@ -140,7 +141,16 @@ impl HttpSliceSource {
     /// Fetches the bytes of slices `start..end`, all at once within the concurrency bound; stops at the first
     /// slice that fails for good.
     fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Vec<u8>>, SourceError> {
-        self.runtime.block_on(async {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| SourceError::HttpTransport {
+                index: start,
+                url: self.url(start),
+                attempts: 0,
+                message: "the source is shutting down".into(),
+            })?;
+        runtime.block_on(async {
             let mut tasks = JoinSet::new();
             for index in start..end {
                 let fetch = fetch(
@@ -264,6 +274,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     message
+}
+
+impl Drop for HttpSliceSource {
+    fn drop(&mut self) {
+        // A runtime dropped from async code panics; shutting it down in the background never does.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl SliceSource for HttpSliceSource {
