@@ -1,7 +1,12 @@
 //! Sources: where the slices of the input array come from (one 2-D image per index along axis 0).
 //!
 //! Every source implements [`SliceSource`]; [`open`] builds one from the spec. A source is read in chunks of
-//! consecutive slices, each checked against the shape and type of the first slice.
+//! consecutive slices, each checked against the shape and type of the first slice, or against the spec's
+//! `sliceShape`/`dtype` when it declares them ([`Declared`]).
+//!
+//! Kinds: [`synthetic`] (recipe [`emstack`], generated in memory), [`files`] (index template or glob) and
+//! [`http`] (index template, bounded concurrency, retries); [`template`] parses index templates and [`decode`]
+//! turns PNG/TIFF/JPEG bytes into slices.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -276,7 +281,7 @@ impl Declared {
 
 /// The [`SliceInfo`] of a source: declared by the spec, or found once from slice 0 (or from the first read that
 /// includes slice 0), and checked against what the spec declares.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InfoCache {
     declared: Declared,
     cell: OnceLock<SliceInfo>,
