@@ -251,7 +251,7 @@ async fn fetch(
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
     let transport = |e: reqwest::Error| Failure::Transport {
         retry: !e.is_builder(),
-        message: error_chain(&e),
+        message: error_chain(&e.without_url()),
     };
     let response = client.get(url).send().await.map_err(transport)?;
     let status = response.status();
