@@ -162,7 +162,7 @@ impl SliceSource for FilesSliceSource {
             .into_par_iter()
             .map(|i| self.load(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let info = match SliceInfo::of(&slices[0]) {
+        let info = match slices.first().and_then(SliceInfo::of) {
             Some(first) if start == 0 => self
                 .info
                 .get_or_try(|| Ok((first, self.path(0).display().to_string())))?,

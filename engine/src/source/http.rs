@@ -314,7 +314,7 @@ impl SliceSource for HttpSliceSource {
             .enumerate()
             .map(|(i, body)| decode_slice(body, start + i, &self.url(start + i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let info = match SliceInfo::of(&slices[0]) {
+        let info = match slices.first().and_then(SliceInfo::of) {
             Some(first) if start == 0 => self.info.get_or_try(|| Ok((first, self.url(0))))?,
             _ => self.slice_info()?,
         };
