@@ -1,7 +1,12 @@
 //! Sources: where the slices of the input array come from (one 2-D image per index along axis 0).
 //!
 //! Every source implements [`SliceSource`]; [`open`] builds one from the spec. A source is read in chunks of
-//! consecutive slices, each checked against the shape and type of the first slice.
+//! consecutive slices, each checked against the shape and type of the first slice, or against the spec's
+//! `sliceShape`/`dtype` when it declares them ([`Declared`]).
+//!
+//! Kinds: [`synthetic`] (recipe [`emstack`], generated in memory), [`files`] (index template or glob) and
+//! [`http`] (index template, bounded concurrency, retries); [`template`] parses index templates and [`decode`]
+//! turns PNG/TIFF/JPEG bytes into slices.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -28,12 +33,22 @@ pub use template::IndexTemplate;
 ///
 /// # Errors
 /// [`SourceError::Config`] when not exactly one of `synthetic`, `files` or `http` is set, or the one set is
-/// invalid (bad template, empty range, no file matched...).
+/// invalid (bad template, empty range, no file matched...), or `sliceShape`/`dtype` are invalid.
 pub fn open(spec: &SourceSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, SourceError> {
     match (&spec.synthetic, &spec.files, &spec.http) {
-        (Some(s), None, None) => Ok(Box::new(SyntheticSliceSource::new(s)?)),
-        (None, Some(f), None) => Ok(Box::new(FilesSliceSource::new(f, base_dir)?)),
-        (None, None, Some(h)) => Ok(Box::new(HttpSliceSource::new(h)?)),
+        (Some(s), None, None) => Ok(Box::new(SyntheticSliceSource::new(
+            s,
+            Declared::from_spec(spec)?,
+        )?)),
+        (None, Some(f), None) => Ok(Box::new(FilesSliceSource::new(
+            f,
+            base_dir,
+            Declared::from_spec(spec)?,
+        )?)),
+        (None, None, Some(h)) => Ok(Box::new(HttpSliceSource::new(
+            h,
+            Declared::from_spec(spec)?,
+        )?)),
         (s, f, h) => {
             let set: Vec<&str> = [
                 ("synthetic", s.is_some()),
@@ -163,19 +178,21 @@ pub enum SourceError {
     },
     /// A slice differs in shape or element type from the first slice.
     #[error(
-        "slice {index} ({location}) is {found_height}x{found_width} {found_dtype}, but slice 0 is \
-         {height}x{width} {dtype}: all slices must have the same shape and type"
+        "slice {index} ({location}) is {found_height}x{found_width} {found_dtype}, expected {height}x{width} \
+         {dtype} (from {expected_from}): all slices must have the same shape and type"
     )]
     Mismatch {
         /// Slice index.
         index: usize,
         /// URL or file path.
         location: String,
-        /// Rows of slice 0.
+        /// Where the expected shape and type come from: slice 0, the spec's `sliceShape`/`dtype`, or both.
+        expected_from: String,
+        /// Expected rows.
         height: usize,
-        /// Columns of slice 0.
+        /// Expected columns.
         width: usize,
-        /// Type of slice 0.
+        /// Expected element type.
         dtype: DType,
         /// Rows of this slice.
         found_height: usize,
@@ -214,21 +231,130 @@ fn check_range(source: &dyn SliceSource, start: usize, end: usize) -> Result<(),
     }
 }
 
-/// The [`SliceInfo`] of a source, found once from slice 0 (or from the first read that includes slice 0).
-#[derive(Debug, Default)]
-struct InfoCache(OnceLock<SliceInfo>);
+/// Slice shape and type the spec declares (`sliceShape`, `dtype`), each optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// `[rows, cols]` from `spec.source.sliceShape`.
+    pub shape: Option<(usize, usize)>,
+    /// Element type from `spec.source.dtype`.
+    pub dtype: Option<DType>,
+}
+
+impl Declared {
+    /// Reads and checks `sliceShape` and `dtype` of the spec.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] when `sliceShape` is not two positive lengths or `dtype` is not `uint8`/`uint16`.
+    pub fn from_spec(spec: &SourceSpec) -> Result<Declared, SourceError> {
+        let shape = match spec.slice_shape.as_deref() {
+            None => None,
+            Some(&[h, w]) if h > 0 && w > 0 => Some((h, w)),
+            Some(other) => {
+                return Err(SourceError::Config {
+                    field: "spec.source.sliceShape".into(),
+                    message: format!("must be [rows, cols] with both positive, got {other:?}"),
+                });
+            }
+        };
+        if let Some(d @ (DType::Float32 | DType::Float64)) = spec.dtype {
+            return Err(SourceError::Config {
+                field: "spec.source.dtype".into(),
+                message: format!("sources give uint8 or uint16 slices, not {d}"),
+            });
+        }
+        Ok(Declared {
+            shape,
+            dtype: spec.dtype,
+        })
+    }
+
+    /// Where expectations come from, for messages.
+    fn basis(&self) -> &'static str {
+        match (self.shape, self.dtype) {
+            (None, None) => "slice 0",
+            (Some(_), None) => "spec.source.sliceShape and slice 0",
+            (None, Some(_)) => "slice 0 and spec.source.dtype",
+            (Some(_), Some(_)) => "spec.source.sliceShape and dtype",
+        }
+    }
+}
+
+/// The [`SliceInfo`] of a source: declared by the spec, or found once from slice 0 (or from the first read that
+/// includes slice 0), and checked against what the spec declares.
+#[derive(Debug)]
+struct InfoCache {
+    declared: Declared,
+    cell: OnceLock<SliceInfo>,
+}
 
 impl InfoCache {
-    /// The cached info, computing it with `first_slice` if no one did yet.
+    fn new(declared: Declared) -> InfoCache {
+        InfoCache {
+            declared,
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// The info, learning it with `first_slice` (info and location of slice 0) if no one did yet and the spec
+    /// does not declare it all.
     fn get_or_try(
         &self,
-        first_slice: impl FnOnce() -> Result<SliceInfo, SourceError>,
+        first_slice: impl FnOnce() -> Result<(SliceInfo, String), SourceError>,
     ) -> Result<SliceInfo, SourceError> {
-        if let Some(info) = self.0.get() {
+        if let Some(info) = self.cell.get() {
             return Ok(*info);
         }
-        let info = first_slice()?;
-        Ok(*self.0.get_or_init(|| info))
+        let info = match self.declared {
+            Declared {
+                shape: Some((height, width)),
+                dtype: Some(dtype),
+            } => SliceInfo {
+                height,
+                width,
+                dtype,
+            },
+            Declared { shape, dtype } => {
+                let (found, location) = first_slice()?;
+                let (height, width) = shape.unwrap_or((found.height, found.width));
+                let expected = SliceInfo {
+                    height,
+                    width,
+                    dtype: dtype.unwrap_or(found.dtype),
+                };
+                if found != expected {
+                    return Err(mismatch(
+                        0,
+                        location,
+                        expected,
+                        self.declared.basis(),
+                        &found,
+                    ));
+                }
+                expected
+            }
+        };
+        Ok(*self.cell.get_or_init(|| info))
+    }
+}
+
+/// The [`SourceError::Mismatch`] of a slice found as `found` where `expected` (from `basis`) was.
+fn mismatch(
+    index: usize,
+    location: String,
+    expected: SliceInfo,
+    basis: &str,
+    found: &SliceInfo,
+) -> SourceError {
+    SourceError::Mismatch {
+        index,
+        location,
+        expected_from: basis.to_owned(),
+        height: expected.height,
+        width: expected.width,
+        dtype: expected.dtype,
+        found_height: found.height,
+        found_width: found.width,
+        found_dtype: found.dtype,
     }
 }
 
@@ -238,24 +364,23 @@ fn stack(
     start: usize,
     slices: Vec<Chunk>,
     info: SliceInfo,
+    basis: &str,
     location: impl Fn(usize) -> String,
 ) -> Result<Chunk, SourceError> {
     for (i, slice) in slices.iter().enumerate() {
-        if SliceInfo::of(slice) != Some(info) {
-            let (found_height, found_width) = match *slice.shape() {
-                [h, w] => (h, w),
-                _ => (0, 0),
-            };
-            return Err(SourceError::Mismatch {
-                index: start + i,
-                location: location(start + i),
-                height: info.height,
-                width: info.width,
-                dtype: info.dtype,
-                found_height,
-                found_width,
-                found_dtype: slice.dtype(),
-            });
+        let found = SliceInfo::of(slice).unwrap_or(SliceInfo {
+            height: 0,
+            width: 0,
+            dtype: slice.dtype(),
+        });
+        if found != info {
+            return Err(mismatch(
+                start + i,
+                location(start + i),
+                info,
+                basis,
+                &found,
+            ));
         }
     }
     let shape = IxDyn(&[slices.len(), info.height, info.width]);

@@ -68,7 +68,7 @@ pub fn gain(z: u64) -> u64 {
 /// When `out.len() != h * w`, or `h` or `w` is not a positive multiple of 4 (callers validate the spec first).
 pub fn generate_slice_into(z: u64, h: usize, w: usize, seed: u64, out: &mut [u8]) {
     assert!(
-        h > 0 && w > 0 && h % 4 == 0 && w % 4 == 0,
+        h > 0 && w > 0 && h.is_multiple_of(4) && w.is_multiple_of(4),
         "emstack-v1 needs positive multiples of 4"
     );
     assert_eq!(out.len(), h * w, "output buffer size");

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::decode::decode_slice;
 use super::template::IndexTemplate;
-use super::{InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
 use crate::array::Chunk;
 use crate::spec::FilesSource;
 
@@ -29,12 +29,16 @@ pub struct FilesSliceSource {
 
 impl FilesSliceSource {
     /// Resolves the spec: relative paths are taken from `files.baseDir` (itself relative to `base_dir`) or
-    /// `base_dir`. A glob is expanded here, once.
+    /// `base_dir`. A glob is expanded here, once. `declared` is what the spec says every slice is.
     ///
     /// # Errors
     /// [`SourceError::Config`] when not exactly one of `pattern` or `glob` is set, the pattern has no index
     /// placeholder or an empty range, or the glob is invalid or matches no file.
-    pub fn new(spec: &FilesSource, base_dir: &Path) -> Result<FilesSliceSource, SourceError> {
+    pub fn new(
+        spec: &FilesSource,
+        base_dir: &Path,
+        declared: Declared,
+    ) -> Result<FilesSliceSource, SourceError> {
         let config = |field: &str, message: String| SourceError::Config {
             field: format!("spec.source.files{field}"),
             message,
@@ -106,7 +110,7 @@ impl FilesSliceSource {
         Ok(FilesSliceSource {
             naming,
             len,
-            info: InfoCache::default(),
+            info: InfoCache::new(declared),
         })
     }
 
@@ -139,12 +143,16 @@ impl SliceSource for FilesSliceSource {
 
     fn slice_info(&self) -> Result<SliceInfo, SourceError> {
         self.info.get_or_try(|| {
+            let location = self.path(0).display().to_string();
             let slice = self.load(0)?;
-            SliceInfo::of(&slice).ok_or_else(|| SourceError::Decode {
-                index: 0,
-                location: self.path(0).display().to_string(),
-                message: "not a 2-D image".into(),
-            })
+            match SliceInfo::of(&slice) {
+                Some(info) => Ok((info, location)),
+                None => Err(SourceError::Decode {
+                    index: 0,
+                    location,
+                    message: "not a 2-D image".into(),
+                }),
+            }
         })
     }
 
@@ -154,11 +162,15 @@ impl SliceSource for FilesSliceSource {
             .into_par_iter()
             .map(|i| self.load(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let info = match SliceInfo::of(&slices[0]) {
-            Some(first) if start == 0 => self.info.get_or_try(|| Ok(first))?,
+        let info = match slices.first().and_then(SliceInfo::of) {
+            Some(first) if start == 0 => self
+                .info
+                .get_or_try(|| Ok((first, self.path(0).display().to_string())))?,
             _ => self.slice_info()?,
         };
-        stack(start, slices, info, |i| self.path(i).display().to_string())
+        stack(start, slices, info, self.info.declared.basis(), |i| {
+            self.path(i).display().to_string()
+        })
     }
 
     fn describe(&self) -> String {

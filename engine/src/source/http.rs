@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::decode::decode_slice;
 use super::template::IndexTemplate;
-use super::{InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
 use crate::array::Chunk;
 use crate::spec::HttpSource;
 
@@ -39,7 +39,8 @@ pub struct HttpSliceSource {
     client: reqwest::Client,
     /// Shared by every concurrent `read`, so `concurrency` bounds the whole source.
     permits: Arc<Semaphore>,
-    runtime: Runtime,
+    /// Always `Some` until dropped (taken in `Drop` to shut it down without blocking).
+    runtime: Option<Runtime>,
     info: InfoCache,
 }
 
@@ -52,12 +53,13 @@ enum Failure {
 }
 
 impl HttpSliceSource {
-    /// Checks the spec and builds the HTTP client and its runtime.
+    /// Checks the spec and builds the HTTP client and its runtime. `declared` is what the spec says every slice
+    /// is.
     ///
     /// # Errors
     /// [`SourceError::Config`] naming the field when the template has no index placeholder or does not give an
     /// http(s) URL, the range is empty, or `concurrency` or `timeoutSeconds` is 0.
-    pub fn new(spec: &HttpSource) -> Result<HttpSliceSource, SourceError> {
+    pub fn new(spec: &HttpSource, declared: Declared) -> Result<HttpSliceSource, SourceError> {
         let config = |field: &str, message: String| SourceError::Config {
             field: format!("spec.source.http.{field}"),
             message,
@@ -126,8 +128,8 @@ impl HttpSliceSource {
             retries: spec.retries.unwrap_or(DEFAULT_RETRIES),
             client,
             permits: Arc::new(Semaphore::new(concurrency)),
-            runtime,
-            info: InfoCache::default(),
+            runtime: Some(runtime),
+            info: InfoCache::new(declared),
         })
     }
 
@@ -139,7 +141,16 @@ impl HttpSliceSource {
     /// Fetches the bytes of slices `start..end`, all at once within the concurrency bound; stops at the first
     /// slice that fails for good.
     fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Vec<u8>>, SourceError> {
-        self.runtime.block_on(async {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| SourceError::HttpTransport {
+                index: start,
+                url: self.url(start),
+                attempts: 0,
+                message: "the source is shutting down".into(),
+            })?;
+        runtime.block_on(async {
             let mut tasks = JoinSet::new();
             for index in start..end {
                 let fetch = fetch(
@@ -240,7 +251,7 @@ async fn fetch(
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
     let transport = |e: reqwest::Error| Failure::Transport {
         retry: !e.is_builder(),
-        message: error_chain(&e),
+        message: error_chain(&e.without_url()),
     };
     let response = client.get(url).send().await.map_err(transport)?;
     let status = response.status();
@@ -265,6 +276,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     message
 }
 
+impl Drop for HttpSliceSource {
+    fn drop(&mut self) {
+        // A runtime dropped from async code panics; shutting it down in the background never does.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl SliceSource for HttpSliceSource {
     fn len(&self) -> usize {
         self.len
@@ -275,11 +295,14 @@ impl SliceSource for HttpSliceSource {
             let bodies = self.fetch_all(0, 1)?;
             let url = self.url(0);
             let slice = decode_slice(bodies.first().map_or(&[][..], |b| &b[..]), 0, &url)?;
-            SliceInfo::of(&slice).ok_or_else(|| SourceError::Decode {
-                index: 0,
-                location: url,
-                message: "not a 2-D image".into(),
-            })
+            match SliceInfo::of(&slice) {
+                Some(info) => Ok((info, url)),
+                None => Err(SourceError::Decode {
+                    index: 0,
+                    location: url,
+                    message: "not a 2-D image".into(),
+                }),
+            }
         })
     }
 
@@ -291,11 +314,13 @@ impl SliceSource for HttpSliceSource {
             .enumerate()
             .map(|(i, body)| decode_slice(body, start + i, &self.url(start + i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let info = match SliceInfo::of(&slices[0]) {
-            Some(first) if start == 0 => self.info.get_or_try(|| Ok(first))?,
+        let info = match slices.first().and_then(SliceInfo::of) {
+            Some(first) if start == 0 => self.info.get_or_try(|| Ok((first, self.url(0))))?,
             _ => self.slice_info()?,
         };
-        stack(start, slices, info, |i| self.url(i))
+        stack(start, slices, info, self.info.declared.basis(), |i| {
+            self.url(i)
+        })
     }
 
     fn describe(&self) -> String {

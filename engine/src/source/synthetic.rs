@@ -4,7 +4,7 @@ use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
 use super::emstack::{self, DEFAULT_SEED, RECIPE};
-use super::{SliceInfo, SliceSource, SourceError, check_range};
+use super::{Declared, SliceInfo, SliceSource, SourceError, check_range};
 use crate::array::{Chunk, DType};
 use crate::spec::SyntheticSource;
 
@@ -18,11 +18,15 @@ pub struct SyntheticSliceSource {
 }
 
 impl SyntheticSliceSource {
-    /// Checks the spec: at least one slice, height and width positive multiples of 4.
+    /// Checks the spec: at least one slice, height and width positive multiples of 4, and what `declared` says
+    /// (if anything) agrees with them.
     ///
     /// # Errors
     /// [`SourceError::Config`] naming the offending field.
-    pub fn new(spec: &SyntheticSource) -> Result<SyntheticSliceSource, SourceError> {
+    pub fn new(
+        spec: &SyntheticSource,
+        declared: Declared,
+    ) -> Result<SyntheticSliceSource, SourceError> {
         let config = |field: &str, message: String| SourceError::Config {
             field: format!("spec.source.synthetic.{field}"),
             message,
@@ -31,12 +35,30 @@ impl SyntheticSliceSource {
             return Err(config("slices", "must be at least 1".into()));
         }
         for (field, v) in [("height", spec.height), ("width", spec.width)] {
-            if v == 0 || v % 4 != 0 {
+            if v == 0 || !v.is_multiple_of(4) {
                 return Err(config(
                     field,
                     format!("must be a positive multiple of 4 (recipe {RECIPE}), got {v}"),
                 ));
             }
+        }
+        if let Some((h, w)) = declared
+            .shape
+            .filter(|&shape| shape != (spec.height, spec.width))
+        {
+            return Err(SourceError::Config {
+                field: "spec.source.sliceShape".into(),
+                message: format!(
+                    "[{h}, {w}] differs from the synthetic [{}, {}]",
+                    spec.height, spec.width
+                ),
+            });
+        }
+        if let Some(d) = declared.dtype.filter(|&d| d != DType::Uint8) {
+            return Err(SourceError::Config {
+                field: "spec.source.dtype".into(),
+                message: format!("{d} differs from the synthetic stack's uint8"),
+            });
         }
         Ok(SyntheticSliceSource {
             slices: spec.slices,
