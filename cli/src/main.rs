@@ -63,7 +63,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ARRAYJOB_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ARRAYJOB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -77,7 +78,8 @@ fn main() -> ExitCode {
 }
 
 fn load(file: &Path) -> anyhow::Result<(ArrayJobManifest, Vec<usize>)> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let m = validate::parse_manifest(&text, &file.display().to_string())?;
     let order = validate::validate(&m.spec).map_err(|p| validate::SpecError::Invalid {
         file: file.display().to_string(),
@@ -87,7 +89,9 @@ fn load(file: &Path) -> anyhow::Result<(ArrayJobManifest, Vec<usize>)> {
 }
 
 fn base_dir(file: &Path) -> PathBuf {
-    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn default_threads() -> usize {
@@ -111,29 +115,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Validate { file } => {
             let (m, order) = load(&file)?;
-            println!("{}: valid ArrayJob '{}' with {} stage(s)", file.display(), m.metadata.name, order.len());
+            println!(
+                "{}: valid ArrayJob '{}' with {} stage(s)",
+                file.display(),
+                m.metadata.name,
+                order.len()
+            );
             Ok(())
         }
-        Command::Plan { file, json, threads } => {
+        Command::Plan {
+            file,
+            json,
+            threads,
+        } => {
             let (m, order) = load(&file)?;
-            let job = runner::prepare(m, &order, &base_dir(&file), false)?;
+            let job = runner::prepare(m, &order, &base_dir(&file))?;
             let r = job.plan.report(threads.unwrap_or_else(default_threads));
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("job '{}': source {}", job.manifest.metadata.name, job.source.describe());
+                println!(
+                    "job '{}': source {}",
+                    job.manifest.metadata.name,
+                    job.source.describe()
+                );
                 print!("{}", report::plan_table(&r));
             }
             Ok(())
         }
-        Command::Run { file, out, threads, memory_limit, quiet } => {
+        Command::Run {
+            file,
+            out,
+            threads,
+            memory_limit,
+            quiet,
+        } => {
             let (m, order) = load(&file)?;
             let out = out.unwrap_or_else(|| PathBuf::from("out").join(&m.metadata.name));
-            let job = runner::prepare(m, &order, &base_dir(&file), true)?;
+            let job = runner::prepare(m, &order, &base_dir(&file))?;
             let opts = RunOptions {
                 out_dir: out.clone(),
                 threads: threads.unwrap_or_else(default_threads).max(1),
-                memory_budget: memory_limit.map_or_else(default_memory_budget, |b| b.as_u64() as usize),
+                memory_budget: memory_limit
+                    .map_or_else(default_memory_budget, |b| b.as_u64() as usize),
             };
             let progress = JobProgress::new(&job.plan);
             let cancel = AtomicBool::new(false);

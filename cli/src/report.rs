@@ -29,7 +29,10 @@ impl Bars {
                 b
             })
             .collect();
-        Bars { _multi: multi, bars }
+        Bars {
+            _multi: multi,
+            bars,
+        }
     }
 
     /// Refreshes every bar from the counters.
@@ -76,7 +79,10 @@ pub fn plan_table(r: &PlanReport) -> String {
         );
     }
     s += &format!("bytes moved by rechunks: {} MB\n", mb(r.bytes_moved as u64));
-    s += &format!("peak memory estimate: {} MB (without a memory limit)\n", mb(r.peak_memory_estimate as u64));
+    s += &format!(
+        "peak memory estimate: {} MB (without a memory limit)\n",
+        mb(r.peak_memory_estimate as u64)
+    );
     s
 }
 

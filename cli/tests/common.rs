@@ -14,8 +14,14 @@ pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("ARRAYJOB_PYTHON") {
         return PathBuf::from(p);
     }
-    let out = Command::new(repo_root().join("scripts/setup-python.sh")).output().expect("run setup-python.sh");
-    assert!(out.status.success(), "setup-python.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(repo_root().join("scripts/setup-python.sh"))
+        .output()
+        .expect("run setup-python.sh");
+    assert!(
+        out.status.success(),
+        "setup-python.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -26,20 +32,32 @@ pub fn oracle(script: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run python");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
 }
 
 /// Runs the `arrayjob` binary.
 pub fn arrayjob(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arrayjob")).args(args).env("ARRAYJOB_QUIET", "1").output().expect("run arrayjob")
+    Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(args)
+        .env("ARRAYJOB_QUIET", "true")
+        .output()
+        .expect("run arrayjob")
 }
 
 /// Runs `arrayjob` and returns (success, stdout, stderr).
 pub fn arrayjob_text(args: &[&str]) -> (bool, String, String) {
     let o = arrayjob(args);
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 /// Writes `text` to `dir/name` and returns the path as a string.

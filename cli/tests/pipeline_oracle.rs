@@ -20,7 +20,8 @@ spec:
   - {{name: brightness, input: source, reduce: {{op: mean, axes: [1, 2]}}, output: {{csv: brightness.csv, plot: {{file: brightness.png}}}}}}
   - {{name: time-std, input: source, reduce: {{op: std, axes: [0]}}, output: {{zarr: time-std.zarr}}}}
   - {{name: row-max, input: source, reduce: {{op: max, axes: [1]}}, output: {{zarr: row-max.zarr}}}}
-  - {{name: col-min, input: source, reduce: {{op: min, axes: [0, 1]}}, output: {{zarr: col-min.zarr}}}}
+  - {{name: col-max, input: source, reduce: {{op: max, axes: [0, 1]}}, output: {{zarr: col-max.zarr}}}}
+  - {{name: time-min, input: source, reduce: {{op: min, axes: [0]}}, output: {{zarr: time-min.zarr}}}}
   - {{name: sum02, input: source, reduce: {{op: sum, axes: [0, 2]}}, output: {{zarr: sum02.zarr}}}}
   - {{name: recentered, input: source, recenter: {{window: [32, 24]}}, output: {{zarr: recentered.zarr}}}}
   - {{name: recentered-mean, input: recentered, reduce: {{op: mean, axes: [0]}}, output: {{zarr: recentered-mean.zarr}}}}
@@ -31,18 +32,47 @@ spec:
     )
 }
 
-fn run_and_check(slices_per_chunk: usize, extra: &[&str]) {
+/// Runs the job and the oracle; returns the parsed summary.json.
+fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    oracle("make_stack.py", &["--out", &data.display().to_string(), "--n", "45", "--h", "64", "--w", "48"]);
-    let manifest = write(dir.path(), "job.yaml", &job(&data.display().to_string(), slices_per_chunk));
+    oracle(
+        "make_stack.py",
+        &[
+            "--out",
+            &data.display().to_string(),
+            "--n",
+            "45",
+            "--h",
+            "64",
+            "--w",
+            "48",
+        ],
+    );
+    let manifest = write(
+        dir.path(),
+        "job.yaml",
+        &job(&data.display().to_string(), slices_per_chunk),
+    );
     let out = dir.path().join("out").display().to_string();
     let mut args = vec!["run", &manifest, "--out", &out];
     args.extend_from_slice(extra);
     let (ok, stdout, stderr) = arrayjob_text(&args);
     assert!(ok, "arrayjob run failed:\n{stdout}\n{stderr}");
-    let report = oracle("check_pipeline.py", &["--data", &data.display().to_string(), "--out", &out, "--window", "32", "24"]);
-    assert!(report.contains("0 failed"), "{report}");
+    let report = oracle(
+        "check_pipeline.py",
+        &[
+            "--data",
+            &data.display().to_string(),
+            "--out",
+            &out,
+            "--window",
+            "32",
+            "24",
+        ],
+    );
+    assert!(report.contains(" checks, 0 failed"), "{report}");
+    println!("{report}");
     // Only final outputs and the summary are left; no staging directory.
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .expect("out dir")
@@ -50,16 +80,29 @@ fn run_and_check(slices_per_chunk: usize, extra: &[&str]) {
         .collect();
     names.sort();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
-    assert!(names.contains(&"summary.json".to_string()) && names.contains(&"power.png".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"summary.json".to_string()) && names.contains(&"power.png".to_string()),
+        "{names:?}"
+    );
+    let summary = std::fs::read_to_string(std::path::Path::new(&out).join("summary.json")).expect("summary");
+    serde_json::from_str(&summary).expect("summary json")
 }
 
 #[test]
 fn pipeline_matches_numpy() {
-    run_and_check(7, &[]);
+    let s = run_and_check(7, &[]);
+    assert_eq!(s["store"]["spilledBytes"], 0, "{s}");
+    let power = s["stages"].as_array().expect("stages").iter().find(|x| x["name"] == "power").expect("power");
+    // series chunks of (45, 5, 7) over (45, 32, 24): 7 x 4 FFT tasks.
+    assert_eq!(power["tasksDone"], 28, "{power}");
 }
 
 #[test]
 fn pipeline_matches_numpy_with_spilling_and_one_thread() {
     // 45 x 32 x 24 recentered bytes = 34560 pieces' worth; a 4 KB budget forces nearly everything to disk.
-    run_and_check(4, &["--memory-limit", "4KB", "--threads", "1"]);
+    let s = run_and_check(4, &["--memory-limit", "4KB", "--threads", "1"]);
+    // The exchange holds 45 x 32 x 24 bytes of pieces; with a 4 KB budget most of it goes through the disk.
+    let spilled = s["store"]["spilledBytes"].as_u64().expect("spilledBytes");
+    assert!(spilled > 20_000, "{s}");
+    assert_eq!(s["store"]["unspilledBytes"], s["store"]["spilledBytes"], "{s}");
 }

@@ -105,7 +105,12 @@ impl Chunk {
 
     /// The elements converted to f64, in row-major order of a new array.
     pub fn to_f64(&self) -> ArrayD<f64> {
-        with_chunk!(self, a => a.mapv(|v| v as f64))
+        match self {
+            Chunk::U8(a) => a.mapv(f64::from),
+            Chunk::U16(a) => a.mapv(f64::from),
+            Chunk::F32(a) => a.mapv(f64::from),
+            Chunk::F64(a) => a.clone(),
+        }
     }
 
     /// Raw little-endian bytes of the elements in row-major (C) order.

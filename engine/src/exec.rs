@@ -159,7 +159,11 @@ impl JobProgress {
                     tasks_done: n.done.load(Ordering::Relaxed),
                     bytes_in: n.bytes_in.load(Ordering::Relaxed),
                     bytes_out: n.bytes_out.load(Ordering::Relaxed),
-                    seconds: if first == u64::MAX { 0.0 } else { last.saturating_sub(first) as f64 / 1e9 },
+                    seconds: if first == u64::MAX {
+                        0.0
+                    } else {
+                        last.saturating_sub(first) as f64 / 1e9
+                    },
                     busy_seconds: n.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
                 }
             })
@@ -228,8 +232,14 @@ pub fn execute(
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<StoreStats, ExecError> {
-    let spill = crate::store::FileSpill::new(&opts.spill_dir)
-        .map_err(|e| StoreError::Spill { key: ChunkKey { node: 0, chunk: 0, part: 0 }, source: e })?;
+    let spill = crate::store::FileSpill::new(&opts.spill_dir).map_err(|e| StoreError::Spill {
+        key: ChunkKey {
+            node: 0,
+            chunk: 0,
+            part: 0,
+        },
+        source: e,
+    })?;
     let mut missing = Vec::new();
     let mut reduce = Vec::new();
     for n in &plan.nodes {
@@ -241,7 +251,12 @@ pub fn execute(
                 .iter()
                 .map(|o| {
                     let (s, l) = n.meta.chunk_region(o);
-                    AtomicUsize::new(overlapping(&inp.meta.chunks, &s, &l).iter().map(|r| r.len()).product())
+                    AtomicUsize::new(
+                        overlapping(&inp.meta.chunks, &s, &l)
+                            .iter()
+                            .map(|r| r.len())
+                            .product(),
+                    )
                 })
                 .collect(),
             _ => Vec::new(),
@@ -250,12 +265,17 @@ pub fn execute(
             (NodeOp::Reduce(r), Some(inp)) => {
                 let g = inp.meta.grid();
                 let leaves = r.axes.iter().map(|&a| g[a]).product();
-                Some(ReduceState { leaves, trees: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect() })
+                Some(ReduceState {
+                    leaves,
+                    trees: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect(),
+                })
             }
             _ => None,
         });
     }
-    let loads: VecDeque<Task> = (0..plan.nodes[0].meta.num_chunks()).map(Task::Load).collect();
+    let loads: VecDeque<Task> = (0..plan.nodes[0].meta.num_chunks())
+        .map(Task::Load)
+        .collect();
     let ex = Exec {
         plan,
         source,
@@ -277,7 +297,13 @@ pub fn execute(
                 .name(format!("arrayjob-exec-{t}"))
                 .spawn_scoped(s, move || ex.worker())
                 .map(|_| ())
-                .unwrap_or_else(|e| ex.fail(ExecError::Output { stage: "-".into(), target: "thread".into(), message: e.to_string() }));
+                .unwrap_or_else(|e| {
+                    ex.fail(ExecError::Output {
+                        stage: "-".into(),
+                        target: "thread".into(),
+                        message: e.to_string(),
+                    })
+                });
         }
     });
     if let Some(e) = ex.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -300,7 +326,8 @@ impl Exec<'_> {
     }
 
     fn stopped(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed) || self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+        self.cancel.load(Ordering::Relaxed)
+            || self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
     fn enqueue(&self, t: Task) {
@@ -359,10 +386,18 @@ impl Exec<'_> {
                 let mut bytes = 0;
                 for part in product(&overlapping(&im.chunks, &start, &len)) {
                     let (ps, _) = im.chunk_region(&part);
-                    let piece =
-                        self.store.take(ChunkKey { node: node as u32, chunk: chunk as u32, part: linear(&im.grid(), &part) as u32 })?;
-                    let at: Vec<usize> = ps.iter().zip(&start).map(|(&p, &s)| p.saturating_sub(s)).collect();
-                    out.paste(&at, &piece).map_err(|m| self.kernel_err(node, &idx, m))?;
+                    let piece = self.store.take(ChunkKey {
+                        node: node as u32,
+                        chunk: chunk as u32,
+                        part: linear(&im.grid(), &part) as u32,
+                    })?;
+                    let at: Vec<usize> = ps
+                        .iter()
+                        .zip(&start)
+                        .map(|(&p, &s)| p.saturating_sub(s))
+                        .collect();
+                    out.paste(&at, &piece)
+                        .map_err(|m| self.kernel_err(node, &idx, m))?;
                     bytes += piece.nbytes();
                 }
                 self.progress.record(node, t0, bytes, true);
@@ -375,7 +410,10 @@ impl Exec<'_> {
         ExecError::Kernel {
             stage: self.plan.nodes[node].name.clone(),
             chunk: idx.to_vec(),
-            source: KernelError::InvalidArgument { name: "chunk", reason: m },
+            source: KernelError::InvalidArgument {
+                name: "chunk",
+                reason: m,
+            },
         }
     }
 
@@ -385,7 +423,9 @@ impl Exec<'_> {
             return Err(ExecError::Cancelled);
         }
         let n = &self.plan.nodes[node];
-        self.progress.nodes[node].bytes_out.fetch_add(chunk.nbytes() as u64, Ordering::Relaxed);
+        self.progress.nodes[node]
+            .bytes_out
+            .fetch_add(chunk.nbytes() as u64, Ordering::Relaxed);
         if n.output.is_some() {
             self.sink.deliver(node, idx, &chunk)?;
         }
@@ -399,14 +439,16 @@ impl Exec<'_> {
             let t0 = Instant::now();
             match &c.op {
                 NodeOp::Recenter { window } => {
-                    let (out, _) = crate::kernels::recenter::recenter_chunk(&chunk, *window).map_err(|e| kerr(child, e))?;
+                    let (out, _) = crate::kernels::recenter::recenter_chunk(&chunk, *window)
+                        .map_err(|e| kerr(child, e))?;
                     self.progress.record(child, t0, chunk.nbytes(), true);
                     self.emit(child, idx, out)?;
                 }
                 NodeOp::Fft(f) => {
                     let dtype = f.dtype.unwrap_or(DType::Float32);
-                    let out = crate::kernels::fft::spectrum(&chunk, f.axis, f.power, f.onesided, dtype)
-                        .map_err(|e| kerr(child, e))?;
+                    let out =
+                        crate::kernels::fft::spectrum(&chunk, f.axis, f.power, f.onesided, dtype)
+                            .map_err(|e| kerr(child, e))?;
                     self.progress.record(child, t0, chunk.nbytes(), true);
                     self.emit(child, idx, out)?;
                 }
@@ -420,7 +462,10 @@ impl Exec<'_> {
                     let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
                     let leaf = linear(&red_grid, &red_idx);
                     let out_lin = linear(&c.meta.grid(), &out_idx);
-                    if let Some(total) = self.feed_tree(child, out_lin, leaf, p).map_err(|e| kerr(child, e))? {
+                    if let Some(total) = self
+                        .feed_tree(child, out_lin, leaf, p)
+                        .map_err(|e| kerr(child, e))?
+                    {
                         let t1 = Instant::now();
                         let out = reduce::finish(total, chunk.dtype());
                         self.progress.record(child, t1, 0, false);
@@ -434,15 +479,29 @@ impl Exec<'_> {
                     let grid = c.meta.grid();
                     for o in product(&overlapping(&c.meta.chunks, &start, &len)) {
                         let (os, ol) = c.meta.chunk_region(&o);
-                        let lo: Vec<usize> = start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
-                        let hi: Vec<usize> = (0..lo.len()).map(|a| (start[a] + len[a]).min(os[a] + ol[a])).collect();
+                        let lo: Vec<usize> =
+                            start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
+                        let hi: Vec<usize> = (0..lo.len())
+                            .map(|a| (start[a] + len[a]).min(os[a] + ol[a]))
+                            .collect();
                         let rel: Vec<usize> = lo.iter().zip(&start).map(|(l, s)| l - s).collect();
                         let ext: Vec<usize> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
                         let piece = chunk.region(&rel, &ext);
                         let lin = linear(&grid, &o);
-                        self.store.put(ChunkKey { node: child as u32, chunk: lin as u32, part }, piece, 1)?;
+                        self.store.put(
+                            ChunkKey {
+                                node: child as u32,
+                                chunk: lin as u32,
+                                part,
+                            },
+                            piece,
+                            1,
+                        )?;
                         if self.missing[child][lin].fetch_sub(1, Ordering::SeqCst) == 1 {
-                            self.enqueue(Task::Merge { node: child, chunk: lin });
+                            self.enqueue(Task::Merge {
+                                node: child,
+                                chunk: lin,
+                            });
                         }
                     }
                     // Split time counts towards the rechunk; its bytes in are counted by the merges.
@@ -455,8 +514,16 @@ impl Exec<'_> {
     }
 
     /// Puts leaf `leaf` of output chunk `out` into its reduction tree; returns the root when it completes.
-    fn feed_tree(&self, node: usize, out: usize, leaf: usize, p: Partial) -> Result<Option<Partial>, KernelError> {
-        let Some(state) = &self.reduce[node] else { return Ok(Some(p)) };
+    fn feed_tree(
+        &self,
+        node: usize,
+        out: usize,
+        leaf: usize,
+        p: Partial,
+    ) -> Result<Option<Partial>, KernelError> {
+        let Some(state) = &self.reduce[node] else {
+            return Ok(Some(p));
+        };
         let (mut level, mut k, mut p) = (0usize, leaf, p);
         let mut count = state.leaves;
         loop {
@@ -467,13 +534,24 @@ impl Exec<'_> {
             let siblings = REDUCE_FAN_IN.min(count - parent * REDUCE_FAN_IN);
             let full = {
                 let mut t = state.trees[out].lock().unwrap_or_else(|e| e.into_inner());
-                let slot = t.waiting.entry((level + 1, parent)).or_insert_with(|| (0..siblings).map(|_| None).collect());
+                let slot = t
+                    .waiting
+                    .entry((level + 1, parent))
+                    .or_insert_with(|| (0..siblings).map(|_| None).collect());
                 slot[k % REDUCE_FAN_IN] = Some(p);
-                if slot.iter().all(Option::is_some) { t.waiting.remove(&(level + 1, parent)) } else { None }
+                if slot.iter().all(Option::is_some) {
+                    t.waiting.remove(&(level + 1, parent))
+                } else {
+                    None
+                }
             };
-            let Some(children) = full else { return Ok(None) };
+            let Some(children) = full else {
+                return Ok(None);
+            };
             let mut it = children.into_iter().flatten();
-            let Some(mut acc) = it.next() else { return Ok(None) };
+            let Some(mut acc) = it.next() else {
+                return Ok(None);
+            };
             for c in it {
                 acc = reduce::combine(acc, &c)?;
             }

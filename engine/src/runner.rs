@@ -55,23 +55,24 @@ pub struct Prepared {
 }
 
 /// Opens the source of a validated manifest and builds the plan. `base_dir` resolves relative file paths
-/// (the manifest's directory). With `probe`, slice 0 is read to learn the slice shape and type (and checked
-/// against what the spec declares); without it, a declared shape and type are trusted, so a plan can be made
-/// offline.
+/// (the manifest's directory). The slice shape and type come from the spec when declared (so a plan can be
+/// made offline; every slice read is checked against them), otherwise from reading slice 0.
 ///
 /// # Errors
 /// When the source cannot be opened or read, or the spec does not fit the data.
-pub fn prepare(manifest: ArrayJobManifest, order: &[usize], base_dir: &Path, probe: bool) -> Result<Prepared, RunError> {
+pub fn prepare(
+    manifest: ArrayJobManifest,
+    order: &[usize],
+    base_dir: &Path,
+) -> Result<Prepared, RunError> {
     let source = crate::source::open(&manifest.spec.source, base_dir)?;
-    let s = &manifest.spec.source;
-    let info = match (&s.slice_shape, s.dtype, probe) {
-        (Some(shape), Some(dtype), false) if shape.len() == 2 => {
-            crate::source::SliceInfo { height: shape[0], width: shape[1], dtype }
-        }
-        _ => source.slice_info()?,
-    };
+    let info = source.slice_info()?;
     let plan = Plan::build(&manifest.spec, order, source.len(), info)?;
-    Ok(Prepared { manifest, source, plan })
+    Ok(Prepared {
+        manifest,
+        source,
+        plan,
+    })
 }
 
 /// Local run settings.
@@ -123,9 +124,12 @@ struct NodeSinks {
     zarr: Option<ZarrWriter>,
     /// The whole result as f64, for images, plots and CSVs of small results.
     dense: Option<Mutex<Chunk>>,
-    /// Chosen `[row, col]` pixels and their series along axis 0, for plots of 3-D results.
-    series: Option<(Vec<[usize; 2]>, Mutex<Vec<Vec<f64>>>)>,
+    /// Chosen pixels and their series along axis 0, for plots of 3-D results.
+    series: Option<PixelSeries>,
 }
+
+/// `[row, col]` pixels and, per pixel, its values along axis 0.
+type PixelSeries = (Vec<[usize; 2]>, Mutex<Vec<Vec<f64>>>);
 
 struct Sinks {
     nodes: Vec<Option<NodeSinks>>,
@@ -133,22 +137,32 @@ struct Sinks {
 
 impl ChunkSink for Sinks {
     fn deliver(&self, node: usize, idx: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
-        let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else { return Ok(()) };
-        let err = |target: &str, e: String| ExecError::Output { stage: s.stage.clone(), target: target.into(), message: e };
+        let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let err = |target: &str, e: String| ExecError::Output {
+            stage: s.stage.clone(),
+            target: target.into(),
+            message: e,
+        };
         if let Some(z) = &s.zarr {
-            z.write_chunk(idx, chunk).map_err(|e| err("zarr", e.to_string()))?;
+            z.write_chunk(idx, chunk)
+                .map_err(|e| err("zarr", e.to_string()))?;
         }
         let shape = chunk.shape();
         let start: Vec<usize> = idx.iter().zip(&s.chunks).map(|(i, c)| i * c).collect();
         if let Some(d) = &s.dense {
             let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
-            full.paste(&start, &Chunk::F64(chunk.to_f64())).map_err(|m| err("assembly", m))?;
+            full.paste(&start, &Chunk::F64(chunk.to_f64()))
+                .map_err(|m| err("assembly", m))?;
         }
         if let Some((pixels, values)) = &s.series {
             let vals = chunk.to_f64();
             let mut out = values.lock().unwrap_or_else(|e| e.into_inner());
             for (k, &[r, c]) in pixels.iter().enumerate() {
-                if (start[1]..start[1] + shape[1]).contains(&r) && (start[2]..start[2] + shape[2]).contains(&c) {
+                if (start[1]..start[1] + shape[1]).contains(&r)
+                    && (start[2]..start[2] + shape[2]).contains(&c)
+                {
                     for t in 0..shape[0] {
                         out[k][start[0] + t] = vals[[t, r - start[1], c - start[2]]];
                     }
@@ -160,7 +174,10 @@ impl ChunkSink for Sinks {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::OutDir { path: path.display().to_string(), source }
+    move |source| RunError::OutDir {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Runs a prepared job: executes the plan, writes every output into a staging directory and moves them into
@@ -168,7 +185,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 ///
 /// # Errors
 /// The first failure; the staging directory is removed and nothing under `out_dir` is replaced.
-pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &AtomicBool) -> Result<RunSummary, RunError> {
+pub fn run(
+    job: &Prepared,
+    opts: &RunOptions,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+) -> Result<RunSummary, RunError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
     let staging = tempfile::Builder::new()
@@ -186,11 +208,20 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
         let mut zarr = None;
         if let Some(z) = &o.zarr {
             let mut attrs = serde_json::Map::new();
-            attrs.insert("arrayjob".into(), serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}));
+            attrs.insert(
+                "arrayjob".into(),
+                serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}),
+            );
             zarr = Some(ZarrWriter::create(&staging.path().join(z), &n.meta, attrs)?);
-            records.push(OutputRecord { stage: n.name.clone(), kind: "zarr".into(), path: z.clone() });
+            records.push(OutputRecord {
+                stage: n.name.clone(),
+                kind: "zarr".into(),
+                path: z.clone(),
+            });
         }
-        let wants_dense = o.image.is_some() || o.csv.is_some() || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
+        let wants_dense = o.image.is_some()
+            || o.csv.is_some()
+            || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
         let series = o.plot.as_ref().and_then(|p| p.pixels.as_ref()).map(|px| {
             let pixels = px.iter().map(|rc| [rc[0], rc[1]]).collect::<Vec<_>>();
             let len = n.meta.shape[0];
@@ -201,7 +232,8 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
             stage: n.name.clone(),
             chunks: n.meta.chunks.clone(),
             zarr,
-            dense: wants_dense.then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
+            dense: wants_dense
+                .then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
             series,
         }));
     }
@@ -211,26 +243,59 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
         memory_budget: opts.memory_budget,
         spill_dir: staging.path().join(".spill"),
     };
-    let store = execute(plan, job.source.as_ref(), &sinks, &exec_opts, progress, cancel)?;
+    let store = execute(
+        plan,
+        job.source.as_ref(),
+        &sinks,
+        &exec_opts,
+        progress,
+        cancel,
+    )?;
     // Small outputs are written once every chunk has arrived.
     for (n, s) in plan.nodes.iter().zip(sinks.nodes) {
-        let (Some(o), Some(s)) = (&n.output, s) else { continue };
-        let dense = s.dense.map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
+        let (Some(o), Some(s)) = (&n.output, s) else {
+            continue;
+        };
+        let dense = s
+            .dense
+            .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
         if let (Some(f), Some(d)) = (&o.image, &dense) {
-            let d2 = d.view().into_dimensionality::<ndarray::Ix2>().map_err(|e| OutputError::invalid(Path::new(f), "data", e.to_string()))?;
+            let d2 = d
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|e| OutputError::invalid(Path::new(f), "data", e.to_string()))?;
             crate::output::image::write_image_png(&staging_file(staging.path(), f)?, d2)?;
-            records.push(OutputRecord { stage: n.name.clone(), kind: "image".into(), path: f.clone() });
+            records.push(OutputRecord {
+                stage: n.name.clone(),
+                kind: "image".into(),
+                path: f.clone(),
+            });
         }
         if let (Some(f), Some(d)) = (&o.csv, &dense) {
             crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view(), &[&n.name])?;
-            records.push(OutputRecord { stage: n.name.clone(), kind: "csv".into(), path: f.clone() });
+            records.push(OutputRecord {
+                stage: n.name.clone(),
+                kind: "csv".into(),
+                path: f.clone(),
+            });
         }
         if let Some(p) = &o.plot {
             let (series, x_label) = match (&s.series, &dense) {
                 (Some((pixels, vals)), _) => {
                     let vals = vals.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let named = pixels.iter().zip(vals).map(|(px, v)| (format!("pixel ({}, {})", px[0], px[1]), v)).collect();
-                    (named, if matches!(n.op, crate::plan::NodeOp::Fft(_)) { "frequency bin" } else { "index along axis 0" })
+                    let named = pixels
+                        .iter()
+                        .zip(vals)
+                        .map(|(px, v)| (format!("pixel ({}, {})", px[0], px[1]), v))
+                        .collect();
+                    (
+                        named,
+                        if matches!(n.op, crate::plan::NodeOp::Fft(_)) {
+                            "frequency bin"
+                        } else {
+                            "index along axis 0"
+                        },
+                    )
                 }
                 (None, Some(d)) => (vec![(n.name.clone(), d.iter().copied().collect())], "index"),
                 (None, None) => continue,
@@ -243,7 +308,11 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
                 log_y: p.log_y,
             };
             crate::output::plot::write_plot_png(&staging_file(staging.path(), &p.file)?, &spec)?;
-            records.push(OutputRecord { stage: n.name.clone(), kind: "plot".into(), path: p.file.clone() });
+            records.push(OutputRecord {
+                stage: n.name.clone(),
+                kind: "plot".into(),
+                path: p.file.clone(),
+            });
         }
     }
     // Everything is written: move outputs into place, then the summary. The old summary goes first, so a
@@ -275,7 +344,8 @@ pub fn run(job: &Prepared, opts: &RunOptions, progress: &JobProgress, cancel: &A
         outputs: records,
     };
     let tmp = staging.path().join("summary.json");
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
+    let text = serde_json::to_string_pretty(&summary)
+        .map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
     Ok(summary)
