@@ -84,7 +84,8 @@ fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
         names.contains(&"summary.json".to_string()) && names.contains(&"power.png".to_string()),
         "{names:?}"
     );
-    let summary = std::fs::read_to_string(std::path::Path::new(&out).join("summary.json")).expect("summary");
+    let summary =
+        std::fs::read_to_string(std::path::Path::new(&out).join("summary.json")).expect("summary");
     serde_json::from_str(&summary).expect("summary json")
 }
 
@@ -92,7 +93,12 @@ fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
 fn pipeline_matches_numpy() {
     let s = run_and_check(7, &[]);
     assert_eq!(s["store"]["spilledBytes"], 0, "{s}");
-    let power = s["stages"].as_array().expect("stages").iter().find(|x| x["name"] == "power").expect("power");
+    let power = s["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|x| x["name"] == "power")
+        .expect("power");
     // series chunks of (45, 5, 7) over (45, 32, 24): 7 x 4 FFT tasks.
     assert_eq!(power["tasksDone"], 28, "{power}");
 }
@@ -104,5 +110,8 @@ fn pipeline_matches_numpy_with_spilling_and_one_thread() {
     // The exchange holds 45 x 32 x 24 bytes of pieces; with a 4 KB budget most of it goes through the disk.
     let spilled = s["store"]["spilledBytes"].as_u64().expect("spilledBytes");
     assert!(spilled > 20_000, "{s}");
-    assert_eq!(s["store"]["unspilledBytes"], s["store"]["spilledBytes"], "{s}");
+    assert_eq!(
+        s["store"]["unspilledBytes"], s["store"]["spilledBytes"],
+        "{s}"
+    );
 }

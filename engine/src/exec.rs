@@ -111,6 +111,10 @@ pub struct NodeSnapshot {
     pub bytes_out: u64,
     /// Wall-clock seconds from its first to its last unit of work.
     pub seconds: f64,
+    /// When its first unit of work started, seconds after the run started.
+    pub start_seconds: f64,
+    /// When its last unit of work ended, seconds after the run started.
+    pub end_seconds: f64,
     /// Thread-seconds spent in its computations.
     pub busy_seconds: f64,
 }
@@ -164,6 +168,12 @@ impl JobProgress {
                     } else {
                         last.saturating_sub(first) as f64 / 1e9
                     },
+                    start_seconds: if first == u64::MAX {
+                        0.0
+                    } else {
+                        first as f64 / 1e9
+                    },
+                    end_seconds: last as f64 / 1e9,
                     busy_seconds: n.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
                 }
             })
