@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::array::{Chunk, DType};
 use crate::kernels::KernelError;
 use crate::kernels::reduce::{self, Partial};
-use crate::plan::{NodeOp, Plan, REDUCE_FAN_IN, linear, overlapping, unlinear};
+use crate::plan::{NodeOp, Plan, REDUCE_FAN_IN, linear, merge_groups, overlapping, unlinear};
 use crate::source::{SliceSource, SourceError};
 use crate::store::{ChunkKey, ChunkStore, StoreError, StoreStats};
 
@@ -255,12 +255,11 @@ pub fn execute(
     for n in &plan.nodes {
         let input = n.input.map(|i| &plan.nodes[i]);
         missing.push(match (&n.op, input) {
-            (NodeOp::Rechunk, Some(inp)) => n
-                .meta
+            (NodeOp::Rechunk, Some(inp)) => merge_groups(&n.meta)
                 .chunk_indices()
                 .iter()
                 .map(|o| {
-                    let (s, l) = n.meta.chunk_region(o);
+                    let (s, l) = merge_groups(&n.meta).chunk_region(o);
                     AtomicUsize::new(
                         overlapping(&inp.meta.chunks, &s, &l)
                             .iter()
@@ -385,33 +384,45 @@ impl Exec<'_> {
                 self.progress.record(0, t0, 0, true);
                 self.emit(0, &idx, chunk)
             }
-            Task::Merge { node, chunk } => {
+            Task::Merge { node, chunk: group } => {
                 let n = &self.plan.nodes[node];
                 let Some(input) = n.input else { return Ok(()) };
                 let im = &self.plan.nodes[input].meta;
-                let idx = unlinear(&n.meta.grid(), chunk);
-                let (start, len) = n.meta.chunk_region(&idx);
+                let groups = merge_groups(&n.meta);
+                let gidx = unlinear(&groups.grid(), group);
+                let (start, len) = groups.chunk_region(&gidx);
                 let t0 = Instant::now();
-                let mut out = Chunk::zeros(n.meta.dtype, &len);
+                let mut block = Chunk::zeros(n.meta.dtype, &len);
                 let mut bytes = 0;
                 for part in product(&overlapping(&im.chunks, &start, &len)) {
                     let (ps, _) = im.chunk_region(&part);
-                    let piece = self.store.take(ChunkKey {
+                    let key = ChunkKey {
                         node: node as u32,
-                        chunk: chunk as u32,
+                        chunk: group as u32,
                         part: linear(&im.grid(), &part) as u32,
-                    })?;
+                    };
+                    let piece = self.store.take(key)?;
                     let at: Vec<usize> = ps
                         .iter()
                         .zip(&start)
                         .map(|(&p, &s)| p.saturating_sub(s))
                         .collect();
-                    out.paste(&at, &piece)
-                        .map_err(|m| self.kernel_err(node, &idx, m))?;
+                    block
+                        .paste(&at, &piece)
+                        .map_err(|m| self.kernel_err(node, &gidx, m))?;
                     bytes += piece.nbytes();
                 }
-                self.progress.record(node, t0, bytes, true);
-                self.emit(node, &idx, out)
+                self.progress.record(node, t0, bytes, false);
+                // Cut the merged block into the node's own chunks and send each down the fused stages.
+                for idx in product(&overlapping(&n.meta.chunks, &start, &len)) {
+                    let t1 = Instant::now();
+                    let (cs, cl) = n.meta.chunk_region(&idx);
+                    let rel: Vec<usize> = cs.iter().zip(&start).map(|(c, s)| c - s).collect();
+                    let out = block.region(&rel, &cl);
+                    self.progress.record(node, t1, 0, true);
+                    self.emit(node, &idx, out)?;
+                }
+                Ok(())
             }
         }
     }
@@ -486,9 +497,10 @@ impl Exec<'_> {
                     let im = &n.meta;
                     let (start, len) = im.chunk_region(idx);
                     let part = linear(&im.grid(), idx) as u32;
-                    let grid = c.meta.grid();
-                    for o in product(&overlapping(&c.meta.chunks, &start, &len)) {
-                        let (os, ol) = c.meta.chunk_region(&o);
+                    let groups = merge_groups(&c.meta);
+                    let grid = groups.grid();
+                    for o in product(&overlapping(&groups.chunks, &start, &len)) {
+                        let (os, ol) = groups.chunk_region(&o);
                         let lo: Vec<usize> =
                             start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
                         let hi: Vec<usize> = (0..lo.len())

@@ -20,6 +20,23 @@ use crate::validate::DEFAULT_SLICES_PER_CHUNK;
 /// Fan-in of the reduction tree.
 pub const REDUCE_FAN_IN: usize = 8;
 
+/// Target size of one rechunk merge task: output chunks are merged in groups of about this many bytes.
+pub const MERGE_GROUP_BYTES: usize = 8 << 20;
+
+/// The grid of a rechunk's merge tasks: consecutive output chunks along the last axis are merged together
+/// (about [`MERGE_GROUP_BYTES`] per task), so pieces are large and few even when output chunks are tiny
+/// (the post's `(N, 10, 10)` time-series chunks). The result is the node's grid with longer chunks on the
+/// last axis.
+pub fn merge_groups(meta: &ArrayMeta) -> ArrayMeta {
+    let mut g = meta.clone();
+    if let Some(last) = meta.chunks.len().checked_sub(1) {
+        let chunk_bytes = meta.chunks.iter().product::<usize>() * meta.dtype.size();
+        let per_group = (MERGE_GROUP_BYTES / chunk_bytes.max(1)).clamp(1, meta.grid()[last].max(1));
+        g.chunks[last] = meta.chunks[last] * per_group;
+    }
+    g
+}
+
 /// What a node computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeOp {
