@@ -160,7 +160,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or_else(default_memory_budget, |b| b.as_u64() as usize),
             };
             let progress = JobProgress::new(&job.plan);
-            let cancel = AtomicBool::new(false);
+            // Ctrl-C stops the run cleanly: workers stop, the staging directory is removed, old outputs stay.
+            let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+            ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::Relaxed))
+                .context("cannot install the Ctrl-C handler")?;
             let bars = (!quiet).then(|| report::Bars::new(&progress));
             let done = AtomicBool::new(false);
             let result = std::thread::scope(|s| {
@@ -172,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     });
                 }
-                let r = runner::run(&job, &opts, &progress, &cancel);
+                let r = runner::run(&job, &opts, &progress, cancel);
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
                 r
             });

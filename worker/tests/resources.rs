@@ -9,5 +9,8 @@ fn reports_threads_from_the_flag_and_the_machine_memory() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["threads"], 3);
-    assert!(v["memoryBytes"].as_u64().is_some_and(|m| m > 1 << 20), "{v}");
+    assert!(
+        v["memoryBytes"].as_u64().is_some_and(|m| m > 1 << 20),
+        "{v}"
+    );
 }
