@@ -106,6 +106,7 @@ start=$(date +%s)
     k8s.io/kubernetes/cmd/kube-scheduler
   go build -trimpath -ldflags "$ldflags" -o "$tmpbin/etcd" go.etcd.io/etcd/server/v3
 )
+chmod 755 "$tmpbin"
 rm -rf "$OUT/bin"
 mv "$tmpbin" "$OUT/bin"
 trap - EXIT
