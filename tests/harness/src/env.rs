@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
 use serde_json::json;
 
 use crate::agent::{self, NodeSpec, lock};
@@ -195,7 +195,10 @@ impl TestEnv {
         let peer = format!("http://127.0.0.1:{etcd_peer}");
         let client_url = format!("http://127.0.0.1:{etcd_client}");
         etcd.arg("--name=arrayjob-test")
-            .arg(format!("--data-dir={}", run_dir.join("etcd-data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                run_dir.join("etcd-data").display()
+            ))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -214,14 +217,20 @@ impl TestEnv {
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={api_port}"))
             .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--cert-dir={}", run_dir.join("apiserver-certs").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                run_dir.join("apiserver-certs").display()
+            ))
             .arg(format!("--tls-cert-file={}", pf("apiserver.crt")))
             .arg(format!("--tls-private-key-file={}", pf("apiserver.key")))
             .arg(format!("--client-ca-file={}", pf("ca.crt")))
             .arg("--authorization-mode=RBAC")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", pf("sa.pub")))
-            .arg(format!("--service-account-signing-key-file={}", pf("sa.key")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pf("sa.key")
+            ))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--profiling=false");
         group.spawn("kube-apiserver", api)?;
@@ -237,16 +246,40 @@ impl TestEnv {
         let sched_kc = run_dir.join("scheduler.kubeconfig");
         write(&sched_kc, kubeconfig_yaml(&api_server, pki, "scheduler"))?;
 
+        let deadline = Instant::now() + opts.ready_timeout;
+        let client = client_for(&kubeconfig).await?;
+        wait_until(&mut group, deadline, "kube-apiserver /readyz", || {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                Ok(client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|t| t.trim() == "ok"))
+            }
+        })
+        .await?;
+
+        // Started once RBAC is bootstrapped: kube-controller-manager exits when it cannot read
+        // kube-system/extension-apiserver-authentication at start-up.
         let mut kcm = Command::new(&bins.kube_controller_manager);
         kcm.arg(format!("--kubeconfig={}", kcm_kc.display()))
             .arg(format!("--authentication-kubeconfig={}", kcm_kc.display()))
             .arg(format!("--authorization-kubeconfig={}", kcm_kc.display()))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={kcm_port}"))
-            .arg(format!("--cert-dir={}", run_dir.join("kcm-certs").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                run_dir.join("kcm-certs").display()
+            ))
             .arg("--leader-elect=false")
             .arg("--use-service-account-credentials=true")
-            .arg(format!("--service-account-private-key-file={}", pf("sa.key")))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pf("sa.key")
+            ))
             .arg(format!("--root-ca-file={}", pf("ca.crt")))
             .arg(format!("--cluster-signing-cert-file={}", pf("ca.crt")))
             .arg(format!("--cluster-signing-key-file={}", pf("ca.key")))
@@ -256,7 +289,10 @@ impl TestEnv {
         let mut sched = Command::new(&bins.kube_scheduler);
         sched
             .arg(format!("--kubeconfig={}", sched_kc.display()))
-            .arg(format!("--authentication-kubeconfig={}", sched_kc.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                sched_kc.display()
+            ))
             .arg(format!("--authorization-kubeconfig={}", sched_kc.display()))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={sched_port}"))
@@ -267,19 +303,6 @@ impl TestEnv {
             .arg("--leader-elect=false")
             .arg("--profiling=false");
         group.spawn("kube-scheduler", sched)?;
-
-        let deadline = Instant::now() + opts.ready_timeout;
-        let client = client_for(&kubeconfig).await?;
-        wait_until(&mut group, deadline, "kube-apiserver /readyz", || {
-            let client = client.clone();
-            async move {
-                let req = http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                Ok(client.request_text(req).await.is_ok_and(|t| t.trim() == "ok"))
-            }
-        })
-        .await?;
 
         // Node agent.
         let images_file = run_dir.join("images.json");
@@ -296,38 +319,50 @@ impl TestEnv {
             .arg(format!("--images={}", images_file.display()))
             .arg(format!("--state-dir={}", agent_state.display()))
             .arg(format!("--pgid-dir={}", run_dir.join("podpgids").display()))
-            .arg(format!("--pod-ip-start={}", Ipv4Addr::new(127, 0, third, 1)))
+            .arg(format!(
+                "--pod-ip-start={}",
+                Ipv4Addr::new(127, 0, third, 1)
+            ))
             .arg(format!("--api-host-port=127.0.0.1:{api_port}"))
             .args(["--pass-env=RUST_LOG", "--pass-env=RUST_BACKTRACE"])
             .env("RUST_LOG", "info,kube=warn");
         group.spawn("node-agent", agent_cmd)?;
 
         let node_names: Vec<String> = opts.nodes.iter().map(|n| n.name.clone()).collect();
-        wait_until(&mut group, deadline, "nodes Ready and untainted", || {
-            let api: Api<Node> = Api::all(client.clone());
-            let names = node_names.clone();
-            async move {
-                for n in names {
-                    let Some(node) = api.get_opt(&n).await.ok().flatten() else {
-                        return Ok(false);
-                    };
-                    let ready = node
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                    let tainted = node
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.taints.as_ref())
-                        .is_some_and(|t| !t.is_empty());
-                    if !ready || tainted {
-                        return Ok(false);
+        wait_until(
+            &mut group,
+            deadline,
+            "nodes Ready (no node.kubernetes.io/* taints)",
+            || {
+                let api: Api<Node> = Api::all(client.clone());
+                let names = node_names.clone();
+                async move {
+                    for n in names {
+                        let Some(node) = api.get_opt(&n).await.ok().flatten() else {
+                            return Ok(false);
+                        };
+                        let ready = node
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                        let tainted = node
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|t| {
+                                t.iter().any(|t| t.key.starts_with("node.kubernetes.io/"))
+                            });
+                        if !ready || tainted {
+                            return Ok(false);
+                        }
                     }
+                    Ok(true)
                 }
-                Ok(true)
-            }
-        })
+            },
+        )
         .await?;
         wait_until(
             &mut group,
@@ -596,7 +631,12 @@ impl Drop for TestNamespace {
     }
 }
 
-async fn wait_tcp(group: &mut ProcessGroup, port: u16, timeout: Duration, what: &str) -> Result<()> {
+async fn wait_tcp(
+    group: &mut ProcessGroup,
+    port: u16,
+    timeout: Duration,
+    what: &str,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {

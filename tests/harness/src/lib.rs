@@ -25,7 +25,7 @@ pub mod locate;
 mod proc;
 pub mod s3;
 
-pub use agent::{NodeSpec, default_nodes};
+pub use agent::{CHAOS_TAINT_KEY, NodeSpec, TaintSpec, default_nodes};
 pub use env::{EnvOptions, TestEnv, TestNamespace};
 pub use error::Error;
 pub use s3::S3Endpoint;

@@ -66,11 +66,13 @@ fn var(name: &str, file: &HashMap<String, String>) -> Result<PathBuf> {
     if let Some(v) = std::env::var_os(name).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(v));
     }
-    file.get(name).map(PathBuf::from).ok_or_else(|| Error::Missing {
-        what: format!("the location {name}"),
-        path: cache_dir().join("testenv.env"),
-        hint: SETUP_HINT.to_owned(),
-    })
+    file.get(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Missing {
+            what: format!("the location {name}"),
+            path: cache_dir().join("testenv.env"),
+            hint: SETUP_HINT.to_owned(),
+        })
 }
 
 fn must_exist(what: &str, path: PathBuf) -> Result<PathBuf> {

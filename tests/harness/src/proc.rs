@@ -4,7 +4,8 @@
 //! watchdog's standard input is a pipe whose only writer is the test process; when the test
 //! process ends for any reason (normal exit, panic, abort, SIGKILL) the kernel closes the pipe,
 //! the watchdog's `cat` returns, and the watchdog kills the pod process groups listed in the
-//! environment's `podpgids/` folder and then its own group: SIGTERM, a short wait, SIGKILL.
+//! environment's `podpgids/` folder and then its own group: SIGTERM, a short wait, SIGKILL (each
+//! component also by the PID recorded in `pids/`).
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -38,15 +39,18 @@ cat >/dev/null
 trap '' TERM INT HUP
 killpods() {
   for f in "$1"/podpgids/*; do
-    [ -e "$f" ] && kill -"$2" -- "-${f##*/}" 2>/dev/null
+    [ -e "$f" ] && kill -"$2" "-${f##*/}" 2>/dev/null
   done
 }
 killpods "$1" KILL
-kill -TERM -- "-$$" 2>/dev/null
+kill -TERM "-$$" 2>/dev/null
 sleep 1
 killpods "$1" KILL
+for f in "$1"/pids/*; do
+  [ -e "$f" ] && kill -KILL "${f##*/}" 2>/dev/null
+done
 rm -rf "$1/etcd-data" "$1/s3-data"
-kill -KILL -- "-$$"
+kill -KILL "-$$"
 "#;
 
 /// A process group whose members are killed when the owning (test) process ends.
@@ -56,6 +60,7 @@ pub(crate) struct ProcessGroup {
     stdin: Option<ChildStdin>,
     pgid: u32,
     log_dir: PathBuf,
+    pid_dir: PathBuf,
     children: Vec<(String, Child)>,
 }
 
@@ -66,6 +71,8 @@ impl ProcessGroup {
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io("create logs dir", e))?;
         std::fs::create_dir_all(run_dir.join("podpgids"))
             .map_err(|e| Error::io("create podpgids dir", e))?;
+        std::fs::create_dir_all(run_dir.join("pids"))
+            .map_err(|e| Error::io("create pids dir", e))?;
         let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
@@ -91,6 +98,7 @@ impl ProcessGroup {
             stdin,
             pgid,
             log_dir,
+            pid_dir: run_dir.join("pids"),
             children: Vec::new(),
         })
     }
@@ -104,7 +112,9 @@ impl ProcessGroup {
     pub(crate) fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<u32> {
         let log_path = self.log_path(name);
         let log = File::create(&log_path).map_err(|e| Error::io("create log file", e))?;
-        let log2 = log.try_clone().map_err(|e| Error::io("clone log file", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("clone log file", e))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -113,6 +123,8 @@ impl ProcessGroup {
             .spawn()
             .map_err(|e| Error::io(format!("spawn {name}"), e))?;
         let pid = child.id();
+        std::fs::write(self.pid_dir.join(pid.to_string()), name)
+            .map_err(|e| Error::io("write pid file", e))?;
         self.children.push((name.to_owned(), child));
         Ok(pid)
     }
@@ -135,7 +147,11 @@ impl ProcessGroup {
     pub(crate) fn shutdown(&mut self) {
         drop(self.stdin.take());
         let _ = self.watchdog.wait();
+        // The watchdog has killed the group; make sure of each child by its PID as well.
         for (_, child) in &mut self.children {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
     }

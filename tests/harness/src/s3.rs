@@ -92,7 +92,11 @@ pub(crate) fn weed_mini(weed: &Path, run_dir: &Path) -> Result<(Command, S3Endpo
     cmd.arg("mini")
         .arg(format!("-dir={}", data.display()))
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-        .args(["-admin.ui=false", "-webdav=false", "-master.telemetry=false"])
+        .args([
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+        ])
         .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
         .arg(format!("-s3.config={}", config_path.display()))
         .arg("-s3.allowDeleteBucketNotEmpty=false")

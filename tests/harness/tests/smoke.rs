@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use arrayjob_testenv::{EnvOptions, TestEnv, locate};
+use arrayjob_testenv::{CHAOS_TAINT_KEY, EnvOptions, TestEnv, locate};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -112,9 +112,8 @@ async fn owner_reference_garbage_collection() -> Result<()> {
     let ns = env.namespace("gc").await?;
     let client = env.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let owner: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "owner"}, "data": {"role": "owner"}}),
-    )?;
+    let owner: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "owner"}, "data": {"role": "owner"}}))?;
     let owner = cms.create(&PostParams::default(), &owner).await?;
     let uid = owner.metadata.uid.context("owner has a uid")?;
     let mut p = pod(
@@ -129,9 +128,14 @@ async fn owner_reference_garbage_collection() -> Result<()> {
     }))?]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&PostParams::default(), &p).await?;
-    env.wait_pod(&client, &ns, "owned", Duration::from_secs(30), "Running", |p| {
-        phase(p) == "Running"
-    })
+    env.wait_pod(
+        &client,
+        &ns,
+        "owned",
+        Duration::from_secs(30),
+        "Running",
+        |p| phase(p) == "Running",
+    )
     .await?;
 
     cms.delete("owner", &DeleteParams::background()).await?;
@@ -200,9 +204,14 @@ async fn node_selector_schedules_and_pod_runs_to_success() -> Result<()> {
         .create(&PostParams::default(), &f)
         .await?;
     let failed = env
-        .wait_pod(&client, &ns, "fails", Duration::from_secs(30), "Failed", |p| {
-            phase(p) == "Failed"
-        })
+        .wait_pod(
+            &client,
+            &ns,
+            "fails",
+            Duration::from_secs(30),
+            "Failed",
+            |p| phase(p) == "Failed",
+        )
         .await?;
     assert_eq!(terminated_exit_code(&failed), Some(3));
     assert_eq!(env.pod_log(&ns, "fails", "main")?.trim(), "boom");
@@ -268,19 +277,30 @@ async fn deleting_a_running_pod_sends_sigterm() -> Result<()> {
     )?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&PostParams::default(), &p).await?;
-    env.wait_pod(&client, &ns, "sleeper", Duration::from_secs(30), "Ready", |p| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
+    env.wait_pod(
+        &client,
+        &ns,
+        "sleeper",
+        Duration::from_secs(30),
+        "Ready",
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
     .await?;
     let t = Instant::now();
     pods.delete("sleeper", &DeleteParams::default()).await?;
     env.wait_pod_gone(&client, &ns, "sleeper", Duration::from_secs(30))
         .await?;
     // It left on SIGTERM, well before the 20 s grace period would have forced a SIGKILL.
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(
         std::fs::read_to_string(&marker)?.trim(),
         "got TERM as sleeper"
@@ -294,9 +314,14 @@ async fn deleting_a_running_pod_sends_sigterm() -> Result<()> {
                    "trap '' TERM; echo started; while true; do sleep 0.1; done"]}]}),
     )?;
     pods.create(&PostParams::default(), &stubborn).await?;
-    env.wait_pod(&client, &ns, "stubborn", Duration::from_secs(30), "Running", |p| {
-        phase(p) == "Running"
-    })
+    env.wait_pod(
+        &client,
+        &ns,
+        "stubborn",
+        Duration::from_secs(30),
+        "Running",
+        |p| phase(p) == "Running",
+    )
     .await?;
     let t = Instant::now();
     pods.delete("stubborn", &DeleteParams::default()).await?;
@@ -324,7 +349,9 @@ async fn nodes_look_like_ec2_and_heartbeat() -> Result<()> {
         Some("m5.xlarge")
     );
     assert_eq!(
-        labels.get("topology.kubernetes.io/zone").map(String::as_str),
+        labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
         Some("us-east-1a")
     );
     assert_eq!(
@@ -338,17 +365,24 @@ async fn nodes_look_like_ec2_and_heartbeat() -> Result<()> {
         .context("allocatable")?;
     assert_eq!(alloc.get("cpu").map(|q| q.0.as_str()), Some("4"));
     assert_eq!(alloc.get("memory").map(|q| q.0.as_str()), Some("16Gi"));
+    let chaos = nodes.get_opt("spot-chaos").await?;
+    if let Some(chaos) = chaos {
+        // (absent once the reclaim test has run)
+        let taints = chaos.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert!(
+            taints
+                .iter()
+                .any(|t| t.key == CHAOS_TAINT_KEY && t.effect == "NoSchedule"),
+            "{taints:?}"
+        );
+    }
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let lease = leases.get("ondemand-a").await?;
     let spec = lease.spec.context("lease spec")?;
     assert_eq!(spec.holder_identity.as_deref(), Some("ondemand-a"));
     let renewed = spec.renew_time.context("renewTime")?.0;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed);
-    assert!(
-        age.as_secs() < 30,
-        "lease renewed {}s ago",
-        age.as_secs()
-    );
+    assert!(age.as_secs() < 30, "lease renewed {}s ago", age.as_secs());
     Ok(())
 }
 
@@ -362,25 +396,31 @@ async fn spot_reclaim_terminates_pods_and_removes_the_node() -> Result<()> {
     let script = "trap 'echo reclaimed > \"$MARKER\"; exit 0' TERM; while true; do sleep 0.1; done";
     let p = pod(
         "on-spot",
-        json!({"nodeSelector": {"kubernetes.io/hostname": "spot-b"},
+        json!({"nodeSelector": {"kubernetes.io/hostname": "spot-chaos"},
+               "tolerations": [{"key": CHAOS_TAINT_KEY, "operator": "Equal", "value": "chaos", "effect": "NoSchedule"}],
                "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", script],
                    "env": [{"name": "MARKER", "value": marker.display().to_string()}]}]}),
     )?;
     Api::<Pod>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &p)
         .await?;
-    env.wait_pod(&client, &ns, "on-spot", Duration::from_secs(30), "Running", |p| {
-        phase(p) == "Running"
-    })
+    env.wait_pod(
+        &client,
+        &ns,
+        "on-spot",
+        Duration::from_secs(30),
+        "Running",
+        |p| phase(p) == "Running",
+    )
     .await?;
-    let report = env.reclaim_spot_node("spot-b", Some(5)).await?;
+    let report = env.reclaim_spot_node("spot-chaos", Some(5)).await?;
     assert_eq!(report.evicted, vec![format!("{}/on-spot", ns.name())]);
     assert!(report.left_running.is_empty(), "{report:?}");
     assert_eq!(std::fs::read_to_string(&marker)?.trim(), "reclaimed");
     let nodes: Api<Node> = Api::all(client);
     ensure!(
-        nodes.get_opt("spot-b").await?.is_none(),
-        "node spot-b still exists"
+        nodes.get_opt("spot-chaos").await?.is_none(),
+        "node spot-chaos still exists"
     );
     Ok(())
 }
@@ -392,7 +432,10 @@ async fn helm_lint_and_install_a_chart() -> Result<()> {
     let chart = locate::fixtures_dir().join("charts").join("tiny");
     let chart = chart.display().to_string();
     let lint = env.helm(&["lint", "--strict", &chart])?;
-    assert!(lint.contains("1 chart(s) linted, 0 chart(s) failed"), "{lint}");
+    assert!(
+        lint.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{lint}"
+    );
     let out = env.helm(&[
         "install",
         "demo",
@@ -411,7 +454,10 @@ async fn helm_lint_and_install_a_chart() -> Result<()> {
         .get("demo-settings")
         .await?;
     assert_eq!(
-        cm.data.unwrap_or_default().get("greeting").map(String::as_str),
+        cm.data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
         Some("hi from the test")
     );
     Ok(())
@@ -521,9 +567,7 @@ async fn s3_put_get_list_multipart_and_auth() -> Result<()> {
     assert_eq!(&whole[part1.len()..], &part2[..]);
 
     // A wrong secret is rejected.
-    let bad = env
-        .s3()
-        .client_with(&env.s3().access_key, "not-the-secret");
+    let bad = env.s3().client_with(&env.s3().access_key, "not-the-secret");
     let err = bad
         .get_object()
         .bucket(&bucket)

@@ -56,7 +56,26 @@ pub struct NodeSpec {
     /// Extra labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Taints the node is registered with.
+    #[serde(default)]
+    pub taints: Vec<TaintSpec>,
 }
+
+/// A node taint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaintSpec {
+    /// Taint key.
+    pub key: String,
+    /// Taint value (may be empty).
+    #[serde(default)]
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+/// Taint of the default node reserved for chaos tests (spot reclaims): only pods that tolerate
+/// `arrayjob.dev/reserved=chaos:NoSchedule` land there, so reclaiming it disturbs no other test.
+pub const CHAOS_TAINT_KEY: &str = "arrayjob.dev/reserved";
 
 fn default_max_pods() -> u32 {
     110
@@ -65,7 +84,9 @@ fn default_max_pods() -> u32 {
 impl NodeSpec {
     /// The region, derived from the zone (`us-east-1a` -> `us-east-1`).
     pub fn region(&self) -> String {
-        let z = self.zone.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let z = self
+            .zone
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic());
         if z.is_empty() {
             self.zone.clone()
         } else {
@@ -74,7 +95,8 @@ impl NodeSpec {
     }
 }
 
-/// The default node set: one on-demand node and two spot nodes in three zones.
+/// The default node set: one on-demand node and two spot nodes in three zones, plus the spot
+/// node `spot-chaos` (us-east-1b) tainted with [`CHAOS_TAINT_KEY`]`=chaos:NoSchedule`.
 pub fn default_nodes() -> Vec<NodeSpec> {
     let node = |name: &str, it: &str, zone: &str, cap: &str, cpu: &str, mem: &str| NodeSpec {
         name: name.to_owned(),
@@ -85,7 +107,14 @@ pub fn default_nodes() -> Vec<NodeSpec> {
         memory: mem.to_owned(),
         pods: default_max_pods(),
         labels: BTreeMap::new(),
+        taints: Vec::new(),
     };
+    let mut chaos = node("spot-chaos", "m5.large", "us-east-1b", "spot", "2", "8Gi");
+    chaos.taints.push(TaintSpec {
+        key: CHAOS_TAINT_KEY.to_owned(),
+        value: "chaos".to_owned(),
+        effect: "NoSchedule".to_owned(),
+    });
     vec![
         node(
             "ondemand-a",
@@ -97,6 +126,7 @@ pub fn default_nodes() -> Vec<NodeSpec> {
         ),
         node("spot-b", "c5.2xlarge", "us-east-1b", "spot", "8", "16Gi"),
         node("spot-c", "r5.large", "us-east-1c", "spot", "2", "16Gi"),
+        chaos,
     ]
 }
 
@@ -139,7 +169,9 @@ impl IpPool {
         loop {
             let ip = Ipv4Addr::from(self.next);
             if ip.octets()[0] != 127 {
-                return Err(Error::Invalid("the loopback pod IP range is used up".into()));
+                return Err(Error::Invalid(
+                    "the loopback pod IP range is used up".into(),
+                ));
             }
             self.next += 1;
             let last = ip.octets()[3];

@@ -61,7 +61,12 @@ fn conditions(since: &Value) -> Value {
             "KubeletHasNoDiskPressure",
             "test node"
         ),
-        cond("PIDPressure", "False", "KubeletHasSufficientPID", "test node"),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "test node"
+        ),
         cond(
             "Ready",
             "True",
@@ -85,7 +90,7 @@ pub(crate) async fn register(ctx: &Ctx, spec: &NodeSpec) -> Result<()> {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": spec.name, "labels": labels(spec)},
-        "spec": {"providerID": provider},
+        "spec": {"providerID": provider, "taints": spec.taints},
     });
     api.patch(
         &spec.name,
@@ -129,8 +134,12 @@ async fn renew_lease(ctx: &Ctx, node: &str) -> Result<()> {
             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]},
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro()},
     });
-    api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&lease))
-        .await?;
+    api.patch(
+        node,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&lease),
+    )
+    .await?;
     Ok(())
 }
 

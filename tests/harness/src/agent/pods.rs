@@ -253,7 +253,12 @@ async fn prepare(
                 } else {
                     res.and_then(|r| r.limits.as_ref())
                 };
-                Some(table.and_then(|t| t.get(key)).map(|q| q.0.clone()).unwrap_or_default())
+                Some(
+                    table
+                        .and_then(|t| t.get(key))
+                        .map(|q| q.0.clone())
+                        .unwrap_or_default(),
+                )
             } else {
                 None
             }
@@ -266,7 +271,12 @@ async fn prepare(
         }
     }
     let known: HashMap<String, String> = vars.iter().cloned().collect();
-    let command: Vec<String> = c.command.iter().flatten().map(|s| expand(s, &known)).collect();
+    let command: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .map(|s| expand(s, &known))
+        .collect();
     let args = c.args.iter().flatten().map(|s| expand(s, &known));
     // command[0] names the program inside the image; the image map says which local binary that is.
     let argv: Vec<String> = command.into_iter().skip(1).chain(args).collect();
@@ -286,9 +296,19 @@ async fn prepare(
 
 #[derive(Debug, Clone)]
 enum CState {
-    Waiting { reason: String, message: String },
-    Running { started: Value },
-    Terminated { code: i32, started: Value, finished: Value, message: Option<String> },
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started: Value,
+    },
+    Terminated {
+        code: i32,
+        started: Value,
+        finished: Value,
+        message: Option<String>,
+    },
 }
 
 impl CState {
@@ -526,7 +546,11 @@ impl PodRun {
 
     fn on_exit(&mut self, i: usize, code: i32, terminating: bool) {
         let policy = self.policy.clone();
-        let pgid_file = self.containers.get(i).and_then(|c| c.pid).and_then(|p| self.pgid_file(p));
+        let pgid_file = self
+            .containers
+            .get(i)
+            .and_then(|c| c.pid)
+            .and_then(|p| self.pgid_file(p));
         if let Some(f) = pgid_file {
             let _ = std::fs::remove_file(f);
         }
@@ -559,7 +583,11 @@ impl PodRun {
             c.last = Some(c.state.clone());
             c.state = CState::Waiting {
                 reason: "CrashLoopBackOff".into(),
-                message: format!("back-off {}s restarting container {}", backoff.as_secs(), c.name),
+                message: format!(
+                    "back-off {}s restarting container {}",
+                    backoff.as_secs(),
+                    c.name
+                ),
             };
             c.restart_at = Some(Instant::now() + backoff);
         }
@@ -596,7 +624,10 @@ pub(crate) async fn run_pod(
         ip,
         node_ip,
         start_time: now_time(),
-        policy: spec.restart_policy.clone().unwrap_or_else(|| "Always".into()),
+        policy: spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into()),
         containers: spec
             .containers
             .iter()

@@ -100,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let nodes: Vec<NodeSpec> = match nodes {
                 Some(p) => serde_json::from_str(
-                    &std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?,
+                    &std::fs::read_to_string(&p)
+                        .with_context(|| format!("read {}", p.display()))?,
                 )
                 .with_context(|| format!("parse {}", p.display()))?,
                 None => agent::default_nodes(),
@@ -131,9 +132,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Reclaim { node, grace } => {
             let report = agent::reclaim::reclaim_spot_node(&client, &node, grace).await?;
-            println!("{}", serde_json::to_string(&serde_json::json!({
-                "evicted": report.evicted, "left_running": report.left_running
-            }))?);
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({
+                    "evicted": report.evicted, "left_running": report.left_running
+                }))?
+            );
         }
     }
     Ok(())
