@@ -259,50 +259,56 @@ pub async fn run(client: Client, cfg: AgentConfig) -> Result<()> {
     let mut running: HashMap<String, Running> = HashMap::new();
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .map(Ev::Pod)
+        .map(|e| Ev::Pod(Box::new(e)))
         .boxed();
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .map(Ev::Node)
+        .map(|e| Ev::Node(Box::new(e)))
         .boxed();
     let mut events = futures::stream::select(pods, nodes);
     while let Some(ev) = events.next().await {
         match ev {
-            Ev::Pod(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                on_pod(&ctx, &live, &mut running, pod).await;
-            }
-            Ev::Pod(Ok(watcher::Event::Delete(pod))) => {
-                if let Some(uid) = pod.uid()
-                    && let Some(r) = running.remove(&uid)
-                {
-                    let _ = r.stop.send(Stop::Kill);
+            Ev::Pod(e) => match *e {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    on_pod(&ctx, &live, &mut running, pod).await;
                 }
-            }
-            Ev::Node(Ok(watcher::Event::Delete(node))) => {
-                let name = node.name_any();
-                let was_ours = lock(&live).remove(&name);
-                if was_ours {
-                    tracing::warn!(node = %name, "node deleted: killing its pods");
-                    running.retain(|_, r| {
-                        if r.node == name {
-                            let _ = r.stop.send(Stop::Kill);
-                            false
-                        } else {
-                            true
-                        }
-                    });
+                Ok(watcher::Event::Delete(pod)) => {
+                    if let Some(uid) = pod.uid()
+                        && let Some(r) = running.remove(&uid)
+                    {
+                        let _ = r.stop.send(Stop::Kill);
+                    }
                 }
-            }
-            Ev::Pod(Err(e)) | Ev::Node(Err(e)) => tracing::warn!("watch error: {e}"),
-            _ => {}
+                Ok(_) => {}
+                Err(e) => tracing::warn!("pod watch error: {e}"),
+            },
+            Ev::Node(e) => match *e {
+                Ok(watcher::Event::Delete(node)) => {
+                    let name = node.name_any();
+                    let was_ours = lock(&live).remove(&name);
+                    if was_ours {
+                        tracing::warn!(node = %name, "node deleted: killing its pods");
+                        running.retain(|_, r| {
+                            if r.node == name {
+                                let _ = r.stop.send(Stop::Kill);
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("node watch error: {e}"),
+            },
         }
     }
     Ok(())
 }
 
 enum Ev {
-    Pod(std::result::Result<watcher::Event<Pod>, watcher::Error>),
-    Node(std::result::Result<watcher::Event<Node>, watcher::Error>),
+    Pod(Box<std::result::Result<watcher::Event<Pod>, watcher::Error>>),
+    Node(Box<std::result::Result<watcher::Event<Node>, watcher::Error>>),
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -390,5 +396,35 @@ pub(crate) async fn force_delete(client: &Client, pod: &Pod) {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::warn!(pod = %pod.name_any(), "final delete failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_pool_skips_network_and_broadcast_like_addresses() -> Result<()> {
+        let mut p = IpPool::new(Ipv4Addr::new(127, 0, 3, 253));
+        assert_eq!(p.take()?, Ipv4Addr::new(127, 0, 3, 253));
+        assert_eq!(p.take()?, Ipv4Addr::new(127, 0, 3, 254));
+        assert_eq!(p.take()?, Ipv4Addr::new(127, 0, 4, 1));
+        let mut end = IpPool::new(Ipv4Addr::new(127, 255, 255, 254));
+        assert_eq!(end.take()?, Ipv4Addr::new(127, 255, 255, 254));
+        assert!(end.take().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn region_comes_from_zone_and_defaults_are_ec2_like() {
+        let nodes = default_nodes();
+        assert_eq!(nodes.len(), 4);
+        assert!(nodes.iter().all(|n| n.region() == "us-east-1"));
+        assert!(nodes.iter().any(|n| n.capacity_type == "on-demand"));
+        assert_eq!(
+            nodes.iter().filter(|n| !n.taints.is_empty()).count(),
+            1,
+            "only the chaos node is tainted"
+        );
     }
 }

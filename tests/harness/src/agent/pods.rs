@@ -771,3 +771,39 @@ pub(crate) async fn run_pod(
     force_delete(&ctx.client, &pod).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_lookup_tries_exact_then_repo_then_last_segment() {
+        let mut m = BTreeMap::new();
+        m.insert("busybox".to_owned(), "/bin/sh".to_owned());
+        m.insert("arrayjob-worker:dev".to_owned(), "/w/dev".to_owned());
+        m.insert("registry:5000/org/tool".to_owned(), "/t".to_owned());
+        assert_eq!(image_lookup(&m, "busybox:1.36"), Some("/bin/sh".into()));
+        assert_eq!(
+            image_lookup(&m, "docker.io/library/busybox@sha256:ab"),
+            Some("/bin/sh".into())
+        );
+        assert_eq!(
+            image_lookup(&m, "arrayjob-worker:dev"),
+            Some("/w/dev".into())
+        );
+        assert_eq!(image_lookup(&m, "arrayjob-worker:other"), None);
+        assert_eq!(
+            image_lookup(&m, "registry:5000/org/tool:v1"),
+            Some("/t".into())
+        );
+        assert_eq!(image_lookup(&m, "nginx"), None);
+    }
+
+    #[test]
+    fn expand_replaces_known_vars_and_keeps_escapes() {
+        let vars: HashMap<String, String> = [("A".to_owned(), "x".to_owned())].into();
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$5", &vars), "x-$(B)-$(A)-$5");
+        assert_eq!(expand("plain", &vars), "plain");
+        assert_eq!(expand("$(A", &vars), "$(A");
+    }
+}
