@@ -59,13 +59,15 @@ impl S3Endpoint {
     }
 }
 
-/// A random-enough secret for one environment (not security relevant: loopback only).
+/// A fresh secret for one environment (std's randomly seeded hasher keys as the entropy source).
 fn secret() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64))
+    use std::hash::{BuildHasher, Hasher};
+    let word = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", word(), word())
 }
 
 /// Writes the identity file and returns the `weed mini` command and the endpoint.
