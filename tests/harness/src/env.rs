@@ -473,8 +473,18 @@ impl TestEnv {
 
     /// Runs kubectl with `input` on its standard input (e.g. `apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        self.kubectl_as(&self.kubeconfig, args, input)
+    }
+
+    /// Runs kubectl with another kubeconfig (e.g. one holding a service-account token).
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String> {
         let mut cmd = Command::new(&self.bins.kubectl);
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!(
                 "--cache-dir={}",
                 self.run_dir.join("kube-cache").display()

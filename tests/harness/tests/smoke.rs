@@ -582,3 +582,132 @@ async fn s3_put_get_list_multipart_and_auth() -> Result<()> {
     assert_eq!(code.as_deref(), Some("SignatureDoesNotMatch"), "{err:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn rbac_limits_a_service_account_token() -> Result<()> {
+    let env = env()?;
+    let ns = env.namespace("rbac").await?;
+    env.kubectl(&["create", "serviceaccount", "reader", "-n", &ns])?;
+    // A token signed with the service-account key, checked by the API server.
+    let token = env.kubectl(&["create", "token", "reader", "-n", &ns])?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("reader.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: reader\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: reader}}\ncurrent-context: c\n",
+            env.api_server(),
+            env.binaries().pki_dir.join("ca.crt").display(),
+            token.trim()
+        ),
+    )?;
+    let denied = env
+        .kubectl_as(&kubeconfig, &["get", "pods", "-n", &ns], None)
+        .expect_err("no role is bound yet");
+    let msg = denied.to_string();
+    assert!(
+        msg.contains(&format!(
+            "User \"system:serviceaccount:{}:reader\" cannot list resource \"pods\"",
+            ns.name()
+        )),
+        "{msg}"
+    );
+    env.kubectl(&[
+        "create",
+        "rolebinding",
+        "reader-view",
+        "-n",
+        &ns,
+        "--clusterrole=view",
+        &format!("--serviceaccount={}:reader", ns.name()),
+    ])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match env.kubectl_as(&kubeconfig, &["get", "pods", "-n", &ns], None) {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Still read-only.
+    let write = env
+        .kubectl_as(
+            &kubeconfig,
+            &["create", "configmap", "x", "-n", &ns, "--from-literal=a=b"],
+            None,
+        )
+        .expect_err("view does not allow create");
+    assert!(write.to_string().contains("forbidden"), "{write}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_get_distinct_loopback_ips() -> Result<()> {
+    let env = env()?;
+    let python = PathBuf::from("/usr/bin/python3");
+    ensure!(python.exists(), "the test needs /usr/bin/python3");
+    env.map_image("example.com/tools/python:3", &python)?;
+    let ns = env.namespace("podip").await?;
+    let client = env.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Both pods listen on the same port, each on its own pod IP.
+    let server = r#"import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from " + os.environ["POD_NAME"]).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer((os.environ["POD_IP"], 18080), H).serve_forever()
+"#;
+    for name in ["web-1", "web-2"] {
+        let p = pod(
+            name,
+            json!({"containers": [{"name": "web", "image": "example.com/tools/python:3",
+                "command": ["python3", "-c", server],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}]}),
+        )?;
+        pods.create(&PostParams::default(), &p).await?;
+    }
+    let mut ips = Vec::new();
+    for name in ["web-1", "web-2"] {
+        let p = env
+            .wait_pod(
+                &client,
+                &ns,
+                name,
+                Duration::from_secs(30),
+                "Running",
+                |p| phase(p) == "Running",
+            )
+            .await?;
+        let ip = p.status.and_then(|s| s.pod_ip).context("podIP")?;
+        ips.push(ip.clone());
+        // Poll until the server is listening, then read its answer over plain HTTP.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let body = loop {
+            match http_get(&ip, 18080).await {
+                Ok(b) => break b,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        assert!(body.ends_with(&format!("hello from {name}")), "{body}");
+    }
+    assert_ne!(ips[0], ips[1]);
+    Ok(())
+}
+
+async fn http_get(ip: &str, port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
