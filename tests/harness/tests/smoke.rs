@@ -711,3 +711,116 @@ async fn http_get(ip: &str, port: u16) -> Result<String> {
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
+
+#[tokio::test]
+async fn secrets_config_maps_and_two_containers() -> Result<()> {
+    let env = env()?;
+    let ns = env.namespace("envsrc").await?;
+    let client = env.client().await?;
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "-n",
+        &ns,
+        "--from-literal=access-key=AK123",
+        "--from-literal=secret-key=SK456",
+    ])?;
+    env.kubectl(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        &ns,
+        "--from-literal=CHUNK=64",
+        "--from-literal=LEVEL=3",
+    ])?;
+    let p = pod(
+        "two",
+        json!({"restartPolicy": "Never",
+        "containers": [
+            {"name": "a", "image": "busybox", "command": ["sh", "-c", "echo \"a $AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY\""],
+             "env": [
+                 {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "access-key"}}},
+                 {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}}}
+             ]},
+            {"name": "b", "image": "busybox", "command": ["sh", "-c", "echo \"b $CFG_CHUNK $CFG_LEVEL\""],
+             "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}]}
+        ]}),
+    )?;
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &p)
+        .await?;
+    let done = env
+        .wait_pod(
+            &client,
+            &ns,
+            "two",
+            Duration::from_secs(30),
+            "Succeeded",
+            |p| phase(p) == "Succeeded",
+        )
+        .await?;
+    let statuses = done
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default();
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.iter().all(|c| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0 && t.reason.as_deref() == Some("Completed"))
+    }));
+    assert_eq!(env.pod_log(&ns, "two", "a")?, "a AK123 SK456\n");
+    assert_eq!(env.pod_log(&ns, "two", "b")?, "b 64 3\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unmapped_image_waits_until_mapped() -> Result<()> {
+    let env = env()?;
+    let ns = env.namespace("imgmap").await?;
+    let client = env.client().await?;
+    let image = format!("registry.example/arrayjob/late-{}:v1", std::process::id());
+    let p = pod(
+        "late",
+        json!({"restartPolicy": "Never",
+               "containers": [{"name": "main", "image": image, "command": ["late", "-c", "echo mapped late"]}]}),
+    )?;
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &p)
+        .await?;
+    let waiting = env
+        .wait_pod(
+            &client,
+            &ns,
+            "late",
+            Duration::from_secs(30),
+            "ErrImagePull",
+            |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .and_then(|s| s.waiting.as_ref())
+                    .is_some_and(|w| w.reason.as_deref() == Some("ErrImagePull"))
+            },
+        )
+        .await?;
+    assert_eq!(phase(&waiting), "Pending");
+    env.map_image(&image, std::path::Path::new("/bin/sh"))?;
+    env.wait_pod(
+        &client,
+        &ns,
+        "late",
+        Duration::from_secs(30),
+        "Succeeded",
+        |p| phase(p) == "Succeeded",
+    )
+    .await?;
+    assert_eq!(env.pod_log(&ns, "late", "main")?, "mapped late\n");
+    Ok(())
+}
