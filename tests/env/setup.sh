@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Prepares everything the arrayjob e2e tests need; idempotent and fast once cached.
+#   1. control plane binaries (build-control-plane.sh; tens of minutes on a new machine, then cached)
+#   2. kubectl, helm, weed (install-tools.sh)
+#   3. cluster PKI (pki.sh)
+# Writes the locations to $CACHE/testenv.env (read by the Rust harness when the variables below are
+# not set) and prints them as `export` lines, so `eval "$(tests/env/setup.sh)"` sets them in a shell.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+CACHE="${ARRAYJOB_CACHE:-$HOME/.cache/arrayjob}"
+mkdir -p "$CACHE"
+
+"$HERE/build-control-plane.sh" >&2
+TOOLS_BIN="$("$HERE/install-tools.sh")"
+PKI_DIR="$("$HERE/pki.sh")"
+
+cat >"$CACHE/testenv.env.tmp" <<VARS
+ARRAYJOB_K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+ARRAYJOB_TOOLS_BIN=$TOOLS_BIN
+ARRAYJOB_PKI_DIR=$PKI_DIR
+VARS
+mv "$CACHE/testenv.env.tmp" "$CACHE/testenv.env"
+sed 's/^/export /' "$CACHE/testenv.env"

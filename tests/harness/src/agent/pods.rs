@@ -1,0 +1,809 @@
+//! Running one pod as local processes and reporting its status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::node::now_time;
+use super::{Ctx, Stop, force_delete, lock};
+use crate::{Error, Result};
+
+/// Finds the local binary for `image` in `map`: the exact image reference first, then the
+/// reference without tag / digest, then its last path segment (`registry/org/name:tag` -> `name`).
+pub fn image_lookup(map: &BTreeMap<String, String>, image: &str) -> Option<PathBuf> {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let repo = match no_digest.rsplit_once(':') {
+        Some((head, tag)) if !tag.contains('/') => head,
+        _ => no_digest,
+    };
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    [image, no_digest, repo, last]
+        .iter()
+        .find_map(|k| map.get(*k))
+        .map(PathBuf::from)
+}
+
+fn read_image_map(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// Expands `$(NAME)` references like Kubernetes does (`$$` escapes; unknown names stay as is).
+fn expand(s: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("$(")
+            && let Some(end) = t.find(')')
+        {
+            let name = &t[..end];
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Why a container could not be prepared (shown as its waiting state).
+struct NotReady {
+    reason: &'static str,
+    message: String,
+}
+
+fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr, node_ip: Ipv4Addr) -> Option<String> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let in_brackets = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix("['"))
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_owned)
+    };
+    Some(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.podIP" | "status.podIPs" => ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => node_ip.to_string(),
+        _ => {
+            if let Some(k) = in_brackets("metadata.labels") {
+                meta.labels.as_ref()?.get(&k)?.clone()
+            } else if let Some(k) = in_brackets("metadata.annotations") {
+                meta.annotations.as_ref()?.get(&k)?.clone()
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+async fn secret_data(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
+    let s: Secret = Api::namespaced(client.clone(), ns).get(name).await?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+async fn config_map_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>> {
+    let c: ConfigMap = Api::namespaced(client.clone(), ns).get(name).await?;
+    Ok(c.data.unwrap_or_default())
+}
+
+fn config_error(what: String) -> NotReady {
+    NotReady {
+        reason: "CreateContainerConfigError",
+        message: what,
+    }
+}
+
+/// A container ready to start.
+struct Prepared {
+    program: PathBuf,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: PathBuf,
+}
+
+async fn prepare(
+    ctx: &Ctx,
+    pod: &Pod,
+    c: &Container,
+    pod_dir: &Path,
+    ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+) -> std::result::Result<Prepared, NotReady> {
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    let image = c.image.clone().unwrap_or_default();
+    let map = read_image_map(&ctx.cfg.images_file);
+    let program = image_lookup(&map, &image).ok_or_else(|| NotReady {
+        reason: "ErrImagePull",
+        message: format!(
+            "image {image:?} has no local binary in {}",
+            ctx.cfg.images_file.display()
+        ),
+    })?;
+
+    let mut vars: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOSTNAME".into(), pod.name_any()),
+        ("HOME".into(), pod_dir.display().to_string()),
+    ];
+    if let Some((h, p)) = &ctx.cfg.api_host_port {
+        vars.push(("KUBERNETES_SERVICE_HOST".into(), h.clone()));
+        vars.push(("KUBERNETES_SERVICE_PORT".into(), p.to_string()));
+    }
+    for name in &ctx.cfg.pass_env {
+        if let Ok(v) = std::env::var(name) {
+            vars.push((name.clone(), v));
+        }
+    }
+    let client = &ctx.client;
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &from.config_map_ref {
+            (
+                config_map_data(client, &ns, &r.name).await,
+                r.optional,
+                format!("configmap {}", r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                secret_data(client, &ns, &r.name).await,
+                r.optional,
+                format!("secret {}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Ok(d) => vars.extend(d.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v))),
+            Err(_) if optional == Some(true) => {}
+            Err(e) => return Err(config_error(format!("{what}: {e}"))),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let known: HashMap<String, String> = vars.iter().cloned().collect();
+        let value = if let Some(v) = &e.value {
+            Some(expand(v, &known))
+        } else if let Some(src) = &e.value_from {
+            if let Some(f) = &src.field_ref {
+                Some(field_value(pod, &f.field_path, ip, node_ip).ok_or_else(|| {
+                    config_error(format!("unsupported fieldRef {}", f.field_path))
+                })?)
+            } else if let Some(r) = &src.secret_key_ref {
+                match secret_data(client, &ns, &r.name).await {
+                    Ok(d) => match d.get(&r.key) {
+                        Some(v) => Some(v.clone()),
+                        None if r.optional == Some(true) => None,
+                        None => {
+                            return Err(config_error(format!(
+                                "secret {} has no key {}",
+                                r.name, r.key
+                            )));
+                        }
+                    },
+                    Err(_) if r.optional == Some(true) => None,
+                    Err(err) => return Err(config_error(format!("secret {}: {err}", r.name))),
+                }
+            } else if let Some(r) = &src.config_map_key_ref {
+                match config_map_data(client, &ns, &r.name).await {
+                    Ok(d) => match d.get(&r.key) {
+                        Some(v) => Some(v.clone()),
+                        None if r.optional == Some(true) => None,
+                        None => {
+                            return Err(config_error(format!(
+                                "configmap {} has no key {}",
+                                r.name, r.key
+                            )));
+                        }
+                    },
+                    Err(_) if r.optional == Some(true) => None,
+                    Err(err) => return Err(config_error(format!("configmap {}: {err}", r.name))),
+                }
+            } else if let Some(r) = &src.resource_field_ref {
+                let res = c.resources.as_ref();
+                let (kind, key) = r.resource.split_once('.').unwrap_or(("limits", "cpu"));
+                let table = if kind == "requests" {
+                    res.and_then(|r| r.requests.as_ref())
+                } else {
+                    res.and_then(|r| r.limits.as_ref())
+                };
+                Some(
+                    table
+                        .and_then(|t| t.get(key))
+                        .map(|q| q.0.clone())
+                        .unwrap_or_default(),
+                )
+            } else {
+                None
+            }
+        } else {
+            Some(String::new())
+        };
+        if let Some(v) = value {
+            vars.retain(|(k, _)| k != &e.name);
+            vars.push((e.name.clone(), v));
+        }
+    }
+    let known: HashMap<String, String> = vars.iter().cloned().collect();
+    let command: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .map(|s| expand(s, &known))
+        .collect();
+    let args = c.args.iter().flatten().map(|s| expand(s, &known));
+    // command[0] names the program inside the image; the image map says which local binary that is.
+    let argv: Vec<String> = command.into_iter().skip(1).chain(args).collect();
+    let workdir = c
+        .working_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(|| pod_dir.to_path_buf());
+    Ok(Prepared {
+        program,
+        argv,
+        env: vars,
+        workdir,
+    })
+}
+
+#[derive(Debug, Clone)]
+enum CState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started: Value,
+    },
+    Terminated {
+        code: i32,
+        started: Value,
+        finished: Value,
+        message: Option<String>,
+    },
+}
+
+impl CState {
+    fn to_json(&self, cid: &str) -> Value {
+        match self {
+            CState::Waiting { reason, message } => {
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+            CState::Running { started } => json!({"running": {"startedAt": started}}),
+            CState::Terminated {
+                code,
+                started,
+                finished,
+                message,
+            } => {
+                let reason = match (code, message) {
+                    (_, Some(_)) => "StartError",
+                    (0, None) => "Completed",
+                    _ => "Error",
+                };
+                let mut t = json!({"exitCode": code, "reason": reason, "startedAt": started,
+                                   "finishedAt": finished, "containerID": cid});
+                if let (Some(m), Some(obj)) = (message, t.as_object_mut()) {
+                    obj.insert("message".into(), Value::String(m.clone()));
+                }
+                json!({"terminated": t})
+            }
+        }
+    }
+}
+
+struct CRun {
+    name: String,
+    image: String,
+    prepared: Option<Prepared>,
+    pid: Option<i32>,
+    generation: u64,
+    restarts: i32,
+    state: CState,
+    last: Option<CState>,
+    restart_at: Option<Instant>,
+}
+
+struct PodRun {
+    ctx: Arc<Ctx>,
+    api: Api<Pod>,
+    name: String,
+    pod_dir: PathBuf,
+    ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+    start_time: Value,
+    policy: String,
+    containers: Vec<CRun>,
+    exits: mpsc::UnboundedSender<(usize, u64, i32)>,
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+impl PodRun {
+    fn pgid_file(&self, pid: i32) -> Option<PathBuf> {
+        self.ctx
+            .cfg
+            .pgid_dir
+            .as_ref()
+            .map(|d| d.join(pid.to_string()))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let Some(c) = self.containers.get_mut(i) else {
+            return;
+        };
+        let Some(p) = &c.prepared else { return };
+        c.generation += 1;
+        let generation = c.generation;
+        let started = now_time();
+        let log_path = self.pod_dir.join(format!("{}.log", c.name));
+        let spawned = (|| -> std::io::Result<tokio::process::Child> {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)?;
+            let log2 = log.try_clone()?;
+            tokio::process::Command::new(&p.program)
+                .args(&p.argv)
+                .env_clear()
+                .envs(p.env.iter().cloned())
+                .current_dir(&p.workdir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+        })();
+        match spawned {
+            Ok(mut child) => {
+                let pid = child.id().and_then(|p| i32::try_from(p).ok());
+                c.pid = pid;
+                c.state = CState::Running { started };
+                let pgid_file = pid.and_then(|pid| {
+                    self.ctx
+                        .cfg
+                        .pgid_dir
+                        .as_ref()
+                        .map(|d| d.join(pid.to_string()))
+                });
+                if let Some(f) = &pgid_file {
+                    let _ = std::fs::write(f, b"");
+                }
+                let tx = self.exits.clone();
+                tokio::spawn(async move {
+                    let code = match child.wait().await {
+                        Ok(st) => exit_code(st),
+                        Err(_) => 255,
+                    };
+                    let _ = tx.send((i, generation, code));
+                });
+            }
+            Err(e) => {
+                c.pid = None;
+                c.state = CState::Terminated {
+                    code: 128,
+                    started: started.clone(),
+                    finished: started,
+                    message: Some(format!("starting {}: {e}", p.program.display())),
+                };
+                let _ = self.exits.send((i, generation, -1));
+            }
+        }
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for c in &self.containers {
+            if let Some(pid) = c.pid {
+                let _ = killpg(Pid::from_raw(pid), sig);
+            }
+        }
+    }
+
+    fn any_running(&self) -> bool {
+        self.containers.iter().any(|c| c.pid.is_some())
+    }
+
+    fn phase(&self, preparing: bool) -> &'static str {
+        if preparing {
+            return "Pending";
+        }
+        let all_done = self
+            .containers
+            .iter()
+            .all(|c| matches!(c.state, CState::Terminated { .. }) && c.restart_at.is_none());
+        if !all_done {
+            return "Running";
+        }
+        let all_ok = self
+            .containers
+            .iter()
+            .all(|c| matches!(c.state, CState::Terminated { code: 0, .. }));
+        if all_ok { "Succeeded" } else { "Failed" }
+    }
+
+    async fn publish(&self, preparing: bool) {
+        let phase = self.phase(preparing);
+        let now = now_time();
+        let ready = !preparing
+            && self
+                .containers
+                .iter()
+                .all(|c| matches!(c.state, CState::Running { .. }));
+        let mut statuses = Vec::new();
+        for c in &self.containers {
+            let cid = format!(
+                "arrayjob://{}-{}",
+                c.pid.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                c.generation
+            );
+            let mut s = json!({
+                "name": c.name, "image": c.image, "imageID": "",
+                "containerID": cid,
+                "ready": matches!(c.state, CState::Running { .. }),
+                "started": matches!(c.state, CState::Running { .. }),
+                "restartCount": c.restarts,
+                "state": c.state.to_json(&cid),
+            });
+            if let (Some(last), Some(obj)) = (&c.last, s.as_object_mut()) {
+                obj.insert("lastState".into(), last.to_json(&cid));
+            }
+            statuses.push(s);
+        }
+        let cond = |t: &str, ok: bool, reason: Option<&str>| {
+            let mut v = json!({"type": t, "status": if ok { "True" } else { "False" },
+                               "lastTransitionTime": now});
+            if let (Some(r), Some(obj)) = (reason, v.as_object_mut()) {
+                obj.insert("reason".into(), Value::String(r.to_owned()));
+            }
+            v
+        };
+        let done = phase == "Succeeded" || phase == "Failed";
+        let not_ready_reason = if done {
+            Some("PodCompleted")
+        } else if ready {
+            None
+        } else {
+            Some("ContainersNotReady")
+        };
+        let status = json!({"status": {
+            "phase": phase,
+            "podIP": self.ip.to_string(),
+            "podIPs": [{"ip": self.ip.to_string()}],
+            "hostIP": self.node_ip.to_string(),
+            "hostIPs": [{"ip": self.node_ip.to_string()}],
+            "startTime": self.start_time,
+            "conditions": [
+                cond("PodReadyToStartContainers", !preparing, None),
+                cond("Initialized", true, None),
+                cond("ContainersReady", ready, not_ready_reason),
+                cond("Ready", ready, not_ready_reason),
+                cond("PodScheduled", true, None),
+            ],
+            "containerStatuses": statuses,
+        }});
+        match self
+            .api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(pod = %self.name, "status update failed: {e}"),
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, code: i32, terminating: bool) {
+        let policy = self.policy.clone();
+        let pgid_file = self
+            .containers
+            .get(i)
+            .and_then(|c| c.pid)
+            .and_then(|p| self.pgid_file(p));
+        if let Some(f) = pgid_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let Some(c) = self.containers.get_mut(i) else {
+            return;
+        };
+        c.pid = None;
+        if code >= 0 {
+            let started = match &c.state {
+                CState::Running { started } => started.clone(),
+                _ => now_time(),
+            };
+            c.state = CState::Terminated {
+                code,
+                started,
+                finished: now_time(),
+                message: None,
+            };
+        }
+        let failed = !matches!(c.state, CState::Terminated { code: 0, .. });
+        let restart = !terminating
+            && match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => failed,
+                _ => true,
+            };
+        if restart {
+            let backoff = Duration::from_secs(1u64 << c.restarts.clamp(0, 3));
+            c.restarts += 1;
+            c.last = Some(c.state.clone());
+            c.state = CState::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {}s restarting container {}",
+                    backoff.as_secs(),
+                    c.name
+                ),
+            };
+            c.restart_at = Some(Instant::now() + backoff);
+        }
+    }
+}
+
+/// Runs `pod` until it finishes (terminal phase) or is stopped through `stop`.
+pub(crate) async fn run_pod(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    mut stop: watch::Receiver<Stop>,
+) -> Result<()> {
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    let name = pod.name_any();
+    let spec = pod
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("pod {ns}/{name} has no spec")))?;
+    let node = spec.node_name.clone().unwrap_or_default();
+    let pod_dir = ctx.cfg.state_dir.join("pods").join(&ns).join(&name);
+    std::fs::create_dir_all(&pod_dir).map_err(|e| Error::io("create pod dir", e))?;
+    let ip = lock(&ctx.ips).take()?;
+    let node_ip = ctx
+        .node_ips
+        .get(&node)
+        .copied()
+        .unwrap_or(Ipv4Addr::LOCALHOST);
+    let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let mut run = PodRun {
+        api: Api::namespaced(ctx.client.clone(), &ns),
+        ctx: ctx.clone(),
+        name: name.clone(),
+        pod_dir: pod_dir.clone(),
+        ip,
+        node_ip,
+        start_time: now_time(),
+        policy: spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into()),
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| CRun {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                prepared: None,
+                pid: None,
+                generation: 0,
+                restarts: 0,
+                state: CState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
+                last: None,
+                restart_at: None,
+            })
+            .collect(),
+        exits: exits_tx,
+    };
+    tracing::info!(pod = %format!("{ns}/{name}"), %node, %ip, "starting pod");
+
+    // Prepare every container (image mapping, environment); retry while something is missing.
+    loop {
+        let mut missing = false;
+        for (i, c) in spec.containers.iter().enumerate() {
+            match prepare(&ctx, &pod, c, &pod_dir, ip, node_ip).await {
+                Ok(p) => {
+                    if let Some(r) = run.containers.get_mut(i) {
+                        r.prepared = Some(p);
+                    }
+                }
+                Err(nr) => {
+                    missing = true;
+                    if let Some(r) = run.containers.get_mut(i) {
+                        r.state = CState::Waiting {
+                            reason: nr.reason.into(),
+                            message: nr.message,
+                        };
+                    }
+                }
+            }
+        }
+        if !missing {
+            break;
+        }
+        run.publish(true).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => {
+                if *stop.borrow() != Stop::Kill {
+                    force_delete(&ctx.client, &pod).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    for i in 0..run.containers.len() {
+        run.spawn(i);
+    }
+    run.publish(false).await;
+
+    let mut terminating = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let next_restart = run.containers.iter().filter_map(|c| c.restart_at).min();
+        tokio::select! {
+            Some((i, generation, code)) = exits.recv() => {
+                if run.containers.get(i).is_some_and(|c| c.generation != generation) {
+                    continue;
+                }
+                run.on_exit(i, code, terminating);
+                if terminating {
+                    if !run.any_running() {
+                        break;
+                    }
+                    continue;
+                }
+                run.publish(false).await;
+                let phase = run.phase(false);
+                if phase == "Succeeded" || phase == "Failed" {
+                    tracing::info!(pod = %format!("{ns}/{name}"), phase, "pod finished");
+                    return Ok(());
+                }
+            }
+            () = async {
+                if let Some(t) = next_restart { tokio::time::sleep_until(t).await }
+            }, if next_restart.is_some() && !terminating => {
+                let now = Instant::now();
+                for i in 0..run.containers.len() {
+                    if run.containers.get(i).and_then(|c| c.restart_at).is_some_and(|t| t <= now) {
+                        if let Some(c) = run.containers.get_mut(i) {
+                            c.restart_at = None;
+                        }
+                        run.spawn(i);
+                    }
+                }
+                run.publish(false).await;
+            }
+            () = async {
+                if let Some(t) = kill_at { tokio::time::sleep_until(t).await }
+            }, if kill_at.is_some() => {
+                tracing::info!(pod = %format!("{ns}/{name}"), "grace period over: SIGKILL");
+                run.signal_all(Signal::SIGKILL);
+                kill_at = None;
+            }
+            changed = stop.changed() => {
+                let s = if changed.is_err() { Stop::Kill } else { *stop.borrow() };
+                match s {
+                    Stop::None => {}
+                    Stop::Terminate { grace } if !terminating => {
+                        tracing::info!(pod = %format!("{ns}/{name}"), grace, "deleted: SIGTERM");
+                        terminating = true;
+                        for c in &mut run.containers {
+                            c.restart_at = None;
+                        }
+                        run.signal_all(Signal::SIGTERM);
+                        kill_at = Some(Instant::now() + Duration::from_secs(grace));
+                        if !run.any_running() {
+                            break;
+                        }
+                    }
+                    Stop::Terminate { .. } => {}
+                    Stop::Kill => {
+                        run.signal_all(Signal::SIGKILL);
+                        for c in &run.containers {
+                            if let Some(f) = c.pid.and_then(|p| run.pgid_file(p)) {
+                                let _ = std::fs::remove_file(f);
+                            }
+                        }
+                        force_delete(&ctx.client, &pod).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    // Terminated on deletion: report the final container states, then remove the pod object.
+    run.publish(false).await;
+    force_delete(&ctx.client, &pod).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_lookup_tries_exact_then_repo_then_last_segment() {
+        let mut m = BTreeMap::new();
+        m.insert("busybox".to_owned(), "/bin/sh".to_owned());
+        m.insert("arrayjob-worker:dev".to_owned(), "/w/dev".to_owned());
+        m.insert("registry:5000/org/tool".to_owned(), "/t".to_owned());
+        assert_eq!(image_lookup(&m, "busybox:1.36"), Some("/bin/sh".into()));
+        assert_eq!(
+            image_lookup(&m, "docker.io/library/busybox@sha256:ab"),
+            Some("/bin/sh".into())
+        );
+        assert_eq!(
+            image_lookup(&m, "arrayjob-worker:dev"),
+            Some("/w/dev".into())
+        );
+        assert_eq!(image_lookup(&m, "arrayjob-worker:other"), None);
+        assert_eq!(
+            image_lookup(&m, "registry:5000/org/tool:v1"),
+            Some("/t".into())
+        );
+        assert_eq!(image_lookup(&m, "nginx"), None);
+    }
+
+    #[test]
+    fn expand_replaces_known_vars_and_keeps_escapes() {
+        let vars: HashMap<String, String> = [("A".to_owned(), "x".to_owned())].into();
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$5", &vars), "x-$(B)-$(A)-$5");
+        assert_eq!(expand("plain", &vars), "plain");
+        assert_eq!(expand("$(A", &vars), "$(A");
+    }
+}
