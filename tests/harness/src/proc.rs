@@ -16,13 +16,48 @@ use std::os::unix::process::CommandExt;
 
 use crate::{Error, Result};
 
-/// Picks `n` distinct free ports.
+/// Picks `n` distinct free ports below the kernel's ephemeral port range.
+///
+/// Ports handed out by `bind(:0)` come from the ephemeral range, which is also where the kernel takes the
+/// source ports of outgoing connections: between choosing a port and a component binding it, a client
+/// connection (apiserver to etcd, say) could take it. Ports below that range are only ever bound explicitly.
 pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let base = 15000u32;
+    let span = ephemeral_low.saturating_sub(base).max(1000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut state = u64::from(std::process::id()) << 32 ^ u64::from(nanos);
     // Hold all listeners until every port is chosen so that no port is handed out twice.
     let mut listeners = Vec::with_capacity(n);
-    for _ in 0..n {
-        listeners
-            .push(TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind 127.0.0.1:0", e))?);
+    for _ in 0..20_000 {
+        if listeners.len() == n {
+            break;
+        }
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = (base + ((state >> 33) as u32) % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    if listeners.len() < n {
+        return Err(Error::io(
+            "choose free ports",
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "no free port below the ephemeral range",
+            ),
+        ));
     }
     listeners
         .iter()
