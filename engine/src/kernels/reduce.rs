@@ -175,6 +175,8 @@ fn kind_from_code(c: u8) -> Option<ReduceKind> {
 
 /// An element type the kernels read.
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// Whether the type is an integer (has no NaN).
+    const INTEGER: bool;
     /// The value as f64 (exact for every supported type).
     fn f(self) -> f64;
     /// Sum of a contiguous run, exact for integers up to 2^53.
@@ -184,6 +186,7 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
 macro_rules! int_elem {
     ($t:ty) => {
         impl Elem for $t {
+            const INTEGER: bool = true;
             #[inline(always)]
             fn f(self) -> f64 {
                 self as f64
@@ -205,6 +208,7 @@ int_elem!(u16);
 macro_rules! float_elem {
     ($t:ty) => {
         impl Elem for $t {
+            const INTEGER: bool = false;
             #[inline(always)]
             fn f(self) -> f64 {
                 self as f64
@@ -385,6 +389,15 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
     let n = layout.out_len;
     let (acc, m2) = match kind {
         ReduceKind::Sum | ReduceKind::Mean => (sum_pass(data, &layout), Vec::new()),
+        // Integers have no NaN: the plain min/max vectorise better.
+        ReduceKind::Min if T::INTEGER => (
+            minmax_pass(data, &layout, f64::INFINITY, f64::min),
+            Vec::new(),
+        ),
+        ReduceKind::Max if T::INTEGER => (
+            minmax_pass(data, &layout, f64::NEG_INFINITY, f64::max),
+            Vec::new(),
+        ),
         ReduceKind::Min => (
             minmax_pass(data, &layout, f64::INFINITY, nan_min),
             Vec::new(),
@@ -433,7 +446,12 @@ fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
     out
 }
 
-fn minmax_pass<T: Elem>(data: &[T], l: &Layout, init: f64, op: fn(f64, f64) -> f64) -> Vec<f64> {
+fn minmax_pass<T: Elem, F: Fn(f64, f64) -> f64>(
+    data: &[T],
+    l: &Layout,
+    init: f64,
+    op: F,
+) -> Vec<f64> {
     let mut out = vec![init; l.out_len];
     let len = l.inner;
     if l.inner_kept {
