@@ -156,6 +156,14 @@ fn reduce_3d_axis_sets() {
         f64s(&reduce(&u, &[0, 1], ReduceKind::Sum)).1,
         vec![105547.0]
     );
+    assert_eq!(
+        f64s(&reduce(&u, &[0], ReduceKind::Sum)).1,
+        vec![65544.0, 40003.0]
+    );
+    assert_eq!(
+        f64s(&reduce(&u, &[0], ReduceKind::Mean)).1,
+        vec![32772.0, 20001.5]
+    );
 }
 
 #[test]

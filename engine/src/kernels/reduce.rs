@@ -177,6 +177,10 @@ fn kind_from_code(c: u8) -> Option<ReduceKind> {
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// Whether the type is an integer (has no NaN).
     const INTEGER: bool;
+    /// Largest value as u32 (integers only; 1 for floats).
+    const MAX_U32: u32;
+    /// The value as u32 (integers only; 0 for floats).
+    fn u32(self) -> u32;
     /// The value as f64 (exact for every supported type).
     fn f(self) -> f64;
     /// Sum of a contiguous run, exact for integers up to 2^53.
@@ -187,6 +191,11 @@ macro_rules! int_elem {
     ($t:ty) => {
         impl Elem for $t {
             const INTEGER: bool = true;
+            const MAX_U32: u32 = <$t>::MAX as u32;
+            #[inline(always)]
+            fn u32(self) -> u32 {
+                self as u32
+            }
             #[inline(always)]
             fn f(self) -> f64 {
                 self as f64
@@ -209,6 +218,11 @@ macro_rules! float_elem {
     ($t:ty) => {
         impl Elem for $t {
             const INTEGER: bool = false;
+            const MAX_U32: u32 = 1;
+            #[inline(always)]
+            fn u32(self) -> u32 {
+                0
+            }
             #[inline(always)]
             fn f(self) -> f64 {
                 self as f64
@@ -429,7 +443,24 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
 fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
     let mut out = vec![0f64; l.out_len];
     let len = l.inner;
-    if l.inner_kept {
+    if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::MAX / T::MAX_U32) {
+        // Exact u32 accumulators (the sums cannot overflow), converted once at the end: half the memory
+        // traffic of f64 accumulators and cheaper adds.
+        let mut acc = vec![0u32; l.out_len];
+        for b0 in (0..len).step_by(BLOCK) {
+            let b1 = (b0 + BLOCK).min(len);
+            l.for_each_run(|o, i| {
+                let dst = &mut acc[o + b0..o + b1];
+                let src = &data[i + b0..i + b1];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s.u32();
+                }
+            });
+        }
+        out.iter_mut()
+            .zip(&acc)
+            .for_each(|(o, &a)| *o = f64::from(a));
+    } else if l.inner_kept {
         for b0 in (0..len).step_by(BLOCK) {
             let b1 = (b0 + BLOCK).min(len);
             l.for_each_run(|o, i| {
