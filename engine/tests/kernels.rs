@@ -3,7 +3,7 @@
 use arrayjob_engine::array::{Chunk, DType};
 use arrayjob_engine::kernels::KernelError;
 use arrayjob_engine::kernels::fft::spectrum;
-use arrayjob_engine::kernels::recenter::{centroid, recenter_chunk};
+use arrayjob_engine::kernels::recenter::{centroid, post_window, recenter_chunk};
 use arrayjob_engine::kernels::reduce::{Partial, combine, finish, partial};
 use arrayjob_engine::spec::ReduceKind;
 use ndarray::{Array2, ArrayD, Axis, IxDyn, Slice};
@@ -606,4 +606,17 @@ fn region_extract_and_copy() {
         copy_region(&a, &[0, 0], &mut f, &[0, 0], &[1, 1]),
         Err(KernelError::InvalidArgument { name: "dst", .. })
     ));
+}
+
+#[test]
+fn post_window_matches_bench_common() {
+    assert_eq!(post_window(2000, 2000), [1000, 1000]);
+    assert_eq!(post_window(1000, 800), [500, 400]);
+    // H = 10: the post clamps to [2, 8] and crops x-2 .. x+2 (4 rows)
+    assert_eq!(post_window(10, 7), [4, 2]);
+    let c = dots(10, 7, &[(9, 6), (0, 0), (5, 3)]);
+    let (out, _) = recenter_chunk(&c, post_window(10, 7)).expect("recenter");
+    // (9, 6): x -> 8, rows 6..10; y: clamp [1, 6] -> 6, cols 5..7
+    // (0, 0): rows 0..4, cols 0..2; (5, 3): rows 3..7, cols 2..4
+    assert_eq!(found(&out), vec![(3, 1), (0, 0), (2, 1)]);
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use arrayjob_engine::array::{Chunk, DType};
 use arrayjob_engine::kernels::fft::spectrum;
-use arrayjob_engine::kernels::recenter::recenter_chunk;
+use arrayjob_engine::kernels::recenter::{post_window, recenter_chunk};
 use arrayjob_engine::kernels::reduce::{finish, partial};
 use arrayjob_engine::spec::ReduceKind;
 use ndarray::{ArrayD, IxDyn};
@@ -169,7 +169,7 @@ fn kernels_match_numpy_on_a_drifting_blob() {
     );
 
     // recentering with the post's default window (half the slice)
-    let (rec, cents) = recenter_chunk(&c, [20, 24]).expect("recenter");
+    let (rec, cents) = recenter_chunk(&c, post_window(40, 48)).expect("recenter");
     let want = std::fs::read(d.join("recentered.u8")).expect("recentered");
     assert_eq!(
         rec,
