@@ -214,13 +214,16 @@ fn combined_partials_of_split_chunks_equal_the_whole() {
         (&[0, 1, 2], 1, 3),
         (&[2], 2, 5),
     ];
-    for kind in KINDS {
+    for (kind, dtype) in KINDS
+        .iter()
+        .flat_map(|&k| [(k, DType::Float32), (k, DType::Uint16)])
+    {
         for (axes, split_axis, at) in cases {
-            let to = |a: ArrayD<f64>| Chunk::F32(a.mapv(|v| v as f32));
-            let full = finish(
-                partial(&to(whole.clone()), axes, kind).expect("p"),
-                DType::Float32,
-            );
+            let to = |a: ArrayD<f64>| match dtype {
+                DType::Uint16 => Chunk::U16(a.mapv(|v| (v + 300.0) as u16)),
+                _ => Chunk::F32(a.mapv(|v| v as f32)),
+            };
+            let full = finish(partial(&to(whole.clone()), axes, kind).expect("p"), dtype);
             let (l, r) = split(&whole, split_axis, at);
             // three-way split: right part split again, combined in a different order
             let (r1, r2) = split(&r, split_axis, (shape[split_axis] - at) / 2);
@@ -235,7 +238,7 @@ fn combined_partials_of_split_chunks_equal_the_whole() {
                 merged.count() as usize,
                 axes.iter().map(|&a| shape[a]).product::<usize>()
             );
-            let got = finish(merged, DType::Float32);
+            let got = finish(merged, dtype);
             let (gs, gv) = f64s(&got);
             let (fs, fv) = f64s(&full);
             assert_eq!(gs, fs, "{kind:?} {axes:?}");

@@ -420,6 +420,11 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
             minmax_pass(data, &layout, f64::NEG_INFINITY, nan_max),
             Vec::new(),
         ),
+        ReduceKind::Std
+            if layout.inner_kept && T::INTEGER && layout.count > 0 && layout.count < 1 << 24 =>
+        {
+            int_moments_pass(data, &layout)
+        }
         ReduceKind::Std => {
             let mut mean = sum_pass(data, &layout);
             if layout.count > 0 {
@@ -475,6 +480,40 @@ fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
         l.for_each_run(|o, i| out[o] += T::run_sum(&data[i..i + len]));
     }
     out
+}
+
+/// Mean and `M2` of integer data in one pass, from exact integer sums and sums of squares:
+/// `M2 = (n * sum(x^2) - sum(x)^2) / n`, the numerator exact in 128-bit integers (one rounding to f64).
+/// Needs `count < 2^24` so that the u64 sums of squares of u16 values cannot overflow.
+fn int_moments_pass<T: Elem>(data: &[T], l: &Layout) -> (Vec<f64>, Vec<f64>) {
+    let mut sum = vec![0u64; l.out_len];
+    let mut sumsq = vec![0u64; l.out_len];
+    let len = l.inner;
+    for b0 in (0..len).step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(len);
+        l.for_each_run(|o, i| {
+            let src = &data[i + b0..i + b1];
+            let s = &mut sum[o + b0..o + b1];
+            let q = &mut sumsq[o + b0..o + b1];
+            for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(src) {
+                let v = u64::from(v.u32());
+                *s += v;
+                *q += v * v;
+            }
+        });
+    }
+    let n = l.count;
+    let nf = n as f64;
+    let mean = sum.iter().map(|&s| s as f64 / nf).collect();
+    let m2 = sum
+        .iter()
+        .zip(&sumsq)
+        .map(|(&s, &q)| {
+            let num = u128::from(n) * u128::from(q) - u128::from(s) * u128::from(s);
+            num as f64 / nf
+        })
+        .collect();
+    (mean, m2)
 }
 
 fn minmax_pass<T: Elem, F: Fn(f64, f64) -> f64>(
