@@ -420,9 +420,7 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
             minmax_pass(data, &layout, f64::NEG_INFINITY, nan_max),
             Vec::new(),
         ),
-        ReduceKind::Std
-            if layout.inner_kept && T::INTEGER && layout.count > 0 && layout.count < 1 << 24 =>
-        {
+        ReduceKind::Std if T::INTEGER && layout.count > 0 && layout.count < 1 << 24 => {
             int_moments_pass(data, &layout)
         }
         ReduceKind::Std => {
@@ -484,33 +482,59 @@ fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
 
 /// Mean and `M2` of integer data in one pass, from exact integer sums and sums of squares:
 /// `M2 = (n * sum(x^2) - sum(x)^2) / n`, the numerator exact in 128-bit integers (one rounding to f64).
-/// Needs `count < 2^24` so that the u64 sums of squares of u16 values cannot overflow.
+/// Needs `count < 2^24` so that the u64 sums of squares of u16 values cannot overflow. (u32 accumulators,
+/// for u8 over outer axes, are used only where they cannot overflow either.)
 fn int_moments_pass<T: Elem>(data: &[T], l: &Layout) -> (Vec<f64>, Vec<f64>) {
-    let mut sum = vec![0u64; l.out_len];
-    let mut sumsq = vec![0u64; l.out_len];
+    // u8 squares are at most 65025: u32 accumulators hold up to 66051 of them.
+    if l.inner_kept && T::MAX_U32 <= 255 && l.count <= 66051 {
+        int_moments_acc::<T, u32>(data, l)
+    } else {
+        int_moments_acc::<T, u64>(data, l)
+    }
+}
+
+fn int_moments_acc<T: Elem, A>(data: &[T], l: &Layout) -> (Vec<f64>, Vec<f64>)
+where
+    A: Copy + Default + std::ops::AddAssign + std::ops::Mul<Output = A> + From<u32> + Into<u128>,
+{
+    let mut sum = vec![A::default(); l.out_len];
+    let mut sumsq = vec![A::default(); l.out_len];
     let len = l.inner;
-    for b0 in (0..len).step_by(BLOCK) {
-        let b1 = (b0 + BLOCK).min(len);
+    if l.inner_kept {
+        for b0 in (0..len).step_by(BLOCK) {
+            let b1 = (b0 + BLOCK).min(len);
+            l.for_each_run(|o, i| {
+                let src = &data[i + b0..i + b1];
+                let s = &mut sum[o + b0..o + b1];
+                let q = &mut sumsq[o + b0..o + b1];
+                for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(src) {
+                    let v = A::from(v.u32());
+                    *s += v;
+                    *q += v * v;
+                }
+            });
+        }
+    } else {
         l.for_each_run(|o, i| {
-            let src = &data[i + b0..i + b1];
-            let s = &mut sum[o + b0..o + b1];
-            let q = &mut sumsq[o + b0..o + b1];
-            for ((s, q), v) in s.iter_mut().zip(q.iter_mut()).zip(src) {
-                let v = u64::from(v.u32());
-                *s += v;
-                *q += v * v;
+            let (mut rs, mut rq) = (A::default(), A::default());
+            for v in &data[i..i + len] {
+                let v = A::from(v.u32());
+                rs += v;
+                rq += v * v;
             }
+            sum[o] += rs;
+            sumsq[o] += rq;
         });
     }
     let n = l.count;
     let nf = n as f64;
-    let mean = sum.iter().map(|&s| s as f64 / nf).collect();
+    let mean = sum.iter().map(|&s| s.into() as f64 / nf).collect();
     let m2 = sum
         .iter()
         .zip(&sumsq)
         .map(|(&s, &q)| {
-            let num = u128::from(n) * u128::from(q) - u128::from(s) * u128::from(s);
-            num as f64 / nf
+            let (s, q): (u128, u128) = (s.into(), q.into());
+            (u128::from(n) * q - s * s) as f64 / nf
         })
         .collect();
     (mean, m2)
