@@ -3,7 +3,7 @@
 use arrayjob_engine::array::{Chunk, DType};
 use arrayjob_engine::kernels::KernelError;
 use arrayjob_engine::kernels::fft::spectrum;
-use arrayjob_engine::kernels::recenter::{centroid, recenter_chunk};
+use arrayjob_engine::kernels::recenter::{centroid, post_window, recenter_chunk};
 use arrayjob_engine::kernels::reduce::{Partial, combine, finish, partial};
 use arrayjob_engine::spec::ReduceKind;
 use ndarray::{Array2, ArrayD, Axis, IxDyn, Slice};
@@ -156,6 +156,14 @@ fn reduce_3d_axis_sets() {
         f64s(&reduce(&u, &[0, 1], ReduceKind::Sum)).1,
         vec![105547.0]
     );
+    assert_eq!(
+        f64s(&reduce(&u, &[0], ReduceKind::Sum)).1,
+        vec![65544.0, 40003.0]
+    );
+    assert_eq!(
+        f64s(&reduce(&u, &[0], ReduceKind::Mean)).1,
+        vec![32772.0, 20001.5]
+    );
 }
 
 #[test]
@@ -206,13 +214,16 @@ fn combined_partials_of_split_chunks_equal_the_whole() {
         (&[0, 1, 2], 1, 3),
         (&[2], 2, 5),
     ];
-    for kind in KINDS {
+    for (kind, dtype) in KINDS
+        .iter()
+        .flat_map(|&k| [(k, DType::Float32), (k, DType::Uint16)])
+    {
         for (axes, split_axis, at) in cases {
-            let to = |a: ArrayD<f64>| Chunk::F32(a.mapv(|v| v as f32));
-            let full = finish(
-                partial(&to(whole.clone()), axes, kind).expect("p"),
-                DType::Float32,
-            );
+            let to = |a: ArrayD<f64>| match dtype {
+                DType::Uint16 => Chunk::U16(a.mapv(|v| (v + 300.0) as u16)),
+                _ => Chunk::F32(a.mapv(|v| v as f32)),
+            };
+            let full = finish(partial(&to(whole.clone()), axes, kind).expect("p"), dtype);
             let (l, r) = split(&whole, split_axis, at);
             // three-way split: right part split again, combined in a different order
             let (r1, r2) = split(&r, split_axis, (shape[split_axis] - at) / 2);
@@ -227,7 +238,7 @@ fn combined_partials_of_split_chunks_equal_the_whole() {
                 merged.count() as usize,
                 axes.iter().map(|&a| shape[a]).product::<usize>()
             );
-            let got = finish(merged, DType::Float32);
+            let got = finish(merged, dtype);
             let (gs, gv) = f64s(&got);
             let (fs, fv) = f64s(&full);
             assert_eq!(gs, fs, "{kind:?} {axes:?}");
@@ -552,4 +563,63 @@ fn spectrum_rejects_bad_arguments() {
             .shape(),
         &[0, 2]
     );
+}
+
+// ---------------------------------------------------------------- region copies
+
+#[test]
+fn region_extract_and_copy() {
+    use arrayjob_engine::kernels::region::{copy_region, extract};
+    // a[i, j] = 10 i + j, shape (4, 5)
+    let a = Chunk::U16(ArrayD::from_shape_fn(IxDyn(&[4, 5]), |i| {
+        (10 * i[0] + i[1]) as u16
+    }));
+    let e = extract(&a, &[1, 2], &[2, 3]).expect("extract");
+    assert_eq!(
+        e,
+        Chunk::U16(
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![12, 13, 14, 22, 23, 24]).expect("shape")
+        )
+    );
+    assert!(matches!(
+        extract(&a, &[3, 0], &[2, 1]),
+        Err(KernelError::InvalidArgument { name: "start", .. })
+    ));
+    assert!(extract(&a, &[0], &[1]).is_err(), "wrong rank");
+
+    let mut d = Chunk::zeros(DType::Uint16, &[3, 3]);
+    copy_region(&a, &[2, 3], &mut d, &[1, 0], &[2, 2]).expect("copy");
+    assert_eq!(
+        f64s(&d).1,
+        vec![0.0, 0.0, 0.0, 23.0, 24.0, 0.0, 33.0, 34.0, 0.0]
+    );
+    let e = copy_region(&a, &[0, 0], &mut d, &[2, 2], &[2, 2]).expect_err("does not fit");
+    assert!(
+        matches!(
+            e,
+            KernelError::InvalidArgument {
+                name: "dst_start",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut f = Chunk::zeros(DType::Float32, &[3, 3]);
+    assert!(matches!(
+        copy_region(&a, &[0, 0], &mut f, &[0, 0], &[1, 1]),
+        Err(KernelError::InvalidArgument { name: "dst", .. })
+    ));
+}
+
+#[test]
+fn post_window_matches_bench_common() {
+    assert_eq!(post_window(2000, 2000), [1000, 1000]);
+    assert_eq!(post_window(1000, 800), [500, 400]);
+    // H = 10: the post clamps to [2, 8] and crops x-2 .. x+2 (4 rows)
+    assert_eq!(post_window(10, 7), [4, 2]);
+    let c = dots(10, 7, &[(9, 6), (0, 0), (5, 3)]);
+    let (out, _) = recenter_chunk(&c, post_window(10, 7)).expect("recenter");
+    // (9, 6): x -> 8, rows 6..10; y: clamp [1, 6] -> 6, cols 5..7
+    // (0, 0): rows 0..4, cols 0..2; (5, 3): rows 3..7, cols 2..4
+    assert_eq!(found(&out), vec![(3, 1), (0, 0), (2, 1)]);
 }
