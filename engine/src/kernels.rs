@@ -5,7 +5,6 @@
 pub mod fft;
 pub mod recenter;
 pub mod reduce;
-pub mod region;
 
 /// An invalid argument given to a kernel (or undecodable kernel state), naming what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -207,7 +207,7 @@ impl Plan {
                     let (h, w) = (im.shape[1], im.shape[2]);
                     let window = match &r.window {
                         Some(v) => [v[0], v[1]],
-                        None => [h / 2, w / 2],
+                        None => crate::kernels::recenter::post_window(h, w),
                     };
                     if window[0] > h || window[1] > w || window[0] == 0 || window[1] == 0 {
                         return Err(PlanError {

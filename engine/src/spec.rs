@@ -231,7 +231,8 @@ pub struct ReduceOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecenterOp {
-    /// Window `[rows, cols]` to crop; default half the slice in each direction (the post's 1000 of 2000).
+    /// Window `[rows, cols]` to crop; default half the slice in each direction, rounded down to an even
+    /// length (the post's 1000 of 2000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Vec<usize>>,
 }

@@ -511,7 +511,11 @@ fn stage_shape(
                     }
                     [Some(w[0]), Some(w[1])]
                 }
-                None => [input.dims[1].map(|h| h / 2), input.dims[2].map(|w| w / 2)],
+                // The post's window: half the slice, rounded down to an even length.
+                None => [
+                    input.dims[1].map(|h| 2 * (h / 4)),
+                    input.dims[2].map(|w| 2 * (w / 4)),
+                ],
             };
             Some(ShapeInfo {
                 dims: vec![input.dims[0], win[0], win[1]],

@@ -565,52 +565,6 @@ fn spectrum_rejects_bad_arguments() {
     );
 }
 
-// ---------------------------------------------------------------- region copies
-
-#[test]
-fn region_extract_and_copy() {
-    use arrayjob_engine::kernels::region::{copy_region, extract};
-    // a[i, j] = 10 i + j, shape (4, 5)
-    let a = Chunk::U16(ArrayD::from_shape_fn(IxDyn(&[4, 5]), |i| {
-        (10 * i[0] + i[1]) as u16
-    }));
-    let e = extract(&a, &[1, 2], &[2, 3]).expect("extract");
-    assert_eq!(
-        e,
-        Chunk::U16(
-            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![12, 13, 14, 22, 23, 24]).expect("shape")
-        )
-    );
-    assert!(matches!(
-        extract(&a, &[3, 0], &[2, 1]),
-        Err(KernelError::InvalidArgument { name: "start", .. })
-    ));
-    assert!(extract(&a, &[0], &[1]).is_err(), "wrong rank");
-
-    let mut d = Chunk::zeros(DType::Uint16, &[3, 3]);
-    copy_region(&a, &[2, 3], &mut d, &[1, 0], &[2, 2]).expect("copy");
-    assert_eq!(
-        f64s(&d).1,
-        vec![0.0, 0.0, 0.0, 23.0, 24.0, 0.0, 33.0, 34.0, 0.0]
-    );
-    let e = copy_region(&a, &[0, 0], &mut d, &[2, 2], &[2, 2]).expect_err("does not fit");
-    assert!(
-        matches!(
-            e,
-            KernelError::InvalidArgument {
-                name: "dst_start",
-                ..
-            }
-        ),
-        "{e}"
-    );
-    let mut f = Chunk::zeros(DType::Float32, &[3, 3]);
-    assert!(matches!(
-        copy_region(&a, &[0, 0], &mut f, &[0, 0], &[1, 1]),
-        Err(KernelError::InvalidArgument { name: "dst", .. })
-    ));
-}
-
 #[test]
 fn post_window_matches_bench_common() {
     assert_eq!(post_window(2000, 2000), [1000, 1000]);
