@@ -132,7 +132,7 @@ pub struct HttpSource {
     pub start: Option<u64>,
     /// Last index (exclusive).
     pub stop: u64,
-    /// Requests in flight at once. Default 8.
+    /// Requests in flight at once. Default 4 (raise it for distant servers, where latency dominates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
     /// Retries of one URL after a 5xx answer, a reset or a timeout, with exponential backoff. Default 4.

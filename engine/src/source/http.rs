@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rayon::prelude::*;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -19,7 +18,7 @@ use crate::array::Chunk;
 use crate::spec::HttpSource;
 
 /// Requests in flight at once when the spec does not say.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Retries of one URL when the spec does not say.
 pub const DEFAULT_RETRIES: u32 = 4;
 /// Timeout of one request when the spec does not say.
@@ -138,9 +137,10 @@ impl HttpSliceSource {
         self.template.render(self.start + index as u64)
     }
 
-    /// Fetches the bytes of slices `start..end`, all at once within the concurrency bound; stops at the first
-    /// slice that fails for good.
-    fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+    /// Fetches and decodes slices `start..end`, all at once within the concurrency bound; stops at the first
+    /// slice that fails for good. Each slice is decoded as soon as its bytes are in (on the source's runtime
+    /// threads), so decoding overlaps the downloads still in flight.
+    fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Chunk>, SourceError> {
         let runtime = self
             .runtime
             .as_ref()
@@ -153,27 +153,34 @@ impl HttpSliceSource {
         runtime.block_on(async {
             let mut tasks = JoinSet::new();
             for index in start..end {
+                let url = self.url(index);
                 let fetch = fetch(
                     self.client.clone(),
                     Arc::clone(&self.permits),
-                    self.url(index),
+                    url.clone(),
                     index,
                     self.retries,
                 );
-                tasks.spawn(async move { (index, fetch.await) });
+                tasks.spawn(async move {
+                    let slice = match fetch.await {
+                        Ok(body) => decode_slice(&body, index, &url),
+                        Err(e) => Err(e),
+                    };
+                    (index, slice)
+                });
             }
-            let mut bodies = vec![Vec::new(); end - start];
+            let mut slices: Vec<Option<Chunk>> = (start..end).map(|_| None).collect();
             while let Some(joined) = tasks.join_next().await {
-                let (index, body) = joined.map_err(|e| SourceError::HttpTransport {
+                let (index, slice) = joined.map_err(|e| SourceError::HttpTransport {
                     index: start,
                     url: self.url(start),
                     attempts: 0,
                     message: format!("fetch task failed: {e}"),
                 })?;
                 // Returning drops `tasks`, which aborts the fetches still running.
-                bodies[index - start] = body?;
+                slices[index - start] = Some(slice?);
             }
-            Ok(bodies)
+            Ok(slices.into_iter().flatten().collect())
         })
     }
 }
@@ -292,10 +299,9 @@ impl SliceSource for HttpSliceSource {
 
     fn slice_info(&self) -> Result<SliceInfo, SourceError> {
         self.info.get_or_try(|| {
-            let bodies = self.fetch_all(0, 1)?;
+            let slices = self.fetch_all(0, 1)?;
             let url = self.url(0);
-            let slice = decode_slice(bodies.first().map_or(&[][..], |b| &b[..]), 0, &url)?;
-            match SliceInfo::of(&slice) {
+            match slices.first().and_then(SliceInfo::of) {
                 Some(info) => Ok((info, url)),
                 None => Err(SourceError::Decode {
                     index: 0,
@@ -308,12 +314,7 @@ impl SliceSource for HttpSliceSource {
 
     fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
         check_range(self, start, end)?;
-        let bodies = self.fetch_all(start, end)?;
-        let slices = bodies
-            .par_iter()
-            .enumerate()
-            .map(|(i, body)| decode_slice(body, start + i, &self.url(start + i)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let slices = self.fetch_all(start, end)?;
         let info = match slices.first().and_then(SliceInfo::of) {
             Some(first) if start == 0 => self.info.get_or_try(|| Ok((first, self.url(0))))?,
             _ => self.slice_info()?,
