@@ -33,7 +33,7 @@ spec:
 }
 
 /// Runs the job and the oracle; returns the parsed summary.json.
-fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
+fn run_and_check(slices_per_chunk: usize, bits: &str, extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     oracle(
@@ -47,6 +47,8 @@ fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
             "64",
             "--w",
             "48",
+            "--bits",
+            bits,
         ],
     );
     let manifest = write(
@@ -91,7 +93,7 @@ fn run_and_check(slices_per_chunk: usize, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn pipeline_matches_numpy() {
-    let s = run_and_check(7, &[]);
+    let s = run_and_check(7, "8", &[]);
     assert_eq!(s["store"]["spilledBytes"], 0, "{s}");
     let power = s["stages"]
         .as_array()
@@ -106,7 +108,7 @@ fn pipeline_matches_numpy() {
 #[test]
 fn pipeline_matches_numpy_with_spilling_and_one_thread() {
     // 45 x 32 x 24 recentered bytes = 34560 pieces' worth; a 4 KB budget forces nearly everything to disk.
-    let s = run_and_check(4, &["--memory-limit", "4KB", "--threads", "1"]);
+    let s = run_and_check(4, "8", &["--memory-limit", "4KB", "--threads", "1"]);
     // The exchange holds 45 x 32 x 24 bytes of pieces; with a 4 KB budget most of it goes through the disk.
     let spilled = s["store"]["spilledBytes"].as_u64().expect("spilledBytes");
     assert!(spilled > 20_000, "{s}");
@@ -114,4 +116,65 @@ fn pipeline_matches_numpy_with_spilling_and_one_thread() {
         s["store"]["unspilledBytes"], s["store"]["spilledBytes"],
         "{s}"
     );
+}
+
+#[test]
+fn sixteen_bit_pipeline_matches_numpy() {
+    let s = run_and_check(10, "16", &[]);
+    let source = &s["stages"][0];
+    // 45 slices of 64 x 48 uint16.
+    assert_eq!(source["bytesOut"], 45 * 64 * 48 * 2, "{source}");
+}
+
+#[test]
+fn results_do_not_depend_on_threads_or_memory() {
+    // The same job with 1 and 2 threads, with and without spilling, gives byte-identical Zarr chunks.
+    let dir = tempfile::tempdir().expect("tmp");
+    let job = r#"
+apiVersion: arrayjob.dev/v1alpha1
+kind: ArrayJob
+metadata: {name: det}
+spec:
+  source: {synthetic: {slices: 50, height: 64, width: 64}, slicesPerChunk: 3}
+  stages:
+  - {name: sd, input: source, reduce: {op: std, axes: [0]}, output: {zarr: sd.zarr}}
+  - {name: r, input: source, recenter: {}}
+  - {name: s, input: r, rechunk: {chunks: [-1, 4, 4]}}
+  - {name: p, input: s, fft: {axis: 0, dtype: float64}, output: {zarr: p.zarr}}
+"#;
+    let m = write(dir.path(), "det.yaml", job);
+    let mut trees = Vec::new();
+    for (i, extra) in [
+        vec!["--threads", "1"],
+        vec!["--threads", "2", "--memory-limit", "1KB"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("o{i}")).display().to_string();
+        let mut args = vec!["run", m.as_str(), "--out", &out];
+        args.extend(extra.iter().copied());
+        let (ok, o, e) = arrayjob_text(&args);
+        assert!(ok, "{o}{e}");
+        let mut files = Vec::new();
+        for z in ["sd.zarr", "p.zarr"] {
+            let root = std::path::Path::new(&out).join(z);
+            let mut stack = vec![root.clone()];
+            while let Some(p) = stack.pop() {
+                for e in std::fs::read_dir(&p).expect("dir") {
+                    let e = e.expect("entry").path();
+                    if e.is_dir() {
+                        stack.push(e);
+                    } else {
+                        let rel = e.strip_prefix(&out).expect("prefix").display().to_string();
+                        files.push((rel, std::fs::read(&e).expect("read")));
+                    }
+                }
+            }
+        }
+        files.sort();
+        trees.push(files);
+    }
+    assert!(trees[0].len() > 16, "{} files", trees[0].len());
+    assert!(trees[0] == trees[1], "outputs differ between runs");
 }

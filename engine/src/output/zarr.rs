@@ -11,8 +11,9 @@ use zarrs::filesystem::FilesystemStore;
 use super::OutputError;
 use crate::array::{ArrayMeta, Chunk, DType};
 
-/// zstd level of the chunks (fast, a good ratio for image data).
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level of the chunks: level 1 compresses ~2x faster than 3 on spectra (1 GB of float32 power: ~0.58
+/// of the raw size either way), and writing is on the critical path of the last stage.
+const ZSTD_LEVEL: i32 = 1;
 
 /// A Zarr v3 array being written: one call of [`ZarrWriter::write_chunk`] per chunk of the grid, from any thread.
 #[derive(Debug)]
