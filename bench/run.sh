@@ -8,7 +8,8 @@
 #   REPS=5              repetitions per configuration (fresh process each)
 #   DIST_REPS=          repetitions of dask-distributed at N>=1000 (default: REPS)
 #   CONFIGS=dask-threads,dask-distributed,aj-full,aj-means,aj-fftpath,aj-full-files
-#   ARRAYJOB=path       arrayjob binary (default: build it, release, in $CARGO_TARGET_DIR)
+#   ARRAYJOB=path       arrayjob binary (default: build it, release, in $CARGO_TARGET_DIR);
+#   ARRAYJOB_COMMIT=..  the commit it was built from (recorded in the report)
 #   ARRAYJOB_CACHE      cache root (default ~/.cache/arrayjob): venv, data set, build
 #   ARRAYJOB_SHARED     the shared folder holding bench/ (gen_data.py, requirements.lock);
 #                       default <repo>/../shared
@@ -22,6 +23,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 CACHE="${ARRAYJOB_CACHE:-$HOME/.cache/arrayjob}"
 SHARED="${ARRAYJOB_SHARED:-$REPO/../shared}"
+if [ -z "${ARRAYJOB_SHARED:-}" ] && [ ! -d "$SHARED/bench" ]; then
+  # a git worktree: shared/ sits beside the main checkout
+  COMMON="$(cd "$REPO" && git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)"
+  [ -n "$COMMON" ] && SHARED="$(dirname "$COMMON")/../shared"
+fi
 LOCK="$SHARED/bench/requirements.lock"
 GEN="$SHARED/bench/gen_data.py"
 SIZES="${SIZES:-200,1000}"
@@ -62,7 +68,7 @@ if [ -z "${ARRAYJOB:-}" ]; then
   (cd "$REPO" && cargo build --release -q -p arrayjob-cli)
   ARRAYJOB="$CARGO_TARGET_DIR/release/arrayjob"
 fi
-COMMIT="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+COMMIT="${ARRAYJOB_COMMIT:-$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
 # 4. the matrix, the limits, the report
 ARGS=(--data-root "$DATA" --arrayjob "$ARRAYJOB" --commit "$COMMIT" --results "$HERE/results"
