@@ -37,7 +37,7 @@ def manifest(kind, n, h, w, url_base, data_dir):
     if kind == "aj-full-files":
         src = "    files: {pattern: \"%s/slice_{index:05}.png\", start: 0, stop: %d}\n" % (data_dir, n)
     else:
-        src = ("    http: {urlTemplate: \"%sslice_{index:05}.png\", start: 0, stop: %d, concurrency: 8}\n"
+        src = ("    http: {urlTemplate: \"%sslice_{index:05}.png\", start: 0, stop: %d}\n"
                % (url_base, n))
     means = """  - name: time-mean
     input: source
