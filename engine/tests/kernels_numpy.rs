@@ -1,7 +1,7 @@
 //! Kernels against NumPy as the oracle: the same uint8 stack is reduced, recentered (the post's code) and
 //! transformed by NumPy in the test venv and by the kernels here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use arrayjob_engine::array::{Chunk, DType};
@@ -11,26 +11,10 @@ use arrayjob_engine::kernels::reduce::{finish, partial};
 use arrayjob_engine::spec::ReduceKind;
 use ndarray::{ArrayD, IxDyn};
 
-const SHAPE: [usize; 3] = [12, 40, 48];
+mod common;
+use common::python;
 
-/// The oracle's Python: `ARRAYJOB_PYTHON`, else what `scripts/setup-python.sh` prints.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ARRAYJOB_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("bash")
-        .arg("scripts/setup-python.sh")
-        .current_dir(&root)
-        .output()
-        .expect("run setup-python.sh");
-    assert!(
-        out.status.success(),
-        "setup-python.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
-}
+const SHAPE: [usize; 3] = [12, 40, 48];
 
 /// The post's functions (bench_common.py) in plain NumPy, plus the reductions and the FFT of the workflow.
 const ORACLE: &str = r#"

@@ -1,7 +1,7 @@
 //! Zarr writer tests: arrays written chunk by chunk (from several threads, ragged edges) are read back by this
 //! crate and by zarr-python.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use arrayjob_engine::array::{ArrayMeta, Chunk, DType};
@@ -9,24 +9,8 @@ use arrayjob_engine::output::OutputError;
 use arrayjob_engine::output::zarr::{ZarrWriter, read_all};
 use ndarray::{ArrayD, IxDyn, SliceInfoElem};
 
-/// The oracle's Python: `ARRAYJOB_PYTHON`, else what `scripts/setup-python.sh` prints.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("ARRAYJOB_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("bash")
-        .arg("scripts/setup-python.sh")
-        .current_dir(&root)
-        .output()
-        .expect("run setup-python.sh");
-    assert!(
-        out.status.success(),
-        "setup-python.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
-}
+mod common;
+use common::python;
 
 /// Opens the array with zarr-python; returns (shape, dtype name, flat values).
 fn zarr_python_read(dir: &Path) -> (Vec<usize>, String, Vec<f64>) {

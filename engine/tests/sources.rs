@@ -14,12 +14,11 @@ use arrayjob_engine::spec::{FilesSource, HttpSource, SourceSpec, SyntheticSource
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use sha2::{Digest, Sha256};
 
+mod common;
+use common::{python, repo_root};
+
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The shared directory: `ARRAYJOB_SHARED`, else `<repo>/../shared` (or `<repo>/../../shared` in a worktree).
 fn shared_dir() -> PathBuf {
@@ -33,25 +32,6 @@ fn shared_dir() -> PathBuf {
     } else {
         root.join("../../shared")
     }
-}
-
-/// Python with numpy: `ARRAYJOB_PYTHON`, else what `scripts/setup-python.sh` prints.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("ARRAYJOB_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let root = repo_root();
-    let out = Command::new("bash")
-        .arg(root.join("scripts/setup-python.sh"))
-        .current_dir(&root)
-        .output()
-        .expect("run scripts/setup-python.sh");
-    assert!(
-        out.status.success(),
-        "setup-python.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
 
 fn synthetic(slices: usize, height: usize, width: usize) -> SourceSpec {
