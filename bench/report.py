@@ -147,7 +147,12 @@ def main():
         p("| job (`summary.seconds`) | | %s | | |" % cell(D.aj("aj-full", n, lambda r, s: r["summary"]["seconds"])))
         p("| process wall | | %s | | |\n" % cell([r["wall_s"] for r in D.runs("aj-full", n)]))
 
-        load_end = D.aj("aj-full", n, lambda r, s: s["source"]["endSeconds"])
+        load_end = D.aj("aj-full", n, lambda r, s: r["summary"].get("loadEndSeconds", s["source"]["endSeconds"]))
+        srv_cpu = [r["server_cpu_s"] for r in D.runs("aj-full", n)]
+        load_end_files = D.aj("aj-full-files", n,
+                              lambda r, s: r["summary"].get("loadEndSeconds", s["source"]["endSeconds"]))
+        fft_after_load = D.aj("aj-full", n, lambda r, s: s["power"]["endSeconds"]
+                              - r["summary"].get("loadEndSeconds", s["source"]["endSeconds"]))
         five_end = D.aj("aj-full", n, lambda r, s: max(s[x]["endSeconds"] for x in AJ_STAGES[:5]))
         fft_phase = D.aj("aj-full", n, lambda r, s: s["power"]["endSeconds"] - s["source"]["endSeconds"])
         tail = D.aj("aj-full", n, lambda r, s: r["wall_s"] - s["power"]["endSeconds"])
@@ -165,7 +170,15 @@ def main():
           "incl. writing power.zarr) | %s | %s | %s | **%s** | **%s** |" % (
               cell(rft), cell(rfd), cell(fft_phase), ratio(med(rft), med(fft_phase)), ratio(med(rfd), med(fft_phase))))
         p("| aj: after `power.endSeconds` (remaining outputs, summary, exit) | | | %s | | |" % cell(tail))
-        p("| aj: end of loading (`source.endSeconds`) | | | %s | | |\n" % cell(load_end))
+        p("| aj: end of loading over HTTP (`loadEndSeconds`: all slices decoded, both means, recenter and the "
+          "rechunk split done) | | | %s | | |" % cell(load_end))
+        p("| aj: CPU seconds the HTTP server (%s) burnt during the same `aj-full` runs | | | %s | | |"
+          % (m.get("server", "python"), cell(srv_cpu)))
+        if load_end_files:
+            p("| aj: end of loading with the `files` source (`aj-full-files` `loadEndSeconds`) | | | %s | | |"
+              % cell(load_end_files))
+        p("| aj: rechunk + FFT after the last load (`loadEndSeconds` -> `power.endSeconds`, power.zarr "
+          "written) | | | %s | | |\n" % cell(fft_after_load))
 
         # isolated jobs
         p("Stage-isolated arrayjob jobs (each a whole `arrayjob run`, compared with the same Dask stages incl. load):\n")
@@ -244,6 +257,36 @@ def main():
             r_ = ajv / mach
             p("| %s | %s %s | %s %s | %.2f | %s |" % (name, fmt(mach), unit, fmt(ajv), unit, r_,
                                                       "yes" if r_ <= 2 else "**no**"))
+        p("")
+
+    # ---------------- floors measured with the engine's own crates
+    fl = (lim or {}).get("rust_floor")
+    if fl:
+        n = fl["n"]
+        p("## Floors with the engine's own crates (`bench/floor`, same data, same run)\n")
+        p("`arrayjob-bench-floor` runs the crates the engine uses, without the engine: `png`/`image` decode from "
+          "memory, `realfft` (f64) + |X|^2 over %d series of length %d, memcpy, zstd level 1 on float32 spectra. "
+          "Best of the repetitions.\n" % (fl["fft"]["series"], fl["fft"]["length"]))
+        dp, di, ff = fl["decode"]["png"], fl["decode"]["image"], fl["fft"]
+        p("| floor | 1 thread | %d threads |" % fl["threads"])
+        p("|---|---:|---:|")
+        p("| PNG decode, `png` crate, per slice | %.3f ms | all %d: %.3f s |" % (dp["ms_per_slice_1t"], n, dp["seconds_nt"]))
+        p("| PNG decode, `image` crate, per slice | %.3f ms | all %d: %.3f s |" % (di["ms_per_slice_1t"], n, di["seconds_nt"]))
+        p("| realfft + power, all series | %.3f s (%.2f us/series) | %.3f s |" % (
+            ff["seconds_1t"], ff["us_per_series_1t"], ff["seconds_nt"]))
+        p("| memcpy | %.1f GB/s | |" % fl["memcpy"]["gb_per_s_1t"])
+        p("| zstd level 1 on float32 spectra | %.0f MB/s (ratio %.2f) | |\n" % (
+            fl["zstd1"]["mb_per_s_1t"], fl["zstd1"]["ratio"]))
+        fs = D.aj("aj-full-files", n, lambda r, s: s["source"]["busySeconds"] / n * 1e3)
+        pw = D.aj("aj-full", n, lambda r, s: s["power"]["busySeconds"])
+        p("| stage (N = %d) | floor | arrayjob | arrayjob / floor |" % n)
+        p("|---|---:|---:|---:|")
+        if fs:
+            p("| decode per slice (aj: `files` source busy / N, incl. file read) | %.3f ms | %.3f ms | %.2f |" % (
+                di["ms_per_slice_1t"], med(fs), med(fs) / di["ms_per_slice_1t"]))
+        if pw:
+            p("| FFT + power of every series (aj: `power` busy thread-seconds, incl. gathers) | %.3f s | %.3f s | "
+              "%.2f |" % (ff["seconds_1t"], med(pw), med(pw) / ff["seconds_1t"]))
         p("")
 
     # ---------------- all runs

@@ -9,6 +9,7 @@
 #   DIST_REPS=          repetitions of dask-distributed at N>=1000 (default: REPS)
 #   CONFIGS=dask-threads,dask-distributed,aj-full,aj-means,aj-fftpath,aj-full-files
 #   ARRAYJOB=path       arrayjob binary (default: build it, release, in $CARGO_TARGET_DIR);
+#   FLOOR=path          arrayjob-bench-floor binary (machine floors with the engine's crates; built with it);
 #   ARRAYJOB_COMMIT=..  the commit it was built from (recorded in the report)
 #   ARRAYJOB_CACHE      cache root (default ~/.cache/arrayjob): venv, data set, build
 #   ARRAYJOB_SHARED     the shared folder holding bench/ (gen_data.py, requirements.lock);
@@ -64,9 +65,17 @@ done
 # 3. the arrayjob binary
 if [ -z "${ARRAYJOB:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target-bench}"
-  echo "== cargo build --release -p arrayjob-cli (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$REPO" && cargo build --release -q -p arrayjob-cli)
+  echo "== cargo build --release -p arrayjob-cli -p arrayjob-bench-floor (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$REPO" && cargo build --release -q -p arrayjob-cli -p arrayjob-bench-floor)
   ARRAYJOB="$CARGO_TARGET_DIR/release/arrayjob"
+  FLOOR="${FLOOR:-$CARGO_TARGET_DIR/release/arrayjob-bench-floor}"
+fi
+
+# nginx serves the PNG files to both Dask and arrayjob (Python's http.server burns ~1.25 CPU-s per 1000 files
+# on the same 2 cores); the suite falls back to bench/serve.py without it.
+if ! command -v nginx >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing nginx-light (Debian)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) >/dev/null || true
 fi
 COMMIT="${ARRAYJOB_COMMIT:-$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
@@ -77,6 +86,7 @@ ARGS=(--data-root "$DATA" --arrayjob "$ARRAYJOB" --commit "$COMMIT" --results "$
 [ -n "${DIST_REPS:-}" ] && ARGS+=(--dist-reps "$DIST_REPS")
 [ -n "${CONFIGS:-}" ] && ARGS+=(--configs "$CONFIGS")
 [ -n "${SKIP_LIMITS:-}" ] && ARGS+=(--skip-limits)
+[ -n "${FLOOR:-}" ] && [ -x "${FLOOR:-}" ] && ARGS+=(--floor "$FLOOR")
 mkdir -p "$HERE/results"
 # shellcheck disable=SC2086
 exec "$VENV/bin/python" "$HERE/suite.py" "${ARGS[@]}" ${EXTRA:-}

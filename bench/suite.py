@@ -85,12 +85,43 @@ class Suite:
         os.makedirs(self.scratch, exist_ok=True)
 
     def start_server(self):
-        self.server = subprocess.Popen([sys.executable, os.path.join(HERE, "serve.py"), self.a.data_root],
-                                       stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        line = self.server.stdout.readline().decode()
-        assert line.startswith("PORT "), line
-        self.port = int(line.split()[1])
-        print("HTTP server pid %d on 127.0.0.1:%d serving %s" % (self.server.pid, self.port, self.a.data_root))
+        if self.a.server == "nginx":
+            self.start_nginx()
+        else:
+            self.server = subprocess.Popen([sys.executable, os.path.join(HERE, "serve.py"), self.a.data_root],
+                                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            line = self.server.stdout.readline().decode()
+            assert line.startswith("PORT "), line
+            self.port = int(line.split()[1])
+        self.meta["server"] = self.a.server
+        print("HTTP server (%s) pid %d on 127.0.0.1:%d serving %s"
+              % (self.a.server, self.server.pid, self.port, self.a.data_root))
+
+    def start_nginx(self):
+        """nginx in the foreground, one process, loopback only, files by sendfile, no access log."""
+        import socket
+        with socket.socket() as s_:
+            s_.bind(("127.0.0.1", 0))
+            self.port = s_.getsockname()[1]
+        d = os.path.join(self.scratch, "nginx")
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "nginx.conf")
+        temps = "".join("  %s_temp_path %s/%s;\n" % (t, d, t)
+                        for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        with open(conf, "w") as f:
+            f.write("daemon off;\nmaster_process off;\nworker_processes 1;\npid %s/nginx.pid;\n"
+                    "error_log %s/error.log;\nevents { worker_connections 1024; }\n"
+                    "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n%s"
+                    "  server { listen 127.0.0.1:%d; root %s; }\n}\n"
+                    % (d, d, temps, self.port, self.a.data_root))
+        self.server = subprocess.Popen(["nginx", "-c", conf, "-p", d], stdin=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start; see %s/error.log" % d)
 
     def server_cpu(self):
         return common.proc_tree_cpu(self.server.pid)
@@ -200,7 +231,7 @@ class Suite:
         sizes = [int(x) for x in a.sizes.split(",")]
         configs = a.configs.split(",")
         ver = subprocess.run([a.arrayjob, "--version"], capture_output=True, text=True).stdout.strip()
-        self.meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sizes": sizes, "configs": configs,
+        self.meta = {"server": a.server, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sizes": sizes, "configs": configs,
                      "reps": a.reps, "dist_reps_n1000": a.dist_reps, "threads": a.threads,
                      "arrayjob": a.arrayjob, "arrayjob_version": ver, "arrayjob_commit": a.commit,
                      "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -234,6 +265,12 @@ class Suite:
                 with open(lim) as f:
                     self.limits = json.load(f)
                 self.limits["_meta"]["loadavg_before"] = la
+                if a.floor:
+                    common.wait_quiet(self.server_cpu, threshold=a.quiet, window=2.0, max_wait=a.max_wait)
+                    out = subprocess.run([a.floor, "--data", d, "--n", str(max(sizes)), "--threads",
+                                          str(a.threads), "--window", str(a.h // 2)],
+                                         check=True, capture_output=True, text=True).stdout
+                    self.limits["rust_floor"] = json.loads(out)
             else:
                 self.limits = None
         finally:
@@ -277,6 +314,9 @@ def main():
     ap.add_argument("--start-loadavg", type=float, default=0.5)
     ap.add_argument("--max-wait", type=float, default=900)
     ap.add_argument("--skip-limits", action="store_true")
+    ap.add_argument("--floor", help="arrayjob-bench-floor binary: machine floors with the engine's own crates")
+    ap.add_argument("--server", choices=["nginx", "python"], default="nginx" if shutil.which("nginx") else "python",
+                    help="HTTP server for the PNG files (both Dask and arrayjob fetch from it)")
     a = ap.parse_args()
     s = Suite(a)
     raw = s.run()

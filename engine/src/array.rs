@@ -115,13 +115,13 @@ impl Chunk {
 
     /// Raw little-endian bytes of the elements in row-major (C) order.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.nbytes());
         with_chunk!(self, a => {
-            for v in a.iter() {
-                out.extend_from_slice(&v.to_le_bytes());
+            let a = a.as_standard_layout();
+            match a.as_slice() {
+                Some(s) if cfg!(target_endian = "little") => bytemuck::cast_slice(s).to_vec(),
+                _ => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             }
-        });
-        out
+        })
     }
 
     /// Rebuilds a chunk from [`Chunk::to_le_bytes`] output.
@@ -129,29 +129,33 @@ impl Chunk {
     /// # Errors
     /// When `bytes` does not hold exactly `shape.product() * dtype.size()` bytes.
     pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Chunk, String> {
-        let n: usize = shape.iter().product();
-        if bytes.len() != n * dtype.size() {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size()));
+        if n != Some(bytes.len()) {
             return Err(format!(
                 "expected {} bytes for {dtype} {shape:?}, found {}",
-                n * dtype.size(),
+                n.map_or_else(|| "more than usize::MAX".to_string(), |n| n.to_string()),
                 bytes.len()
             ));
         }
         let s = IxDyn(shape);
         macro_rules! build {
             ($t:ty, $v:ident) => {{
-                let w = std::mem::size_of::<$t>();
-                let v: Vec<$t> = bytes
-                    .chunks_exact(w)
-                    .map(|b| <$t>::from_le_bytes(b.try_into().expect("exact chunk width")))
-                    .collect();
+                let v: Vec<$t> = if cfg!(target_endian = "little") {
+                    bytemuck::pod_collect_to_vec(bytes)
+                } else {
+                    bytes
+                        .chunks_exact(std::mem::size_of::<$t>())
+                        .map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default()))
+                        .collect()
+                };
                 Chunk::$v(ArrayD::from_shape_vec(s, v).map_err(|e| e.to_string())?)
             }};
         }
         Ok(match dtype {
-            DType::Uint8 => {
-                Chunk::U8(ArrayD::from_shape_vec(s, bytes.to_vec()).map_err(|e| e.to_string())?)
-            }
+            DType::Uint8 => build!(u8, U8),
             DType::Uint16 => build!(u16, U16),
             DType::Float32 => build!(f32, F32),
             DType::Float64 => build!(f64, F64),
@@ -160,21 +164,29 @@ impl Chunk {
 }
 
 impl Chunk {
-    /// A copy of the block `start .. start + len` of this chunk.
+    /// A copy of the block `start .. start + len` of this chunk (bulk copies of contiguous runs).
     pub fn region(&self, start: &[usize], len: &[usize]) -> Chunk {
-        let info = |ax: ndarray::AxisDescription| {
-            let a = ax.axis.index();
-            ndarray::Slice::from(start[a]..start[a] + len[a])
-        };
+        macro_rules! cut {
+            ($a:expr, $v:ident) => {{
+                let src = $a.as_standard_layout();
+                let data = src.as_slice().unwrap_or(&[]);
+                let mut out = Vec::with_capacity(len.iter().product());
+                for_each_run(src.shape(), start, len, |at, run| {
+                    out.extend_from_slice(&data[at..at + run]);
+                });
+                // `out` holds exactly `len.product()` elements.
+                Chunk::$v(ArrayD::from_shape_vec(IxDyn(len), out).unwrap_or_default())
+            }};
+        }
         match self {
-            Chunk::U8(a) => Chunk::U8(a.slice_each_axis(info).to_owned()),
-            Chunk::U16(a) => Chunk::U16(a.slice_each_axis(info).to_owned()),
-            Chunk::F32(a) => Chunk::F32(a.slice_each_axis(info).to_owned()),
-            Chunk::F64(a) => Chunk::F64(a.slice_each_axis(info).to_owned()),
+            Chunk::U8(a) => cut!(a, U8),
+            Chunk::U16(a) => cut!(a, U16),
+            Chunk::F32(a) => cut!(a, F32),
+            Chunk::F64(a) => cut!(a, F64),
         }
     }
 
-    /// Copies all of `src` into this chunk at offset `at`.
+    /// Copies all of `src` into this chunk at offset `at` (bulk copies of contiguous runs).
     ///
     /// # Errors
     /// When the element types differ or `src` does not fit at `at`.
@@ -193,19 +205,150 @@ impl Chunk {
                 self.shape()
             ));
         }
-        let sshape = src.shape().to_vec();
-        let info = |ax: ndarray::AxisDescription| {
-            let a = ax.axis.index();
-            ndarray::Slice::from(at[a]..at[a] + sshape[a])
-        };
         match (self, src) {
-            (Chunk::U8(d), Chunk::U8(s)) => d.slice_each_axis_mut(info).assign(s),
-            (Chunk::U16(d), Chunk::U16(s)) => d.slice_each_axis_mut(info).assign(s),
-            (Chunk::F32(d), Chunk::F32(s)) => d.slice_each_axis_mut(info).assign(s),
-            (Chunk::F64(d), Chunk::F64(s)) => d.slice_each_axis_mut(info).assign(s),
+            (Chunk::U8(d), Chunk::U8(s)) => paste_into(d, at, s),
+            (Chunk::U16(d), Chunk::U16(s)) => paste_into(d, at, s),
+            (Chunk::F32(d), Chunk::F32(s)) => paste_into(d, at, s),
+            (Chunk::F64(d), Chunk::F64(s)) => paste_into(d, at, s),
             (d, s) => return Err(format!("cannot paste {} into {}", s.dtype(), d.dtype())),
         }
         Ok(())
+    }
+}
+
+impl Chunk {
+    /// The elements as little-endian bytes in row-major order: borrowed where that is the memory layout.
+    pub fn as_le_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        with_chunk!(self, a => match a.as_slice() {
+            Some(s) if cfg!(target_endian = "little") => std::borrow::Cow::Borrowed(bytemuck::cast_slice(s)),
+            _ => std::borrow::Cow::Owned(self.to_le_bytes()),
+        })
+    }
+
+    /// This block cut into the chunks of a grid of `chunk` shape (the block's origin on a grid line): every
+    /// chunk, clipped at the block's far edges, in row-major order of the grid. One pass over the block in
+    /// memory order, each row appended to the chunk it falls in, so cutting thin chunks (the post's
+    /// `(N, 10, 10)`) costs about one copy of the block.
+    pub fn split_grid(&self, chunk: &[usize]) -> Vec<Chunk> {
+        macro_rules! go {
+            ($a:expr, $v:ident) => {
+                split_typed($a, chunk).into_iter().map(Chunk::$v).collect()
+            };
+        }
+        match self {
+            Chunk::U8(a) => go!(a, U8),
+            Chunk::U16(a) => go!(a, U16),
+            Chunk::F32(a) => go!(a, F32),
+            Chunk::F64(a) => go!(a, F64),
+        }
+    }
+}
+
+fn split_typed<T: Copy + Default>(a: &ArrayD<T>, chunk: &[usize]) -> Vec<ArrayD<T>> {
+    let a = a.as_standard_layout();
+    let shape = a.shape().to_vec();
+    let data = a.as_slice().unwrap_or(&[]);
+    let d = shape.len();
+    let grid: Vec<usize> = shape.iter().zip(chunk).map(|(&n, &c)| n.div_ceil(c.max(1))).collect();
+    let lens: Vec<Vec<usize>> = crate::array::grid_indices(&grid)
+        .iter()
+        .map(|g| (0..d).map(|k| chunk[k].min(shape[k] - g[k] * chunk[k])).collect())
+        .collect();
+    let mut bufs: Vec<Vec<T>> = lens
+        .iter()
+        .map(|l| Vec::with_capacity(l.iter().product()))
+        .collect();
+    if d == 0 || shape.contains(&0) {
+        return Vec::new();
+    }
+    let w = shape[d - 1];
+    let cw = chunk[d - 1].max(1);
+    let cols = grid[d - 1];
+    // Each row (all axes but the last) feeds one run of chunks along the last axis.
+    for (r, row) in data.chunks_exact(w).enumerate() {
+        let mut rem = r;
+        let mut first = 0;
+        let mut stride = cols;
+        for k in (0..d - 1).rev() {
+            let i = rem % shape[k];
+            rem /= shape[k];
+            first += (i / chunk[k].max(1)) * stride;
+            stride *= grid[k];
+        }
+        for (c, seg) in row.chunks(cw).enumerate() {
+            bufs[first + c].extend_from_slice(seg);
+        }
+    }
+    bufs.into_iter()
+        .zip(lens)
+        .map(|(b, l)| ArrayD::from_shape_vec(IxDyn(&l), b).unwrap_or_default())
+        .collect()
+}
+
+/// `src` copied into `dst` at `at` (the caller checked that it fits).
+fn paste_into<T: Copy>(dst: &mut ArrayD<T>, at: &[usize], src: &ArrayD<T>) {
+    let src = src.as_standard_layout();
+    let (Some(data), true) = (src.as_slice(), dst.is_standard_layout()) else {
+        // Not row-major (never the case for chunks the engine builds): the general path.
+        let len = src.shape().to_vec();
+        dst.slice_each_axis_mut(|ax| {
+            let a = ax.axis.index();
+            ndarray::Slice::from(at[a]..at[a] + len[a])
+        })
+        .assign(&src);
+        return;
+    };
+    let shape = dst.shape().to_vec();
+    let Some(out) = dst.as_slice_mut() else {
+        return;
+    };
+    let mut next = 0;
+    for_each_run(&shape, at, src.shape(), |off, run| {
+        out[off..off + run].copy_from_slice(&data[next..next + run]);
+        next += run;
+    });
+}
+
+/// Calls `f(offset, run)` for each contiguous run, in row-major order, of the block `start .. start + len` of a
+/// row-major array of shape `shape`: `offset` is the run's first element in the array, `run` its length.
+/// Trailing axes the block covers whole are merged into one run, so a block of whole rows is a single copy.
+pub fn for_each_run(shape: &[usize], start: &[usize], len: &[usize], mut f: impl FnMut(usize, usize)) {
+    let d = shape.len();
+    if len.contains(&0) {
+        return;
+    }
+    if d == 0 {
+        f(0, 1);
+        return;
+    }
+    let mut stride = vec![1usize; d];
+    for a in (0..d - 1).rev() {
+        stride[a] = stride[a + 1] * shape[a + 1];
+    }
+    // Axes m.. form one contiguous run.
+    let mut m = d - 1;
+    let mut run = len[d - 1];
+    while m > 0 && len[m] == shape[m] {
+        m -= 1;
+        run *= len[m];
+    }
+    let base: usize = (0..d).map(|a| start[a] * stride[a]).sum();
+    let mut idx = vec![0usize; m];
+    loop {
+        let off = base + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
+        f(off, run);
+        let mut ax = m;
+        loop {
+            if ax == 0 {
+                return;
+            }
+            ax -= 1;
+            idx[ax] += 1;
+            if idx[ax] < len[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
     }
 }
 
@@ -312,6 +455,26 @@ mod tests {
             c
         );
         assert!(Chunk::from_le_bytes(DType::Float32, &[2, 3], &b).is_err());
+    }
+
+    #[test]
+    fn split_grid_matches_regions() {
+        let block = Chunk::U16(ArrayD::from_shape_fn(IxDyn(&[3, 5, 7]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as u16
+        }));
+        let chunk = [2, 5, 3];
+        let parts = block.split_grid(&chunk);
+        let meta = ArrayMeta {
+            shape: vec![3, 5, 7],
+            chunks: chunk.to_vec(),
+            dtype: DType::Uint16,
+        };
+        assert_eq!(parts.len(), meta.num_chunks());
+        for (idx, part) in meta.chunk_indices().iter().zip(&parts) {
+            let (start, len) = meta.chunk_region(idx);
+            assert_eq!(part, &block.region(&start, &len), "chunk {idx:?}");
+        }
+        assert_eq!(parts[5].shape(), &[1, 5, 1]);
     }
 
     #[test]

@@ -22,13 +22,14 @@ use crate::plan::{NodeOp, Plan, REDUCE_FAN_IN, linear, merge_groups, overlapping
 use crate::source::{SliceSource, SourceError};
 use crate::store::{ChunkKey, ChunkStore, StoreError, StoreStats};
 
-/// Receives every finished chunk of the nodes that have outputs.
+/// Receives every finished block of the nodes that have outputs.
 pub trait ChunkSink: Send + Sync {
-    /// Called once per chunk of node `node` (chunk index `idx`), from any thread.
+    /// Called once per block of node `node` (see [`crate::plan::Node::block`]; a chunk, or a merge group of
+    /// chunks) whose first element is at `start`, from any thread.
     ///
     /// # Errors
     /// When the output cannot be written; the run stops.
-    fn deliver(&self, node: usize, idx: &[usize], chunk: &Chunk) -> Result<(), ExecError>;
+    fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError>;
 }
 
 /// Why a run stopped.
@@ -124,6 +125,8 @@ pub struct NodeSnapshot {
 pub struct JobProgress {
     start: Instant,
     nodes: Vec<NodeProgress>,
+    /// When the last load task finished with everything fused into it (means, recenter, rechunk split).
+    loads_end_ns: AtomicU64,
 }
 
 impl JobProgress {
@@ -146,7 +149,14 @@ impl JobProgress {
                     bytes_out: AtomicU64::new(0),
                 })
                 .collect(),
+            loads_end_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Seconds after the start when the last load task ended, including the work fused into it (reductions,
+    /// recentering, the rechunk's split): the end of the loading phase.
+    pub fn load_end_seconds(&self) -> f64 {
+        self.loads_end_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     /// Current counters of every node.
@@ -180,7 +190,8 @@ impl JobProgress {
             .collect()
     }
 
-    fn record(&self, node: usize, started: Instant, bytes_in: usize, done: bool) {
+    /// Adds a unit of work of `node` that started at `started` and read `bytes_in`; `done` units are finished.
+    fn record(&self, node: usize, started: Instant, bytes_in: usize, done: u64) {
         let n = &self.nodes[node];
         let s = started.duration_since(self.start).as_nanos() as u64;
         let e = self.start.elapsed().as_nanos() as u64;
@@ -188,9 +199,7 @@ impl JobProgress {
         n.last_ns.fetch_max(e, Ordering::Relaxed);
         n.busy_ns.fetch_add(e.saturating_sub(s), Ordering::Relaxed);
         n.bytes_in.fetch_add(bytes_in as u64, Ordering::Relaxed);
-        if done {
-            n.done.fetch_add(1, Ordering::Relaxed);
-        }
+        n.done.fetch_add(done, Ordering::Relaxed);
     }
 }
 
@@ -377,54 +386,51 @@ impl Exec<'_> {
         match task {
             Task::Load(i) => {
                 let meta = &self.plan.nodes[0].meta;
-                let idx = vec![i, 0, 0];
-                let (start, len) = meta.chunk_region(&idx);
+                let (start, len) = meta.chunk_region(&[i, 0, 0]);
                 let t0 = Instant::now();
                 let chunk = self.source.read(start[0], start[0] + len[0])?;
-                self.progress.record(0, t0, 0, true);
-                self.emit(0, &idx, chunk)
-            }
-            Task::Merge { node, chunk: group } => {
-                let n = &self.plan.nodes[node];
-                let Some(input) = n.input else { return Ok(()) };
-                let im = &self.plan.nodes[input].meta;
-                let groups = merge_groups(&n.meta);
-                let gidx = unlinear(&groups.grid(), group);
-                let (start, len) = groups.chunk_region(&gidx);
-                let t0 = Instant::now();
-                let mut block = Chunk::zeros(n.meta.dtype, &len);
-                let mut bytes = 0;
-                for part in product(&overlapping(&im.chunks, &start, &len)) {
-                    let (ps, _) = im.chunk_region(&part);
-                    let key = ChunkKey {
-                        node: node as u32,
-                        chunk: group as u32,
-                        part: linear(&im.grid(), &part) as u32,
-                    };
-                    let piece = self.store.take(key)?;
-                    let at: Vec<usize> = ps
-                        .iter()
-                        .zip(&start)
-                        .map(|(&p, &s)| p.saturating_sub(s))
-                        .collect();
-                    block
-                        .paste(&at, &piece)
-                        .map_err(|m| self.kernel_err(node, &gidx, m))?;
-                    bytes += piece.nbytes();
-                }
-                self.progress.record(node, t0, bytes, false);
-                // Cut the merged block into the node's own chunks and send each down the fused stages.
-                for idx in product(&overlapping(&n.meta.chunks, &start, &len)) {
-                    let t1 = Instant::now();
-                    let (cs, cl) = n.meta.chunk_region(&idx);
-                    let rel: Vec<usize> = cs.iter().zip(&start).map(|(c, s)| c - s).collect();
-                    let out = block.region(&rel, &cl);
-                    self.progress.record(node, t1, 0, true);
-                    self.emit(node, &idx, out)?;
-                }
+                self.progress.record(0, t0, 0, 1);
+                self.emit(0, &start, chunk)?;
+                let end = self.progress.start.elapsed().as_nanos() as u64;
+                self.progress.loads_end_ns.fetch_max(end, Ordering::Relaxed);
                 Ok(())
             }
+            Task::Merge { node, chunk: group } => self.merge(node, group),
         }
+    }
+
+    /// Pastes the pieces of merge group `group` of rechunk `node` into one block and emits it.
+    fn merge(&self, node: usize, group: usize) -> Result<(), ExecError> {
+        let n = &self.plan.nodes[node];
+        let Some(input) = n.input else { return Ok(()) };
+        let im = &self.plan.nodes[input].meta;
+        let groups = merge_groups(&n.meta);
+        let gidx = unlinear(&groups.grid(), group);
+        let (start, len) = groups.chunk_region(&gidx);
+        let t0 = Instant::now();
+        let mut block = Chunk::zeros(n.meta.dtype, &len);
+        let mut bytes = 0;
+        for part in product(&overlapping(&im.chunks, &start, &len)) {
+            let (ps, _) = im.chunk_region(&part);
+            let key = ChunkKey {
+                node: node as u32,
+                chunk: group as u32,
+                part: linear(&im.grid(), &part) as u32,
+            };
+            let piece = self.store.take(key)?;
+            let at: Vec<usize> = ps
+                .iter()
+                .zip(&start)
+                .map(|(&p, &s)| p.saturating_sub(s))
+                .collect();
+            block
+                .paste(&at, &piece)
+                .map_err(|m| self.kernel_err(node, &gidx, m))?;
+            bytes += piece.nbytes();
+        }
+        self.progress
+            .record(node, t0, bytes, chunks_in(&n.meta, &start, &len));
+        self.emit(node, &start, block)
     }
 
     fn kernel_err(&self, node: usize, idx: &[usize], m: String) -> ExecError {
@@ -438,100 +444,125 @@ impl Exec<'_> {
         }
     }
 
-    /// Hands a finished chunk of `node` to its outputs and to every stage that reads it.
-    fn emit(&self, node: usize, idx: &[usize], chunk: Chunk) -> Result<(), ExecError> {
+    /// Hands a finished block of `node` (its element at `start` first; one chunk, or several when the node is
+    /// produced in larger blocks) to the node's outputs and to every stage that reads it. FFTs take the block
+    /// whole (they transform each series, whatever the block's width); other stages take it chunk by chunk.
+    fn emit(&self, node: usize, start: &[usize], block: Chunk) -> Result<(), ExecError> {
         if self.stopped() {
             return Err(ExecError::Cancelled);
         }
         let n = &self.plan.nodes[node];
         self.progress.nodes[node]
             .bytes_out
-            .fetch_add(chunk.nbytes() as u64, Ordering::Relaxed);
+            .fetch_add(block.nbytes() as u64, Ordering::Relaxed);
         if n.output.is_some() {
-            self.sink.deliver(node, idx, &chunk)?;
+            self.sink.deliver(node, start, &block)?;
         }
-        let kerr = |child: usize, source: KernelError| ExecError::Kernel {
-            stage: self.plan.nodes[child].name.clone(),
-            chunk: idx.to_vec(),
-            source,
-        };
         for &child in &n.children {
-            let c = &self.plan.nodes[child];
-            let t0 = Instant::now();
-            match &c.op {
-                NodeOp::Recenter { window } => {
-                    let (out, _) = crate::kernels::recenter::recenter_chunk(&chunk, *window)
-                        .map_err(|e| kerr(child, e))?;
-                    self.progress.record(child, t0, chunk.nbytes(), true);
-                    self.emit(child, idx, out)?;
-                }
-                NodeOp::Fft(f) => {
-                    let dtype = f.dtype.unwrap_or(DType::Float32);
-                    let out =
-                        crate::kernels::fft::spectrum(&chunk, f.axis, f.power, f.onesided, dtype)
-                            .map_err(|e| kerr(child, e))?;
-                    self.progress.record(child, t0, chunk.nbytes(), true);
-                    self.emit(child, idx, out)?;
-                }
-                NodeOp::Reduce(r) => {
-                    let p = reduce::partial(&chunk, &r.axes, r.op).map_err(|e| kerr(child, e))?;
-                    self.progress.record(child, t0, chunk.nbytes(), true);
-                    let keep: Vec<usize> = (0..idx.len()).filter(|a| !r.axes.contains(a)).collect();
-                    let out_idx: Vec<usize> = keep.iter().map(|&a| idx[a]).collect();
-                    let in_grid = self.plan.nodes[node].meta.grid();
-                    let red_grid: Vec<usize> = r.axes.iter().map(|&a| in_grid[a]).collect();
-                    let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
-                    let leaf = linear(&red_grid, &red_idx);
-                    let out_lin = linear(&c.meta.grid(), &out_idx);
-                    if let Some(total) = self
-                        .feed_tree(child, out_lin, leaf, p)
-                        .map_err(|e| kerr(child, e))?
-                    {
-                        let t1 = Instant::now();
-                        let out = reduce::finish(total, chunk.dtype());
-                        self.progress.record(child, t1, 0, false);
-                        self.emit(child, &out_idx, out)?;
-                    }
-                }
-                NodeOp::Rechunk => {
-                    let im = &n.meta;
-                    let (start, len) = im.chunk_region(idx);
-                    let part = linear(&im.grid(), idx) as u32;
-                    let groups = merge_groups(&c.meta);
-                    let grid = groups.grid();
-                    for o in product(&overlapping(&groups.chunks, &start, &len)) {
-                        let (os, ol) = groups.chunk_region(&o);
-                        let lo: Vec<usize> =
-                            start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
-                        let hi: Vec<usize> = (0..lo.len())
-                            .map(|a| (start[a] + len[a]).min(os[a] + ol[a]))
-                            .collect();
-                        let rel: Vec<usize> = lo.iter().zip(&start).map(|(l, s)| l - s).collect();
-                        let ext: Vec<usize> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
-                        let piece = chunk.region(&rel, &ext);
-                        let lin = linear(&grid, &o);
-                        self.store.put(
-                            ChunkKey {
-                                node: child as u32,
-                                chunk: lin as u32,
-                                part,
-                            },
-                            piece,
-                            1,
-                        )?;
-                        if self.missing[child][lin].fetch_sub(1, Ordering::SeqCst) == 1 {
-                            self.enqueue(Task::Merge {
-                                node: child,
-                                chunk: lin,
-                            });
-                        }
-                    }
-                    // Split time counts towards the rechunk; its bytes in are counted by the merges.
-                    self.progress.record(child, t0, 0, false);
-                }
-                NodeOp::Source => {}
+            if matches!(self.plan.nodes[child].op, NodeOp::Fft(_)) {
+                self.apply(node, child, start, &block)?;
+                continue;
+            }
+            let len = block.shape();
+            if n.meta.chunk_region(&chunk_index(&n.meta, start)).1 == len {
+                self.apply(node, child, start, &block)?;
+                continue;
+            }
+            for idx in product(&overlapping(&n.meta.chunks, start, len)) {
+                let (cs, cl) = n.meta.chunk_region(&idx);
+                let rel: Vec<usize> = cs.iter().zip(start).map(|(c, s)| c - s).collect();
+                self.apply(node, child, &cs, &block.region(&rel, &cl))?;
             }
         }
+        Ok(())
+    }
+
+    /// Runs stage `child` on `data`, a block of its input `node` starting at `start`, and emits what it makes.
+    fn apply(&self, node: usize, child: usize, start: &[usize], data: &Chunk) -> Result<(), ExecError> {
+        let n = &self.plan.nodes[node];
+        let c = &self.plan.nodes[child];
+        let idx = chunk_index(&n.meta, start);
+        let kerr = |source: KernelError| ExecError::Kernel {
+            stage: c.name.clone(),
+            chunk: idx.clone(),
+            source,
+        };
+        // Recenter and FFT chunks have their input's chunk index (their chunks differ only in length).
+        let child_start: Vec<usize> = idx.iter().zip(&c.meta.chunks).map(|(i, k)| i * k).collect();
+        let t0 = Instant::now();
+        match &c.op {
+            NodeOp::Recenter { window } => {
+                let (out, _) =
+                    crate::kernels::recenter::recenter_chunk(data, *window).map_err(kerr)?;
+                self.progress.record(child, t0, data.nbytes(), 1);
+                self.emit(child, &child_start, out)
+            }
+            NodeOp::Fft(f) => {
+                let dtype = f.dtype.unwrap_or(DType::Float32);
+                let out = crate::kernels::fft::spectrum(data, f.axis, f.power, f.onesided, dtype)
+                    .map_err(kerr)?;
+                let done = chunks_in(&c.meta, &child_start, out.shape());
+                self.progress.record(child, t0, data.nbytes(), done);
+                self.emit(child, &child_start, out)
+            }
+            NodeOp::Reduce(r) => {
+                let p = reduce::partial(data, &r.axes, r.op).map_err(kerr)?;
+                self.progress.record(child, t0, data.nbytes(), 1);
+                let keep: Vec<usize> = (0..idx.len()).filter(|a| !r.axes.contains(a)).collect();
+                let out_idx: Vec<usize> = keep.iter().map(|&a| idx[a]).collect();
+                let in_grid = n.meta.grid();
+                let red_grid: Vec<usize> = r.axes.iter().map(|&a| in_grid[a]).collect();
+                let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
+                let leaf = linear(&red_grid, &red_idx);
+                let out_lin = linear(&c.meta.grid(), &out_idx);
+                if let Some(total) = self.feed_tree(child, out_lin, leaf, p).map_err(kerr)? {
+                    let t1 = Instant::now();
+                    let out = reduce::finish(total, data.dtype());
+                    self.progress.record(child, t1, 0, 0);
+                    let (out_start, _) = c.meta.chunk_region(&out_idx);
+                    self.emit(child, &out_start, out)?;
+                }
+                Ok(())
+            }
+            NodeOp::Rechunk => self.split(node, child, start, data),
+            NodeOp::Source => Ok(()),
+        }
+    }
+
+    /// Cuts `data` (a chunk of `node` at `start`) into the pieces of rechunk `child`'s merge groups, stores them,
+    /// and queues each merge whose last piece this was.
+    fn split(&self, node: usize, child: usize, start: &[usize], data: &Chunk) -> Result<(), ExecError> {
+        let t0 = Instant::now();
+        let im = &self.plan.nodes[node].meta;
+        let len = data.shape();
+        let part = linear(&im.grid(), &chunk_index(im, start)) as u32;
+        let groups = merge_groups(&self.plan.nodes[child].meta);
+        let grid = groups.grid();
+        for o in product(&overlapping(&groups.chunks, start, len)) {
+            let (os, ol) = groups.chunk_region(&o);
+            let lo: Vec<usize> = start.iter().zip(&os).map(|(a, b)| *a.max(b)).collect();
+            let hi: Vec<usize> = (0..lo.len())
+                .map(|a| (start[a] + len[a]).min(os[a] + ol[a]))
+                .collect();
+            let rel: Vec<usize> = lo.iter().zip(start).map(|(l, s)| l - s).collect();
+            let ext: Vec<usize> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
+            let piece = data.region(&rel, &ext);
+            let lin = linear(&grid, &o);
+            let key = ChunkKey {
+                node: child as u32,
+                chunk: lin as u32,
+                part,
+            };
+            self.store.put(key, piece, 1)?;
+            if self.missing[child][lin].fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.enqueue(Task::Merge {
+                    node: child,
+                    chunk: lin,
+                });
+            }
+        }
+        // Split time counts towards the rechunk; its bytes in are counted by the merges.
+        self.progress.record(child, t0, 0, 0);
         Ok(())
     }
 
@@ -583,6 +614,19 @@ impl Exec<'_> {
             count = count.div_ceil(REDUCE_FAN_IN);
         }
     }
+}
+
+/// Index of the chunk of `meta` that starts at element `start`.
+fn chunk_index(meta: &crate::array::ArrayMeta, start: &[usize]) -> Vec<usize> {
+    start.iter().zip(&meta.chunks).map(|(s, c)| s / c.max(&1)).collect()
+}
+
+/// Number of chunks of `meta` in the chunk-aligned block `start .. start + len`.
+fn chunks_in(meta: &crate::array::ArrayMeta, start: &[usize], len: &[usize]) -> u64 {
+    overlapping(&meta.chunks, start, len)
+        .iter()
+        .map(|r| r.len() as u64)
+        .product()
 }
 
 /// Every index in the cartesian product of per-axis ranges, row-major.

@@ -81,6 +81,10 @@ pub struct Node {
     pub op: NodeOp,
     /// Shape, chunk grid and type of the result.
     pub meta: ArrayMeta,
+    /// Shape of the blocks the executor produces this node in: its chunk shape, except for a rechunk (its merge
+    /// groups, see [`merge_groups`]) and an FFT fused into one (the same groups, whole along the FFT axis).
+    /// Always a whole number of chunks; Zarr outputs are written as shards of this shape when it is larger.
+    pub block: Vec<usize>,
     /// Files to write from it.
     pub output: Option<OutputSpec>,
     /// Nodes that read this one.
@@ -166,6 +170,7 @@ impl Plan {
                 chunks: vec![per_chunk, info.height, info.width],
                 dtype: info.dtype,
             },
+            block: vec![per_chunk, info.height, info.width],
             output: None,
             children: vec![],
         }];
@@ -280,6 +285,15 @@ impl Plan {
                     }
                 }
             }
+            let block = match &op {
+                NodeOp::Rechunk => merge_groups(&meta).chunks,
+                NodeOp::Fft(f) => {
+                    let mut b = nodes[input].block.clone();
+                    b[f.axis] = meta.shape[f.axis];
+                    b
+                }
+                _ => meta.chunks.clone(),
+            };
             let id = nodes.len();
             nodes[input].children.push(id);
             nodes.push(Node {
@@ -288,6 +302,7 @@ impl Plan {
                 input: Some(input),
                 op,
                 meta,
+                block,
                 output: st.output.clone(),
                 children: vec![],
             });
@@ -452,6 +467,10 @@ spec:
         assert_eq!(by("series").meta.grid(), vec![1, 3, 3]);
         assert_eq!(by("power").meta.shape, vec![23, 20, 20]);
         assert_eq!(by("power").meta.chunks, vec![23, 7, 7]);
+        // The FFT is produced in the rechunk's merge groups: all 3 chunks of the last axis at once.
+        assert_eq!(by("series").block, vec![45, 7, 21]);
+        assert_eq!(by("power").block, vec![23, 7, 21]);
+        assert_eq!(by("recentered").block, by("recentered").meta.chunks);
         let r = p.report(2);
         assert_eq!(r.bytes_moved, 45 * 20 * 20);
     }

@@ -12,7 +12,7 @@ use crate::array::Chunk;
 use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, execute};
 use crate::output::OutputError;
 use crate::output::plot::PlotSpec;
-use crate::output::zarr::ZarrWriter;
+use crate::output::zarr::{ZarrOptions, ZarrWriter};
 use crate::plan::{Plan, PlanError};
 use crate::source::{SliceSource, SourceError};
 use crate::spec::ArrayJobManifest;
@@ -100,6 +100,9 @@ pub struct RunSummary {
     pub memory_budget: u64,
     /// Chunk store counters (peak resident bytes, bytes spilled and read back).
     pub store: StoreStats,
+    /// Seconds after the start when the last source chunk was loaded and everything fused into its task
+    /// (reductions, recentering, the rechunk's split) was done.
+    pub load_end_seconds: f64,
     /// Per node (source first): tasks, bytes in/out, seconds.
     pub stages: Vec<NodeSnapshot>,
     /// Files written, relative to the output directory.
@@ -120,7 +123,6 @@ pub struct OutputRecord {
 
 struct NodeSinks {
     stage: String,
-    chunks: Vec<usize>,
     zarr: Option<ZarrWriter>,
     /// The whole result as f64, for images, plots and CSVs of small results.
     dense: Option<Mutex<Chunk>>,
@@ -136,7 +138,7 @@ struct Sinks {
 }
 
 impl ChunkSink for Sinks {
-    fn deliver(&self, node: usize, idx: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
+    fn deliver(&self, node: usize, start: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
         let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else {
             return Ok(());
         };
@@ -146,11 +148,15 @@ impl ChunkSink for Sinks {
             message: e,
         };
         if let Some(z) = &s.zarr {
-            z.write_chunk(idx, chunk)
+            let idx: Vec<usize> = start
+                .iter()
+                .zip(z.write_unit())
+                .map(|(s, u)| s / u)
+                .collect();
+            z.write_chunk(&idx, chunk)
                 .map_err(|e| err("zarr", e.to_string()))?;
         }
         let shape = chunk.shape();
-        let start: Vec<usize> = idx.iter().zip(&s.chunks).map(|(i, c)| i * c).collect();
         if let Some(d) = &s.dense {
             let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
             full.paste(&start, &Chunk::F64(chunk.to_f64()))
@@ -212,7 +218,12 @@ pub fn run(
                 "arrayjob".into(),
                 serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}),
             );
-            zarr = Some(ZarrWriter::create(&staging.path().join(z), &n.meta, attrs)?);
+            zarr = Some(ZarrWriter::create_with(
+                &staging.path().join(z),
+                &n.meta,
+                &zarr_options(n, o),
+                attrs,
+            )?);
             records.push(OutputRecord {
                 stage: n.name.clone(),
                 kind: "zarr".into(),
@@ -230,7 +241,6 @@ pub fn run(
         });
         nodes.push(Some(NodeSinks {
             stage: n.name.clone(),
-            chunks: n.meta.chunks.clone(),
             zarr,
             dense: wants_dense
                 .then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
@@ -340,6 +350,7 @@ pub fn run(
         threads: opts.threads,
         memory_budget: opts.memory_budget as u64,
         store,
+        load_end_seconds: progress.load_end_seconds(),
         stages: progress.snapshot(),
         outputs: records,
     };
@@ -349,6 +360,21 @@ pub fn run(
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
     Ok(summary)
+}
+
+/// Layout and compression of node `n`'s Zarr output: sharded by the blocks the executor produces when they hold
+/// several chunks, compressed as `zarrCompression` says.
+fn zarr_options(n: &crate::plan::Node, o: &crate::spec::OutputSpec) -> ZarrOptions {
+    use crate::spec::CompressionCodec;
+    let default = ZarrOptions::default();
+    ZarrOptions {
+        shard: (n.block != n.meta.chunks).then(|| n.block.clone()),
+        zstd_level: match &o.zarr_compression {
+            None => default.zstd_level,
+            Some(c) if c.codec == CompressionCodec::None => None,
+            Some(c) => c.level.or(default.zstd_level),
+        },
+    }
 }
 
 /// Path of `rel` inside the staging directory, with its parent directories created.

@@ -11,8 +11,6 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ndarray::{ArrayD, IxDyn};
-
 use crate::array::{Chunk, DType};
 use crate::spec::SourceSpec;
 
@@ -356,54 +354,4 @@ fn mismatch(
         found_width: found.width,
         found_dtype: found.dtype,
     }
-}
-
-/// Stacks decoded 2-D slices `start..` into one 3-D chunk, checking each against `info`.
-/// `location` gives the file or URL of a slice index, for messages.
-fn stack(
-    start: usize,
-    slices: Vec<Chunk>,
-    info: SliceInfo,
-    basis: &str,
-    location: impl Fn(usize) -> String,
-) -> Result<Chunk, SourceError> {
-    for (i, slice) in slices.iter().enumerate() {
-        let found = SliceInfo::of(slice).unwrap_or(SliceInfo {
-            height: 0,
-            width: 0,
-            dtype: slice.dtype(),
-        });
-        if found != info {
-            return Err(mismatch(
-                start + i,
-                location(start + i),
-                info,
-                basis,
-                &found,
-            ));
-        }
-    }
-    let shape = IxDyn(&[slices.len(), info.height, info.width]);
-    macro_rules! concat {
-        ($variant:ident) => {{
-            let mut data = Vec::with_capacity(slices.len() * info.height * info.width);
-            for slice in &slices {
-                if let Chunk::$variant(a) = slice {
-                    data.extend(a.iter().copied());
-                }
-            }
-            Chunk::$variant(ArrayD::from_shape_vec(shape, data).map_err(|e| {
-                SourceError::Config {
-                    field: "spec.source".into(),
-                    message: format!("cannot stack slices {start}..: {e}"),
-                }
-            })?)
-        }};
-    }
-    Ok(match info.dtype {
-        DType::Uint8 => concat!(U8),
-        DType::Uint16 => concat!(U16),
-        DType::Float32 => concat!(F32),
-        DType::Float64 => concat!(F64),
-    })
 }

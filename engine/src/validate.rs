@@ -9,8 +9,8 @@ use std::fmt;
 
 use crate::array::DType;
 use crate::spec::{
-    API_VERSION, ArrayJobManifest, ArrayJobSpec, KIND, OutputSpec, ReduceKind, SOURCE_INPUT,
-    StageOp, StageSpec,
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, KIND, OutputSpec, ReduceKind,
+    SOURCE_INPUT, StageOp, StageSpec, ZSTD_LEVELS,
 };
 
 /// Default slices per source chunk.
@@ -599,6 +599,35 @@ fn stage_shape(
     }
 }
 
+/// `zarrCompression` goes with a `zarr` output; a level only with zstd, and within [`ZSTD_LEVELS`].
+fn check_compression(o: &OutputSpec, at: &str, p: &mut Vec<Problem>) {
+    let Some(c) = &o.zarr_compression else {
+        return;
+    };
+    let path = format!("{at}.output.zarrCompression");
+    if o.zarr.is_none() {
+        p.push(Problem {
+            path: path.clone(),
+            message: "applies to a zarr output, and this output has none".into(),
+        });
+    }
+    match (c.codec, c.level) {
+        (CompressionCodec::None, Some(_)) => p.push(Problem {
+            path: format!("{path}.level"),
+            message: "a level goes with codec zstd, not none".into(),
+        }),
+        (CompressionCodec::Zstd, Some(l)) if !ZSTD_LEVELS.contains(&l) => p.push(Problem {
+            path: format!("{path}.level"),
+            message: format!(
+                "zstd level {l} is out of range [{}, {}]",
+                ZSTD_LEVELS.start(),
+                ZSTD_LEVELS.end()
+            ),
+        }),
+        _ => {}
+    }
+}
+
 fn check_output(
     o: &OutputSpec,
     at: &str,
@@ -608,6 +637,7 @@ fn check_output(
     p: &mut Vec<Problem>,
 ) {
     let nd = shape.ndim();
+    check_compression(o, at, p);
     let mut files: Vec<(String, &str)> = Vec::new();
     if let Some(z) = &o.zarr {
         files.push((format!("{at}.output.zarr"), z));

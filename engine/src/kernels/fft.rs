@@ -117,13 +117,7 @@ fn spectrum_typed<T: Elem, O: OutElem>(
         let out_base = o * m * inner;
         for j0 in (0..inner).step_by(block) {
             let nb = block.min(inner - j0);
-            // Gather: row k of the input holds element k of series j0..j0+nb, contiguously.
-            for k in 0..n {
-                let row = &data[in_base + k * inner + j0..in_base + k * inner + j0 + nb];
-                for (b, v) in row.iter().enumerate() {
-                    series[b * n + k] = v.f();
-                }
-            }
+            gather(&data[in_base..], inner, j0, nb, n, &mut series);
             for b in 0..nb {
                 let input = &mut series[b * n..(b + 1) * n];
                 // Lengths match the plan by construction, so this cannot fail.
@@ -138,17 +132,53 @@ fn spectrum_typed<T: Elem, O: OutElem>(
                     *d = magnitude(*c, power);
                 }
             }
-            // Scatter: bin k of series j0+b goes to out[o, k, j0+b].
-            for k in 0..m {
-                let src_k = if k < half { k } else { n - k };
-                let row = &mut out[out_base + k * inner + j0..out_base + k * inner + j0 + nb];
-                for (b, d) in row.iter_mut().enumerate() {
-                    *d = O::from_f64(mags[b * half + src_k]);
-                }
-            }
+            scatter(&mags, half, n, m, nb, &mut out[out_base..], inner, j0);
         }
     }
     ArrayD::from_shape_vec(IxDyn(&out_shape), out).unwrap_or_default()
+}
+
+/// Rows gathered per tile of the transposes: a tile touches `TILE` input rows and writes `TILE` consecutive
+/// values of each series, so both sides stay within a few cache lines.
+const TILE: usize = 8;
+
+/// Copies series `j0..j0 + nb` of a `(n, inner)` row-major block (`data`: element `k` of series `j` at
+/// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64.
+fn gather<T: Elem>(data: &[T], inner: usize, j0: usize, nb: usize, n: usize, series: &mut [f64]) {
+    for k0 in (0..n).step_by(TILE) {
+        let k1 = (k0 + TILE).min(n);
+        for b in 0..nb {
+            let dst = &mut series[b * n + k0..b * n + k1];
+            for (d, k) in dst.iter_mut().zip(k0..k1) {
+                *d = data[k * inner + j0 + b].f();
+            }
+        }
+    }
+}
+
+/// Writes bins `0..m` of `nb` spectra (`mags[b * half + k]`, the bins above `half` mirrored from the Hermitian
+/// symmetry) into an `(m, inner)` row-major block at columns `j0..j0 + nb`.
+#[allow(clippy::too_many_arguments)]
+fn scatter<O: OutElem>(
+    mags: &[f64],
+    half: usize,
+    n: usize,
+    m: usize,
+    nb: usize,
+    out: &mut [O],
+    inner: usize,
+    j0: usize,
+) {
+    for k0 in (0..m).step_by(TILE) {
+        let k1 = (k0 + TILE).min(m);
+        for b in 0..nb {
+            let src = &mags[b * half..(b + 1) * half];
+            for k in k0..k1 {
+                let sk = if k < half { k } else { n - k };
+                out[k * inner + j0 + b] = O::from_f64(src[sk]);
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -1,22 +1,19 @@
-//! Decoding one slice from the bytes of a PNG, TIFF or JPEG file.
+//! Decoding slices from the bytes of PNG, TIFF or JPEG files, straight into their place in a chunk.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageReader};
+use image::{ColorType, ImageDecoder, ImageReader};
 use ndarray::{ArrayD, IxDyn};
 
-use super::SourceError;
-use crate::array::Chunk;
+use super::{SliceInfo, SourceError, mismatch};
+use crate::array::{Chunk, DType};
 
-/// Decodes an 8- or 16-bit greyscale PNG, TIFF or JPEG into a 2-D `(height, width)` chunk of `uint8` or
-/// `uint16`. The format is recognised from the bytes, not from a file name.
-///
-/// Colour and alpha images are refused rather than converted: a silent conversion would hide a wrong source.
-///
-/// # Errors
-/// [`SourceError::Decode`] naming `index` and `location` when the bytes are not an image of a supported format,
-/// are corrupt or truncated, or hold a colour, alpha or floating-point image.
-pub fn decode_slice(bytes: &[u8], index: usize, location: &str) -> Result<Chunk, SourceError> {
+/// A decoder whose header has been read, with the slice's shape and type.
+fn open<'a>(
+    bytes: &'a [u8],
+    index: usize,
+    location: &str,
+) -> Result<(impl ImageDecoder + 'a, SliceInfo), SourceError> {
     let error = |message: String| SourceError::Decode {
         index,
         location: location.to_owned(),
@@ -32,21 +29,174 @@ pub fn decode_slice(bytes: &[u8], index: usize, location: &str) -> Result<Chunk,
             &bytes[..bytes.len().min(8)]
         )));
     }
-    let image = reader.decode().map_err(|e| error(e.to_string()))?;
-    let shape = IxDyn(&[image.height() as usize, image.width() as usize]);
-    let shape_error =
-        |e: ndarray::ShapeError| error(format!("decoded buffer does not match its size: {e}"));
-    match image {
-        DynamicImage::ImageLuma8(img) => Ok(Chunk::U8(
-            ArrayD::from_shape_vec(shape, img.into_raw()).map_err(shape_error)?,
-        )),
-        DynamicImage::ImageLuma16(img) => Ok(Chunk::U16(
-            ArrayD::from_shape_vec(shape, img.into_raw()).map_err(shape_error)?,
-        )),
-        other => Err(error(format!(
-            "colour type {:?} is not supported: slices must be 8- or 16-bit greyscale without alpha; convert the \
-             images to greyscale first (e.g. `magick in.png -colorspace Gray -alpha off out.png`)",
-            other.color()
-        ))),
+    let decoder = reader.into_decoder().map_err(|e| error(e.to_string()))?;
+    let dtype = match decoder.color_type() {
+        ColorType::L8 => DType::Uint8,
+        ColorType::L16 => DType::Uint16,
+        other => {
+            return Err(error(format!(
+                "colour type {other:?} is not supported: slices must be 8- or 16-bit greyscale without alpha; \
+                 convert the images to greyscale first (e.g. `magick in.png -colorspace Gray -alpha off out.png`)"
+            )));
+        }
+    };
+    let (width, height) = decoder.dimensions();
+    let info = SliceInfo {
+        height: height as usize,
+        width: width as usize,
+        dtype,
+    };
+    Ok((decoder, info))
+}
+
+/// Shape and type of the slice in `bytes`, from its header alone.
+///
+/// # Errors
+/// [`SourceError::Decode`] naming `index` and `location` when the bytes are not an 8- or 16-bit greyscale
+/// image of a supported format.
+pub fn probe(bytes: &[u8], index: usize, location: &str) -> Result<SliceInfo, SourceError> {
+    open(bytes, index, location).map(|(_, info)| info)
+}
+
+/// Where one slice is decoded to: its rows in the chunk being built.
+#[derive(Debug)]
+pub enum SliceBuf<'a> {
+    /// An 8-bit slice.
+    U8(&'a mut [u8]),
+    /// A 16-bit slice.
+    U16(&'a mut [u16]),
+}
+
+/// Decodes the image in `bytes` into `out`, after checking that it is `expected` (which comes from `basis`, for
+/// messages). 16-bit samples land in native byte order.
+///
+/// # Errors
+/// [`SourceError::Decode`] when the bytes are not a supported greyscale image or are corrupt or truncated;
+/// [`SourceError::Mismatch`] when the image's shape or type is not `expected`.
+pub fn decode_into(
+    bytes: &[u8],
+    index: usize,
+    location: &str,
+    expected: SliceInfo,
+    basis: &str,
+    out: SliceBuf<'_>,
+) -> Result<(), SourceError> {
+    let (decoder, found) = open(bytes, index, location)?;
+    if found != expected {
+        return Err(mismatch(index, location.to_owned(), expected, basis, &found));
+    }
+    let target: &mut [u8] = match out {
+        SliceBuf::U8(b) => b,
+        SliceBuf::U16(b) => bytemuck::cast_slice_mut(b),
+    };
+    if decoder.total_bytes() != target.len() as u64 {
+        return Err(SourceError::Decode {
+            index,
+            location: location.to_owned(),
+            message: format!(
+                "decoded size {} bytes differs from the slice's {} bytes",
+                decoder.total_bytes(),
+                target.len()
+            ),
+        });
+    }
+    decoder
+        .read_image(target)
+        .map_err(|e| SourceError::Decode {
+            index,
+            location: location.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Decodes an 8- or 16-bit greyscale PNG, TIFF or JPEG into a new 2-D `(height, width)` chunk. The format is
+/// recognised from the bytes, not from a file name. Colour and alpha images are refused rather than converted:
+/// a silent conversion would hide a wrong source.
+///
+/// # Errors
+/// [`SourceError::Decode`] naming `index` and `location` when the bytes are not an image of a supported format,
+/// are corrupt or truncated, or hold a colour, alpha or floating-point image.
+pub fn decode_slice(bytes: &[u8], index: usize, location: &str) -> Result<Chunk, SourceError> {
+    let info = probe(bytes, index, location)?;
+    let mut stack = SliceStack::new(index, index + 1, info)?;
+    decode_into(bytes, index, location, info, "itself", stack.slot(index))?;
+    let chunk = stack.finish();
+    Ok(match chunk {
+        Chunk::U8(a) => Chunk::U8(a.into_shape_with_order(IxDyn(&[info.height, info.width])).unwrap_or_default()),
+        Chunk::U16(a) => Chunk::U16(a.into_shape_with_order(IxDyn(&[info.height, info.width])).unwrap_or_default()),
+        other => other,
+    })
+}
+
+/// A `(n, height, width)` chunk being filled one slice at a time, in any order: one allocation per chunk, each
+/// slice decoded or generated straight into its place.
+#[derive(Debug)]
+pub struct SliceStack {
+    start: usize,
+    end: usize,
+    info: SliceInfo,
+    data: StackData,
+}
+
+#[derive(Debug)]
+enum StackData {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+impl SliceStack {
+    /// Room for slices `start..end` of shape and type `info`.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] when the chunk's size overflows or the type is not an integer image type.
+    pub fn new(start: usize, end: usize, info: SliceInfo) -> Result<SliceStack, SourceError> {
+        let too_big = || SourceError::Config {
+            field: "spec.source".into(),
+            message: format!(
+                "slices {start}..{end} of {}x{} do not fit in memory",
+                info.height, info.width
+            ),
+        };
+        let len = (end - start)
+            .checked_mul(info.height)
+            .and_then(|n| n.checked_mul(info.width))
+            .filter(|n| n.checked_mul(info.dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
+            .ok_or_else(too_big)?;
+        let data = match info.dtype {
+            DType::Uint8 => StackData::U8(vec![0; len]),
+            DType::Uint16 => StackData::U16(vec![0; len]),
+            other => {
+                return Err(SourceError::Config {
+                    field: "spec.source.dtype".into(),
+                    message: format!("sources give uint8 or uint16 slices, not {other}"),
+                });
+            }
+        };
+        Ok(SliceStack {
+            start,
+            end,
+            info,
+            data,
+        })
+    }
+
+    /// The rows of slice `index` (which must lie in `start..end`).
+    pub fn slot(&mut self, index: usize) -> SliceBuf<'_> {
+        let plane = self.info.height * self.info.width;
+        let k = index - self.start;
+        match &mut self.data {
+            StackData::U8(v) => SliceBuf::U8(&mut v[k * plane..(k + 1) * plane]),
+            StackData::U16(v) => SliceBuf::U16(&mut v[k * plane..(k + 1) * plane]),
+        }
+    }
+
+    /// The filled chunk.
+    pub fn finish(self) -> Chunk {
+        let shape = IxDyn(&[self.end - self.start, self.info.height, self.info.width]);
+        // The buffer holds exactly the shape's number of elements.
+        match self.data {
+            StackData::U8(v) => Chunk::U8(ArrayD::from_shape_vec(shape, v).unwrap_or_default()),
+            StackData::U16(v) => Chunk::U16(ArrayD::from_shape_vec(shape, v).unwrap_or_default()),
+        }
     }
 }

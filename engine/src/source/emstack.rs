@@ -4,7 +4,6 @@
 //! texture is (their radial weight is 0), so only the disc's bounding box is generated: about a quarter of the
 //! noise a full slice would need, with the same result.
 
-use rayon::prelude::*;
 
 /// Name of the recipe implemented here.
 pub const RECIPE: &str = "emstack-v1";
@@ -92,7 +91,7 @@ pub fn generate_slice_into(z: u64, h: usize, w: usize, seed: u64, out: &mut [u8]
         xhi,
     };
     out[ylo * w..yhi * w]
-        .par_chunks_mut(BAND_ROWS * w)
+        .chunks_mut(BAND_ROWS * w)
         .enumerate()
         .for_each(|(band, rows)| {
             geo.band(ylo + band * BAND_ROWS, rows);

@@ -2,11 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
-use super::decode::decode_slice;
+use super::decode::{SliceStack, decode_into, probe};
 use super::template::IndexTemplate;
-use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
 use crate::array::Chunk;
 use crate::spec::FilesSource;
 
@@ -124,15 +122,20 @@ impl FilesSliceSource {
         }
     }
 
-    /// Reads and decodes one slice.
-    fn load(&self, index: usize) -> Result<Chunk, SourceError> {
+    /// The bytes of slice `index`'s file, read into `buf` (reused from slice to slice).
+    fn read_file(&self, index: usize, buf: &mut Vec<u8>) -> Result<PathBuf, SourceError> {
+        use std::io::Read;
         let path = self.path(index);
-        let bytes = std::fs::read(&path).map_err(|source| SourceError::Io {
+        let io = |source| SourceError::Io {
             index,
             path: path.display().to_string(),
             source,
-        })?;
-        decode_slice(&bytes, index, &path.display().to_string())
+        };
+        buf.clear();
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(buf))
+            .map_err(io)?;
+        Ok(path)
     }
 }
 
@@ -143,34 +146,25 @@ impl SliceSource for FilesSliceSource {
 
     fn slice_info(&self) -> Result<SliceInfo, SourceError> {
         self.info.get_or_try(|| {
-            let location = self.path(0).display().to_string();
-            let slice = self.load(0)?;
-            match SliceInfo::of(&slice) {
-                Some(info) => Ok((info, location)),
-                None => Err(SourceError::Decode {
-                    index: 0,
-                    location,
-                    message: "not a 2-D image".into(),
-                }),
-            }
+            let mut bytes = Vec::new();
+            let path = self.read_file(0, &mut bytes)?;
+            let location = path.display().to_string();
+            Ok((probe(&bytes, 0, &location)?, location))
         })
     }
 
     fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
         check_range(self, start, end)?;
-        let slices = (start..end)
-            .into_par_iter()
-            .map(|i| self.load(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let info = match slices.first().and_then(SliceInfo::of) {
-            Some(first) if start == 0 => self
-                .info
-                .get_or_try(|| Ok((first, self.path(0).display().to_string())))?,
-            _ => self.slice_info()?,
-        };
-        stack(start, slices, info, self.info.declared.basis(), |i| {
-            self.path(i).display().to_string()
-        })
+        let info = self.slice_info()?;
+        let mut stack = SliceStack::new(start, end, info)?;
+        let mut bytes = Vec::new();
+        for index in start..end {
+            let path = self.read_file(index, &mut bytes)?;
+            let location = path.display().to_string();
+            let basis = self.info.declared.basis();
+            decode_into(&bytes, index, &location, info, basis, stack.slot(index))?;
+        }
+        Ok(stack.finish())
     }
 
     fn describe(&self) -> String {

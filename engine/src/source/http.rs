@@ -1,7 +1,9 @@
 //! The `http` source: one image per URL, fetched with bounded concurrency and retries.
 //!
-//! The source owns a small tokio runtime; [`SliceSource::read`] blocks on it, so it must be called from plain
-//! threads (the executor's), not from inside another tokio runtime.
+//! The source owns a one-thread tokio runtime that only moves bytes; [`SliceSource::read`] blocks on it from the
+//! calling thread (an executor thread, never one inside another tokio runtime) and decodes each slice there as
+//! soon as its body is in, so decoding counts against the executor's threads and overlaps the downloads still
+//! in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +13,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::decode::decode_slice;
+use super::decode::{SliceStack, decode_into, probe};
 use super::template::IndexTemplate;
-use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, stack};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
 use crate::array::Chunk;
 use crate::spec::HttpSource;
 
@@ -115,7 +117,7 @@ impl HttpSliceSource {
                 )
             })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("arrayjob-http")
             .enable_all()
             .build()
@@ -137,50 +139,52 @@ impl HttpSliceSource {
         self.template.render(self.start + index as u64)
     }
 
-    /// Fetches and decodes slices `start..end`, all at once within the concurrency bound; stops at the first
-    /// slice that fails for good. Each slice is decoded as soon as its bytes are in (on the source's runtime
-    /// threads), so decoding overlaps the downloads still in flight.
-    fn fetch_all(&self, start: usize, end: usize) -> Result<Vec<Chunk>, SourceError> {
-        let runtime = self
-            .runtime
+    /// The runtime, or the error of a source being dropped.
+    fn runtime(&self, index: usize) -> Result<&Runtime, SourceError> {
+        self.runtime
             .as_ref()
             .ok_or_else(|| SourceError::HttpTransport {
-                index: start,
-                url: self.url(start),
+                index,
+                url: self.url(index),
                 attempts: 0,
                 message: "the source is shutting down".into(),
-            })?;
+            })
+    }
+
+    /// Fetches slices `start..end` (all requested at once, within the concurrency bound) and hands each body to
+    /// `take(index, url, body)` on the calling thread as soon as it is in; stops at the first slice that fails
+    /// for good, or the first error of `take`.
+    fn fetch_each(
+        &self,
+        start: usize,
+        end: usize,
+        mut take: impl FnMut(usize, &str, &[u8]) -> Result<(), SourceError>,
+    ) -> Result<(), SourceError> {
+        let runtime = self.runtime(start)?;
+        let mut tasks = JoinSet::new();
+        for index in start..end {
+            let url = self.url(index);
+            let fetch = fetch(
+                self.client.clone(),
+                Arc::clone(&self.permits),
+                url.clone(),
+                index,
+                self.retries,
+            );
+            tasks.spawn_on(async move { (index, url, fetch.await) }, runtime.handle());
+        }
         runtime.block_on(async {
-            let mut tasks = JoinSet::new();
-            for index in start..end {
-                let url = self.url(index);
-                let fetch = fetch(
-                    self.client.clone(),
-                    Arc::clone(&self.permits),
-                    url.clone(),
-                    index,
-                    self.retries,
-                );
-                tasks.spawn(async move {
-                    let slice = match fetch.await {
-                        Ok(body) => decode_slice(&body, index, &url),
-                        Err(e) => Err(e),
-                    };
-                    (index, slice)
-                });
-            }
-            let mut slices: Vec<Option<Chunk>> = (start..end).map(|_| None).collect();
             while let Some(joined) = tasks.join_next().await {
-                let (index, slice) = joined.map_err(|e| SourceError::HttpTransport {
+                let (index, url, body) = joined.map_err(|e| SourceError::HttpTransport {
                     index: start,
                     url: self.url(start),
                     attempts: 0,
                     message: format!("fetch task failed: {e}"),
                 })?;
                 // Returning drops `tasks`, which aborts the fetches still running.
-                slices[index - start] = Some(slice?);
+                take(index, &url, &body?)?;
             }
-            Ok(slices.into_iter().flatten().collect())
+            Ok(())
         })
     }
 }
@@ -299,29 +303,29 @@ impl SliceSource for HttpSliceSource {
 
     fn slice_info(&self) -> Result<SliceInfo, SourceError> {
         self.info.get_or_try(|| {
-            let slices = self.fetch_all(0, 1)?;
-            let url = self.url(0);
-            match slices.first().and_then(SliceInfo::of) {
-                Some(info) => Ok((info, url)),
-                None => Err(SourceError::Decode {
-                    index: 0,
-                    location: url,
-                    message: "not a 2-D image".into(),
-                }),
-            }
+            let mut info = None;
+            self.fetch_each(0, 1, |index, url, body| {
+                info = Some((probe(body, index, url)?, url.to_owned()));
+                Ok(())
+            })?;
+            info.ok_or_else(|| SourceError::HttpTransport {
+                index: 0,
+                url: self.url(0),
+                attempts: 0,
+                message: "no answer".into(),
+            })
         })
     }
 
     fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
         check_range(self, start, end)?;
-        let slices = self.fetch_all(start, end)?;
-        let info = match slices.first().and_then(SliceInfo::of) {
-            Some(first) if start == 0 => self.info.get_or_try(|| Ok((first, self.url(0))))?,
-            _ => self.slice_info()?,
-        };
-        stack(start, slices, info, self.info.declared.basis(), |i| {
-            self.url(i)
-        })
+        let info = self.slice_info()?;
+        let basis = self.info.declared.basis();
+        let mut stack = SliceStack::new(start, end, info)?;
+        self.fetch_each(start, end, |index, url, body| {
+            decode_into(body, index, url, info, basis, stack.slot(index))
+        })?;
+        Ok(stack.finish())
     }
 
     fn describe(&self) -> String {

@@ -1,7 +1,6 @@
 //! The `synthetic` source: recipe `emstack-v1` (see [`super::emstack`]) generated in memory.
 
 use ndarray::{ArrayD, IxDyn};
-use rayon::prelude::*;
 
 use super::emstack::{self, DEFAULT_SEED, RECIPE};
 use super::{Declared, SliceInfo, SliceSource, SourceError, check_range};
@@ -86,7 +85,8 @@ impl SliceSource for SyntheticSliceSource {
         check_range(self, start, end)?;
         let plane = self.height * self.width;
         let mut data = vec![0u8; (end - start) * plane];
-        data.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+        // Generated on the calling (executor) thread: the executor's threads are the only compute threads.
+        data.chunks_mut(plane).enumerate().for_each(|(i, out)| {
             emstack::generate_slice_into(
                 (start + i) as u64,
                 self.height,
