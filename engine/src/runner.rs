@@ -272,7 +272,7 @@ pub fn run(
             });
         }
         if let (Some(f), Some(d)) = (&o.csv, &dense) {
-            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view(), &[&n.name])?;
+            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view())?;
             records.push(OutputRecord {
                 stage: n.name.clone(),
                 kind: "csv".into(),
