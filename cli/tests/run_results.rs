@@ -64,3 +64,43 @@ fn csv_of_0d_1d_and_2d_results_has_header_and_rows() {
     }
     assert_eq!(read("peak.csv"), peak);
 }
+
+/// Runs `job.yaml` of `dir` (slices `s0.png`..`s2.png` beside it, found by `source`) and returns `total.csv`.
+fn total_of_slices_beside_the_manifest(dir: &Path, source: &str) -> String {
+    std::fs::create_dir_all(dir).expect("dir");
+    stack(dir);
+    let m = write(
+        dir,
+        "job.yaml",
+        &format!(
+            "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: odd-dir}}\nspec:\n  source: {source}\n  stages:\n  - {{name: total, input: source, reduce: {{op: sum, axes: [0, 1, 2]}}, output: {{csv: total.csv}}}}\n"
+        ),
+    );
+    let out = dir.join("out");
+    let (ok, _, err) = arrayjob_text(&["run", &m, "--out", &out.display().to_string()]);
+    assert!(ok, "{}: {err}", dir.display());
+    std::fs::read_to_string(out.join("total.csv")).expect("total.csv")
+}
+
+#[test]
+fn manifest_directory_is_not_parsed_as_template_or_glob() {
+    let d = tempfile::tempdir().expect("tmp");
+    let total: f64 = (0..SLICES)
+        .flat_map(|i| {
+            (0..ROWS).flat_map(move |r| (0..COLS).map(move |c| f64::from(pixel(i, r, c))))
+        })
+        .sum();
+    let expected = format!("value\n{total:?}\n");
+    for (dir, source) in [
+        ("run%d", "{files: {pattern: \"s%d.png\", stop: 3}}"),
+        (
+            "data{index}",
+            "{files: {pattern: \"s{index}.png\", stop: 3}}",
+        ),
+        ("data[1]", "{files: {glob: \"s*.png\"}}"),
+        ("run%d-glob", "{files: {glob: \"s?.png\"}}"),
+    ] {
+        let got = total_of_slices_beside_the_manifest(&d.path().join(dir), source);
+        assert_eq!(got, expected, "{dir}");
+    }
+}
