@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::runner::RunError;
+use crate::runner::{RunError, io_err};
 
 /// Lock file of the run that uses an output directory.
 pub const LOCK_FILE: &str = ".arrayjob.lock";
@@ -25,13 +25,6 @@ pub const BACKUP_DIR: &str = ".arrayjob-backup";
 /// The run's summary, written last: its presence marks a committed run.
 pub const SUMMARY: &str = "summary.json";
 const JOURNAL: &str = "journal.json";
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::OutDir {
-        path: path.display().to_string(),
-        source,
-    }
-}
 
 /// The exclusive lock on an output directory: the file `.arrayjob.lock` with an OS advisory lock on it, so a
 /// killed holder (SIGKILL, OOM) releases it with its process. Dropping it removes the file and unlocks.

@@ -61,12 +61,13 @@ pub enum RunError {
         rollback: String,
     },
     /// The output location could not be prepared.
-    #[error("output directory {path}: {source}")]
+    // The I/O error is in the message, not a `source`, so `{:#}` chains do not print it twice.
+    #[error("output directory {path}: {error}")]
     OutDir {
         /// Directory.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -200,10 +201,10 @@ impl ChunkSink for Sinks {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::OutDir {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |error| RunError::OutDir {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
