@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use arrayjob_engine::exec::JobProgress;
+use arrayjob_engine::exec::{ExecError, JobProgress};
 use arrayjob_engine::runner::{self, RunOptions};
 use arrayjob_engine::spec::ArrayJobManifest;
 use arrayjob_engine::validate;
@@ -160,10 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or_else(default_memory_budget, |b| b.as_u64() as usize),
             };
             let progress = JobProgress::new(&job.plan);
-            // Ctrl-C stops the run cleanly: workers stop, the staging directory is removed, old outputs stay.
+            // Ctrl-C and SIGTERM (what Kubernetes sends a pod) stop the run cleanly: workers stop, the staging
+            // directory is removed, old outputs stay.
             let cancel: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
             ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::Relaxed))
-                .context("cannot install the Ctrl-C handler")?;
+                .context("cannot install the Ctrl-C/SIGTERM handler")?;
             let bars = (!quiet).then(|| report::Bars::new(&progress));
             let done = AtomicBool::new(false);
             let result = std::thread::scope(|s| {
@@ -182,7 +183,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(b) = &bars {
                 b.finish(&progress, result.is_ok());
             }
-            let summary = result?;
+            let summary = match result {
+                Err(runner::RunError::Exec(ExecError::Cancelled)) => anyhow::bail!(
+                    "interrupted (Ctrl-C or SIGTERM): run cancelled, the outputs in {}/ are as they were",
+                    out.display()
+                ),
+                r => r?,
+            };
             print!("{}", report::summary_table(&summary));
             println!("outputs in {}/", out.display());
             Ok(())

@@ -127,7 +127,7 @@ fn empty_range_is_refused() {
     fails_with(
         d.path(),
         &t,
-        &["spec.source.files: empty index range: start 5 >= stop 5"],
+        &["spec.source.files.stop: empty range [5, 5): stop must be greater than start"],
     );
 }
 
@@ -355,4 +355,113 @@ fn examples_validate_and_janelia_plans_offline() {
     );
     assert!(out.contains("bytes moved by rechunks: 10000.0 MB"), "{out}");
     assert!(out.contains("power") && out.contains("10000"), "{out}");
+}
+
+#[test]
+fn overlapping_and_reserved_output_paths_are_refused() {
+    let d = tempfile::tempdir().expect("tmp");
+    let stages = "  - {name: a, input: source, rechunk: {chunks: [2, 8, 8]}, output: {zarr: a.zarr}}\n  - {name: b, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: a.zarr/b.csv}}\n  - {name: c, input: source, reduce: {op: sum, axes: [0, 1, 2]}, output: {csv: .arrayjob-backup}}\n";
+    let t = manifest("{synthetic: {slices: 4, height: 8, width: 8}}", stages);
+    fails_with(
+        d.path(),
+        &t,
+        &[
+            "2 problem(s)",
+            "spec.stages[1].output.csv: 'a.zarr/b.csv' lies inside 'a.zarr', written by spec.stages[0].output.zarr",
+            "spec.stages[2].output.csv: '.arrayjob-backup' is reserved",
+        ],
+    );
+}
+
+/// The problem lines (`  field: message`) of a failed command's stderr.
+fn problem_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("  spec."))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bad_templates_get_the_same_message_from_validate_and_run() {
+    let d = tempfile::tempdir().expect("tmp");
+    for (source, expected) in [
+        (
+            "{files: {pattern: \"slices.png\", stop: 3}}",
+            "  spec.source.files.pattern: template \"slices.png\" has no index placeholder: put {index}, {index:05}, %d or %05d where the slice index goes",
+        ),
+        (
+            "{http: {urlTemplate: \"http://127.0.0.1:9/{index:5}.png\", stop: 3}}",
+            "  spec.source.http.urlTemplate: bad placeholder {index:5} in \"http://127.0.0.1:9/{index:5}.png\": use {index} or a zero-padded width such as {index:05}",
+        ),
+        (
+            "{http: {urlTemplate: \"http://127.0.0.1:9/s%d.png\", stop: 3}}",
+            "  spec.source.http.urlTemplate: template \"http://127.0.0.1:9/s%d.png\" has no index placeholder: put {index} or {index:05} where the slice index goes",
+        ),
+    ] {
+        let m = write(d.path(), "job.yaml", &manifest(source, MEAN_XY));
+        let (ok, _, validate_err) = arrayjob_text(&["validate", &m]);
+        assert!(!ok, "validate accepted {source}");
+        assert_eq!(problem_lines(&validate_err), vec![expected.to_string()]);
+        let (ok, run_err) = run(d.path(), &manifest(source, MEAN_XY));
+        assert!(!ok, "run accepted {source}");
+        assert_eq!(problem_lines(&run_err), vec![expected.to_string()]);
+    }
+}
+
+#[test]
+fn huge_values_are_refused_before_anything_runs() {
+    let d = tempfile::tempdir().expect("tmp");
+    for (source, expected) in [
+        (
+            "{http: {urlTemplate: \"http://127.0.0.1:9/{index}\", stop: 3, concurrency: 4611686018427387904}}",
+            "spec.source.http.concurrency: 4611686018427387904 requests in flight is more than the limit of 1024",
+        ),
+        (
+            "{http: {urlTemplate: \"http://127.0.0.1:9/{index}\", stop: 1000000000000}}",
+            "spec.source.http.stop: 1000000000000 slices is more than the limit of 10000000",
+        ),
+        (
+            "{synthetic: {slices: 1000000000000, height: 8, width: 8}}",
+            "spec.source.synthetic.slices: 1000000000000 slices is more than the limit of 10000000",
+        ),
+        (
+            "{synthetic: {slices: 4, height: 4294967296, width: 4294967296}}",
+            "spec.source.synthetic.height: 4294967296 pixels is more than the limit of 65536",
+        ),
+        (
+            "{synthetic: {slices: 4, height: 8, width: 8}, slicesPerChunk: 18446744073709551615}",
+            "spec.source.slicesPerChunk: 18446744073709551615 slices is more than the limit of 10000000",
+        ),
+    ] {
+        fails_with(d.path(), &manifest(source, MEAN_XY), &[expected]);
+    }
+}
+
+#[test]
+fn http_body_larger_than_the_limit_names_url_and_limit() {
+    let d = tempfile::tempdir().expect("tmp");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2147483648\r\nConnection: close\r\n\r\n\x89PNG",
+            );
+        }
+    });
+    let t = manifest(
+        &format!("{{http: {{urlTemplate: \"{base}/s{{index}}.png\", stop: 3}}}}"),
+        MEAN_XY,
+    );
+    fails_with(
+        d.path(),
+        &t,
+        &[&format!(
+            "slice 0: GET {base}/s0.png failed after 1 attempt(s): response body of 2147483648 bytes (Content-Length) exceeds the limit of 1073741824 bytes per slice"
+        )],
+    );
 }

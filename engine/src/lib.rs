@@ -4,6 +4,7 @@
 pub mod array;
 pub mod exec;
 pub mod kernels;
+pub mod outdir;
 pub mod output;
 pub mod plan;
 pub mod runner;

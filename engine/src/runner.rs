@@ -1,8 +1,9 @@
 //! The local runner: manifest -> source -> plan -> execution -> output files, all or nothing.
 //!
 //! Outputs are written into a staging directory inside the output location and moved into place only when
-//! the whole run succeeded, `summary.json` last. A failed or interrupted run leaves the previous outputs (if
-//! any) untouched and no half-written file under a final name.
+//! the whole run succeeded, replacing the previous run's outputs as a whole, `summary.json` last (see
+//! [`crate::outdir`]). A failed or interrupted run leaves the previous outputs (if any) untouched and no
+//! half-written file under a final name.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -10,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::array::Chunk;
 use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, execute};
+use crate::outdir;
 use crate::output::OutputError;
 use crate::output::plot::PlotSpec;
 use crate::output::zarr::{ZarrOptions, ZarrWriter};
@@ -33,13 +35,39 @@ pub enum RunError {
     /// An output file could not be written or moved into place.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Another run is using the output directory.
+    #[error(
+        "output directory {dir} is in use by another arrayjob run ({holder} holds {dir}/{lock}); wait for it to \
+         finish or choose another --out",
+        lock = crate::outdir::LOCK_FILE
+    )]
+    Busy {
+        /// Directory.
+        dir: String,
+        /// What the lock file says of its holder (`pid N`).
+        holder: String,
+    },
+    /// Moving the outputs into place failed, and so did putting the previous ones back.
+    #[error(
+        "output directory {dir}: moving the outputs into place failed ({error}), and restoring the previous \
+         outputs failed too ({rollback}); the next run into it retries restoring them"
+    )]
+    Rollback {
+        /// Directory.
+        dir: String,
+        /// Why the commit failed.
+        error: String,
+        /// Why the rollback failed.
+        rollback: String,
+    },
     /// The output location could not be prepared.
-    #[error("output directory {path}: {source}")]
+    // The I/O error is in the message, not a `source`, so `{:#}` chains do not print it twice.
+    #[error("output directory {path}: {error}")]
     OutDir {
         /// Directory.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -179,18 +207,20 @@ impl ChunkSink for Sinks {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::OutDir {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |error| RunError::OutDir {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
-/// Runs a prepared job: executes the plan, writes every output into a staging directory and moves them into
-/// `opts.out_dir` when everything succeeded, then writes `summary.json`.
+/// Runs a prepared job: locks `opts.out_dir` (removing what killed runs left there), executes the plan, writes
+/// every output into a staging directory and, when everything succeeded, replaces the previous outputs with
+/// them as a whole, `summary.json` last ([`outdir::commit`]).
 ///
 /// # Errors
-/// The first failure; the staging directory is removed and nothing under `out_dir` is replaced.
+/// The first failure ([`RunError::Busy`] at once when another run holds the directory); the staging directory
+/// is removed and the previous outputs are kept.
 pub fn run(
     job: &Prepared,
     opts: &RunOptions,
@@ -199,8 +229,10 @@ pub fn run(
 ) -> Result<RunSummary, RunError> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+    let lock = outdir::OutDirLock::acquire(&opts.out_dir)?;
+    outdir::clean(&opts.out_dir, &lock)?;
     let staging = tempfile::Builder::new()
-        .prefix(".arrayjob-staging-")
+        .prefix(outdir::STAGING_PREFIX)
         .tempdir_in(&opts.out_dir)
         .map_err(io_err(&opts.out_dir))?;
     let plan = &job.plan;
@@ -282,7 +314,7 @@ pub fn run(
             });
         }
         if let (Some(f), Some(d)) = (&o.csv, &dense) {
-            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view(), &[&n.name])?;
+            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view())?;
             records.push(OutputRecord {
                 stage: n.name.clone(),
                 kind: "csv".into(),
@@ -325,25 +357,6 @@ pub fn run(
             });
         }
     }
-    // Everything is written: move outputs into place, then the summary. The old summary goes first, so a
-    // directory with a summary.json always holds one complete run.
-    let dst = opts.out_dir.join("summary.json");
-    if dst.exists() {
-        std::fs::remove_file(&dst).map_err(io_err(&dst))?;
-    }
-    for r in &records {
-        let from = staging.path().join(&r.path);
-        let to = opts.out_dir.join(&r.path);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        if to.is_dir() {
-            std::fs::remove_dir_all(&to).map_err(io_err(&to))?;
-        } else if to.exists() {
-            std::fs::remove_file(&to).map_err(io_err(&to))?;
-        }
-        std::fs::rename(&from, &to).map_err(io_err(&to))?;
-    }
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
         seconds: started.elapsed().as_secs_f64(),
@@ -354,11 +367,13 @@ pub fn run(
         stages: progress.snapshot(),
         outputs: records,
     };
-    let tmp = staging.path().join("summary.json");
+    let tmp = staging.path().join(outdir::SUMMARY);
     let text = serde_json::to_string_pretty(&summary)
         .map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
+    outdir::commit(&opts.out_dir, staging.path(), &paths)?;
+    // `staging` is dropped (removed) before `lock`, which was made first: no run sees a staging dir of ours.
     Ok(summary)
 }
 

@@ -18,6 +18,7 @@ pub mod decode;
 pub mod emstack;
 pub mod files;
 pub mod http;
+pub mod limits;
 pub mod synthetic;
 pub mod template;
 
@@ -246,7 +247,11 @@ impl Declared {
     pub fn from_spec(spec: &SourceSpec) -> Result<Declared, SourceError> {
         let shape = match spec.slice_shape.as_deref() {
             None => None,
-            Some(&[h, w]) if h > 0 && w > 0 => Some((h, w)),
+            Some(&[h, w]) if h > 0 && w > 0 => {
+                limits::slice_side("spec.source.sliceShape[0]", h)?;
+                limits::slice_side("spec.source.sliceShape[1]", w)?;
+                Some((h, w))
+            }
             Some(other) => {
                 return Err(SourceError::Config {
                     field: "spec.source.sliceShape".into(),

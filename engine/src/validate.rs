@@ -4,13 +4,15 @@
 //! the spec alone: where a slice's size is not known without reading data, the checks that need it are left
 //! to the planner, which runs once the first slice has been read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use crate::array::DType;
+use crate::source::http::DEFAULT_CONCURRENCY;
+use crate::source::{IndexTemplate, SourceError, limits};
 use crate::spec::{
-    API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, KIND, OutputSpec, ReduceKind,
-    SOURCE_INPUT, StageOp, StageSpec, ZSTD_LEVELS,
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, FilesSource, HttpSource, KIND,
+    OutputSpec, ReduceKind, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource, ZSTD_LEVELS,
 };
 
 /// Default slices per source chunk.
@@ -135,7 +137,7 @@ pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     if let Some(s) = source {
         shapes.insert(SOURCE_INPUT, s);
     }
-    let mut outputs_seen: HashMap<String, String> = HashMap::new();
+    let mut outputs_seen: BTreeMap<String, String> = BTreeMap::new();
     if let Some(order) = &order {
         for &i in order {
             let st = &spec.stages[i];
@@ -174,12 +176,10 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
         return None;
     }
     let per_chunk = s.slices_per_chunk.unwrap_or(DEFAULT_SLICES_PER_CHUNK);
-    if per_chunk == 0 {
-        p.push(Problem {
-            path: "spec.source.slicesPerChunk".into(),
-            message: "must be at least 1".into(),
-        });
-    }
+    check(
+        p,
+        limits::slices("spec.source.slicesPerChunk", per_chunk as u64),
+    );
     let mut hw: [Option<usize>; 2] = [None, None];
     let mut dtype = s.dtype;
     if let Some(shape) = &s.slice_shape {
@@ -189,7 +189,11 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
                 message: format!("expected [rows, cols] of positive lengths, found {shape:?}"),
             });
         } else {
-            hw = [Some(shape[0]), Some(shape[1])];
+            let rows = check(p, limits::slice_side("spec.source.sliceShape[0]", shape[0]));
+            let cols = check(p, limits::slice_side("spec.source.sliceShape[1]", shape[1]));
+            if rows.and(cols).is_some() {
+                hw = [Some(shape[0]), Some(shape[1])];
+            }
         }
     }
     if let Some(d) = s.dtype
@@ -200,120 +204,15 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
             message: format!("images are uint8 or uint16, found {d}"),
         });
     }
-    let n: Option<usize> = if let Some(syn) = &s.synthetic {
-        for (name, v) in [("height", syn.height), ("width", syn.width)] {
-            if v == 0 || v % 4 != 0 {
-                p.push(Problem {
-                    path: format!("spec.source.synthetic.{name}"),
-                    message: format!(
-                        "must be a positive multiple of 4 (recipe emstack-v1), found {v}"
-                    ),
-                });
-            }
-        }
-        if syn.slices == 0 {
-            p.push(Problem {
-                path: "spec.source.synthetic.slices".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        if let [Some(h), Some(w)] = hw
-            && (h, w) != (syn.height, syn.width)
-        {
-            p.push(Problem {
-                path: "spec.source.sliceShape".into(),
-                message: format!(
-                    "[{h}, {w}] contradicts synthetic height/width [{}, {}]",
-                    syn.height, syn.width
-                ),
-            });
-        }
-        if dtype.is_some_and(|d| d != DType::Uint8) {
-            p.push(Problem {
-                path: "spec.source.dtype".into(),
-                message: "synthetic slices are uint8".into(),
-            });
-        }
+    let n = if let Some(syn) = &s.synthetic {
+        let n = synthetic_shape(syn, hw, dtype, p);
         hw = [Some(syn.height), Some(syn.width)];
         dtype = Some(DType::Uint8);
-        Some(syn.slices)
+        n
     } else if let Some(f) = &s.files {
-        match (&f.pattern, &f.glob) {
-            (Some(_), None) => {
-                let start = f.start.unwrap_or(0);
-                match f.stop {
-                    None => {
-                        p.push(Problem {
-                            path: "spec.source.files.stop".into(),
-                            message: "required with 'pattern' (last index, exclusive)".into(),
-                        });
-                        None
-                    }
-                    Some(stop) if stop <= start => {
-                        p.push(Problem {
-                            path: "spec.source.files".into(),
-                            message: format!("empty index range: start {start} >= stop {stop}"),
-                        });
-                        None
-                    }
-                    Some(stop) => usize::try_from(stop - start).ok(),
-                }
-            }
-            (None, Some(_)) => {
-                if f.start.is_some() || f.stop.is_some() {
-                    p.push(Problem {
-                        path: "spec.source.files".into(),
-                        message: "'start'/'stop' go with 'pattern', not with 'glob'".into(),
-                    });
-                }
-                None
-            }
-            _ => {
-                p.push(Problem {
-                    path: "spec.source.files".into(),
-                    message: "exactly one of 'pattern' or 'glob' must be set".into(),
-                });
-                None
-            }
-        }
+        files_len(f, p)
     } else if let Some(h) = &s.http {
-        let start = h.start.unwrap_or(0);
-        if h.concurrency == Some(0) {
-            p.push(Problem {
-                path: "spec.source.http.concurrency".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        if h.timeout_seconds == Some(0) {
-            p.push(Problem {
-                path: "spec.source.http.timeoutSeconds".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        if !(h.url_template.starts_with("http://") || h.url_template.starts_with("https://")) {
-            p.push(Problem {
-                path: "spec.source.http.urlTemplate".into(),
-                message: format!(
-                    "expected an http:// or https:// URL, found '{}'",
-                    h.url_template
-                ),
-            });
-        }
-        if !h.url_template.contains("{index") {
-            p.push(Problem {
-                path: "spec.source.http.urlTemplate".into(),
-                message: "must contain the slice index as {index} or {index:05}".into(),
-            });
-        }
-        if h.stop <= start {
-            p.push(Problem {
-                path: "spec.source.http".into(),
-                message: format!("empty index range: start {start} >= stop {}", h.stop),
-            });
-            None
-        } else {
-            usize::try_from(h.stop - start).ok()
-        }
+        http_len(h, p)
     } else {
         None
     };
@@ -323,6 +222,126 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
         whole: vec![whole0, true, true],
         dtype,
     })
+}
+
+/// Records the problem of a failed source check (which names its field); the value when it passed.
+fn check<T>(p: &mut Vec<Problem>, r: Result<T, SourceError>) -> Option<T> {
+    r.map_err(|e| {
+        p.push(match e {
+            SourceError::Config { field, message } => Problem {
+                path: field,
+                message,
+            },
+            other => Problem {
+                path: "spec.source".into(),
+                message: other.to_string(),
+            },
+        })
+    })
+    .ok()
+}
+
+/// Checks a synthetic source against the declared slice shape/type; its number of slices when valid.
+fn synthetic_shape(
+    syn: &SyntheticSource,
+    hw: [Option<usize>; 2],
+    dtype: Option<DType>,
+    p: &mut Vec<Problem>,
+) -> Option<usize> {
+    for (name, v) in [("height", syn.height), ("width", syn.width)] {
+        let field = format!("spec.source.synthetic.{name}");
+        if v == 0 || v % 4 != 0 {
+            p.push(Problem {
+                path: field,
+                message: format!("must be a positive multiple of 4 (recipe emstack-v1), found {v}"),
+            });
+        } else {
+            check(p, limits::slice_side(&field, v));
+        }
+    }
+    if let [Some(h), Some(w)] = hw
+        && (h, w) != (syn.height, syn.width)
+    {
+        p.push(Problem {
+            path: "spec.source.sliceShape".into(),
+            message: format!(
+                "[{h}, {w}] contradicts synthetic height/width [{}, {}]",
+                syn.height, syn.width
+            ),
+        });
+    }
+    if dtype.is_some_and(|d| d != DType::Uint8) {
+        p.push(Problem {
+            path: "spec.source.dtype".into(),
+            message: "synthetic slices are uint8".into(),
+        });
+    }
+    check(
+        p,
+        limits::slices("spec.source.synthetic.slices", syn.slices as u64),
+    )
+}
+
+/// Checks a files source; its number of slices when known without listing files (a pattern).
+fn files_len(f: &FilesSource, p: &mut Vec<Problem>) -> Option<usize> {
+    match (&f.pattern, &f.glob) {
+        (Some(pattern), None) => {
+            check(
+                p,
+                IndexTemplate::parse(pattern, "spec.source.files.pattern"),
+            );
+            let Some(stop) = f.stop else {
+                p.push(Problem {
+                    path: "spec.source.files.stop".into(),
+                    message: "required with 'pattern' (last index, exclusive)".into(),
+                });
+                return None;
+            };
+            check(
+                p,
+                limits::slice_count("spec.source.files", f.start.unwrap_or(0), stop),
+            )
+        }
+        (None, Some(_)) => {
+            if f.start.is_some() || f.stop.is_some() {
+                p.push(Problem {
+                    path: "spec.source.files".into(),
+                    message: "'start'/'stop' go with 'pattern', not with 'glob'".into(),
+                });
+            }
+            None
+        }
+        _ => {
+            p.push(Problem {
+                path: "spec.source.files".into(),
+                message: "exactly one of 'pattern' or 'glob' must be set".into(),
+            });
+            None
+        }
+    }
+}
+
+/// Checks an http source; its number of slices.
+fn http_len(h: &HttpSource, p: &mut Vec<Problem>) -> Option<usize> {
+    let start = h.start.unwrap_or(0);
+    check(
+        p,
+        limits::concurrency(
+            "spec.source.http.concurrency",
+            h.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        ),
+    );
+    if h.timeout_seconds == Some(0) {
+        p.push(Problem {
+            path: "spec.source.http.timeoutSeconds".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    check(
+        p,
+        IndexTemplate::parse_url(&h.url_template, "spec.source.http.urlTemplate", start),
+    );
+    check(p, limits::slice_count("spec.source.http", start, h.stop))
 }
 
 /// Checks names and inputs, and orders the stages topologically (inputs first); `None` if that is impossible.
@@ -633,7 +652,7 @@ fn check_output(
     at: &str,
     stage: &str,
     shape: &ShapeInfo,
-    seen: &mut HashMap<String, String>,
+    seen: &mut BTreeMap<String, String>,
     p: &mut Vec<Problem>,
 ) {
     let nd = shape.ndim();
@@ -714,23 +733,52 @@ fn check_output(
         }
     }
     for (path, f) in files {
-        let bad = f.is_empty()
-            || f.starts_with('/')
-            || f.split('/').any(|c| c == ".." || c == "." || c.is_empty())
-            || f == "summary.json";
-        if bad {
-            p.push(Problem {
-                path,
-                message: format!("'{f}' must be a relative path inside the output location (no '..', not summary.json)"),
-            });
-        } else if let Some(prev) = seen.get(f) {
-            p.push(Problem {
-                path,
-                message: format!("'{f}' is already written by {prev}"),
-            });
-        } else {
-            seen.insert(f.to_string(), path);
+        if let Some(message) = output_path_problem(f) {
+            p.push(Problem { path, message });
+            continue;
         }
+        let clash = seen.iter().find_map(|(other, by)| {
+            let inside = |a: &str, b: &str| a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+            if other == f {
+                Some(format!("'{f}' is already written by {by}"))
+            } else if inside(f, other) {
+                Some(format!("'{f}' lies inside '{other}', written by {by}"))
+            } else if inside(other, f) {
+                Some(format!("'{f}' contains '{other}', written by {by}"))
+            } else {
+                None
+            }
+        });
+        match clash {
+            Some(message) => p.push(Problem { path, message }),
+            None => {
+                seen.insert(f.to_string(), path);
+            }
+        }
+    }
+}
+
+/// Prefix of the runner's own entries in an output directory (lock file, staging and backup directories).
+pub const INTERNAL_PREFIX: &str = ".arrayjob";
+
+/// Why `f` cannot be an output path, if it cannot: it must be a plain relative path inside the output
+/// directory that does not collide with `summary.json` or the runner's `.arrayjob*` entries.
+pub(crate) fn output_path_problem(f: &str) -> Option<String> {
+    let relative = !f.is_empty()
+        && !f.starts_with('/')
+        && !f.split('/').any(|c| c == ".." || c == "." || c.is_empty());
+    let first = f.split('/').next().unwrap_or_default();
+    if !relative {
+        Some(format!(
+            "'{f}' must be a relative path inside the output directory (no leading '/', no '.' or '..' \
+             components, no empty component)"
+        ))
+    } else if first == "summary.json" || first.starts_with(INTERNAL_PREFIX) {
+        Some(format!(
+            "'{f}' is reserved: summary.json and names starting with '{INTERNAL_PREFIX}' belong to the runner"
+        ))
+    } else {
+        None
     }
 }
 
@@ -835,6 +883,119 @@ spec:
         assert!(
             e.to_string().contains("unknown field `slicesPerChunks`"),
             "{e}"
+        );
+    }
+    /// A job over a synthetic source with these stage lines.
+    fn with_stages(stages: &str) -> String {
+        format!(
+            "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  source: {{synthetic: \
+             {{slices: 4, height: 8, width: 8}}}}\n  stages:\n{stages}"
+        )
+    }
+
+    #[test]
+    fn overlapping_and_reserved_output_paths_are_refused() {
+        let y = with_stages(
+            "  - {name: a, input: source, rechunk: {chunks: [1, 8, 8]}, output: {zarr: a.zarr}}\n  \
+             - {name: b, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: a.zarr/x.csv, plot: {file: \
+             sub/p.png}}}\n  - {name: c, input: source, reduce: {op: mean, axes: [0]}, output: {image: sub, csv: \
+             a.zarr}}\n",
+        );
+        assert_eq!(
+            problems(&y),
+            vec![
+                "spec.stages[1].output.csv: 'a.zarr/x.csv' lies inside 'a.zarr', written by spec.stages[0].output.zarr",
+                "spec.stages[2].output.image: 'sub' contains 'sub/p.png', written by spec.stages[1].output.plot.file",
+                "spec.stages[2].output.csv: 'a.zarr' is already written by spec.stages[0].output.zarr",
+            ]
+        );
+        for (bad, why) in [
+            ("summary.json", "is reserved"),
+            (".arrayjob.lock", "is reserved"),
+            (".arrayjob-backup/x.csv", "is reserved"),
+            ("/tmp/x.csv", "must be a relative path"),
+            ("a/../x.csv", "must be a relative path"),
+            ("./x.csv", "must be a relative path"),
+        ] {
+            let y = with_stages(&format!(
+                "  - {{name: a, input: source, reduce: {{op: sum, axes: [0, 1, 2]}}, output: {{csv: \"{bad}\"}}}}\n"
+            ));
+            let p = problems(&y);
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(
+                p[0].starts_with(&format!("spec.stages[0].output.csv: '{bad}' {why}")),
+                "{bad}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn templates_are_checked_like_the_sources_do() {
+        let files = |pattern: &str| {
+            with_stages("  - {name: a, input: source, reduce: {op: sum, axes: [0]}}\n").replace(
+                "synthetic: {slices: 4, height: 8, width: 8}",
+                &format!("files: {{pattern: \"{pattern}\", stop: 3}}"),
+            )
+        };
+        assert_eq!(
+            problems(&files("slices/a.png")),
+            vec![
+                "spec.source.files.pattern: template \"slices/a.png\" has no index placeholder: put {index}, \
+                 {index:05}, %d or %05d where the slice index goes"
+            ]
+        );
+        assert!(problems(&files("s%03d.png")).is_empty());
+        let http = |url: &str| {
+            with_stages("  - {name: a, input: source, reduce: {op: sum, axes: [0]}}\n").replace(
+                "synthetic: {slices: 4, height: 8, width: 8}",
+                &format!("http: {{urlTemplate: \"{url}\", stop: 3}}"),
+            )
+        };
+        for url in [
+            "http://h/{index:5}.png",
+            "http://h/s%d.png",
+            "ftp://h/{index}",
+        ] {
+            let expected = IndexTemplate::parse_url(url, "spec.source.http.urlTemplate", 0)
+                .expect_err(url)
+                .to_string();
+            assert_eq!(problems(&http(url)), vec![expected]);
+        }
+    }
+
+    #[test]
+    fn huge_values_are_refused_with_their_field() {
+        let source = |src: &str| {
+            problems(
+                &with_stages("  - {name: a, input: source, reduce: {op: sum, axes: [0]}}\n")
+                    .replace("synthetic: {slices: 4, height: 8, width: 8}", src),
+            )
+        };
+        assert_eq!(
+            source("synthetic: {slices: 4, height: 1099511627776, width: 1099511627776}"),
+            vec![
+                "spec.source.synthetic.height: 1099511627776 pixels is more than the limit of 65536",
+                "spec.source.synthetic.width: 1099511627776 pixels is more than the limit of 65536",
+            ]
+        );
+        assert_eq!(
+            source("synthetic: {slices: 1000000000000, height: 8, width: 8}"),
+            vec![
+                "spec.source.synthetic.slices: 1000000000000 slices is more than the limit of 10000000"
+            ]
+        );
+        assert_eq!(
+            source(
+                "http: {urlTemplate: \"http://h/{index}\", stop: 1000000000000, concurrency: 4611686018427387904}"
+            ),
+            vec![
+                "spec.source.http.concurrency: 4611686018427387904 requests in flight is more than the limit of 1024",
+                "spec.source.http.stop: 1000000000000 slices is more than the limit of 10000000",
+            ]
+        );
+        assert_eq!(
+            source("files: {pattern: \"s{index}.png\", start: 5, stop: 5}"),
+            vec!["spec.source.files.stop: empty range [5, 5): stop must be greater than start"]
         );
     }
 }

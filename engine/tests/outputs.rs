@@ -53,11 +53,11 @@ fn constant_image_is_black_and_empty_image_is_refused() {
 }
 
 #[test]
-fn csv_1d_and_2d_exact_text() {
+fn csv_0d_1d_and_2d_exact_text() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = tmp.path().join("brightness.csv");
     let v = Array1::from(vec![0.1, 2.0, -3.5e-7, 1e300, f64::NAN, 1.0 / 3.0]);
-    write_csv(&p, v.view().into_dyn(), &["index", "value"]).expect("write");
+    write_csv(&p, v.view().into_dyn()).expect("write");
     let text = std::fs::read_to_string(&p).expect("read");
     assert_eq!(
         text,
@@ -73,13 +73,19 @@ fn csv_1d_and_2d_exact_text() {
     assert_eq!(back, 1.0 / 3.0);
 
     let m = arr2(&[[1.5, 2.0, 0.25], [-4.0, 0.0, 7.125]]);
-    write_csv(&p, m.view().into_dyn(), &[]).expect("write");
+    write_csv(&p, m.view().into_dyn()).expect("write");
     assert_eq!(
         std::fs::read_to_string(&p).expect("read"),
-        "1.5,2.0,0.25\n-4.0,0.0,7.125\n"
+        "row,c0,c1,c2\n0,1.5,2.0,0.25\n1,-4.0,0.0,7.125\n"
     );
 
-    let e = write_csv(&p, Array3::<f64>::zeros((1, 1, 1)).view().into_dyn(), &[]).expect_err("3-d");
+    write_csv(&p, ndarray::arr0(-0.125).view().into_dyn()).expect("write 0-d");
+    assert_eq!(
+        std::fs::read_to_string(&p).expect("read"),
+        "value\n-0.125\n"
+    );
+
+    let e = write_csv(&p, Array3::<f64>::zeros((1, 1, 1)).view().into_dyn()).expect_err("3-d");
     assert!(
         matches!(e, OutputError::Invalid { name: "data", .. }),
         "{e}"

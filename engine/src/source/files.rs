@@ -4,15 +4,20 @@ use std::path::{Path, PathBuf};
 
 use super::decode::{SliceStack, decode_into, probe};
 use super::template::IndexTemplate;
-use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
 use crate::spec::FilesSource;
 
 /// How the files of a [`FilesSliceSource`] are named.
 #[derive(Debug, Clone)]
 enum Naming {
-    /// `template` rendered for indices `start..start + len`.
-    Pattern { template: IndexTemplate, start: u64 },
+    /// `template` rendered for indices `start..start + len`, relative to `dir` (which is not parsed, so it may
+    /// hold `{`, `%` or `[`).
+    Pattern {
+        dir: PathBuf,
+        template: IndexTemplate,
+        start: u64,
+    },
     /// These files, sorted by name.
     Glob { glob: String, paths: Vec<PathBuf> },
 }
@@ -30,8 +35,9 @@ impl FilesSliceSource {
     /// `base_dir`. A glob is expanded here, once. `declared` is what the spec says every slice is.
     ///
     /// # Errors
-    /// [`SourceError::Config`] when not exactly one of `pattern` or `glob` is set, the pattern has no index
-    /// placeholder or an empty range, or the glob is invalid or matches no file.
+    /// [`SourceError::Config`] when not exactly one of `pattern` or `glob` is set, the pattern is not a valid
+    /// template (only the pattern is parsed, not the directory it is taken from) or its range is empty or too
+    /// long, or the glob is invalid or matches no file.
     pub fn new(
         spec: &FilesSource,
         base_dir: &Path,
@@ -47,24 +53,20 @@ impl FilesSliceSource {
         };
         let (naming, len) = match (&spec.pattern, &spec.glob) {
             (Some(pattern), None) => {
-                let full = dir.join(pattern);
-                let text = full
-                    .to_str()
-                    .ok_or_else(|| config(".pattern", format!("{full:?} is not valid UTF-8")))?;
-                let template = IndexTemplate::parse(text, "spec.source.files.pattern")?;
+                let template = IndexTemplate::parse(pattern, "spec.source.files.pattern")?;
                 let start = spec.start.unwrap_or(0);
                 let stop = spec
                     .stop
                     .ok_or_else(|| config(".stop", "is required with pattern".into()))?;
-                if start >= stop {
-                    return Err(config(
-                        ".stop",
-                        format!("empty range [{start}, {stop}): stop must be greater than start"),
-                    ));
-                }
-                let len = usize::try_from(stop - start)
-                    .map_err(|_| config(".stop", format!("range [{start}, {stop}) is too long")))?;
-                (Naming::Pattern { template, start }, len)
+                let len = limits::slice_count("spec.source.files", start, stop)?;
+                (
+                    Naming::Pattern {
+                        dir,
+                        template,
+                        start,
+                    },
+                    len,
+                )
             }
             (None, Some(glob)) => {
                 if spec.start.is_some() || spec.stop.is_some() {
@@ -73,10 +75,9 @@ impl FilesSliceSource {
                         "start/stop go with pattern, not with glob".into(),
                     ));
                 }
-                let full = dir.join(glob);
-                let text = full
-                    .to_str()
-                    .ok_or_else(|| config(".glob", format!("{full:?} is not valid UTF-8")))?;
+                let text = glob_in(&dir, glob)
+                    .ok_or_else(|| config(".glob", format!("{dir:?} is not valid UTF-8")))?;
+                let text = text.as_str();
                 let entries = glob::glob(text)
                     .map_err(|e| config(".glob", format!("bad glob {text:?}: {e}")))?;
                 let mut paths = entries
@@ -115,9 +116,11 @@ impl FilesSliceSource {
     /// Path of slice `index`.
     pub fn path(&self, index: usize) -> PathBuf {
         match &self.naming {
-            Naming::Pattern { template, start } => {
-                PathBuf::from(template.render(start + index as u64))
-            }
+            Naming::Pattern {
+                dir,
+                template,
+                start,
+            } => dir.join(template.render(start + index as u64)),
             Naming::Glob { paths, .. } => paths.get(index).cloned().unwrap_or_default(),
         }
     }
@@ -137,6 +140,16 @@ impl FilesSliceSource {
             .map_err(io)?;
         Ok(path)
     }
+}
+
+/// The glob `pattern` taken from `dir`: `dir` is escaped so its `[`, `*` or `?` match themselves; an absolute
+/// `pattern` is used as is. `None` when `dir` is not UTF-8.
+fn glob_in(dir: &Path, pattern: &str) -> Option<String> {
+    if Path::new(pattern).is_absolute() {
+        return Some(pattern.to_owned());
+    }
+    let dir = glob::Pattern::escape(dir.to_str()?);
+    Some(format!("{}/{pattern}", dir.trim_end_matches('/')))
 }
 
 impl SliceSource for FilesSliceSource {
@@ -169,9 +182,15 @@ impl SliceSource for FilesSliceSource {
 
     fn describe(&self) -> String {
         match &self.naming {
-            Naming::Pattern { template, start } => {
-                format!("files {template} [{start}, {})", start + self.len as u64)
-            }
+            Naming::Pattern {
+                dir,
+                template,
+                start,
+            } => format!(
+                "files {} [{start}, {})",
+                dir.join(template.as_str()).display(),
+                start + self.len as u64
+            ),
             Naming::Glob { glob, .. } => format!("files {glob} ({} files)", self.len),
         }
     }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::decode::{SliceStack, decode_into, probe};
 use super::template::IndexTemplate;
-use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
 use crate::spec::HttpSource;
 
@@ -58,50 +58,20 @@ impl HttpSliceSource {
     /// is.
     ///
     /// # Errors
-    /// [`SourceError::Config`] naming the field when the template has no index placeholder or does not give an
-    /// http(s) URL, the range is empty, or `concurrency` or `timeoutSeconds` is 0.
+    /// [`SourceError::Config`] naming the field when the template is not a valid http(s) URL template (see
+    /// [`IndexTemplate::parse_url`]), the range is empty or too long, `concurrency` is out of range or
+    /// `timeoutSeconds` is 0.
     pub fn new(spec: &HttpSource, declared: Declared) -> Result<HttpSliceSource, SourceError> {
         let config = |field: &str, message: String| SourceError::Config {
             field: format!("spec.source.http.{field}"),
             message,
         };
-        let template = IndexTemplate::parse(&spec.url_template, "spec.source.http.urlTemplate")?;
         let start = spec.start.unwrap_or(0);
-        if start >= spec.stop {
-            return Err(config(
-                "stop",
-                format!(
-                    "empty range [{start}, {}): stop must be greater than start",
-                    spec.stop
-                ),
-            ));
-        }
-        let len = usize::try_from(spec.stop - start).map_err(|_| {
-            config(
-                "stop",
-                format!("range [{start}, {}) is too long", spec.stop),
-            )
-        })?;
-        let example = template.render(start);
-        match reqwest::Url::parse(&example) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => {
-                return Err(config(
-                    "urlTemplate",
-                    format!("{example}: scheme {} is not http or https", url.scheme()),
-                ));
-            }
-            Err(e) => {
-                return Err(config(
-                    "urlTemplate",
-                    format!("{example} is not a valid URL: {e}"),
-                ));
-            }
-        }
+        let template =
+            IndexTemplate::parse_url(&spec.url_template, "spec.source.http.urlTemplate", start)?;
+        let len = limits::slice_count("spec.source.http", start, spec.stop)?;
         let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        if concurrency == 0 {
-            return Err(config("concurrency", "must be at least 1".into()));
-        }
+        limits::concurrency("spec.source.http.concurrency", concurrency)?;
         let timeout = spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
         if timeout == 0 {
             return Err(config("timeoutSeconds", "must be at least 1".into()));
@@ -258,7 +228,7 @@ async fn fetch(
     }
 }
 
-/// One attempt: GET `url` and read the whole body.
+/// One attempt: GET `url` and read the whole body (at most [`limits::MAX_SLICE_BYTES`]).
 async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
     let transport = |e: reqwest::Error| Failure::Transport {
         retry: !e.is_builder(),
@@ -269,7 +239,16 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
     if !status.is_success() {
         return Err(Failure::Status(status.as_u16()));
     }
-    Ok(response.bytes().await.map_err(transport)?.to_vec())
+    // Bounded, so a huge or endless body fails instead of exhausting memory (retrying would not help).
+    limits::read_body(response, limits::MAX_SLICE_BYTES)
+        .await
+        .map_err(|e| match e {
+            limits::BodyError::TooLarge(message) => Failure::Transport {
+                message,
+                retry: false,
+            },
+            limits::BodyError::Transport(e) => transport(e),
+        })
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message hides the cause, e.g. "connection reset").

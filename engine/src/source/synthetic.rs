@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::emstack::{self, DEFAULT_SEED, RECIPE};
-use super::{Declared, SliceInfo, SliceSource, SourceError, check_range};
+use super::{Declared, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::{Chunk, DType};
 use crate::spec::SyntheticSource;
 
@@ -30,9 +30,7 @@ impl SyntheticSliceSource {
             field: format!("spec.source.synthetic.{field}"),
             message,
         };
-        if spec.slices == 0 {
-            return Err(config("slices", "must be at least 1".into()));
-        }
+        limits::slices("spec.source.synthetic.slices", spec.slices as u64)?;
         for (field, v) in [("height", spec.height), ("width", spec.width)] {
             if v == 0 || !v.is_multiple_of(4) {
                 return Err(config(
@@ -40,6 +38,7 @@ impl SyntheticSliceSource {
                     format!("must be a positive multiple of 4 (recipe {RECIPE}), got {v}"),
                 ));
             }
+            limits::slice_side(&format!("spec.source.synthetic.{field}"), v)?;
         }
         if let Some((h, w)) = declared
             .shape

@@ -13,9 +13,13 @@ enum Part {
 
 /// A parsed index template.
 ///
-/// Placeholders: `{index}` and `{index:0N}` (zero-padded to `N` digits, e.g. `{index:05}` -> `00042`), and the
-/// printf forms `%d` and `%0Nd`. `%%` is a literal `%`; any other `%` (e.g. URL escapes such as `%20`) is kept
-/// as is. A template may repeat the placeholder; it must have at least one.
+/// Placeholders: `{index}` and `{index:0N}` (zero-padded to `N` digits, e.g. `{index:05}` -> `00042`), and, in
+/// file patterns only, the printf forms `%d` and `%0Nd` (`%%` is a literal `%` there). In URL templates every
+/// `%` is literal, since `%da` or `%05d` can be a percent escape. A template may repeat the placeholder; it must
+/// have at least one.
+///
+/// These are the only template rules: validation and the sources both call [`IndexTemplate::parse`] /
+/// [`IndexTemplate::parse_url`], so `validate` refuses exactly what a run would, with the same message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexTemplate {
     text: String,
@@ -29,6 +33,37 @@ impl IndexTemplate {
     /// [`SourceError::Config`] naming `field` when the template has no index placeholder or a malformed
     /// `{index...}` one.
     pub fn parse(template: &str, field: &str) -> Result<IndexTemplate, SourceError> {
+        Self::parse_with(template, field, true)
+    }
+
+    /// Parses an HTTP(S) URL template: `{index}` placeholders only, and the URL of the first index must be a
+    /// valid `http://` or `https://` URL.
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] naming `field` as for [`IndexTemplate::parse`], or when the template is not an
+    /// http(s) URL.
+    pub fn parse_url(
+        template: &str,
+        field: &str,
+        first: u64,
+    ) -> Result<IndexTemplate, SourceError> {
+        let config = |message: String| SourceError::Config {
+            field: field.to_owned(),
+            message,
+        };
+        if !(template.starts_with("http://") || template.starts_with("https://")) {
+            return Err(config(format!(
+                "expected an http:// or https:// URL, found {template:?}"
+            )));
+        }
+        let parsed = Self::parse_with(template, field, false)?;
+        let example = parsed.render(first);
+        reqwest::Url::parse(&example)
+            .map_err(|e| config(format!("{example} is not a valid URL: {e}")))?;
+        Ok(parsed)
+    }
+
+    fn parse_with(template: &str, field: &str, printf: bool) -> Result<IndexTemplate, SourceError> {
         let config = |message: String| SourceError::Config {
             field: field.to_owned(),
             message,
@@ -53,12 +88,12 @@ impl IndexTemplate {
                     })?,
                 };
                 (Some(width), "{index".len() + close + 1)
-            } else if tail.starts_with("%%") {
+            } else if printf && tail.starts_with("%%") {
                 literal.push('%');
                 (None, 2)
-            } else if tail.starts_with("%d") {
+            } else if printf && tail.starts_with("%d") {
                 (Some(0), 2)
-            } else if let Some((width, len)) = printf_width(tail) {
+            } else if let Some((width, len)) = printf_width(tail).filter(|_| printf) {
                 (Some(width), len)
             } else {
                 literal.push_str(&tail[..1]);
@@ -77,9 +112,13 @@ impl IndexTemplate {
             parts.push(Part::Literal(literal));
         }
         if !parts.iter().any(|p| matches!(p, Part::Index { .. })) {
+            let forms = if printf {
+                "{index}, {index:05}, %d or %05d"
+            } else {
+                "{index} or {index:05}"
+            };
             return Err(config(format!(
-                "template {template:?} has no index placeholder: put {{index}}, {{index:05}}, %d or %05d where the \
-                 slice index goes"
+                "template {template:?} has no index placeholder: put {forms} where the slice index goes"
             )));
         }
         Ok(IndexTemplate {
@@ -152,6 +191,35 @@ mod tests {
         );
         assert_eq!(render("100%%_%d", 1), "100%_1");
         assert_eq!(render("{x}/{index}", 1), "{x}/1");
+    }
+
+    #[test]
+    fn url_templates_take_braces_only() {
+        let url = |t: &str| {
+            IndexTemplate::parse_url(t, "spec.source.http.urlTemplate", 3)
+                .map(|t| t.render(3))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        assert_eq!(
+            url("http://h/a%20b/{index:03}.png"),
+            "http://h/a%20b/003.png"
+        );
+        assert_eq!(url("https://h/%da/{index}"), "https://h/%da/3");
+        assert_eq!(
+            url("http://h/s%05d.png"),
+            "spec.source.http.urlTemplate: template \"http://h/s%05d.png\" has no index placeholder: put \
+             {index} or {index:05} where the slice index goes"
+        );
+        assert_eq!(
+            url("ftp://h/{index}"),
+            "spec.source.http.urlTemplate: expected an http:// or https:// URL, found \"ftp://h/{index}\""
+        );
+        assert_eq!(
+            url("http://h/{index:5}"),
+            "spec.source.http.urlTemplate: bad placeholder {index:5} in \"http://h/{index:5}\": use {index} or \
+             a zero-padded width such as {index:05}"
+        );
+        assert!(url("http://[::1/{index}").contains("is not a valid URL"));
     }
 
     #[test]
