@@ -6,6 +6,7 @@ pub mod exec;
 pub mod kernels;
 pub mod output;
 pub mod plan;
+pub mod resources;
 pub mod runner;
 pub mod source;
 pub mod spec;
