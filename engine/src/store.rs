@@ -281,13 +281,13 @@ impl ChunkStore {
             }
             let mut g = self.lock();
             // Only the entry this spill started from: its last take may have removed it meanwhile (its
-            // accounting went with it), and a new chunk may have been stored under the same key since.
+            // accounting went with it; the write, even a failed one, no longer matters), and a new chunk may
+            // have been stored under the same key since.
             let ours = matches!(
                 g.entries.get(&key),
                 Some(Entry { slot: Slot::Spilling(c), .. }) if Arc::ptr_eq(c, &chunk)
             );
             if !ours {
-                written.map_err(|source| StoreError::Spill { key, source })?;
                 continue;
             }
             let n = chunk.nbytes();
@@ -452,6 +452,100 @@ mod tests {
         assert_eq!(s.resident_bytes(), 0);
         assert_eq!(s.stats().unspilled_bytes, 300);
         assert!(matches!(s.take(key(0)), Err(StoreError::Missing(_))));
+    }
+
+    /// A spill backend whose writes wait for a go-ahead (announcing that they started), or always fail.
+    #[derive(Debug)]
+    struct GatedSpill {
+        inner: FileSpill,
+        started: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<bool>>,
+    }
+
+    impl SpillBackend for GatedSpill {
+        fn write(&self, bytes: &[u8]) -> std::io::Result<SpillHandle> {
+            self.started.lock().expect("lock").send(()).expect("send");
+            if self.go.lock().expect("lock").recv().expect("recv") {
+                self.inner.write(bytes)
+            } else {
+                Err(std::io::Error::other("disk full"))
+            }
+        }
+        fn read(&self, h: &SpillHandle) -> std::io::Result<Vec<u8>> {
+            self.inner.read(h)
+        }
+    }
+
+    /// A store of budget 150 over a [`GatedSpill`]: the store, "write started" and "go (succeed?)".
+    fn gated(
+        dir: &std::path::Path,
+    ) -> (
+        ChunkStore,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<bool>,
+    ) {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let spill = GatedSpill {
+            inner: FileSpill::new(dir).expect("spill"),
+            started: Mutex::new(started_tx),
+            go: Mutex::new(go_rx),
+        };
+        (ChunkStore::new(150, Box::new(spill)), started, go)
+    }
+
+    #[test]
+    fn last_take_during_a_spill_counts_the_chunk_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, started, go) = gated(dir.path());
+        s.put(key(0), chunk(0), 1).expect("put");
+        std::thread::scope(|scope| {
+            // The second put goes over the budget and spills chunk 0, whose write waits.
+            let putter = scope.spawn(|| s.put(key(1), chunk(1), 1));
+            started.recv().expect("spill started");
+            assert_eq!(*s.take(key(0)).expect("take while spilling"), chunk(0));
+            assert_eq!(s.resident_bytes(), 100, "only chunk 1 left");
+            s.audit().expect("consistent during the spill");
+            go.send(true).expect("go");
+            putter.join().expect("join").expect("put");
+        });
+        s.audit().expect("consistent after the spill");
+        assert_eq!((s.resident_bytes(), s.len()), (100, 1));
+        assert_eq!(s.stats().spilled_bytes, 100);
+        assert_eq!(*s.take(key(1)).expect("take"), chunk(1));
+        assert_eq!((s.resident_bytes(), s.len()), (0, 0));
+        assert_eq!(s.stats().unspilled_bytes, 0, "nothing was read back");
+    }
+
+    #[test]
+    fn failed_spill_keeps_the_chunk_resident() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, started, go) = gated(dir.path());
+        s.put(key(0), chunk(0), 1).expect("put");
+        go.send(false).expect("fail the write");
+        let e = s.put(key(1), chunk(1), 1).expect_err("spill fails");
+        started.recv().expect("spill started");
+        assert!(e.to_string().contains("disk full"), "{e}");
+        s.audit().expect("consistent");
+        assert_eq!((s.resident_bytes(), s.len()), (200, 2));
+        assert_eq!(*s.take(key(0)).expect("take"), chunk(0));
+        assert_eq!(*s.take(key(1)).expect("take"), chunk(1));
+        assert_eq!((s.resident_bytes(), s.len()), (0, 0));
+    }
+
+    #[test]
+    fn storing_a_key_again_replaces_its_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = ChunkStore::new(
+            1 << 20,
+            Box::new(FileSpill::new(dir.path()).expect("spill")),
+        );
+        s.put(key(3), chunk(1), 1).expect("put");
+        s.put(key(3), chunk(2), 1).expect("put again");
+        s.audit().expect("consistent");
+        assert_eq!((s.resident_bytes(), s.len()), (100, 1));
+        assert_eq!(*s.take(key(3)).expect("take"), chunk(2));
+        assert_eq!(s.resident_bytes(), 0);
     }
 
     /// xorshift64*: a deterministic stream per thread, no extra dependency.
