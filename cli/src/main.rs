@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arrayjob_engine::exec::{ExecError, JobProgress};
+use arrayjob_engine::resources;
 use arrayjob_engine::runner::{self, RunOptions};
 use arrayjob_engine::spec::ArrayJobManifest;
 use arrayjob_engine::validate;
@@ -35,7 +36,7 @@ enum Command {
         #[arg(long, env = "ARRAYJOB_THREADS")]
         threads: Option<usize>,
         /// Memory for chunks waiting between stages before they spill to disk, e.g. `2GiB`
-        /// (default: half of this machine's memory).
+        /// (default: half of the memory this process may use: RAM, or its cgroup's limit when lower).
         #[arg(long, env = "ARRAYJOB_MEMORY_LIMIT")]
         memory_limit: Option<bytesize::ByteSize>,
         /// No progress bars (the summary table is still printed).
@@ -98,19 +99,6 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Half of the machine's memory (MemTotal of /proc/meminfo), or 2 GiB when it cannot be read.
-fn default_memory_budget() -> usize {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<usize>().ok())
-        })
-        .map_or(2 << 30, |kb| kb * 1024 / 2)
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Validate { file } => {
@@ -157,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out_dir: out.clone(),
                 threads: threads.unwrap_or_else(default_threads).max(1),
                 memory_budget: memory_limit
-                    .map_or_else(default_memory_budget, |b| b.as_u64() as usize),
+                    .map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize),
             };
             let progress = JobProgress::new(&job.plan);
             // Ctrl-C and SIGTERM (what Kubernetes sends a pod) stop the run cleanly: workers stop, the staging

@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod outdir;
 pub mod output;
 pub mod plan;
+pub mod resources;
 pub mod runner;
 pub mod source;
 pub mod spec;

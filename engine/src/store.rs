@@ -45,6 +45,10 @@ pub struct SpillHandle {
 }
 
 /// Spills into one append-only file (unlinked on drop), read back with positioned reads.
+///
+/// Space is never reclaimed while the store lives: the file grows by every spilled chunk, including chunks
+/// already taken. Freeing would need hole punching (`fallocate`), i.e. `unsafe`/libc, which this crate denies;
+/// the file goes when the job's store is dropped.
 #[derive(Debug)]
 pub struct FileSpill {
     file: std::fs::File,
@@ -116,7 +120,10 @@ pub enum StoreError {
 }
 
 enum Slot {
+    /// In memory, listed in the LRU under this tick.
     Resident(Arc<Chunk>, u64),
+    /// Chosen for spilling; still in memory (and counted as resident) until the write finishes. Out of the LRU.
+    Spilling(Arc<Chunk>),
     Spilled {
         handle: SpillHandle,
         dtype: DType,
@@ -134,8 +141,35 @@ struct Inner {
     entries: HashMap<ChunkKey, Entry>,
     /// Resident chunks by insertion tick (oldest first), the spill order.
     lru: BTreeMap<u64, ChunkKey>,
+    /// Bytes of the Resident and Spilling entries.
     resident: usize,
+    /// Bytes of the Spilling entries (part of `resident`, no longer counted against the budget).
+    spilling: usize,
     tick: u64,
+}
+
+impl Inner {
+    /// Forgets the memory accounting of a slot leaving the store (or leaving memory).
+    fn release(&mut self, slot: &Slot) {
+        match slot {
+            Slot::Resident(c, t) => {
+                self.lru.remove(t);
+                self.resident = sub(self.resident, c.nbytes());
+            }
+            Slot::Spilling(c) => {
+                self.resident = sub(self.resident, c.nbytes());
+                self.spilling = sub(self.spilling, c.nbytes());
+            }
+            Slot::Spilled { .. } => {}
+        }
+    }
+}
+
+/// Counter decrement; an underflow would be an accounting bug, so it is loud in debug builds and saturates
+/// otherwise (a wrapped counter would spill everything forever).
+fn sub(a: usize, b: usize) -> usize {
+    debug_assert!(a >= b, "chunk store accounting underflow: {a} - {b}");
+    a.saturating_sub(b)
 }
 
 /// Counters of a store, for summaries.
@@ -200,13 +234,17 @@ impl ChunkStore {
             let mut g = self.lock();
             g.tick += 1;
             let t = g.tick;
-            g.entries.insert(
+            let old = g.entries.insert(
                 key,
                 Entry {
                     slot: Slot::Resident(Arc::new(chunk), t),
                     takes_left: takes.max(1),
                 },
             );
+            // A key stored again replaces the old chunk: its bytes no longer count.
+            if let Some(old) = old {
+                g.release(&old.slot);
+            }
             g.lru.insert(t, key);
             g.resident += n;
             self.peak.fetch_max(g.resident as u64, Ordering::Relaxed);
@@ -214,38 +252,67 @@ impl ChunkStore {
         self.enforce_budget()
     }
 
-    /// Spills the oldest resident chunks until the budget holds. Serialisation and I/O happen outside the lock.
+    /// Spills the oldest resident chunks until the budget holds. Serialisation and I/O happen outside the lock;
+    /// meanwhile the chunk is `Spilling`: readable, still counted as resident, but no longer against the budget.
     fn enforce_budget(&self) -> Result<(), StoreError> {
         loop {
             let (key, chunk) = {
                 let mut g = self.lock();
-                if g.resident <= self.budget {
+                if sub(g.resident, g.spilling) <= self.budget {
                     return Ok(());
                 }
-                let Some((&t, &key)) = g.lru.iter().next() else {
+                let Some((_, key)) = g.lru.pop_first() else {
                     return Ok(());
                 };
-                g.lru.remove(&t);
-                let chunk = match g.entries.get(&key).map(|e| &e.slot) {
-                    Some(Slot::Resident(c, _)) => c.clone(),
-                    _ => continue,
+                let Some(e) = g.entries.get_mut(&key) else {
+                    continue;
                 };
-                // Accounted as gone now; a concurrent reader may still hold its own Arc.
-                g.resident -= chunk.nbytes();
+                let Slot::Resident(c, _) = &e.slot else {
+                    continue;
+                };
+                let chunk = c.clone();
+                e.slot = Slot::Spilling(chunk.clone());
+                g.spilling += chunk.nbytes();
                 (key, chunk)
             };
-            let handle = self
-                .spill
-                .write(&chunk.to_le_bytes())
-                .map_err(|source| StoreError::Spill { key, source })?;
-            self.spilled.fetch_add(handle.len, Ordering::Relaxed);
+            let written = self.spill.write(&chunk.to_le_bytes());
+            if let Ok(h) = &written {
+                self.spilled.fetch_add(h.len, Ordering::Relaxed);
+            }
             let mut g = self.lock();
-            if let Some(e) = g.entries.get_mut(&key) {
-                e.slot = Slot::Spilled {
-                    handle,
-                    dtype: chunk.dtype(),
-                    shape: chunk.shape().to_vec(),
-                };
+            // Only the entry this spill started from: its last take may have removed it meanwhile (its
+            // accounting went with it; the write, even a failed one, no longer matters), and a new chunk may
+            // have been stored under the same key since.
+            let ours = matches!(
+                g.entries.get(&key),
+                Some(Entry { slot: Slot::Spilling(c), .. }) if Arc::ptr_eq(c, &chunk)
+            );
+            if !ours {
+                continue;
+            }
+            let n = chunk.nbytes();
+            g.spilling = sub(g.spilling, n);
+            match written {
+                Ok(handle) => {
+                    g.resident = sub(g.resident, n);
+                    if let Some(e) = g.entries.get_mut(&key) {
+                        e.slot = Slot::Spilled {
+                            handle,
+                            dtype: chunk.dtype(),
+                            shape: chunk.shape().to_vec(),
+                        };
+                    }
+                }
+                Err(source) => {
+                    // Back to the LRU (as the newest) so the store stays usable; the caller sees the error.
+                    g.tick += 1;
+                    let t = g.tick;
+                    g.lru.insert(t, key);
+                    if let Some(e) = g.entries.get_mut(&key) {
+                        e.slot = Slot::Resident(chunk, t);
+                    }
+                    return Err(StoreError::Spill { key, source });
+                }
             }
         }
     }
@@ -255,30 +322,27 @@ impl ChunkStore {
     /// # Errors
     /// When the chunk is not stored, or reading it back from the spill fails.
     pub fn take(&self, key: ChunkKey) -> Result<Arc<Chunk>, StoreError> {
-        let slot_copy = {
+        let found = {
             let mut g = self.lock();
             let e = g.entries.get_mut(&key).ok_or(StoreError::Missing(key))?;
             e.takes_left -= 1;
-            let last = e.takes_left == 0;
-            let copy = match &e.slot {
-                Slot::Resident(c, t) => Ok((c.clone(), *t)),
+            let found = match &e.slot {
+                Slot::Resident(c, _) | Slot::Spilling(c) => Ok(c.clone()),
                 Slot::Spilled {
                     handle,
                     dtype,
                     shape,
                 } => Err((*handle, *dtype, shape.clone())),
             };
-            if last {
-                g.entries.remove(&key);
-                if let Ok((c, t)) = &copy {
-                    g.lru.remove(t);
-                    g.resident -= c.nbytes();
-                }
+            if e.takes_left == 0
+                && let Some(e) = g.entries.remove(&key)
+            {
+                g.release(&e.slot);
             }
-            copy
+            found
         };
-        match slot_copy {
-            Ok((c, _)) => Ok(c),
+        match found {
+            Ok(c) => Ok(c),
             Err((handle, dtype, shape)) => {
                 let bytes = self
                     .spill
@@ -318,6 +382,39 @@ impl ChunkStore {
             unspilled_bytes: self.unspilled.load(Ordering::Relaxed),
         }
     }
+
+    /// Recounts the entries and compares with the running counters.
+    #[cfg(test)]
+    fn audit(&self) -> Result<(), String> {
+        let g = self.lock();
+        let (mut resident, mut spilling, mut listed) = (0, 0, 0);
+        for (k, e) in &g.entries {
+            match &e.slot {
+                Slot::Resident(c, t) => {
+                    resident += c.nbytes();
+                    listed += 1;
+                    if g.lru.get(t) != Some(k) {
+                        return Err(format!("{k:?} resident but not in the LRU at {t}"));
+                    }
+                }
+                Slot::Spilling(c) => {
+                    resident += c.nbytes();
+                    spilling += c.nbytes();
+                }
+                Slot::Spilled { .. } => {}
+            }
+        }
+        if (resident, spilling, listed) != (g.resident, g.spilling, g.lru.len()) {
+            return Err(format!(
+                "counted resident {resident}, spilling {spilling}, {listed} in the LRU; \
+                 store says {}, {}, {}",
+                g.resident,
+                g.spilling,
+                g.lru.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +452,189 @@ mod tests {
         assert_eq!(s.resident_bytes(), 0);
         assert_eq!(s.stats().unspilled_bytes, 300);
         assert!(matches!(s.take(key(0)), Err(StoreError::Missing(_))));
+    }
+
+    /// A spill backend whose writes wait for a go-ahead (announcing that they started), or always fail.
+    #[derive(Debug)]
+    struct GatedSpill {
+        inner: FileSpill,
+        started: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<bool>>,
+    }
+
+    impl SpillBackend for GatedSpill {
+        fn write(&self, bytes: &[u8]) -> std::io::Result<SpillHandle> {
+            self.started.lock().expect("lock").send(()).expect("send");
+            if self.go.lock().expect("lock").recv().expect("recv") {
+                self.inner.write(bytes)
+            } else {
+                Err(std::io::Error::other("disk full"))
+            }
+        }
+        fn read(&self, h: &SpillHandle) -> std::io::Result<Vec<u8>> {
+            self.inner.read(h)
+        }
+    }
+
+    /// A store of budget 150 over a [`GatedSpill`]: the store, "write started" and "go (succeed?)".
+    fn gated(
+        dir: &std::path::Path,
+    ) -> (
+        ChunkStore,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<bool>,
+    ) {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let spill = GatedSpill {
+            inner: FileSpill::new(dir).expect("spill"),
+            started: Mutex::new(started_tx),
+            go: Mutex::new(go_rx),
+        };
+        (ChunkStore::new(150, Box::new(spill)), started, go)
+    }
+
+    #[test]
+    fn last_take_during_a_spill_counts_the_chunk_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, started, go) = gated(dir.path());
+        s.put(key(0), chunk(0), 1).expect("put");
+        std::thread::scope(|scope| {
+            // The second put goes over the budget and spills chunk 0, whose write waits.
+            let putter = scope.spawn(|| s.put(key(1), chunk(1), 1));
+            started.recv().expect("spill started");
+            assert_eq!(*s.take(key(0)).expect("take while spilling"), chunk(0));
+            assert_eq!(s.resident_bytes(), 100, "only chunk 1 left");
+            s.audit().expect("consistent during the spill");
+            go.send(true).expect("go");
+            putter.join().expect("join").expect("put");
+        });
+        s.audit().expect("consistent after the spill");
+        assert_eq!((s.resident_bytes(), s.len()), (100, 1));
+        assert_eq!(s.stats().spilled_bytes, 100);
+        assert_eq!(*s.take(key(1)).expect("take"), chunk(1));
+        assert_eq!((s.resident_bytes(), s.len()), (0, 0));
+        assert_eq!(s.stats().unspilled_bytes, 0, "nothing was read back");
+    }
+
+    #[test]
+    fn failed_spill_keeps_the_chunk_resident() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (s, started, go) = gated(dir.path());
+        s.put(key(0), chunk(0), 1).expect("put");
+        go.send(false).expect("fail the write");
+        let e = s.put(key(1), chunk(1), 1).expect_err("spill fails");
+        started.recv().expect("spill started");
+        assert!(e.to_string().contains("disk full"), "{e}");
+        s.audit().expect("consistent");
+        assert_eq!((s.resident_bytes(), s.len()), (200, 2));
+        assert_eq!(*s.take(key(0)).expect("take"), chunk(0));
+        assert_eq!(*s.take(key(1)).expect("take"), chunk(1));
+        assert_eq!((s.resident_bytes(), s.len()), (0, 0));
+    }
+
+    #[test]
+    fn storing_a_key_again_replaces_its_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = ChunkStore::new(
+            1 << 20,
+            Box::new(FileSpill::new(dir.path()).expect("spill")),
+        );
+        s.put(key(3), chunk(1), 1).expect("put");
+        s.put(key(3), chunk(2), 1).expect("put again");
+        s.audit().expect("consistent");
+        assert_eq!((s.resident_bytes(), s.len()), (100, 1));
+        assert_eq!(*s.take(key(3)).expect("take"), chunk(2));
+        assert_eq!(s.resident_bytes(), 0);
+    }
+
+    /// xorshift64*: a deterministic stream per thread, no extra dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    /// The chunk stored under `key`: its length and bytes follow from the key, so any mix-up shows.
+    fn stress_chunk(key: ChunkKey, len: usize) -> Chunk {
+        let v: Vec<u8> = (0..len)
+            .map(|i| (key.node as usize * 31 + key.chunk as usize * 7 + i) as u8)
+            .collect();
+        Chunk::U8(ArrayD::from_shape_vec(IxDyn(&[len]), v).expect("shape"))
+    }
+
+    /// 8 threads put and take chunks of random sizes (each for `1..=max_takes` consumers) under a budget of a
+    /// few chunks: every chunk reads back as stored and the counters end at zero. Before the `Spilling`
+    /// state, a last take racing a spill subtracted the chunk's bytes twice.
+    fn stress(max_takes: u64) -> StoreStats {
+        const THREADS: u32 = 8;
+        const ROUNDS: u32 = 3000;
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = ChunkStore::new(200, Box::new(FileSpill::new(dir.path()).expect("spill")));
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let s = &s;
+                scope.spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(t) + 1));
+                    // (key, takes left, length) of this thread's chunks still in the store
+                    let mut open: Vec<(ChunkKey, usize, usize)> = Vec::new();
+                    for c in 0..ROUNDS {
+                        let k = ChunkKey {
+                            node: t,
+                            chunk: c,
+                            part: 0,
+                        };
+                        let len = 1 + rng.below(120) as usize;
+                        let takes = 1 + rng.below(max_takes) as usize;
+                        s.put(k, stress_chunk(k, len), takes).expect("put");
+                        open.push((k, takes, len));
+                        while open.len() > rng.below(6) as usize {
+                            let i = rng.below(open.len() as u64) as usize;
+                            let (k, left, len) = &mut open[i];
+                            let got = s.take(*k).expect("take");
+                            assert_eq!(*got, stress_chunk(*k, *len), "{k:?}");
+                            *left -= 1;
+                            if *left == 0 {
+                                open.swap_remove(i);
+                            }
+                        }
+                        if c % 100 == 0 {
+                            s.audit().expect("consistent counters");
+                        }
+                    }
+                    for (k, left, len) in open {
+                        for _ in 0..left {
+                            assert_eq!(*s.take(k).expect("take"), stress_chunk(k, len));
+                        }
+                    }
+                });
+            }
+        });
+        s.audit().expect("consistent counters");
+        assert_eq!(s.resident_bytes(), 0);
+        assert!(s.is_empty());
+        let st = s.stats();
+        assert!(st.spilled_bytes > 0, "the budget forced spills");
+        assert!(st.peak_resident_bytes >= 200, "{st:?}");
+        st
+    }
+
+    #[test]
+    fn concurrent_single_takes_keep_exact_accounting() {
+        let st = stress(1);
+        // Each spilled chunk is read back at most once (not at all when its take came during the spill).
+        assert!(st.unspilled_bytes <= st.spilled_bytes, "{st:?}");
+    }
+
+    #[test]
+    fn concurrent_multiple_takes_keep_exact_accounting() {
+        let st = stress(3);
+        // Every take of a spilled chunk reads it back: at most 3 reads per write.
+        assert!(st.unspilled_bytes <= 3 * st.spilled_bytes, "{st:?}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use arrayjob_engine::output::OutputError;
 use arrayjob_engine::output::csv::write_csv;
 use arrayjob_engine::output::image::write_image_png;
-use arrayjob_engine::output::plot::{PALETTE, PLOT_SIZE, PlotSpec, write_plot_png};
+use arrayjob_engine::output::plot::{
+    PALETTE, PLOT_AREA, PLOT_SIZE, PlotFrame, PlotSpec, write_plot_png,
+};
 use ndarray::{Array1, Array2, Array3, arr2};
 
 fn grey_pixels(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
@@ -92,14 +94,48 @@ fn csv_0d_1d_and_2d_exact_text() {
     );
 }
 
+/// Whether pixel `p` is within a small distance of `c`.
+fn near(p: &image::Rgb<u8>, c: (u8, u8, u8)) -> bool {
+    let d = |a: u8, b: u8| (a as i32 - b as i32).abs();
+    d(p[0], c.0) + d(p[1], c.1) + d(p[2], c.2) < 30
+}
+
 /// Pixels within a small distance of `c`.
 fn count_colour(img: &image::RgbImage, c: (u8, u8, u8)) -> usize {
-    img.pixels()
-        .filter(|p| {
-            let d = |a: u8, b: u8| (a as i32 - b as i32).abs();
-            d(p[0], c.0) + d(p[1], c.1) + d(p[2], c.2) < 30
-        })
-        .count()
+    img.pixels().filter(|p| near(p, c)).count()
+}
+
+/// Colour of series `k`.
+fn series_colour(k: usize) -> (u8, u8, u8) {
+    (PALETTE[k].0, PALETTE[k].1, PALETTE[k].2)
+}
+
+/// (column, row) of the topmost (`top`) or bottommost pixel of colour `c` within columns `cols`.
+fn extreme_pixel(
+    img: &image::RgbImage,
+    c: (u8, u8, u8),
+    cols: std::ops::RangeInclusive<i32>,
+    top: bool,
+) -> Option<(i32, i32)> {
+    let rows: Vec<u32> = if top {
+        (0..img.height()).collect()
+    } else {
+        (0..img.height()).rev().collect()
+    };
+    rows.into_iter().find_map(|y| {
+        cols.clone()
+            .find(|&x| near(img.get_pixel(x as u32, y), c))
+            .map(|x| (x, y as i32))
+    })
+}
+
+/// Asserts `got` is within 2 pixels of `want` in both directions.
+fn assert_near_pixel(got: Option<(i32, i32)>, want: (i32, i32), what: &str) {
+    let got = got.unwrap_or_else(|| panic!("{what}: no pixel of the colour"));
+    assert!(
+        (got.0 - want.0).abs() <= 2 && (got.1 - want.1).abs() <= 2,
+        "{what}: drawn at {got:?}, expected {want:?}"
+    );
 }
 
 #[test]
@@ -184,6 +220,86 @@ fn log_plot_clamps_non_positive_values() {
 }
 
 #[test]
+fn plot_lines_reach_their_extremes_at_the_right_pixels() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("two.png");
+    // a: 50 with a peak 100 at x=37 and a dip 0 at x=48; b: 25 with a peak 40 at x=12 and a dip 10 at x=55.
+    let mut a = vec![50.0; 100];
+    a[37] = 100.0;
+    a[48] = 0.0;
+    let mut b = vec![25.0; 100];
+    b[12] = 40.0;
+    b[55] = 10.0;
+    let spec = PlotSpec {
+        title: "two series".into(),
+        x_label: "slice".into(),
+        y_label: "mean".into(),
+        series: vec![("a".into(), a), ("b".into(), b)],
+        log_y: false,
+    };
+    write_plot_png(&p, &spec).expect("plot");
+    let img = image::open(&p).expect("decode").into_rgb8();
+    let f = PlotFrame::of(&spec).expect("frame");
+    assert_eq!((f.x.clone(), f.y.clone()), (0.0..99.0, -5.0..105.0));
+    assert_eq!(f.pixel(0.0, 105.0), (PLOT_AREA.left, PLOT_AREA.top));
+    assert_eq!(f.pixel(99.0, -5.0), (PLOT_AREA.right, PLOT_AREA.bottom));
+    // Left of x=65 only: the legend (upper right) holds line samples in the series colours.
+    let cols = PLOT_AREA.left..=f.pixel(65.0, 0.0).0;
+    let (c0, c1) = (series_colour(0), series_colour(1));
+    let top_a = extreme_pixel(&img, c0, cols.clone(), true);
+    assert_near_pixel(top_a, f.pixel(37.0, 100.0), "a's maximum");
+    let bottom_a = extreme_pixel(&img, c0, cols.clone(), false);
+    assert_near_pixel(bottom_a, f.pixel(48.0, 0.0), "a's minimum");
+    let top_b = extreme_pixel(&img, c1, cols.clone(), true);
+    assert_near_pixel(top_b, f.pixel(12.0, 40.0), "b's maximum");
+    let bottom_b = extreme_pixel(&img, c1, cols, false);
+    assert_near_pixel(bottom_b, f.pixel(55.0, 10.0), "b's minimum");
+}
+
+#[test]
+fn log_plot_draws_zeros_at_the_axis_floor_with_a_note() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("power.png");
+    // 1000 / (1 + i): the smallest positive value is 10 (i=99); a 0 at i=50.
+    let mut v: Vec<f64> = (0..100).map(|i| 1000.0 / (1.0 + i as f64)).collect();
+    v[50] = 0.0;
+    let spec = PlotSpec {
+        title: "Power spectrum".into(),
+        x_label: "frequency bin".into(),
+        y_label: "power".into(),
+        series: vec![("power".into(), v.clone())],
+        log_y: true,
+    };
+    write_plot_png(&p, &spec).expect("plot");
+    let img = image::open(&p).expect("decode").into_rgb8();
+    let f = PlotFrame::of(&spec).expect("frame");
+    assert_eq!(f.clamped_to, Some(1.0));
+    let zero = f.pixel(50.0, 1.0);
+    // At the bottom of the plotting area, well below the smallest real value.
+    assert!(zero.1 > PLOT_AREA.bottom - 15, "{zero:?}");
+    assert!(zero.1 - f.pixel(99.0, 10.0).1 > 50, "{zero:?}");
+    let lowest = extreme_pixel(&img, series_colour(0), zero.0 - 1..=zero.0 + 1, false);
+    assert_near_pixel(lowest, zero, "the zero at x=50");
+    // The note "values <= 0 drawn at 1" sits top right, beside the title; without a zero there is none.
+    let note_pixels = |img: &image::RgbImage| {
+        (560..=PLOT_AREA.right as u32)
+            .flat_map(|x| (0..PLOT_AREA.top as u32).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y)[0] < 160)
+            .count()
+    };
+    assert!(note_pixels(&img) > 50, "note drawn: {}", note_pixels(&img));
+    v[50] = 1000.0 / 51.0;
+    let positive = PlotSpec {
+        series: vec![("power".into(), v)],
+        ..spec
+    };
+    assert_eq!(PlotFrame::of(&positive).expect("frame").clamped_to, None);
+    write_plot_png(&p, &positive).expect("plot");
+    let img = image::open(&p).expect("decode").into_rgb8();
+    assert_eq!(note_pixels(&img), 0);
+}
+
+#[test]
 #[ignore = "writes a sample plot to $ARRAYJOB_PLOT_SAMPLE for a person to look at"]
 fn sample_plot_for_eyes() {
     let Ok(dir) = std::env::var("ARRAYJOB_PLOT_SAMPLE") else {
@@ -208,8 +324,15 @@ fn sample_plot_for_eyes() {
         log_y: false,
     };
     write_plot_png(&std::path::Path::new(&dir).join("lines.png"), &spec).expect("plot");
+    // Zeros every 100 bins show the log floor and its note.
     let v: Vec<f64> = (0..500)
-        .map(|i| 1e9 / (1.0 + (i as f64 - 250.0).powi(2)))
+        .map(|i| {
+            if i % 100 == 50 {
+                0.0
+            } else {
+                1e9 / (1.0 + (i as f64 - 250.0).powi(2))
+            }
+        })
         .collect();
     let spec = PlotSpec {
         title: "Power spectrum".into(),

@@ -1,10 +1,9 @@
-//! Sources against real things: the Python recipe oracle, image files written here, and a local HTTP server.
+//! Sources against real things: the recipe's committed test vectors, image files and a local HTTP server.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,25 +13,8 @@ use arrayjob_engine::spec::{FilesSource, HttpSource, SourceSpec, SyntheticSource
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use sha2::{Digest, Sha256};
 
-mod common;
-use common::{python, repo_root};
-
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
-
-/// The shared directory: `ARRAYJOB_SHARED`, else `<repo>/../shared` (or `<repo>/../../shared` in a worktree).
-fn shared_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ARRAYJOB_SHARED") {
-        return PathBuf::from(dir);
-    }
-    let root = repo_root();
-    let near = root.join("../shared");
-    if near.is_dir() {
-        near
-    } else {
-        root.join("../../shared")
-    }
-}
 
 fn synthetic(slices: usize, height: usize, width: usize) -> SourceSpec {
     SourceSpec {
@@ -165,51 +147,36 @@ fn expected8(w: u32, h: u32, base: u8) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Synthetic: bit-exact against the Python recipe
+// Synthetic: bit-exact against the Python recipe's test vectors (fixtures/emstack-v1-testvec.json)
 
 #[test]
 fn synthetic_matches_python_testvec() {
-    let script = shared_dir().join("bench/gen_data.py");
-    assert!(
-        script.is_file(),
-        "{} not found: set ARRAYJOB_SHARED",
-        script.display()
-    );
-    let out = Command::new(python())
-        .arg(&script)
-        .arg("--testvec")
-        .output()
-        .expect("run gen_data.py --testvec");
-    assert!(
-        out.status.success(),
-        "gen_data.py --testvec: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8 output");
-
-    let list = |prefix: &str| -> Vec<u8> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in {text}"));
-        let (_, list) = line.rsplit_once(": [").expect("list");
-        list.trim_end_matches(']')
-            .split(',')
-            .map(|v| v.trim().parse().expect("byte"))
+    // Facts printed by the Python recipe (`gen_data.py --testvec`), committed with the generation note.
+    let fx: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/emstack-v1-testvec.json"))
+            .expect("fixture JSON");
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("number: {v}"));
+    let bytes = |name: &str| -> Vec<u8> {
+        fx[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} in the fixture"))
+            .iter()
+            .map(|v| u8::try_from(num(v)).expect("byte"))
             .collect()
     };
+    assert_eq!(fx["recipe"], "emstack-v1");
     let seed = emstack::DEFAULT_SEED;
-    assert!(text.contains(&format!("seed {seed}")), "{text}");
-    let first = list("noise(i) top bytes, i=0..7");
+    assert_eq!(num(&fx["seed"]), seed);
     let ours: Vec<u8> = (0..8).map(|i| emstack::noise_byte(seed, i)).collect();
-    assert_eq!(ours, first);
-    let far = list("noise(i) top bytes, i=10**9");
+    assert_eq!(ours, bytes("noiseTopBytesFrom0"));
     let ours: Vec<u8> = (0..4)
         .map(|i| emstack::noise_byte(seed, 1_000_000_000 + i))
         .collect();
-    assert_eq!(ours, far);
+    assert_eq!(ours, bytes("noiseTopBytesFrom1e9"));
 
-    let src = open(&synthetic(1000, 1000, 1000), Path::new("."));
+    let (h, w) = (num(&fx["height"]) as usize, num(&fx["width"]) as usize);
+    assert_eq!((h, w), (1000, 1000));
+    let src = open(&synthetic(1000, h, w), Path::new("."));
     assert_eq!(
         src.slice_info().expect("info"),
         SliceInfo {
@@ -218,29 +185,30 @@ fn synthetic_matches_python_testvec() {
             dtype: DType::Uint8
         }
     );
-    let mut checked = 0;
-    for line in text.lines().filter(|l| l.starts_with("z=")) {
-        let fields: HashMap<&str, &str> =
-            line.split(' ').filter_map(|t| t.split_once('=')).collect();
-        let z: usize = fields["z"].parse().expect("z");
+    let slices = fx["slices"].as_array().expect("slices");
+    assert_eq!(slices.len(), 4);
+    for f in slices {
+        let z = num(&f["z"]) as usize;
         let slice = u8_values(&src.read(z, z + 1).expect("read"));
-        let (cy, cx) = emstack::centre(z as u64, 1000, 1000);
-        let px = |y: usize, x: usize| slice[y * 1000 + x].to_string();
+        let (cy, cx) = emstack::centre(z as u64, h, w);
+        let px = |y: usize, x: usize| u64::from(slice[y * w + x]);
         let sum: u64 = slice.iter().map(|&v| u64::from(v)).sum();
         let sha: String = Sha256::digest(&slice)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(fields["centre(y,x)"], format!("({cy},{cx})"), "z={z}");
-        assert_eq!(fields["gain"], emstack::gain(z as u64).to_string(), "z={z}");
-        assert_eq!(fields["P[cy,cx]"], px(cy, cx), "z={z}");
-        assert_eq!(fields["P[cy+200,cx]"], px(cy + 200, cx), "z={z}");
-        assert_eq!(fields["P[0,0]"], px(0, 0), "z={z}");
-        assert_eq!(fields["sum"], sum.to_string(), "z={z}");
-        assert_eq!(fields["sha256"], sha, "z={z}");
-        checked += 1;
+        assert_eq!(
+            [num(&f["centre"][0]), num(&f["centre"][1])],
+            [cy as u64, cx as u64],
+            "z={z}"
+        );
+        assert_eq!(num(&f["gain"]), emstack::gain(z as u64), "z={z}");
+        assert_eq!(num(&f["pCentre"]), px(cy, cx), "z={z}");
+        assert_eq!(num(&f["pCentrePlus200Rows"]), px(cy + 200, cx), "z={z}");
+        assert_eq!(num(&f["p00"]), px(0, 0), "z={z}");
+        assert_eq!(num(&f["sum"]), sum, "z={z}");
+        assert_eq!(f["sha256"], sha.as_str(), "z={z}");
     }
-    assert_eq!(checked, 4, "expected 4 slices in {text}");
 }
 
 #[test]

@@ -643,11 +643,24 @@ async fn rbac_limits_a_service_account_token() -> Result<()> {
     Ok(())
 }
 
+/// A Python 3 for pod images: `ARRAYJOB_PYTHON` when set, else `python3` found on `PATH`.
+fn python3() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ARRAYJOB_PYTHON") {
+        let p = PathBuf::from(p);
+        ensure!(p.is_file(), "ARRAYJOB_PYTHON={} is not a file", p.display());
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+        .context("the test needs python3 on PATH (or ARRAYJOB_PYTHON)")
+}
+
 #[tokio::test]
 async fn pods_get_distinct_loopback_ips() -> Result<()> {
     let env = env()?;
-    let python = PathBuf::from("/usr/bin/python3");
-    ensure!(python.exists(), "the test needs /usr/bin/python3");
+    let python = python3()?;
     env.map_image("example.com/tools/python:3", &python)?;
     let ns = env.namespace("podip").await?;
     let client = env.client().await?;
