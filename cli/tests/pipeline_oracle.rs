@@ -175,6 +175,7 @@ spec:
         files.sort();
         trees.push(files);
     }
-    assert!(trees[0].len() > 16, "{} files", trees[0].len());
+    // sd.zarr has a file per chunk; p.zarr (the FFT of a rechunk) a shard per merge group.
+    assert!(trees[0].len() > 8, "{} files", trees[0].len());
     assert!(trees[0] == trees[1], "outputs differ between runs");
 }

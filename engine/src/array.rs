@@ -249,10 +249,18 @@ fn split_typed<T: Copy + Default>(a: &ArrayD<T>, chunk: &[usize]) -> Vec<ArrayD<
     let shape = a.shape().to_vec();
     let data = a.as_slice().unwrap_or(&[]);
     let d = shape.len();
-    let grid: Vec<usize> = shape.iter().zip(chunk).map(|(&n, &c)| n.div_ceil(c.max(1))).collect();
+    let grid: Vec<usize> = shape
+        .iter()
+        .zip(chunk)
+        .map(|(&n, &c)| n.div_ceil(c.max(1)))
+        .collect();
     let lens: Vec<Vec<usize>> = crate::array::grid_indices(&grid)
         .iter()
-        .map(|g| (0..d).map(|k| chunk[k].min(shape[k] - g[k] * chunk[k])).collect())
+        .map(|g| {
+            (0..d)
+                .map(|k| chunk[k].min(shape[k] - g[k] * chunk[k]))
+                .collect()
+        })
         .collect();
     let mut bufs: Vec<Vec<T>> = lens
         .iter()
@@ -312,7 +320,12 @@ fn paste_into<T: Copy>(dst: &mut ArrayD<T>, at: &[usize], src: &ArrayD<T>) {
 /// Calls `f(offset, run)` for each contiguous run, in row-major order, of the block `start .. start + len` of a
 /// row-major array of shape `shape`: `offset` is the run's first element in the array, `run` its length.
 /// Trailing axes the block covers whole are merged into one run, so a block of whole rows is a single copy.
-pub fn for_each_run(shape: &[usize], start: &[usize], len: &[usize], mut f: impl FnMut(usize, usize)) {
+pub fn for_each_run(
+    shape: &[usize],
+    start: &[usize],
+    len: &[usize],
+    mut f: impl FnMut(usize, usize),
+) {
     let d = shape.len();
     if len.contains(&0) {
         return;

@@ -408,6 +408,11 @@ impl Exec<'_> {
         let gidx = unlinear(&groups.grid(), group);
         let (start, len) = groups.chunk_region(&gidx);
         let t0 = Instant::now();
+        // The block counts against the memory budget while it is assembled and passed on.
+        let held = Held::new(
+            &self.store,
+            len.iter().product::<usize>() * n.meta.dtype.size(),
+        )?;
         let mut block = Chunk::zeros(n.meta.dtype, &len);
         let mut bytes = 0;
         for part in product(&overlapping(&im.chunks, &start, &len)) {
@@ -430,7 +435,9 @@ impl Exec<'_> {
         }
         self.progress
             .record(node, t0, bytes, chunks_in(&n.meta, &start, &len));
-        self.emit(node, &start, block)
+        let emitted = self.emit(node, &start, block);
+        drop(held);
+        emitted
     }
 
     fn kernel_err(&self, node: usize, idx: &[usize], m: String) -> ExecError {
@@ -478,7 +485,13 @@ impl Exec<'_> {
     }
 
     /// Runs stage `child` on `data`, a block of its input `node` starting at `start`, and emits what it makes.
-    fn apply(&self, node: usize, child: usize, start: &[usize], data: &Chunk) -> Result<(), ExecError> {
+    fn apply(
+        &self,
+        node: usize,
+        child: usize,
+        start: &[usize],
+        data: &Chunk,
+    ) -> Result<(), ExecError> {
         let n = &self.plan.nodes[node];
         let c = &self.plan.nodes[child];
         let idx = chunk_index(&n.meta, start);
@@ -515,7 +528,7 @@ impl Exec<'_> {
                 let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
                 let leaf = linear(&red_grid, &red_idx);
                 let out_lin = linear(&c.meta.grid(), &out_idx);
-                if let Some(total) = self.feed_tree(child, out_lin, leaf, p).map_err(kerr)? {
+                if let Some(total) = self.feed_tree(child, out_lin, leaf, p, kerr)? {
                     let t1 = Instant::now();
                     let out = reduce::finish(total, data.dtype());
                     self.progress.record(child, t1, 0, 0);
@@ -531,7 +544,13 @@ impl Exec<'_> {
 
     /// Cuts `data` (a chunk of `node` at `start`) into the pieces of rechunk `child`'s merge groups, stores them,
     /// and queues each merge whose last piece this was.
-    fn split(&self, node: usize, child: usize, start: &[usize], data: &Chunk) -> Result<(), ExecError> {
+    fn split(
+        &self,
+        node: usize,
+        child: usize,
+        start: &[usize],
+        data: &Chunk,
+    ) -> Result<(), ExecError> {
         let t0 = Instant::now();
         let im = &self.plan.nodes[node].meta;
         let len = data.shape();
@@ -567,13 +586,15 @@ impl Exec<'_> {
     }
 
     /// Puts leaf `leaf` of output chunk `out` into its reduction tree; returns the root when it completes.
+    /// Partials waiting for their siblings count against the memory budget.
     fn feed_tree(
         &self,
         node: usize,
         out: usize,
         leaf: usize,
         p: Partial,
-    ) -> Result<Option<Partial>, KernelError> {
+        kerr: impl Fn(KernelError) -> ExecError,
+    ) -> Result<Option<Partial>, ExecError> {
         let Some(state) = &self.reduce[node] else {
             return Ok(Some(p));
         };
@@ -585,6 +606,7 @@ impl Exec<'_> {
             }
             let parent = k / REDUCE_FAN_IN;
             let siblings = REDUCE_FAN_IN.min(count - parent * REDUCE_FAN_IN);
+            self.store.hold(p.nbytes())?;
             let full = {
                 let mut t = state.trees[out].lock().unwrap_or_else(|e| e.into_inner());
                 let slot = t
@@ -601,12 +623,14 @@ impl Exec<'_> {
             let Some(children) = full else {
                 return Ok(None);
             };
+            self.store
+                .release(children.iter().flatten().map(Partial::nbytes).sum());
             let mut it = children.into_iter().flatten();
             let Some(mut acc) = it.next() else {
                 return Ok(None);
             };
             for c in it {
-                acc = reduce::combine(acc, &c)?;
+                acc = reduce::combine(acc, &c).map_err(&kerr)?;
             }
             p = acc;
             level += 1;
@@ -616,9 +640,32 @@ impl Exec<'_> {
     }
 }
 
+/// Bytes counted against the store's budget for as long as this lives ([`ChunkStore::hold`]).
+struct Held<'a> {
+    store: &'a ChunkStore,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(store: &'a ChunkStore, bytes: usize) -> Result<Held<'a>, StoreError> {
+        store.hold(bytes)?;
+        Ok(Held { store, bytes })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.store.release(self.bytes);
+    }
+}
+
 /// Index of the chunk of `meta` that starts at element `start`.
 fn chunk_index(meta: &crate::array::ArrayMeta, start: &[usize]) -> Vec<usize> {
-    start.iter().zip(&meta.chunks).map(|(s, c)| s / c.max(&1)).collect()
+    start
+        .iter()
+        .zip(&meta.chunks)
+        .map(|(s, c)| s / c.max(&1))
+        .collect()
 }
 
 /// Number of chunks of `meta` in the chunk-aligned block `start .. start + len`.

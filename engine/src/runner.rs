@@ -187,7 +187,7 @@ impl ChunkSink for Sinks {
         let shape = chunk.shape();
         if let Some(d) = &s.dense {
             let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
-            full.paste(&start, &Chunk::F64(chunk.to_f64()))
+            full.paste(start, &Chunk::F64(chunk.to_f64()))
                 .map_err(|m| err("assembly", m))?;
         }
         if let Some((pixels, values)) = &s.series {

@@ -145,6 +145,8 @@ struct Inner {
     resident: usize,
     /// Bytes of the Spilling entries (part of `resident`, no longer counted against the budget).
     spilling: usize,
+    /// Bytes the engine holds outside the store but within the budget ([`ChunkStore::hold`]).
+    held: usize,
     tick: u64,
 }
 
@@ -176,7 +178,7 @@ fn sub(a: usize, b: usize) -> usize {
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStats {
-    /// Highest resident bytes seen.
+    /// Highest bytes in memory seen: resident chunks plus what the engine held against the budget.
     pub peak_resident_bytes: u64,
     /// Bytes written to the spill backend.
     pub spilled_bytes: u64,
@@ -247,9 +249,37 @@ impl ChunkStore {
             }
             g.lru.insert(t, key);
             g.resident += n;
-            self.peak.fetch_max(g.resident as u64, Ordering::Relaxed);
+            self.peak
+                .fetch_max((g.resident + g.held) as u64, Ordering::Relaxed);
         }
         self.enforce_budget()
+    }
+
+    /// Counts `bytes` that the caller keeps in memory outside the store (a block being merged, reduction
+    /// partials waiting for their siblings) against the budget, spilling stored chunks to make room. Give them
+    /// back with [`ChunkStore::release`].
+    ///
+    /// # Errors
+    /// When spilling fails.
+    pub fn hold(&self, bytes: usize) -> Result<(), StoreError> {
+        {
+            let mut g = self.lock();
+            g.held += bytes;
+            self.peak
+                .fetch_max((g.resident + g.held) as u64, Ordering::Relaxed);
+        }
+        self.enforce_budget()
+    }
+
+    /// Gives back bytes counted by [`ChunkStore::hold`].
+    pub fn release(&self, bytes: usize) {
+        let mut g = self.lock();
+        g.held = sub(g.held, bytes);
+    }
+
+    /// Bytes currently counted by [`ChunkStore::hold`].
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held
     }
 
     /// Spills the oldest resident chunks until the budget holds. Serialisation and I/O happen outside the lock;
@@ -258,7 +288,7 @@ impl ChunkStore {
         loop {
             let (key, chunk) = {
                 let mut g = self.lock();
-                if sub(g.resident, g.spilling) <= self.budget {
+                if sub(g.resident, g.spilling) + g.held <= self.budget {
                     return Ok(());
                 }
                 let Some((_, key)) = g.lru.pop_first() else {
@@ -432,6 +462,24 @@ mod tests {
             chunk: c,
             part: 0,
         }
+    }
+
+    #[test]
+    fn held_bytes_count_against_the_budget() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = ChunkStore::new(250, Box::new(FileSpill::new(dir.path()).expect("spill")));
+        for c in 0..2 {
+            s.put(key(c), chunk(c as u8), 1).expect("put");
+        }
+        assert_eq!(s.stats().spilled_bytes, 0, "200 bytes fit in 250");
+        // A 120-byte merge block: the oldest chunk goes to disk to make room.
+        s.hold(120).expect("hold");
+        assert_eq!(s.stats().spilled_bytes, 100);
+        assert_eq!((s.resident_bytes(), s.held_bytes()), (100, 120));
+        assert_eq!(s.stats().peak_resident_bytes, 320);
+        s.release(120);
+        assert_eq!(s.held_bytes(), 0);
+        assert_eq!(*s.take(key(0)).expect("read back"), chunk(0));
     }
 
     #[test]

@@ -44,14 +44,20 @@ fn best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Runs `work(i)` for `i in 0..items` on `threads` threads (static interleaved split).
-fn parallel(threads: usize, items: usize, work: impl Fn(usize, &mut Vec<u8>) -> Result<()> + Sync) -> Result<()> {
+fn parallel(
+    threads: usize,
+    items: usize,
+    work: impl Fn(usize, &mut Vec<u8>) -> Result<()> + Sync,
+) -> Result<()> {
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let work = &work;
                 s.spawn(move || {
                     let mut scratch = Vec::new();
-                    (t..items).step_by(threads).try_for_each(|i| work(i, &mut scratch))
+                    (t..items)
+                        .step_by(threads)
+                        .try_for_each(|i| work(i, &mut scratch))
                 })
             })
             .collect();
@@ -86,7 +92,9 @@ fn decode_figures(a: &Args, files: &[Vec<u8>]) -> Result<Value> {
         ("image", decode_image),
     ] {
         let one = best(a.reps, || parallel(1, n, |i, buf| f(&files[i], buf)))?;
-        let many = best(a.reps, || parallel(a.threads, n, |i, buf| f(&files[i], buf)))?;
+        let many = best(a.reps, || {
+            parallel(a.threads, n, |i, buf| f(&files[i], buf))
+        })?;
         per.insert(
             name.into(),
             json!({"ms_per_slice_1t": one / n as f64 * 1e3, "seconds_1t": one, "seconds_nt": many}),
@@ -101,7 +109,11 @@ fn fft_figures(a: &Args, len: usize, series: usize) -> Result<(Value, Vec<u8>)> 
     let plan = RealFftPlanner::<f64>::new().plan_fft_forward(len);
     let run = |threads: usize, keep: bool| -> Result<Vec<f32>> {
         let chunk = series.div_ceil(threads);
-        let mut out = if keep { vec![0f32; series * (len / 2 + 1)] } else { Vec::new() };
+        let mut out = if keep {
+            vec![0f32; series * (len / 2 + 1)]
+        } else {
+            Vec::new()
+        };
         std::thread::scope(|s| -> Result<()> {
             let mut parts: Vec<&mut [f32]> = if keep {
                 out.chunks_mut(chunk * (len / 2 + 1)).collect()
@@ -179,8 +191,10 @@ fn zstd_figures(a: &Args, power: &[u8], level: i32) -> Result<Value> {
         }
         Ok(())
     })?;
-    Ok(json!({"level": level, "bytes": power.len(), "mb_per_s_1t": power.len() as f64 / t / 1e6,
-              "ratio": out_len as f64 / power.len().max(1) as f64}))
+    Ok(
+        json!({"level": level, "bytes": power.len(), "mb_per_s_1t": power.len() as f64 / t / 1e6,
+              "ratio": out_len as f64 / power.len().max(1) as f64}),
+    )
 }
 
 /// Writing `bytes` to a new file in `dir` (the page cache; what an uncompressed output costs), GB/s.

@@ -235,7 +235,12 @@ impl ZarrWriter {
     fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
         let inner: Vec<usize> = self.meta.chunks.iter().map(|&c| c.max(1)).collect();
         let per: Vec<usize> = self.unit.iter().zip(&inner).map(|(u, c)| u / c).collect();
-        let have: Vec<usize> = block.shape().iter().zip(&inner).map(|(h, c)| h.div_ceil(*c)).collect();
+        let have: Vec<usize> = block
+            .shape()
+            .iter()
+            .zip(&inner)
+            .map(|(h, c)| h.div_ceil(*c))
+            .collect();
         let mut parts = block.split_grid(&inner).into_iter();
         let mut body = Vec::new();
         let mut index = Vec::with_capacity(per.iter().product::<usize>() * 16 + 4);

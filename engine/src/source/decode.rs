@@ -83,7 +83,13 @@ pub fn decode_into(
 ) -> Result<(), SourceError> {
     let (decoder, found) = open(bytes, index, location)?;
     if found != expected {
-        return Err(mismatch(index, location.to_owned(), expected, basis, &found));
+        return Err(mismatch(
+            index,
+            location.to_owned(),
+            expected,
+            basis,
+            &found,
+        ));
     }
     let target: &mut [u8] = match out {
         SliceBuf::U8(b) => b,
@@ -100,13 +106,11 @@ pub fn decode_into(
             ),
         });
     }
-    decoder
-        .read_image(target)
-        .map_err(|e| SourceError::Decode {
-            index,
-            location: location.to_owned(),
-            message: e.to_string(),
-        })
+    decoder.read_image(target).map_err(|e| SourceError::Decode {
+        index,
+        location: location.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Decodes an 8- or 16-bit greyscale PNG, TIFF or JPEG into a new 2-D `(height, width)` chunk. The format is
@@ -122,8 +126,14 @@ pub fn decode_slice(bytes: &[u8], index: usize, location: &str) -> Result<Chunk,
     decode_into(bytes, index, location, info, "itself", stack.slot(index))?;
     let chunk = stack.finish();
     Ok(match chunk {
-        Chunk::U8(a) => Chunk::U8(a.into_shape_with_order(IxDyn(&[info.height, info.width])).unwrap_or_default()),
-        Chunk::U16(a) => Chunk::U16(a.into_shape_with_order(IxDyn(&[info.height, info.width])).unwrap_or_default()),
+        Chunk::U8(a) => Chunk::U8(
+            a.into_shape_with_order(IxDyn(&[info.height, info.width]))
+                .unwrap_or_default(),
+        ),
+        Chunk::U16(a) => Chunk::U16(
+            a.into_shape_with_order(IxDyn(&[info.height, info.width]))
+                .unwrap_or_default(),
+        ),
         other => other,
     })
 }
@@ -160,7 +170,10 @@ impl SliceStack {
         let len = (end - start)
             .checked_mul(info.height)
             .and_then(|n| n.checked_mul(info.width))
-            .filter(|n| n.checked_mul(info.dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
+            .filter(|n| {
+                n.checked_mul(info.dtype.size())
+                    .is_some_and(|b| b <= isize::MAX as usize)
+            })
             .ok_or_else(too_big)?;
         let data = match info.dtype {
             DType::Uint8 => StackData::U8(vec![0; len]),

@@ -4,7 +4,6 @@
 //! texture is (their radial weight is 0), so only the disc's bounding box is generated: about a quarter of the
 //! noise a full slice would need, with the same result.
 
-
 /// Name of the recipe implemented here.
 pub const RECIPE: &str = "emstack-v1";
 /// Seed of the noise stream when the spec gives none.
