@@ -115,6 +115,17 @@ def main():
             n, cell(t), cell(d), cell(j), ratio(med(t), med(j)), ratio(med(d), med(j)),
             fmt(pk[0]), fmt(pk[1]), fmt(pk[2]), len(t), len(d), len(j)))
     p("")
+    for n in sizes:
+        raw_runs = D.runs("aj-full-raw", n)
+        if raw_runs:
+            j = [r["wall_s"] for r in raw_runs]
+            ph = D.aj("aj-full-raw", n, lambda r, s: s["power"]["endSeconds"]
+                      - r["summary"].get("loadEndSeconds", s["source"]["endSeconds"]))
+            p("`aj-full-raw` (N = %d; the same job, power.zarr stored uncompressed, `zarrCompression: {codec: none}`): "
+              "%s s, **%s** faster than Dask threaded and **%s** than distributed; peak RSS %s MB; rechunk + FFT "
+              "after the last load %s s.\n" % (
+                  n, cell(j), ratio(head[n][0], med(j)), ratio(head[n][1], med(j)),
+                  fmt(med([r["maxrss_MB"] for r in raw_runs])), cell(ph)))
 
     # ---------------- per stage
     for n in sizes:

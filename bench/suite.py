@@ -24,7 +24,8 @@ import psutil  # noqa: E402
 import common  # noqa: E402
 
 SEED = 20170117
-ALL_CONFIGS = ["dask-threads", "dask-distributed", "aj-full", "aj-means", "aj-fftpath", "aj-full-files"]
+ALL_CONFIGS = ["dask-threads", "dask-distributed", "aj-full", "aj-means", "aj-fftpath", "aj-full-files",
+               "aj-full-raw"]
 
 
 def dataset_dir(root, n, h, w):
@@ -57,15 +58,18 @@ def manifest(kind, n, h, w, url_base, data_dir):
     reduce: {op: mean, axes: [0]}
     output: {image: recentered-mean.png}
 """
+    # aj-full-raw: the same job with the power spectrum stored uncompressed (zarrCompression: none)
+    codec = ", zarrCompression: {codec: none}" if kind == "aj-full-raw" else ""
     fft = """  - name: series
     input: recentered
     rechunk: {chunks: [-1, 10, 10]}
   - name: power
     input: series
     fft: {axis: 0, power: true, dtype: float32}
-    output: {zarr: power.zarr}
-"""
+    output: {zarr: power.zarr%s}
+""" % codec
     stages = {"aj-full": means + recenter + rmean + fft, "aj-full-files": means + recenter + rmean + fft,
+              "aj-full-raw": means + recenter + rmean + fft,
               "aj-means": means, "aj-fftpath": recenter + fft}[kind]
     return ("apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {name: bench-%s-n%d}\nspec:\n"
             "  source:\n%s    slicesPerChunk: 20\n  stages:\n%s" % (kind[3:], n, src, stages))

@@ -16,35 +16,53 @@ macro_rules! int_pixel {
     ($t:ty) => {
         impl Pixel for $t {
             fn moments(slice: ArrayView2<'_, Self>) -> (f64, f64, f64) {
-                let w = slice.ncols();
-                // Column sums (for sum j*v) and row sums (for sum i*v), all in exact integers.
-                let mut colsum = vec![0u64; w];
-                let (mut total, mut total_x) = (0u64, 0u64);
-                for (i, row) in slice.outer_iter().enumerate() {
-                    let row_sum = match row.as_slice() {
-                        Some(r) => {
-                            for (c, &v) in colsum.iter_mut().zip(r) {
-                                *c += v as u64;
-                            }
-                            r.chunks(65536)
-                                .map(|b| b.iter().map(|&v| v as u32).sum::<u32>() as u64)
-                                .sum::<u64>()
-                        }
-                        None => {
-                            for (c, &v) in colsum.iter_mut().zip(row.iter()) {
-                                *c += v as u64;
-                            }
-                            row.iter().map(|&v| v as u64).sum::<u64>()
-                        }
-                    };
-                    total += row_sum;
-                    total_x += i as u64 * row_sum;
+                let (h, w) = slice.dim();
+                // Column sums fit u32 lanes (vectorised adds) while h * max <= u32::MAX; otherwise u64.
+                if (h as u64) * (<$t>::MAX as u64) <= u32::MAX as u64 {
+                    moments_int::<$t, u32>(slice, w)
+                } else {
+                    moments_int::<$t, u64>(slice, w)
                 }
-                let total_y: u64 = colsum.iter().enumerate().map(|(j, &c)| j as u64 * c).sum();
-                (total_x as f64, total_y as f64, total as f64)
             }
         }
     };
+}
+
+/// `(sum i*v, sum j*v, sum v)` of an integer slice, exactly: column sums in `A`, row sums in u64.
+fn moments_int<T, A>(slice: ArrayView2<'_, T>, w: usize) -> (f64, f64, f64)
+where
+    T: Copy + Into<u32>,
+    A: Copy + Default + std::ops::AddAssign + From<u32> + Into<u64>,
+{
+    let mut colsum = vec![A::default(); w];
+    let (mut total, mut total_x) = (0u64, 0u64);
+    for (i, row) in slice.outer_iter().enumerate() {
+        let row_sum = match row.as_slice() {
+            Some(r) => {
+                for (c, &v) in colsum.iter_mut().zip(r) {
+                    *c += A::from(v.into());
+                }
+                // 65536 values of at most 65535 fit a u32.
+                r.chunks(65536)
+                    .map(|b| u64::from(b.iter().map(|&v| v.into()).sum::<u32>()))
+                    .sum::<u64>()
+            }
+            None => {
+                for (c, &v) in colsum.iter_mut().zip(row.iter()) {
+                    *c += A::from(v.into());
+                }
+                row.iter().map(|&v| u64::from(v.into())).sum::<u64>()
+            }
+        };
+        total += row_sum;
+        total_x += i as u64 * row_sum;
+    }
+    let total_y: u64 = colsum
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| j as u64 * c.into())
+        .sum();
+    (total_x as f64, total_y as f64, total as f64)
 }
 int_pixel!(u8);
 int_pixel!(u16);
