@@ -231,7 +231,7 @@ def main():
         p("| measurement | best s | MB/s | per item |")
         p("|---|---:|---:|---:|")
         for k, v in lim.items():
-            if k.startswith("_"):
+            if k.startswith("_") or "best_s" not in v:
                 continue
             p("| %s | %s | %s | %s |" % (k, fmt(v["best_s"], 4), fmt(v.get("MBps", float("nan"))),
                                          ("%.3f ms" % v["per_item_ms"]) if "per_item_ms" in v else ""))

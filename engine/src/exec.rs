@@ -2,15 +2,15 @@
 //!
 //! Task kinds (see [`crate::plan`]): *load* a source chunk, *merge* the pieces of a rechunk output chunk.
 //! Whatever a task produces is pushed through the fused stages below it at once ([`Exec::emit`]): recenter
-//! and FFT chunks are computed in place, reductions take a partial and feed their tree, rechunks split the
+//! and FFT chunks are computed in place, reductions take a partial and fold it in, rechunks split the
 //! chunk into pieces for the [`ChunkStore`]. When the last piece of a merge arrives, the merge is queued;
-//! when the last partial of a reduction tree arrives, the reduced chunk is emitted by that same thread.
+//! when the last partial of a reduction is folded in, the reduced chunk is emitted by that same thread.
 //! Merges run before loads, so pieces leave memory as soon as they can.
 //!
-//! Results do not depend on thread timing: partials are combined in a fixed tree order, pieces are pasted
+//! Results do not depend on thread timing: partials are folded in leaf order, pieces are pasted
 //! into fixed positions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::array::{Chunk, DType};
 use crate::kernels::KernelError;
 use crate::kernels::reduce::{self, Partial};
-use crate::plan::{NodeOp, Plan, REDUCE_FAN_IN, linear, merge_groups, overlapping, unlinear};
+use crate::plan::{NodeOp, Plan, linear, merge_groups, overlapping, unlinear};
 use crate::source::{SliceSource, SourceError};
 use crate::store::{ChunkKey, ChunkStore, StoreError, StoreStats};
 
@@ -209,17 +209,23 @@ enum Task {
     Merge { node: usize, chunk: usize },
 }
 
-/// The fixed reduction tree of one output chunk.
+/// The reduction of one output chunk: partials are folded in leaf order (leaf 0, then 1, ...), whatever order
+/// they arrive in, so results do not depend on timing; a partial that arrives before its predecessors waits.
+/// Loads run in order, so few ever wait: memory stays at about one accumulator plus one partial per thread.
 #[derive(Default)]
-struct Tree {
-    /// Children waiting for their siblings, by (level, parent index).
-    waiting: HashMap<(usize, usize), Vec<Option<Partial>>>,
+struct Fold {
+    /// The next leaf to fold in.
+    next: usize,
+    /// Leaves `0..next` folded together.
+    acc: Option<Partial>,
+    /// Leaves that arrived before `next`.
+    waiting: BTreeMap<usize, Partial>,
 }
 
 struct ReduceState {
     /// Leaves (input chunks) per output chunk.
     leaves: usize,
-    trees: Vec<Mutex<Tree>>,
+    folds: Vec<Mutex<Fold>>,
 }
 
 struct Exec<'a> {
@@ -285,7 +291,7 @@ pub fn execute(
                 let leaves = r.axes.iter().map(|&a| g[a]).product();
                 Some(ReduceState {
                     leaves,
-                    trees: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect(),
+                    folds: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect(),
                 })
             }
             _ => None,
@@ -585,8 +591,8 @@ impl Exec<'_> {
         Ok(())
     }
 
-    /// Puts leaf `leaf` of output chunk `out` into its reduction tree; returns the root when it completes.
-    /// Partials waiting for their siblings count against the memory budget.
+    /// Folds leaf `leaf` of output chunk `out` into its reduction; returns the result when it was the last.
+    /// The accumulator and the partials waiting for their predecessors count against the memory budget.
     fn feed_tree(
         &self,
         node: usize,
@@ -598,45 +604,29 @@ impl Exec<'_> {
         let Some(state) = &self.reduce[node] else {
             return Ok(Some(p));
         };
-        let (mut level, mut k, mut p) = (0usize, leaf, p);
-        let mut count = state.leaves;
-        loop {
-            if count <= 1 {
-                return Ok(Some(p));
-            }
-            let parent = k / REDUCE_FAN_IN;
-            let siblings = REDUCE_FAN_IN.min(count - parent * REDUCE_FAN_IN);
-            self.store.hold(p.nbytes())?;
-            let full = {
-                let mut t = state.trees[out].lock().unwrap_or_else(|e| e.into_inner());
-                let slot = t
-                    .waiting
-                    .entry((level + 1, parent))
-                    .or_insert_with(|| (0..siblings).map(|_| None).collect());
-                slot[k % REDUCE_FAN_IN] = Some(p);
-                if slot.iter().all(Option::is_some) {
-                    t.waiting.remove(&(level + 1, parent))
-                } else {
-                    None
+        self.store.hold(p.nbytes())?;
+        let mut guard = state.folds[out].lock().unwrap_or_else(|e| e.into_inner());
+        let f = &mut *guard;
+        f.waiting.insert(leaf, p);
+        while let Some(next) = f.waiting.remove(&f.next) {
+            let acc = match f.acc.take() {
+                None => next,
+                Some(acc) => {
+                    self.store.release(next.nbytes());
+                    reduce::combine(acc, &next).map_err(&kerr)?
                 }
             };
-            let Some(children) = full else {
-                return Ok(None);
-            };
-            self.store
-                .release(children.iter().flatten().map(Partial::nbytes).sum());
-            let mut it = children.into_iter().flatten();
-            let Some(mut acc) = it.next() else {
-                return Ok(None);
-            };
-            for c in it {
-                acc = reduce::combine(acc, &c).map_err(&kerr)?;
-            }
-            p = acc;
-            level += 1;
-            k = parent;
-            count = count.div_ceil(REDUCE_FAN_IN);
+            f.acc = Some(acc);
+            f.next += 1;
         }
+        if f.next < state.leaves {
+            return Ok(None);
+        }
+        let total = f.acc.take();
+        if let Some(t) = &total {
+            self.store.release(t.nbytes());
+        }
+        Ok(total)
     }
 }
 

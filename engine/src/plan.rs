@@ -17,11 +17,8 @@ use crate::source::SliceInfo;
 use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
 use crate::validate::DEFAULT_SLICES_PER_CHUNK;
 
-/// Fan-in of the reduction tree.
-pub const REDUCE_FAN_IN: usize = 8;
-
 /// Target size of one rechunk merge task: output chunks are merged in groups of about this many bytes.
-pub const MERGE_GROUP_BYTES: usize = 8 << 20;
+pub const MERGE_GROUP_BYTES: usize = 4 << 20;
 
 /// The grid of a rechunk's merge tasks: consecutive output chunks along the last axis are merged together
 /// (about [`MERGE_GROUP_BYTES`] per task), so pieces are large and few even when output chunks are tiny
@@ -324,7 +321,8 @@ impl Plan {
                 _ => 0,
             };
             if let (NodeOp::Reduce(r), Some(i)) = (&n.op, n.input) {
-                // Tree state: at most fan-in partials per level, each one output chunk of f64 (two for std).
+                // Fold state: the accumulator plus about one partial per thread, each one output chunk of f64
+                // (two for std).
                 let per = n.meta.chunks.iter().product::<usize>()
                     * 8
                     * if r.op == crate::spec::ReduceKind::Std {
@@ -333,11 +331,8 @@ impl Plan {
                         1
                     };
                 let leaves = self.nodes[i].meta.num_chunks();
-                let levels = (leaves.max(2) as f64).log(REDUCE_FAN_IN as f64).ceil() as usize;
                 let out_chunks = n.meta.num_chunks();
-                partial_bytes += per
-                    * (REDUCE_FAN_IN * levels.max(1)).min(leaves)
-                    * out_chunks.min(threads * 2 + 1);
+                partial_bytes += per * (threads + 1).min(leaves) * out_chunks.min(threads * 2 + 1);
             }
             exchange += moved;
             stages.push(StageReport {
