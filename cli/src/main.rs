@@ -15,11 +15,6 @@ use clap::{Parser, Subcommand};
 
 mod report;
 
-/// mimalloc keeps freed chunk buffers for reuse; glibc's malloc maps and unmaps each multi-megabyte chunk,
-/// so every chunk costs page faults and TLB shootdowns (about a tenth of a run's CPU time in profiles).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Distributed NumPy-style processing of image stacks; this command runs a job on this machine.
 #[derive(Debug, Parser)]
 #[command(name = "arrayjob", version, about)]

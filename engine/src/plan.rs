@@ -18,7 +18,7 @@ use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, Stage
 use crate::validate::DEFAULT_SLICES_PER_CHUNK;
 
 /// Target size of one rechunk merge task: output chunks are merged in groups of about this many bytes.
-pub const MERGE_GROUP_BYTES: usize = 4 << 20;
+pub const MERGE_GROUP_BYTES: usize = 8 << 20;
 
 /// The grid of a rechunk's merge tasks: consecutive output chunks along the last axis are merged together
 /// (about [`MERGE_GROUP_BYTES`] per task), so pieces are large and few even when output chunks are tiny
