@@ -286,8 +286,16 @@ def main():
         p("| realfft + power, all series | %.3f s (%.2f us/series) | %.3f s |" % (
             ff["seconds_1t"], ff["us_per_series_1t"], ff["seconds_nt"]))
         p("| memcpy | %.1f GB/s | |" % fl["memcpy"]["gb_per_s_1t"])
-        p("| zstd level 1 on float32 spectra | %.0f MB/s (ratio %.2f) | |\n" % (
+        p("| zstd level 1 on float32 spectra | %.0f MB/s (ratio %.2f) | |" % (
             fl["zstd1"]["mb_per_s_1t"], fl["zstd1"]["ratio"]))
+        if "zstd_fast" in fl:
+            p("| zstd level %d on float32 spectra | %.0f MB/s (ratio %.2f) | |" % (
+                fl["zstd_fast"]["level"], fl["zstd_fast"]["mb_per_s_1t"], fl["zstd_fast"]["ratio"]))
+        if "gb_per_s_first" in fl.get("write", {}):
+            w = fl["write"]
+            p("| writing 1 GB as %d new files (page cache) | first %.2f GB/s, best %.2f GB/s | |" % (
+                w["files"], w["gb_per_s_first"], w["gb_per_s_best"]))
+        p("")
         fs = D.aj("aj-full-files", n, lambda r, s: s["source"]["busySeconds"] / n * 1e3)
         pw = D.aj("aj-full", n, lambda r, s: s["power"]["busySeconds"])
         p("| stage (N = %d) | floor | arrayjob | arrayjob / floor |" % n)
