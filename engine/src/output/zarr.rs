@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{ArrayD, IxDyn, SliceInfoElem};
+use ndarray::ArrayD;
 use zarrs::array::codec::bytes_to_bytes::zstd::ZstdCodec;
 use zarrs::array::{Array, ArrayBuilder, ArraySubset, CodecOptions, data_type};
 use zarrs::filesystem::FilesystemStore;
@@ -212,21 +212,31 @@ impl ZarrWriter {
         if self.unit != self.meta.chunks {
             return self.write_shard(&zidx, chunk);
         }
-        let full = &self.unit;
+        let padded = self.padded(chunk, &self.unit)?;
         // The executor's threads are the only compute threads: no codec parallelism inside one write.
         let options = CodecOptions::default().with_concurrent_target(1);
-        let res = crate::with_chunk!(chunk, a => {
-            if a.shape() == full.as_slice() {
-                self.array.store_chunk_opt(&zidx, a, &options)
-            } else {
-                self.array.store_chunk_opt(&zidx, pad(a, full), &options)
-            }
-        });
+        let res = crate::with_chunk!(padded.as_ref(), a => self.array.store_chunk_opt(&zidx, a, &options));
         res.map_err(|e| OutputError::write(&self.dir, format!("store chunk {idx:?}"), e))
     }
 }
 
 impl ZarrWriter {
+    /// `chunk` as is when it has shape `full`, else in the top-left corner of a zero-filled chunk of that shape
+    /// (an edge chunk filled up with the fill value, as Zarr stores edge chunks).
+    fn padded<'a>(
+        &self,
+        chunk: &'a Chunk,
+        full: &[usize],
+    ) -> Result<std::borrow::Cow<'a, Chunk>, OutputError> {
+        if chunk.shape() == full {
+            return Ok(std::borrow::Cow::Borrowed(chunk));
+        }
+        let mut out = Chunk::zeros(chunk.dtype(), full);
+        out.paste(&vec![0; full.len()], chunk)
+            .map_err(|m| OutputError::invalid(&self.dir, "chunk", m))?;
+        Ok(std::borrow::Cow::Owned(out))
+    }
+
     /// Encodes and stores one shard. The inner chunks are cut with bulk copies and compressed with the zstd
     /// crate exactly as zarrs' `zstd` codec does (no checksum); the layout is the array's `sharding_indexed`
     /// codec: encoded chunks, then the index (little-endian `(offset, nbytes)` per chunk in C order, `u64::MAX`
@@ -286,16 +296,7 @@ impl ZarrWriter {
         inner: &[usize],
         out: &mut Vec<u8>,
     ) -> Result<bool, OutputError> {
-        let padded;
-        let part = if part.shape() == inner {
-            part
-        } else {
-            let mut full = Chunk::zeros(part.dtype(), inner);
-            full.paste(&vec![0; inner.len()], part)
-                .map_err(|m| OutputError::invalid(&self.dir, "chunk", m))?;
-            padded = full;
-            &padded
-        };
+        let part = self.padded(part, inner)?;
         let raw = part.as_le_bytes();
         if raw.iter().all(|&b| b == 0) {
             return Ok(false);
@@ -327,23 +328,6 @@ thread_local! {
     /// A zstd context per thread (and level), reused from chunk to chunk.
     static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
-}
-
-/// `a` in the top-left corner of a zero-filled array of shape `full` (an edge chunk filled up to the chunk
-/// shape with the fill value, as Zarr stores edge chunks).
-fn pad<T: Clone + Default>(a: &ArrayD<T>, full: &[usize]) -> ArrayD<T> {
-    let mut out = ArrayD::from_elem(IxDyn(full), T::default());
-    let info: Vec<SliceInfoElem> = a
-        .shape()
-        .iter()
-        .map(|&n| SliceInfoElem::Slice {
-            start: 0,
-            end: Some(n as isize),
-            step: 1,
-        })
-        .collect();
-    out.slice_mut(info.as_slice()).assign(a);
-    out
 }
 
 /// Reads a whole Zarr v3 array written by [`ZarrWriter`] (uint8, uint16, float32 or float64) into one chunk.

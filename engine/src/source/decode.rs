@@ -113,31 +113,6 @@ pub fn decode_into(
     })
 }
 
-/// Decodes an 8- or 16-bit greyscale PNG, TIFF or JPEG into a new 2-D `(height, width)` chunk. The format is
-/// recognised from the bytes, not from a file name. Colour and alpha images are refused rather than converted:
-/// a silent conversion would hide a wrong source.
-///
-/// # Errors
-/// [`SourceError::Decode`] naming `index` and `location` when the bytes are not an image of a supported format,
-/// are corrupt or truncated, or hold a colour, alpha or floating-point image.
-pub fn decode_slice(bytes: &[u8], index: usize, location: &str) -> Result<Chunk, SourceError> {
-    let info = probe(bytes, index, location)?;
-    let mut stack = SliceStack::new(index, index + 1, info)?;
-    decode_into(bytes, index, location, info, "itself", stack.slot(index))?;
-    let chunk = stack.finish();
-    Ok(match chunk {
-        Chunk::U8(a) => Chunk::U8(
-            a.into_shape_with_order(IxDyn(&[info.height, info.width]))
-                .unwrap_or_default(),
-        ),
-        Chunk::U16(a) => Chunk::U16(
-            a.into_shape_with_order(IxDyn(&[info.height, info.width]))
-                .unwrap_or_default(),
-        ),
-        other => other,
-    })
-}
-
 /// A `(n, height, width)` chunk being filled one slice at a time, in any order: one allocation per chunk, each
 /// slice decoded or generated straight into its place.
 #[derive(Debug)]
