@@ -186,6 +186,23 @@ impl Chunk {
         }
     }
 
+    /// Appends the block `start .. start + len` of this chunk to `out` as little-endian bytes in row-major order:
+    /// the bytes of [`Chunk::region`]'s result, without building it (bulk copies of contiguous runs).
+    pub fn region_le_bytes(&self, start: &[usize], len: &[usize], out: &mut Vec<u8>) {
+        if cfg!(target_endian = "big") {
+            out.extend_from_slice(&self.region(start, len).to_le_bytes());
+            return;
+        }
+        with_chunk!(self, a => {
+            let src = a.as_standard_layout();
+            let data = src.as_slice().unwrap_or(&[]);
+            out.reserve(len.iter().product::<usize>() * self.dtype().size());
+            for_each_run(src.shape(), start, len, |at, run| {
+                out.extend_from_slice(bytemuck::cast_slice(&data[at..at + run]));
+            });
+        })
+    }
+
     /// Copies all of `src` into this chunk at offset `at` (bulk copies of contiguous runs).
     ///
     /// # Errors

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod csv;
+pub mod direct;
 pub mod image;
 pub mod plot;
 pub mod zarr;

@@ -544,6 +544,44 @@ fn spectrum_along_inner_axes_and_u8_input() {
     }
 }
 
+/// Every series of chunks whose lengths and series counts are not multiples of the kernel's tiles (8) nor of
+/// its gather block (64), both one-sided and full, against the naive DFT.
+#[test]
+fn spectrum_every_series_of_ragged_shapes() {
+    for (shape, axis) in [
+        (vec![19usize, 9, 11], 0usize),
+        (vec![16, 70], 0),
+        (vec![2, 21, 13, 5], 1),
+        (vec![3, 8, 8], 1),
+        (vec![7, 1], 0),
+    ] {
+        let total: usize = shape.iter().product();
+        let v: Vec<u8> = lcg(total, 17).iter().map(|x| (x * 255.0) as u8).collect();
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), v).expect("shape");
+        let n = shape[axis];
+        for onesided in [false, true] {
+            let out = spectrum(&Chunk::U8(a.clone()), axis, true, onesided, DType::Float64)
+                .expect("spectrum")
+                .to_f64();
+            let m = if onesided { n / 2 + 1 } else { n };
+            assert_eq!(out.shape()[axis], m, "{shape:?} axis {axis}");
+            let mut others = shape.clone();
+            others[axis] = 1;
+            for idx in arrayjob_engine::array::grid_indices(&others) {
+                let at = |k: usize| {
+                    let mut i = idx.clone();
+                    i[axis] = k;
+                    IxDyn(&i)
+                };
+                let series: Vec<f64> = (0..n).map(|k| f64::from(a[at(k)])).collect();
+                let want = dft_power(&series);
+                let got: Vec<f64> = (0..m).map(|k| out[at(k)]).collect();
+                assert_close(&got, &want[..m], 1e-9);
+            }
+        }
+    }
+}
+
 #[test]
 fn spectrum_rejects_bad_arguments() {
     let c = series_chunk(&[1.0, 2.0]);

@@ -138,26 +138,41 @@ fn spectrum_typed<T: Elem, O: OutElem>(
     ArrayD::from_shape_vec(IxDyn(&out_shape), out).unwrap_or_default()
 }
 
-/// Rows gathered per tile of the transposes: a tile touches `TILE` input rows and writes `TILE` consecutive
-/// values of each series, so both sides stay within a few cache lines.
+/// Side of the square tiles of the transposes: a tile reads `TILE` values from each of `TILE` rows and writes
+/// `TILE` consecutive values (one cache line of f64) to each of `TILE` series.
 const TILE: usize = 8;
 
 /// Copies series `j0..j0 + nb` of a `(n, inner)` row-major block (`data`: element `k` of series `j` at
-/// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64.
+/// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64. Square
+/// tiles keep both the reads and the writes contiguous.
 fn gather<T: Elem>(data: &[T], inner: usize, j0: usize, nb: usize, n: usize, series: &mut [f64]) {
-    for k0 in (0..n).step_by(TILE) {
-        let k1 = (k0 + TILE).min(n);
-        for b in 0..nb {
-            let dst = &mut series[b * n + k0..b * n + k1];
-            for (d, k) in dst.iter_mut().zip(k0..k1) {
-                *d = data[k * inner + j0 + b].f();
+    let (n8, nb8) = (n - n % TILE, nb - nb % TILE);
+    for k0 in (0..n8).step_by(TILE) {
+        for b0 in (0..nb8).step_by(TILE) {
+            let mut t = [[0f64; TILE]; TILE];
+            for (kk, col) in (0..TILE).zip(0..) {
+                let row = &data[(k0 + kk) * inner + j0 + b0..][..TILE];
+                for (tb, v) in t.iter_mut().zip(row) {
+                    tb[col] = v.f();
+                }
             }
+            for (bb, tb) in t.iter().enumerate() {
+                series[(b0 + bb) * n + k0..][..TILE].copy_from_slice(tb);
+            }
+        }
+    }
+    // The edges: series beyond the last whole tile, rows beyond the last whole tile.
+    for k in 0..n {
+        let from = if k < n8 { nb8 } else { 0 };
+        for b in from..nb {
+            series[b * n + k] = data[k * inner + j0 + b].f();
         }
     }
 }
 
-/// Writes bins `0..m` of `nb` spectra (`mags[b * half + k]`, the bins above `half` mirrored from the Hermitian
-/// symmetry) into an `(m, inner)` row-major block at columns `j0..j0 + nb`.
+/// Writes bins `0..m` of `nb` spectra (`mags[b * half + k]`: bin `k` of spectrum `b`; the bins above `half`
+/// mirrored from the Hermitian symmetry `|X_{n-k}| = |X_k|`) into an `(m, inner)` row-major block at columns
+/// `j0..j0 + nb`, in square tiles like [`gather`].
 #[allow(clippy::too_many_arguments)]
 fn scatter<O: OutElem>(
     mags: &[f64],
@@ -169,15 +184,35 @@ fn scatter<O: OutElem>(
     inner: usize,
     j0: usize,
 ) {
-    for k0 in (0..m).step_by(TILE) {
-        let k1 = (k0 + TILE).min(m);
-        for b in 0..nb {
-            let src = &mags[b * half..(b + 1) * half];
-            for k in k0..k1 {
-                let sk = if k < half { k } else { n - k };
-                out[k * inner + j0 + b] = O::from_f64(src[sk]);
+    let nb8 = nb - nb % TILE;
+    // Rows `0..half` come straight from the spectra; rows from `half` on are the mirror images of rows
+    // `n - k`, already written: copied row by row.
+    let direct = m.min(half);
+    let k8 = direct - direct % TILE;
+    for k0 in (0..k8).step_by(TILE) {
+        for b0 in (0..nb8).step_by(TILE) {
+            let mut t = [[O::default(); TILE]; TILE];
+            for (bb, col) in (0..TILE).zip(0..) {
+                let src = &mags[(b0 + bb) * half + k0..][..TILE];
+                for (tk, v) in t.iter_mut().zip(src) {
+                    tk[col] = O::from_f64(*v);
+                }
+            }
+            for (kk, tk) in t.iter().enumerate() {
+                out[(k0 + kk) * inner + j0 + b0..][..TILE].copy_from_slice(tk);
             }
         }
+    }
+    for k in 0..direct {
+        let from = if k < k8 { nb8 } else { 0 };
+        for b in from..nb {
+            out[k * inner + j0 + b] = O::from_f64(mags[b * half + k]);
+        }
+    }
+    for k in direct..m {
+        let (src, dst) = out.split_at_mut(k * inner);
+        let from = (n - k) * inner + j0;
+        dst[j0..j0 + nb].copy_from_slice(&src[from..from + nb]);
     }
 }
 

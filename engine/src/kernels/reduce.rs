@@ -446,7 +446,24 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
 fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
     let mut out = vec![0f64; l.out_len];
     let len = l.inner;
-    if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::MAX / T::MAX_U32) {
+    if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::from(u16::MAX) / T::MAX_U32) {
+        // Few rows of u8 (a chunk of up to 257 slices): exact u16 accumulators, twice the lanes of u32.
+        let mut acc = vec![0u16; l.out_len];
+        for b0 in (0..len).step_by(BLOCK) {
+            let b1 = (b0 + BLOCK).min(len);
+            l.for_each_run(|o, i| {
+                let dst = &mut acc[o + b0..o + b1];
+                let src = &data[i + b0..i + b1];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    // No overflow: at most `count` values of at most `MAX_U32` each, checked above.
+                    *d = d.wrapping_add(s.u32() as u16);
+                }
+            });
+        }
+        out.iter_mut()
+            .zip(&acc)
+            .for_each(|(o, &a)| *o = f64::from(a));
+    } else if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::MAX / T::MAX_U32) {
         // Exact u32 accumulators (the sums cannot overflow), converted once at the end: half the memory
         // traffic of f64 accumulators and cheaper adds.
         let mut acc = vec![0u32; l.out_len];
