@@ -186,23 +186,6 @@ impl Chunk {
         }
     }
 
-    /// Appends the block `start .. start + len` of this chunk to `out` as little-endian bytes in row-major order:
-    /// the bytes of [`Chunk::region`]'s result, without building it (bulk copies of contiguous runs).
-    pub fn region_le_bytes(&self, start: &[usize], len: &[usize], out: &mut Vec<u8>) {
-        if cfg!(target_endian = "big") {
-            out.extend_from_slice(&self.region(start, len).to_le_bytes());
-            return;
-        }
-        with_chunk!(self, a => {
-            let src = a.as_standard_layout();
-            let data = src.as_slice().unwrap_or(&[]);
-            out.reserve(len.iter().product::<usize>() * self.dtype().size());
-            for_each_run(src.shape(), start, len, |at, run| {
-                out.extend_from_slice(bytemuck::cast_slice(&data[at..at + run]));
-            });
-        })
-    }
-
     /// Copies all of `src` into this chunk at offset `at` (bulk copies of contiguous runs).
     ///
     /// # Errors
@@ -261,31 +244,90 @@ impl Chunk {
     }
 }
 
+impl Chunk {
+    /// Like [`Chunk::split_grid`], but each chunk's little-endian bytes go into `bufs[c]` (cleared first; `bufs`
+    /// grows to the number of chunks and is meant to be reused, so that cutting block after block allocates
+    /// nothing). Returns each chunk's shape.
+    pub fn split_grid_le_bytes(&self, chunk: &[usize], bufs: &mut Vec<Vec<u8>>) -> Vec<Vec<usize>> {
+        let lens = grid_chunk_lens(self.shape(), chunk);
+        if bufs.len() < lens.len() {
+            bufs.resize_with(lens.len(), Vec::new);
+        }
+        let size = self.dtype().size();
+        for (b, l) in bufs.iter_mut().zip(&lens) {
+            b.clear();
+            // Exactly one chunk's bytes the first time (growth by doubling would keep ~25% more).
+            b.reserve_exact(l.iter().product::<usize>() * size);
+        }
+        if cfg!(target_endian = "big") {
+            for (b, part) in bufs.iter_mut().zip(self.split_grid(chunk)) {
+                b.extend_from_slice(&part.to_le_bytes());
+            }
+            return lens;
+        }
+        with_chunk!(self, a => {
+            let a = a.as_standard_layout();
+            for_each_grid_segment(a.shape(), a.as_slice().unwrap_or(&[]), chunk, |c, seg| {
+                bufs[c].extend_from_slice(bytemuck::cast_slice(seg));
+            });
+        });
+        lens
+    }
+}
+
 fn split_typed<T: Copy + Default>(a: &ArrayD<T>, chunk: &[usize]) -> Vec<ArrayD<T>> {
     let a = a.as_standard_layout();
     let shape = a.shape().to_vec();
-    let data = a.as_slice().unwrap_or(&[]);
-    let d = shape.len();
+    let lens = grid_chunk_lens(&shape, chunk);
+    let mut bufs: Vec<Vec<T>> = lens
+        .iter()
+        .map(|l| Vec::with_capacity(l.iter().product()))
+        .collect();
+    for_each_grid_segment(&shape, a.as_slice().unwrap_or(&[]), chunk, |c, seg| {
+        bufs[c].extend_from_slice(seg);
+    });
+    bufs.into_iter()
+        .zip(lens)
+        .map(|(b, l)| ArrayD::from_shape_vec(IxDyn(&l), b).unwrap_or_default())
+        .collect()
+}
+
+/// The shape of every chunk of the grid of `chunk` shape over `shape` (clipped at the far edges), in
+/// row-major order of the grid.
+fn grid_chunk_lens(shape: &[usize], chunk: &[usize]) -> Vec<Vec<usize>> {
     let grid: Vec<usize> = shape
         .iter()
         .zip(chunk)
         .map(|(&n, &c)| n.div_ceil(c.max(1)))
         .collect();
-    let lens: Vec<Vec<usize>> = crate::array::grid_indices(&grid)
+    grid_indices(&grid)
         .iter()
         .map(|g| {
-            (0..d)
+            (0..shape.len())
                 .map(|k| chunk[k].min(shape[k] - g[k] * chunk[k]))
                 .collect()
         })
-        .collect();
-    let mut bufs: Vec<Vec<T>> = lens
-        .iter()
-        .map(|l| Vec::with_capacity(l.iter().product()))
-        .collect();
+        .collect()
+}
+
+/// Walks a row-major array (`data`, of `shape`) once in memory order and calls `f(c, segment)` for each piece
+/// of a row that falls in chunk `c` (row-major index in the grid of `chunk` shape). Each chunk's segments come
+/// in its own row-major order, so appending them builds the chunk.
+fn for_each_grid_segment<T>(
+    shape: &[usize],
+    data: &[T],
+    chunk: &[usize],
+    mut f: impl FnMut(usize, &[T]),
+) {
+    let d = shape.len();
     if d == 0 || shape.contains(&0) {
-        return Vec::new();
+        return;
     }
+    let grid: Vec<usize> = shape
+        .iter()
+        .zip(chunk)
+        .map(|(&n, &c)| n.div_ceil(c.max(1)))
+        .collect();
     let w = shape[d - 1];
     let cw = chunk[d - 1].max(1);
     let cols = grid[d - 1];
@@ -301,13 +343,9 @@ fn split_typed<T: Copy + Default>(a: &ArrayD<T>, chunk: &[usize]) -> Vec<ArrayD<
             stride *= grid[k];
         }
         for (c, seg) in row.chunks(cw).enumerate() {
-            bufs[first + c].extend_from_slice(seg);
+            f(first + c, seg);
         }
     }
-    bufs.into_iter()
-        .zip(lens)
-        .map(|(b, l)| ArrayD::from_shape_vec(IxDyn(&l), b).unwrap_or_default())
-        .collect()
 }
 
 /// `src` copied into `dst` at `at` (the caller checked that it fits).

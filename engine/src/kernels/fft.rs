@@ -143,29 +143,24 @@ fn spectrum_typed<T: Elem, O: OutElem>(
 const TILE: usize = 8;
 
 /// Copies series `j0..j0 + nb` of a `(n, inner)` row-major block (`data`: element `k` of series `j` at
-/// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64. Square
-/// tiles keep both the reads and the writes contiguous.
+/// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64. `TILE` rows
+/// at a time are converted whole (contiguous, which vectorises) into a small buffer, then each series takes
+/// its `TILE` consecutive values from there.
 fn gather<T: Elem>(data: &[T], inner: usize, j0: usize, nb: usize, n: usize, series: &mut [f64]) {
-    let (n8, nb8) = (n - n % TILE, nb - nb % TILE);
-    for k0 in (0..n8).step_by(TILE) {
-        for b0 in (0..nb8).step_by(TILE) {
-            let mut t = [[0f64; TILE]; TILE];
-            for (kk, col) in (0..TILE).zip(0..) {
-                let row = &data[(k0 + kk) * inner + j0 + b0..][..TILE];
-                for (tb, v) in t.iter_mut().zip(row) {
-                    tb[col] = v.f();
-                }
-            }
-            for (bb, tb) in t.iter().enumerate() {
-                series[(b0 + bb) * n + k0..][..TILE].copy_from_slice(tb);
+    let mut rows = [[0f64; SERIES_BLOCK]; TILE];
+    for k0 in (0..n).step_by(TILE) {
+        let kt = TILE.min(n - k0);
+        for (kk, r) in rows.iter_mut().enumerate().take(kt) {
+            let src = &data[(k0 + kk) * inner + j0..][..nb];
+            for (d, v) in r.iter_mut().zip(src) {
+                *d = v.f();
             }
         }
-    }
-    // The edges: series beyond the last whole tile, rows beyond the last whole tile.
-    for k in 0..n {
-        let from = if k < n8 { nb8 } else { 0 };
-        for b in from..nb {
-            series[b * n + k] = data[k * inner + j0 + b].f();
+        for b in 0..nb {
+            let dst = &mut series[b * n + k0..b * n + k0 + kt];
+            for (d, r) in dst.iter_mut().zip(&rows) {
+                *d = r[b];
+            }
         }
     }
 }

@@ -265,20 +265,37 @@ impl ZarrWriter {
     }
 
     /// Appends the shard of `block` to `body`: its encoded inner chunks, index and crc32c; nothing when every
-    /// inner chunk is fill value. Each inner chunk is copied into a small per-thread buffer and compressed from
-    /// there (no copy of the whole block).
+    /// inner chunk is fill value. The block is cut into its inner chunks in one pass, into per-thread buffers
+    /// that are reused from shard to shard.
     fn encode_shard(&self, block: &Chunk, body: &mut PageBuf) -> Result<(), OutputError> {
         let inner: Vec<usize> = self.meta.chunks.iter().map(|&c| c.max(1)).collect();
         let per: Vec<usize> = self.unit.iter().zip(&inner).map(|(u, c)| u / c).collect();
+        let have: Vec<usize> = block
+            .shape()
+            .iter()
+            .zip(&inner)
+            .map(|(h, c)| h.div_ceil(*c))
+            .collect();
         let mut index = Vec::with_capacity(per.iter().product::<usize>() * 16 + 4);
-        INNER_BUF.with(|raw| {
-            let mut raw = raw.borrow_mut();
+        INNER_BUFS.with(|bufs| {
+            let mut bufs = bufs.borrow_mut();
+            let lens = block.split_grid_le_bytes(&inner, &mut bufs);
+            let mut next = 0;
             for p in crate::array::grid_indices(&per) {
-                let start: Vec<usize> = p.iter().zip(&inner).map(|(i, c)| i * c).collect();
                 let at = body.len() as u64;
                 // Inner chunks beyond the block (at the array's far edges) are fill value.
-                let stored = start.iter().zip(block.shape()).all(|(s, n)| s < n)
-                    && self.encode_inner(block, &start, &inner, &mut raw, body)?;
+                let stored = if p.iter().zip(&have).all(|(i, h)| i < h) {
+                    next += 1;
+                    self.encode_inner(
+                        &bufs[next - 1],
+                        &lens[next - 1],
+                        block.dtype(),
+                        &inner,
+                        body,
+                    )?
+                } else {
+                    false
+                };
                 let (offset, len) = if stored {
                     (at, body.len() as u64 - at)
                 } else {
@@ -297,30 +314,26 @@ impl ZarrWriter {
         Ok(())
     }
 
-    /// Appends the encoded bytes of the inner chunk of `block` at `start` (zero-padded to `inner` at the
-    /// array's far edges) to `out`, using `raw` as scratch; false (nothing appended) when it is all fill value
+    /// Appends the encoded bytes of one inner chunk (`raw`: its little-endian bytes, shape `len`, zero-padded
+    /// here to `inner` at the array's far edges) to `out`; false (nothing appended) when it is all fill value
     /// (0).
     fn encode_inner(
         &self,
-        block: &Chunk,
-        start: &[usize],
+        raw: &[u8],
+        len: &[usize],
+        dtype: DType,
         inner: &[usize],
-        raw: &mut Vec<u8>,
         out: &mut PageBuf,
     ) -> Result<bool, OutputError> {
-        let len: Vec<usize> = start
-            .iter()
-            .zip(inner)
-            .zip(block.shape())
-            .map(|((s, c), n)| (*c).min(n - s))
-            .collect();
-        raw.clear();
-        if len == inner {
-            block.region_le_bytes(start, &len, raw);
+        let padded;
+        let raw: &[u8] = if len == inner {
+            raw
         } else {
-            let part = block.region(start, &len);
-            raw.extend_from_slice(&self.padded(&part, inner)?.as_le_bytes());
-        }
+            let part = Chunk::from_le_bytes(dtype, len, raw)
+                .map_err(|m| OutputError::invalid(&self.dir, "chunk", m))?;
+            padded = self.padded(&part, inner)?.to_le_bytes();
+            &padded
+        };
         if is_zero(raw) {
             return Ok(false);
         }
@@ -341,7 +354,7 @@ impl ZarrWriter {
             // Compressed straight into the shard: room for the worst case, then keep what was written.
             let spare = out.spare(zstd::zstd_safe::compress_bound(raw.len()));
             let n = c
-                .compress_to_buffer(&raw[..], spare)
+                .compress_to_buffer(raw, spare)
                 .map_err(|e| OutputError::write(&self.dir, "zstd", e))?;
             out.commit(n);
             Ok(true)
@@ -360,8 +373,8 @@ thread_local! {
     /// A zstd context per thread (and level), reused from chunk to chunk.
     static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
-    /// One inner chunk's raw bytes, reused from chunk to chunk.
-    static INNER_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The raw bytes of the inner chunks of the shard being assembled, reused from shard to shard.
+    static INNER_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The shard being assembled on this thread; its pages are reused from shard to shard.
     static SHARD_BUF: std::cell::RefCell<PageBuf> = std::cell::RefCell::new(PageBuf::default());
 }
