@@ -283,6 +283,9 @@ def main():
         p("|---|---:|---:|")
         p("| PNG decode, `png` crate, per slice | %.3f ms | all %d: %.3f s |" % (dp["ms_per_slice_1t"], n, dp["seconds_nt"]))
         p("| PNG decode, `image` crate, per slice | %.3f ms | all %d: %.3f s |" % (di["ms_per_slice_1t"], n, di["seconds_nt"]))
+        if "load" in fl:
+            p("| loading: read file + `image` decode + one fused pass (time sum, slice sum, centroid marginals), all %d slices | %.3f s | %.3f s |" % (
+                n, fl["load"]["seconds_1t"], fl["load"]["seconds_nt"]))
         p("| realfft + power, all series | %.3f s (%.2f us/series) | %.3f s |" % (
             ff["seconds_1t"], ff["us_per_series_1t"], ff["seconds_nt"]))
         p("| memcpy | %.1f GB/s | |" % fl["memcpy"]["gb_per_s_1t"])
@@ -294,6 +297,10 @@ def main():
         if "gb_per_s_first" in fl.get("write", {}):
             w = fl["write"]
             p("| writing 1 GB as %d new files (page cache) | first %.2f GB/s, best %.2f GB/s | |" % (
+                w["files"], w["gb_per_s_first"], w["gb_per_s_best"]))
+        if "gb_per_s_first" in fl.get("write_direct", {}):
+            w = fl["write_direct"]
+            p("| writing 1 GB as %d new files (direct I/O, the engine's shard writer) | first %.2f GB/s, best %.2f GB/s | |" % (
                 w["files"], w["gb_per_s_first"], w["gb_per_s_best"]))
         p("")
         fs = D.aj("aj-full-files", n, lambda r, s: s["source"]["busySeconds"] / n * 1e3)

@@ -295,9 +295,12 @@ pub fn run(
     )?;
     // Small outputs are written once every chunk has arrived.
     for (n, s) in plan.nodes.iter().zip(sinks.nodes) {
-        let (Some(o), Some(s)) = (&n.output, s) else {
+        let (Some(o), Some(mut s)) = (&n.output, s) else {
             continue;
         };
+        if let Some(z) = s.zarr.take() {
+            z.finish()?;
+        }
         let dense = s
             .dense
             .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());

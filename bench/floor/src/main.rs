@@ -1,6 +1,6 @@
 //! What this machine allows for each stage of the benchmark pipeline, measured with the crates the engine
 //! itself uses and nothing of the engine: PNG decode (`png`, `image`), the FFT (`realfft`), copies (memcpy)
-//! and zstd level 1 (the Zarr codec). Each figure is the best of `--reps` runs, on 1 thread and on
+//! and zstd level 1 (the Zarr codec), and writing new files buffered and with the engine's direct-I/O writer. Each figure is the best of `--reps` runs, on 1 thread and on
 //! `--threads` threads, and is printed as one JSON object for `bench/report.py`.
 //!
 //! usage: arrayjob-bench-floor --data DIR [--n 1000] [--threads 2] [--reps 3]
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use arrayjob_engine::output::direct::{self, PageBuf};
 use clap::Parser;
 use realfft::RealFftPlanner;
 use serde_json::{Value, json};
@@ -101,6 +102,72 @@ fn decode_figures(a: &Args, files: &[Vec<u8>]) -> Result<Value> {
         );
     }
     Ok(Value::Object(per))
+}
+
+/// The loading phase at its floor: each slice read from its file and decoded with `image` into a reused
+/// buffer, then swept once, while it is in cache, for all the per-pixel work the pipeline's loading needs: the
+/// time sum (`u32` per pixel, per thread), the slice's sum (brightness) and the row and column sums of the
+/// centroid. The engine does the same work in separate passes, plus the recenter crop and the rechunk split,
+/// so this is a lower bound of its `loadEndSeconds` with the `files` source.
+fn load_figures(a: &Args) -> Result<Value> {
+    let run = |threads: usize| -> Result<()> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || -> Result<u64> {
+                        let mut buf = Vec::new();
+                        let (mut acc, mut cols, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+                        let mut total = 0u64;
+                        for i in (t..a.n).step_by(threads) {
+                            let p = a.data.join(format!("slice_{i:05}.png"));
+                            let bytes = std::fs::read(&p)
+                                .with_context(|| format!("reading {}", p.display()))?;
+                            let (w, h) = {
+                                use image::ImageDecoder;
+                                let d = image::codecs::png::PngDecoder::new(std::io::Cursor::new(
+                                    &bytes,
+                                ))?;
+                                d.dimensions()
+                            };
+                            decode_image(&bytes, &mut buf)?;
+                            let (w, h) = (w as usize, h as usize);
+                            acc.resize(w * h, 0u32);
+                            cols.resize(w, 0u32);
+                            rows.resize(h, 0u32);
+                            total += sweep(&buf, w, &mut acc, &mut cols, &mut rows);
+                        }
+                        Ok(total + u64::from(acc.iter().fold(0u32, |x, &v| x ^ v)))
+                    })
+                })
+                .collect();
+            for h in handles {
+                let total = h.join().map_err(|_| anyhow::anyhow!("thread panicked"))??;
+                std::hint::black_box(total);
+            }
+            Ok(())
+        })
+    };
+    let one = best(a.reps, || run(1))?;
+    let many = best(a.reps, || run(a.threads))?;
+    Ok(json!({"seconds_1t": one, "seconds_nt": many, "ms_per_slice_1t": one / a.n as f64 * 1e3}))
+}
+
+/// One pass over a decoded slice: adds it to the time sums `acc`, its columns to `cols`, its rows to `rows`
+/// (the centroid's marginals); returns its sum.
+fn sweep(img: &[u8], w: usize, acc: &mut [u32], cols: &mut [u32], rows: &mut [u32]) -> u64 {
+    let mut total = 0u64;
+    for ((row, acc_row), r) in img.chunks_exact(w).zip(acc.chunks_exact_mut(w)).zip(rows) {
+        let mut rs = 0u32;
+        for ((v, a), c) in row.iter().zip(acc_row.iter_mut()).zip(cols.iter_mut()) {
+            let v = u32::from(*v);
+            *a += v;
+            *c += v;
+            rs += v;
+        }
+        *r = rs;
+        total += u64::from(rs);
+    }
+    total
 }
 
 /// `series` real series of length `len` (the benchmark's window pixels over time), FFT'd with realfft in f64,
@@ -204,8 +271,18 @@ fn zstd_figures(a: &Args, power: &[u8], level: i32) -> Result<Value> {
 /// 1 GB Zarr array is written (the page cache: what an output costs before any disk is involved). Each
 /// repetition writes new files and deletes them afterwards; the first and the best are reported, since on a
 /// VM the first touch of page-cache memory costs far more than rewriting freed pages.
-fn write_figures(a: &Args, dir: &std::path::Path, piece: &[u8], total: usize) -> Result<Value> {
+/// Writing `total` bytes as new files of `piece`: buffered (`std::fs::write`, through the page cache) or with
+/// the engine's direct-I/O writer (`arrayjob_engine::output::direct`, what power shards are written with).
+fn write_figures(
+    a: &Args,
+    dir: &std::path::Path,
+    piece: &[u8],
+    total: usize,
+    direct: bool,
+) -> Result<Value> {
     let files = total.div_ceil(piece.len().max(1));
+    let mut buf = PageBuf::default();
+    buf.extend_from_slice(piece);
     let mut times = Vec::new();
     for rep in 0..a.reps.max(1) {
         let d = dir.join(format!(
@@ -215,7 +292,12 @@ fn write_figures(a: &Args, dir: &std::path::Path, piece: &[u8], total: usize) ->
         std::fs::create_dir_all(&d)?;
         let t0 = Instant::now();
         for i in 0..files {
-            std::fs::write(d.join(format!("{i}")), piece)?;
+            let path = d.join(format!("{i}"));
+            if direct {
+                direct::write_file(&path, &buf)?;
+            } else {
+                std::fs::write(path, piece)?;
+            }
         }
         times.push(t0.elapsed().as_secs_f64());
         std::fs::remove_dir_all(&d)?;
@@ -237,6 +319,7 @@ fn main() -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let decode = decode_figures(&a, &files)?;
+    let load = load_figures(&a)?;
     let series = a.window * a.window;
     let (fft, power) = fft_figures(&a, a.n, series)?;
     let memcpy = memcpy_figures(&a)?;
@@ -244,14 +327,11 @@ fn main() -> Result<()> {
     let sample = &power[..power.len().min(200 << 20)];
     let zstd1 = zstd_figures(&a, sample, 1)?;
     let zstd_fast = zstd_figures(&a, sample, -3)?;
-    let write = write_figures(
-        &a,
-        &std::env::temp_dir(),
-        &power[..power.len().min(20 << 20)],
-        1 << 30,
-    )?;
-    let out = json!({"threads": a.threads, "n": a.n, "decode": decode, "fft": fft, "memcpy": memcpy,
-                     "zstd1": zstd1, "zstd_fast": zstd_fast, "write": write});
+    let piece = &power[..power.len().min(20 << 20)];
+    let write = write_figures(&a, &std::env::temp_dir(), piece, 1 << 30, false)?;
+    let write_direct = write_figures(&a, &std::env::temp_dir(), piece, 1 << 30, true)?;
+    let out = json!({"threads": a.threads, "n": a.n, "decode": decode, "load": load, "fft": fft, "memcpy": memcpy,
+                     "zstd1": zstd1, "zstd_fast": zstd_fast, "write": write, "write_direct": write_direct});
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

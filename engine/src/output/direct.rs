@@ -116,6 +116,128 @@ fn write_direct(path: &Path, buf: &PageBuf) -> std::io::Result<()> {
     file.set_len(buf.len() as u64)
 }
 
+/// Most buffers a [`FileWriter`] lends at once: one being filled per executor thread of a 2-core machine and two
+/// queued or being written. A thread asking for more waits for one to come back (back-pressure).
+const MAX_BUFFERS: usize = 4;
+
+/// Writes files with [`write_file`] on a thread of its own, so that the threads that compute go on while the
+/// device reads the previous buffer. Buffers are lent with [`FileWriter::buffer`], filled, and handed back with
+/// [`FileWriter::submit`]; they are reused from file to file.
+///
+/// The first error is kept: later submits are refused with it and [`FileWriter::finish`] returns it. Dropping
+/// the writer waits for the files already submitted.
+#[derive(Debug)]
+pub struct FileWriter {
+    jobs: Option<std::sync::mpsc::SyncSender<(std::path::PathBuf, PageBuf)>>,
+    free: std::sync::Mutex<std::sync::mpsc::Receiver<PageBuf>>,
+    lent: std::sync::atomic::AtomicUsize,
+    failed: std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, std::io::Error)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Failure = std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, std::io::Error)>>>;
+
+impl FileWriter {
+    /// Starts the writing thread.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn new() -> std::io::Result<FileWriter> {
+        let (jobs, rx) =
+            std::sync::mpsc::sync_channel::<(std::path::PathBuf, PageBuf)>(MAX_BUFFERS);
+        let (back, free) = std::sync::mpsc::sync_channel(MAX_BUFFERS);
+        let failed: Failure = Default::default();
+        let seen = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("arrayjob-file-writer".into())
+            .spawn(move || {
+                for (path, buf) in rx {
+                    let mut f = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.is_none() {
+                        drop(f);
+                        if let Err(e) = write_file(&path, &buf) {
+                            f = seen.lock().unwrap_or_else(|e| e.into_inner());
+                            *f = Some((path, e));
+                        }
+                    }
+                    // Never blocks: at most MAX_BUFFERS exist.
+                    let _ = back.try_send(buf);
+                }
+            })?;
+        Ok(FileWriter {
+            jobs: Some(jobs),
+            free: std::sync::Mutex::new(free),
+            lent: std::sync::atomic::AtomicUsize::new(0),
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    /// An empty buffer: one that came back from the writing thread, a new one, or (when
+    /// [`MAX_BUFFERS`] are out) the next to come back.
+    pub fn buffer(&self) -> PageBuf {
+        use std::sync::atomic::Ordering;
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = match free.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.lent.fetch_add(1, Ordering::Relaxed) < MAX_BUFFERS => PageBuf::default(),
+            Err(_) => {
+                self.lent.fetch_sub(1, Ordering::Relaxed);
+                free.recv().unwrap_or_default()
+            }
+        };
+        buf.clear();
+        buf
+    }
+
+    /// Queues `buf` to be written as the file `path` (whose directory must exist).
+    ///
+    /// # Errors
+    /// The error of an earlier write (path and cause); nothing more is written after one.
+    pub fn submit(
+        &self,
+        path: std::path::PathBuf,
+        buf: PageBuf,
+    ) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        self.check()?;
+        let Some(jobs) = &self.jobs else {
+            return Err((path, std::io::Error::other("the writer is finished")));
+        };
+        jobs.send((path, buf))
+            .map_err(|e| (e.0.0, std::io::Error::other("the writing thread stopped")))
+    }
+
+    /// Waits until every submitted file is written.
+    ///
+    /// # Errors
+    /// The first failed write (path and cause).
+    pub fn finish(mut self) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        self.stop();
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match f.as_ref() {
+            Some((p, e)) => Err((p.clone(), std::io::Error::new(e.kind(), e.to_string()))),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +295,32 @@ mod tests {
         let mut b = PageBuf::default();
         b.extend_from_slice(b"x");
         let err = write_file(&dir.path().join("no/such/dir/f"), &b).expect_err("must fail");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn background_writer_writes_every_file_and_reports_the_first_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = FileWriter::new().expect("writer");
+        for i in 0..20usize {
+            let mut b = w.buffer();
+            assert!(b.is_empty(), "lent buffers are empty");
+            b.extend_from_slice(&vec![i as u8; 1000 + i * 977]);
+            w.submit(dir.path().join(format!("f{i}")), b)
+                .expect("submit");
+        }
+        w.finish().expect("finish");
+        for i in 0..20usize {
+            let got = std::fs::read(dir.path().join(format!("f{i}"))).expect("read");
+            assert_eq!(got, vec![i as u8; 1000 + i * 977], "file {i}");
+        }
+        let w = FileWriter::new().expect("writer");
+        let mut b = w.buffer();
+        b.extend_from_slice(b"x");
+        let bad = dir.path().join("missing/f");
+        w.submit(bad.clone(), b).expect("queued");
+        let (path, err) = w.finish().expect_err("the write fails");
+        assert_eq!(path, bad);
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 }

@@ -14,7 +14,7 @@ use zarrs::array::{Array, ArrayBuilder, ArraySubset, CodecOptions, data_type};
 use zarrs::filesystem::FilesystemStore;
 
 use super::OutputError;
-use super::direct::PageBuf;
+use super::direct::{FileWriter, PageBuf};
 use crate::array::{ArrayMeta, Chunk, DType};
 
 /// zstd level of the chunks: level 1 compresses ~2x faster than 3 on spectra (1 GB of float32 power: ~0.58
@@ -50,6 +50,8 @@ pub struct ZarrWriter {
     unit: Vec<usize>,
     zstd_level: Option<i32>,
     array: Array<FilesystemStore>,
+    /// Writes the shards (sharded arrays only).
+    files: Option<FileWriter>,
 }
 
 fn open_store(dir: &Path) -> Result<Arc<FilesystemStore>, OutputError> {
@@ -138,12 +140,18 @@ impl ZarrWriter {
         array
             .store_metadata()
             .map_err(|e| OutputError::write(dir, "write zarr.json", e))?;
+        let files = if unit != chunks {
+            Some(FileWriter::new().map_err(|e| OutputError::io(dir, "start the shard writer", e))?)
+        } else {
+            None
+        };
         Ok(ZarrWriter {
             dir: dir.to_path_buf(),
             meta: meta.clone(),
             unit,
             zstd_level: options.zstd_level,
             array,
+            files,
         })
     }
 
@@ -243,25 +251,44 @@ impl ZarrWriter {
     /// pairs for chunks of fill value) and its crc32c. zarrs' own shard encoder extracts inner chunks element
     /// range by element range, which costs more than the FFT for the post's `(N, 10, 10)` chunks.
     ///
-    /// The shard is assembled in a page-aligned buffer kept by the thread and written with direct I/O
-    /// ([`super::direct`]).
+    /// The shard is assembled in a page-aligned buffer and written with direct I/O by the array's writing
+    /// thread ([`super::direct::FileWriter`]), while the calling thread goes back to computing.
     fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
-        SHARD_BUF.with(|buf| {
-            let mut body = buf.borrow_mut();
-            body.clear();
-            self.encode_shard(block, &mut body)?;
-            if body.is_empty() {
-                // Every chunk is fill value: like zarrs, store nothing.
-                return Ok(());
-            }
-            let path = self.dir.join(self.array.chunk_key(shard).as_str());
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| OutputError::io(parent, "create directory", e))?;
-            }
-            super::direct::write_file(&path, &body)
-                .map_err(|e| OutputError::io(&path, "write shard", e))
-        })
+        let Some(writer) = &self.files else {
+            return Err(OutputError::invalid(
+                &self.dir,
+                "shard",
+                "the array is not sharded",
+            ));
+        };
+        let mut body = writer.buffer();
+        self.encode_shard(block, &mut body)?;
+        if body.is_empty() {
+            // Every chunk is fill value: like zarrs, store nothing.
+            return Ok(());
+        }
+        let path = self.dir.join(self.array.chunk_key(shard).as_str());
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| OutputError::io(parent, "create directory", e))?;
+        }
+        writer
+            .submit(path, body)
+            .map_err(|(p, e)| OutputError::io(&p, "write shard", e))
+    }
+
+    /// Waits until every shard is written (a no-op for unsharded arrays, whose chunks are written by
+    /// [`ZarrWriter::write_chunk`] itself).
+    ///
+    /// # Errors
+    /// The first shard that could not be written.
+    pub fn finish(mut self) -> Result<(), OutputError> {
+        match self.files.take() {
+            Some(w) => w
+                .finish()
+                .map_err(|(p, e)| OutputError::io(&p, "write shard", e)),
+            None => Ok(()),
+        }
     }
 
     /// Appends the shard of `block` to `body`: its encoded inner chunks, index and crc32c; nothing when every
@@ -375,8 +402,6 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     /// The raw bytes of the inner chunks of the shard being assembled, reused from shard to shard.
     static INNER_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The shard being assembled on this thread; its pages are reused from shard to shard.
-    static SHARD_BUF: std::cell::RefCell<PageBuf> = std::cell::RefCell::new(PageBuf::default());
 }
 
 /// Reads a whole Zarr v3 array written by [`ZarrWriter`] (uint8, uint16, float32 or float64) into one chunk.
