@@ -424,9 +424,9 @@ impl Exec<'_> {
         for part in product(&overlapping(&im.chunks, &start, &len)) {
             let (ps, _) = im.chunk_region(&part);
             let key = ChunkKey {
-                node: node as u32,
-                chunk: group as u32,
-                part: linear(&im.grid(), &part) as u32,
+                node,
+                chunk: group,
+                part: linear(&im.grid(), &part),
             };
             let piece = self.store.take(key)?;
             let at: Vec<usize> = ps
@@ -560,7 +560,7 @@ impl Exec<'_> {
         let t0 = Instant::now();
         let im = &self.plan.nodes[node].meta;
         let len = data.shape();
-        let part = linear(&im.grid(), &chunk_index(im, start)) as u32;
+        let part = linear(&im.grid(), &chunk_index(im, start));
         let groups = merge_groups(&self.plan.nodes[child].meta);
         let grid = groups.grid();
         for o in product(&overlapping(&groups.chunks, start, len)) {
@@ -574,8 +574,8 @@ impl Exec<'_> {
             let piece = data.region(&rel, &ext);
             let lin = linear(&grid, &o);
             let key = ChunkKey {
-                node: child as u32,
-                chunk: lin as u32,
+                node: child,
+                chunk: lin,
                 part,
             };
             self.store.put(key, piece, 1)?;

@@ -3,6 +3,7 @@
 
 pub mod array;
 pub mod exec;
+pub mod frame;
 pub mod kernels;
 pub mod outdir;
 pub mod output;

@@ -1,58 +1,56 @@
 //! The chunk store: finished chunks waiting for their consumers, held in memory up to a byte budget.
 //!
 //! Over the budget, the least recently stored chunks are spilled to a [`SpillBackend`] (a local file here; an
-//! S3 backend slots in for the distributed runner) and read back when a consumer asks for them. Each chunk is
-//! stored with the number of consumers that will take it; the last take frees it.
+//! S3 backend slots in for the distributed runner) as self-describing, checksummed frames ([`crate::frame`])
+//! stored under their key, and read back when a consumer asks for them. Each chunk is stored with the number
+//! of consumers that will take it; the last take frees it, and deletes its spilled frame.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::array::{Chunk, DType};
+use crate::array::Chunk;
 
 /// Identifies a stored chunk: node, target chunk (linear index) and part (linear index of the source chunk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkKey {
     /// Plan node the chunk belongs to.
-    pub node: u32,
+    pub node: usize,
     /// Linear index of the chunk (or of the target chunk, for rechunk pieces).
-    pub chunk: u32,
+    pub chunk: usize,
     /// Linear index of the input chunk a piece came from (0 otherwise).
-    pub part: u32,
+    pub part: usize,
 }
 
-/// Where spilled chunks go.
+/// Where spilled chunks go: frames ([`crate::frame`]) stored under their chunk's key.
 pub trait SpillBackend: Send + Sync + std::fmt::Debug {
-    /// Stores bytes; returns a handle for [`SpillBackend::read`].
+    /// Stores `frame` under `key`, replacing what was stored under it.
     ///
     /// # Errors
     /// When the backend cannot write.
-    fn write(&self, bytes: &[u8]) -> std::io::Result<SpillHandle>;
-    /// Reads back what `write` stored.
+    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()>;
+    /// Reads back the frame stored under `key`.
     ///
     /// # Errors
-    /// When the backend cannot read.
-    fn read(&self, handle: &SpillHandle) -> std::io::Result<Vec<u8>>;
+    /// When nothing is stored under `key` or the backend cannot read.
+    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>>;
+    /// Forgets `key` and frees the space of its frame (nothing happens for a key not stored).
+    ///
+    /// # Errors
+    /// When the backend cannot free the space.
+    fn delete(&self, key: ChunkKey) -> std::io::Result<()>;
 }
 
-/// Location of spilled bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpillHandle {
-    /// Byte offset.
-    pub offset: u64,
-    /// Byte length.
-    pub len: u64,
-}
+/// Where each key's frame is in a [`FileSpill`]'s file (offset, length), and the end of the file.
+type SpillIndex = (HashMap<ChunkKey, (u64, u64)>, u64);
 
-/// Spills into one append-only file (unlinked on drop), read back with positioned reads.
-///
-/// Space is never reclaimed while the store lives: the file grows by every spilled chunk, including chunks
-/// already taken. Freeing would need hole punching (`fallocate`), i.e. `unsafe`/libc, which this crate denies;
-/// the file goes when the job's store is dropped.
+/// Spills into one file (unlinked on drop): frames are appended and read back with positioned reads; a deleted
+/// frame's blocks are given back to the filesystem by punching a hole (`fallocate`), so the file's disk usage
+/// follows what is spilled now, not everything ever spilled.
 #[derive(Debug)]
 pub struct FileSpill {
     file: std::fs::File,
-    end: Mutex<u64>,
+    index: Mutex<SpillIndex>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,33 +71,82 @@ impl FileSpill {
             .open(dir.path().join("chunks"))?;
         Ok(FileSpill {
             file,
-            end: Mutex::new(0),
+            index: Mutex::new((HashMap::new(), 0)),
             _dir: dir,
         })
+    }
+
+    /// Blocks of the file in use (what the spill costs on disk now).
+    pub fn disk_bytes(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    fn punch(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::other("spill offset out of range"));
+        };
+        match fallocate(
+            &self.file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            o,
+            l,
+        ) {
+            // Filesystems without hole punching keep the space until the file goes (at the end of the job).
+            Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
 impl SpillBackend for FileSpill {
-    fn write(&self, bytes: &[u8]) -> std::io::Result<SpillHandle> {
+    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let offset = {
-            let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
-            let o = *end;
-            *end += bytes.len() as u64;
+            let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            let o = g.1;
+            g.1 += frame.len() as u64;
             o
         };
-        self.file.write_all_at(bytes, offset)?;
-        Ok(SpillHandle {
-            offset,
-            len: bytes.len() as u64,
-        })
+        self.file.write_all_at(frame, offset)?;
+        let old = {
+            let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            g.0.insert(key, (offset, frame.len() as u64))
+        };
+        match old {
+            Some((o, l)) => self.punch(o, l),
+            None => Ok(()),
+        }
     }
 
-    fn read(&self, h: &SpillHandle) -> std::io::Result<Vec<u8>> {
+    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; h.len as usize];
-        self.file.read_exact_at(&mut buf, h.offset)?;
+        let found = {
+            let g = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            g.0.get(&key).copied()
+        };
+        let Some((offset, len)) = found else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no spilled frame for {key:?}"),
+            ));
+        };
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+        let found = {
+            let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            g.0.remove(&key)
+        };
+        match found {
+            Some((o, l)) => self.punch(o, l),
+            None => Ok(()),
+        }
     }
 }
 
@@ -124,11 +171,8 @@ enum Slot {
     Resident(Arc<Chunk>, u64),
     /// Chosen for spilling; still in memory (and counted as resident) until the write finishes. Out of the LRU.
     Spilling(Arc<Chunk>),
-    Spilled {
-        handle: SpillHandle,
-        dtype: DType,
-        shape: Vec<usize>,
-    },
+    /// Spilled: its frame is in the backend under the entry's key.
+    Spilled,
 }
 
 struct Entry {
@@ -162,7 +206,7 @@ impl Inner {
                 self.resident = sub(self.resident, c.nbytes());
                 self.spilling = sub(self.spilling, c.nbytes());
             }
-            Slot::Spilled { .. } => {}
+            Slot::Spilled => {}
         }
     }
 }
@@ -244,8 +288,19 @@ impl ChunkStore {
                 },
             );
             // A key stored again replaces the old chunk: its bytes no longer count.
-            if let Some(old) = old {
+            if let Some(old) = &old {
                 g.release(&old.slot);
+            }
+            if let Some(Entry {
+                slot: Slot::Spilled,
+                ..
+            }) = old
+            {
+                drop(g);
+                self.spill
+                    .delete(key)
+                    .map_err(|source| StoreError::Spill { key, source })?;
+                g = self.lock();
             }
             g.lru.insert(t, key);
             g.resident += n;
@@ -305,9 +360,12 @@ impl ChunkStore {
                 g.spilling += chunk.nbytes();
                 (key, chunk)
             };
-            let written = self.spill.write(&chunk.to_le_bytes());
-            if let Ok(h) = &written {
-                self.spilled.fetch_add(h.len, Ordering::Relaxed);
+            let frame = crate::frame::encode(&chunk);
+            let frame_len = frame.len() as u64;
+            let written = self.spill.write(key, &frame);
+            drop(frame);
+            if written.is_ok() {
+                self.spilled.fetch_add(frame_len, Ordering::Relaxed);
             }
             let mut g = self.lock();
             // Only the entry this spill started from: its last take may have removed it meanwhile (its
@@ -318,19 +376,24 @@ impl ChunkStore {
                 Some(Entry { slot: Slot::Spilling(c), .. }) if Arc::ptr_eq(c, &chunk)
             );
             if !ours {
+                // Taken meanwhile by its last consumer: nobody will read the frame. (A chunk stored again under
+                // the same key since is resident or being spilled itself, and its own write replaces ours.)
+                let gone = !g.entries.contains_key(&key);
+                drop(g);
+                if gone && written.is_ok() {
+                    self.spill
+                        .delete(key)
+                        .map_err(|source| StoreError::Spill { key, source })?;
+                }
                 continue;
             }
             let n = chunk.nbytes();
             g.spilling = sub(g.spilling, n);
             match written {
-                Ok(handle) => {
+                Ok(()) => {
                     g.resident = sub(g.resident, n);
                     if let Some(e) = g.entries.get_mut(&key) {
-                        e.slot = Slot::Spilled {
-                            handle,
-                            dtype: chunk.dtype(),
-                            shape: chunk.shape().to_vec(),
-                        };
+                        e.slot = Slot::Spilled;
                     }
                 }
                 Err(source) => {
@@ -352,41 +415,33 @@ impl ChunkStore {
     /// # Errors
     /// When the chunk is not stored, or reading it back from the spill fails.
     pub fn take(&self, key: ChunkKey) -> Result<Arc<Chunk>, StoreError> {
-        let found = {
+        let (found, last) = {
             let mut g = self.lock();
             let e = g.entries.get_mut(&key).ok_or(StoreError::Missing(key))?;
             e.takes_left -= 1;
             let found = match &e.slot {
-                Slot::Resident(c, _) | Slot::Spilling(c) => Ok(c.clone()),
-                Slot::Spilled {
-                    handle,
-                    dtype,
-                    shape,
-                } => Err((*handle, *dtype, shape.clone())),
+                Slot::Resident(c, _) | Slot::Spilling(c) => Some(c.clone()),
+                Slot::Spilled => None,
             };
-            if e.takes_left == 0
-                && let Some(e) = g.entries.remove(&key)
-            {
+            let last = e.takes_left == 0;
+            if last && let Some(e) = g.entries.remove(&key) {
                 g.release(&e.slot);
             }
-            found
+            (found, last)
         };
-        match found {
-            Ok(c) => Ok(c),
-            Err((handle, dtype, shape)) => {
-                let bytes = self
-                    .spill
-                    .read(&handle)
-                    .map_err(|source| StoreError::Spill { key, source })?;
-                self.unspilled.fetch_add(handle.len, Ordering::Relaxed);
-                let c =
-                    Chunk::from_le_bytes(dtype, &shape, &bytes).map_err(|m| StoreError::Spill {
-                        key,
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, m),
-                    })?;
-                Ok(Arc::new(c))
-            }
+        if let Some(c) = found {
+            return Ok(c);
         }
+        let spill_err = |source| StoreError::Spill { key, source };
+        let frame = self.spill.read(key).map_err(spill_err)?;
+        self.unspilled
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let c = crate::frame::decode(&frame)
+            .map_err(|e| spill_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        if last {
+            self.spill.delete(key).map_err(spill_err)?;
+        }
+        Ok(Arc::new(c))
     }
 
     /// Bytes currently resident.
@@ -431,7 +486,7 @@ impl ChunkStore {
                     resident += c.nbytes();
                     spilling += c.nbytes();
                 }
-                Slot::Spilled { .. } => {}
+                Slot::Spilled => {}
             }
         }
         if (resident, spilling, listed) != (g.resident, g.spilling, g.lru.len()) {
@@ -456,7 +511,12 @@ mod tests {
         Chunk::U8(ArrayD::from_elem(IxDyn(&[10, 10]), v))
     }
 
-    fn key(c: u32) -> ChunkKey {
+    /// Bytes of the spill frame of a test chunk (its 100 bytes plus the frame's header and checksum).
+    fn frame_len() -> u64 {
+        crate::frame::encode(&chunk(0)).len() as u64
+    }
+
+    fn key(c: usize) -> ChunkKey {
         ChunkKey {
             node: 1,
             chunk: c,
@@ -474,7 +534,7 @@ mod tests {
         assert_eq!(s.stats().spilled_bytes, 0, "200 bytes fit in 250");
         // A 120-byte merge block: the oldest chunk goes to disk to make room.
         s.hold(120).expect("hold");
-        assert_eq!(s.stats().spilled_bytes, 100);
+        assert_eq!(s.stats().spilled_bytes, frame_len());
         assert_eq!((s.resident_bytes(), s.held_bytes()), (100, 120));
         assert_eq!(s.stats().peak_resident_bytes, 320);
         s.release(120);
@@ -491,15 +551,100 @@ mod tests {
         }
         assert!(s.resident_bytes() <= 250);
         assert_eq!(s.len(), 5);
-        assert_eq!(s.stats().spilled_bytes, 300);
+        assert_eq!(s.stats().spilled_bytes, 3 * frame_len());
         for c in 0..5 {
             let got = s.take(key(c)).expect("take");
             assert_eq!(*got, chunk(c as u8));
         }
         assert!(s.is_empty());
         assert_eq!(s.resident_bytes(), 0);
-        assert_eq!(s.stats().unspilled_bytes, 300);
+        assert_eq!(s.stats().unspilled_bytes, 3 * frame_len());
         assert!(matches!(s.take(key(0)), Err(StoreError::Missing(_))));
+    }
+
+    #[test]
+    fn consumed_frames_are_deleted_from_the_spill_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spill = std::sync::Arc::new(FileSpill::new(dir.path()).expect("spill"));
+        // 64 KiB chunks, a budget of one: every other chunk goes to disk.
+        let big = |v: u8| Chunk::U8(ArrayD::from_elem(IxDyn(&[256, 256]), v));
+        let s = ChunkStore::new(70_000, Box::new(SharedSpill(spill.clone())));
+        for c in 0..8 {
+            s.put(key(c), big(c as u8), 2).expect("put");
+        }
+        let on_disk = spill.disk_bytes().expect("stat");
+        assert!(
+            on_disk >= 7 * 65536,
+            "7 chunks spilled: {on_disk} bytes on disk"
+        );
+        for c in 0..8 {
+            // The first take reads the frame back and keeps it; the second deletes it.
+            assert_eq!(*s.take(key(c)).expect("take 1"), big(c as u8));
+            assert_eq!(*s.take(key(c)).expect("take 2"), big(c as u8));
+        }
+        assert!(s.is_empty());
+        let left = spill.disk_bytes().expect("stat");
+        assert!(
+            left < 65536,
+            "frames deleted when consumed: {left} bytes still on disk"
+        );
+        assert!(
+            spill.read(key(3)).is_err(),
+            "a consumed chunk's frame is gone from the backend"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_spill_frame_is_an_error_naming_the_chunk() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = ChunkStore::new(
+            100,
+            Box::new(FlippingSpill(FileSpill::new(dir.path()).expect("spill"))),
+        );
+        s.put(key(0), chunk(1), 1).expect("put");
+        s.put(key(1), chunk(2), 1).expect("put (spills chunk 0)");
+        let err = s.take(key(0)).expect_err("the frame was damaged");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("chunk: 0") && msg.contains("checksum"),
+            "{msg}"
+        );
+        assert_eq!(*s.take(key(1)).expect("resident"), chunk(2));
+    }
+
+    /// A [`FileSpill`] shared with the test, to look at the file.
+    #[derive(Debug)]
+    struct SharedSpill(std::sync::Arc<FileSpill>);
+
+    impl SpillBackend for SharedSpill {
+        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+            self.0.write(key, frame)
+        }
+        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+            self.0.read(key)
+        }
+        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+            self.0.delete(key)
+        }
+    }
+
+    /// A [`FileSpill`] that flips one payload bit of every frame it reads back.
+    #[derive(Debug)]
+    struct FlippingSpill(FileSpill);
+
+    impl SpillBackend for FlippingSpill {
+        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+            self.0.write(key, frame)
+        }
+        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+            let mut f = self.0.read(key)?;
+            let at = f.len() - 10;
+            f[at] ^= 1;
+            Ok(f)
+        }
+        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+            self.0.delete(key)
+        }
     }
 
     /// A spill backend whose writes wait for a go-ahead (announcing that they started), or always fail.
@@ -511,16 +656,19 @@ mod tests {
     }
 
     impl SpillBackend for GatedSpill {
-        fn write(&self, bytes: &[u8]) -> std::io::Result<SpillHandle> {
+        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
             self.started.lock().expect("lock").send(()).expect("send");
             if self.go.lock().expect("lock").recv().expect("recv") {
-                self.inner.write(bytes)
+                self.inner.write(key, frame)
             } else {
                 Err(std::io::Error::other("disk full"))
             }
         }
-        fn read(&self, h: &SpillHandle) -> std::io::Result<Vec<u8>> {
-            self.inner.read(h)
+        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+            self.inner.read(key)
+        }
+        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+            self.inner.delete(key)
         }
     }
 
@@ -559,7 +707,11 @@ mod tests {
         });
         s.audit().expect("consistent after the spill");
         assert_eq!((s.resident_bytes(), s.len()), (100, 1));
-        assert_eq!(s.stats().spilled_bytes, 100);
+        assert_eq!(s.stats().spilled_bytes, frame_len());
+        assert!(
+            s.spill.read(key(0)).is_err(),
+            "the frame of a chunk taken during its spill is deleted once written"
+        );
         assert_eq!(*s.take(key(1)).expect("take"), chunk(1));
         assert_eq!((s.resident_bytes(), s.len()), (0, 0));
         assert_eq!(s.stats().unspilled_bytes, 0, "nothing was read back");
@@ -610,7 +762,7 @@ mod tests {
     /// The chunk stored under `key`: its length and bytes follow from the key, so any mix-up shows.
     fn stress_chunk(key: ChunkKey, len: usize) -> Chunk {
         let v: Vec<u8> = (0..len)
-            .map(|i| (key.node as usize * 31 + key.chunk as usize * 7 + i) as u8)
+            .map(|i| (key.node * 31 + key.chunk * 7 + i) as u8)
             .collect();
         Chunk::U8(ArrayD::from_shape_vec(IxDyn(&[len]), v).expect("shape"))
     }
@@ -632,8 +784,8 @@ mod tests {
                     let mut open: Vec<(ChunkKey, usize, usize)> = Vec::new();
                     for c in 0..ROUNDS {
                         let k = ChunkKey {
-                            node: t,
-                            chunk: c,
+                            node: t as usize,
+                            chunk: c as usize,
                             part: 0,
                         };
                         let len = 1 + rng.below(120) as usize;
