@@ -146,6 +146,7 @@ const TILE: usize = 8;
 /// `k * inner + j`) into `series`, each series contiguous (`series[b * n + k]`), converting to f64. `TILE` rows
 /// at a time are converted whole (contiguous, which vectorises) into a small buffer, then each series takes
 /// its `TILE` consecutive values from there.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn gather<T: Elem>(data: &[T], inner: usize, j0: usize, nb: usize, n: usize, series: &mut [f64]) {
     let mut rows = [[0f64; SERIES_BLOCK]; TILE];
     for k0 in (0..n).step_by(TILE) {
@@ -169,6 +170,7 @@ fn gather<T: Elem>(data: &[T], inner: usize, j0: usize, nb: usize, n: usize, ser
 /// mirrored from the Hermitian symmetry `|X_{n-k}| = |X_k|`) into an `(m, inner)` row-major block at columns
 /// `j0..j0 + nb`, in square tiles like [`gather`].
 #[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn scatter<O: OutElem>(
     mags: &[f64],
     half: usize,

@@ -28,7 +28,9 @@ macro_rules! int_pixel {
     };
 }
 
-/// `(sum i*v, sum j*v, sum v)` of an integer slice, exactly: column sums in `A`, row sums in u64.
+/// `(sum i*v, sum j*v, sum v)` of an integer slice, exactly: column sums in `A`, row sums in u64. Compiled
+/// also for AVX2 and chosen at run time (twice the lanes of the baseline's SSE2).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn moments_int<T, A>(slice: ArrayView2<'_, T>, w: usize) -> (f64, f64, f64)
 where
     T: Copy + Into<u32>,

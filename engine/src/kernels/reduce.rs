@@ -443,6 +443,9 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
     }
 }
 
+/// Sums of every output element (the sum pass of sum, mean and std). Compiled also for AVX2 and chosen at run
+/// time (twice the lanes of the baseline's SSE2 for the widening adds).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
     let mut out = vec![0f64; l.out_len];
     let len = l.inner;
