@@ -447,57 +447,45 @@ fn partial_typed<T: Elem>(a: &ArrayD<T>, reduced: &[bool], kind: ReduceKind) -> 
 /// time (twice the lanes of the baseline's SSE2 for the widening adds).
 #[multiversion::multiversion(targets("x86_64+avx2"))]
 fn sum_pass<T: Elem>(data: &[T], l: &Layout) -> Vec<f64> {
-    let mut out = vec![0f64; l.out_len];
     let len = l.inner;
     if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::from(u16::MAX) / T::MAX_U32) {
-        // Few rows of u8 (a chunk of up to 257 slices): exact u16 accumulators, twice the lanes of u32.
-        let mut acc = vec![0u16; l.out_len];
-        for b0 in (0..len).step_by(BLOCK) {
-            let b1 = (b0 + BLOCK).min(len);
-            l.for_each_run(|o, i| {
-                let dst = &mut acc[o + b0..o + b1];
-                let src = &data[i + b0..i + b1];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    // No overflow: at most `count` values of at most `MAX_U32` each, checked above.
-                    *d = d.wrapping_add(s.u32() as u16);
-                }
-            });
-        }
-        out.iter_mut()
-            .zip(&acc)
-            .for_each(|(o, &a)| *o = f64::from(a));
+        // Few rows of u8 (a chunk of up to 257 slices): exact u16 accumulators, twice the lanes of u32. No
+        // overflow: at most `count` values of at most `MAX_U32` each, checked above.
+        let acc = accumulate(data, l, |a: u16, v| a.wrapping_add(v.u32() as u16));
+        acc.into_iter().map(f64::from).collect()
     } else if l.inner_kept && T::INTEGER && l.count <= u64::from(u32::MAX / T::MAX_U32) {
         // Exact u32 accumulators (the sums cannot overflow), converted once at the end: half the memory
         // traffic of f64 accumulators and cheaper adds.
-        let mut acc = vec![0u32; l.out_len];
-        for b0 in (0..len).step_by(BLOCK) {
-            let b1 = (b0 + BLOCK).min(len);
-            l.for_each_run(|o, i| {
-                let dst = &mut acc[o + b0..o + b1];
-                let src = &data[i + b0..i + b1];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s.u32();
-                }
-            });
-        }
-        out.iter_mut()
-            .zip(&acc)
-            .for_each(|(o, &a)| *o = f64::from(a));
+        let acc = accumulate(data, l, |a: u32, v| a + v.u32());
+        acc.into_iter().map(f64::from).collect()
     } else if l.inner_kept {
-        for b0 in (0..len).step_by(BLOCK) {
-            let b1 = (b0 + BLOCK).min(len);
-            l.for_each_run(|o, i| {
-                let dst = &mut out[o + b0..o + b1];
-                let src = &data[i + b0..i + b1];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s.f();
-                }
-            });
-        }
+        accumulate(data, l, |a: f64, v| a + v.f())
     } else {
+        let mut out = vec![0f64; l.out_len];
         l.for_each_run(|o, i| out[o] += T::run_sum(&data[i..i + len]));
+        out
     }
-    out
+}
+
+/// One accumulator per output element, each input run (the inner run is kept) added in with `add`, `BLOCK`
+/// elements of the run at a time so that the accumulators stay in L1 cache while the outer axes are swept.
+#[inline(always)]
+fn accumulate<T: Elem, A: Copy + Default>(
+    data: &[T],
+    l: &Layout,
+    add: impl Fn(A, T) -> A,
+) -> Vec<A> {
+    let mut acc = vec![A::default(); l.out_len];
+    let len = l.inner;
+    for b0 in (0..len).step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(len);
+        l.for_each_run(|o, i| {
+            for (d, s) in acc[o + b0..o + b1].iter_mut().zip(&data[i + b0..i + b1]) {
+                *d = add(*d, *s);
+            }
+        });
+    }
+    acc
 }
 
 /// Mean and `M2` of integer data in one pass, from exact integer sums and sums of squares:
