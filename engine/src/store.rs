@@ -150,6 +150,19 @@ impl SpillBackend for FileSpill {
     }
 }
 
+/// A shared backend (e.g. one a caller keeps to look at) spills like the backend itself.
+impl<B: SpillBackend> SpillBackend for Arc<B> {
+    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+        (**self).write(key, frame)
+    }
+    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+        (**self).read(key)
+    }
+    fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+        (**self).delete(key)
+    }
+}
+
 /// Failure of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -568,7 +581,7 @@ mod tests {
         let spill = std::sync::Arc::new(FileSpill::new(dir.path()).expect("spill"));
         // 64 KiB chunks, a budget of one: every other chunk goes to disk.
         let big = |v: u8| Chunk::U8(ArrayD::from_elem(IxDyn(&[256, 256]), v));
-        let s = ChunkStore::new(70_000, Box::new(SharedSpill(spill.clone())));
+        let s = ChunkStore::new(70_000, Box::new(spill.clone()));
         for c in 0..8 {
             s.put(key(c), big(c as u8), 2).expect("put");
         }
@@ -610,22 +623,6 @@ mod tests {
             "{msg}"
         );
         assert_eq!(*s.take(key(1)).expect("resident"), chunk(2));
-    }
-
-    /// A [`FileSpill`] shared with the test, to look at the file.
-    #[derive(Debug)]
-    struct SharedSpill(std::sync::Arc<FileSpill>);
-
-    impl SpillBackend for SharedSpill {
-        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
-            self.0.write(key, frame)
-        }
-        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
-            self.0.read(key)
-        }
-        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
-            self.0.delete(key)
-        }
     }
 
     /// A [`FileSpill`] that flips one payload bit of every frame it reads back.
