@@ -608,6 +608,26 @@ mod tests {
     }
 
     #[test]
+    fn storing_a_spilled_key_again_deletes_its_old_frame() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spill = std::sync::Arc::new(FileSpill::new(dir.path()).expect("spill"));
+        let s = ChunkStore::new(100, Box::new(spill.clone()));
+        s.put(key(0), chunk(1), 1).expect("put");
+        s.put(key(1), chunk(2), 1).expect("put (spills chunk 0)");
+        assert!(spill.read(key(0)).is_ok(), "chunk 0 is on disk");
+        s.take(key(1)).expect("take 1");
+        s.put(key(0), chunk(3), 1).expect("put again");
+        assert!(spill.read(key(0)).is_err(), "the replaced frame is deleted");
+        s.audit().expect("consistent");
+        assert_eq!(
+            *s.take(key(0)).expect("take"),
+            chunk(3),
+            "the new chunk, not the spilled one"
+        );
+        assert!(s.is_empty());
+    }
+
+    #[test]
     fn a_corrupted_spill_frame_is_an_error_naming_the_chunk() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = ChunkStore::new(
