@@ -1,26 +1,31 @@
-//! The local executor: runs a [`Plan`] on a pool of threads.
+//! The local executor: runs the [`TaskGraph`] of a [`Plan`] on a pool of threads.
 //!
-//! Task kinds (see [`crate::plan`]): *load* a source chunk, *merge* the pieces of a rechunk output chunk.
-//! Whatever a task produces is pushed through the fused stages below it at once ([`Exec::emit`]): recenter
-//! and FFT chunks are computed in place, reductions take a partial and fold it in, rechunks split the
-//! chunk into pieces for the [`ChunkStore`]. When the last piece of a merge arrives, the merge is queued;
-//! when the last partial of a reduction is folded in, the reduced chunk is emitted by that same thread.
-//! Merges run before loads, so pieces leave memory as soon as they can.
+//! Task kinds (see [`crate::graph`]): *load* a source chunk, *merge* the pieces of a rechunk's merge group,
+//! *combine* a reduction partial into the fold of the partials before it. Whatever a task produces is pushed
+//! through the fused stages below it at once ([`Exec::emit`]): recenter and FFT chunks are computed in place,
+//! reductions take a partial, rechunks split the chunk into pieces; partials and pieces go to the
+//! [`ChunkStore`] under their [`DataKey`]. A [`TaskTracker`] says which tasks a finished one made ready; those
+//! (merges and combines) run before further loads, so stored data leaves memory as soon as it can.
 //!
 //! Results do not depend on thread timing: partials are folded in leaf order, pieces are pasted
 //! into fixed positions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::array::{Chunk, DType};
+use crate::data::{Data, DataKey};
+use crate::graph::{TaskGraph, TaskId, TaskKind, reduce_leaves, reduce_slot};
 use crate::kernels::KernelError;
 use crate::kernels::reduce::{self, Partial};
-use crate::plan::{NodeOp, Plan, linear, merge_groups, overlapping, unlinear};
+use crate::plan::{
+    NodeOp, Plan, chunk_index, chunks_in, linear, merge_groups, overlapping, product, unlinear,
+};
 use crate::source::{SliceSource, SourceError};
-use crate::store::{ChunkKey, ChunkStore, StoreError, StoreStats};
+use crate::store::{ChunkStore, StoreError, StoreStats};
+use crate::tracker::{Completion, TaskTracker};
 
 /// Receives every finished block of the nodes that have outputs.
 pub trait ChunkSink: Send + Sync {
@@ -64,6 +69,9 @@ pub enum ExecError {
     /// The run was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The plan's tasks do not fit together: a bug, reported rather than run or left hanging.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Executor settings.
@@ -203,31 +211,6 @@ impl JobProgress {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Task {
-    Load(usize),
-    Merge { node: usize, chunk: usize },
-}
-
-/// The reduction of one output chunk: partials are folded in leaf order (leaf 0, then 1, ...), whatever order
-/// they arrive in, so results do not depend on timing; a partial that arrives before its predecessors waits.
-/// Loads run in order, so few ever wait: memory stays at about one accumulator plus one partial per thread.
-#[derive(Default)]
-struct Fold {
-    /// The next leaf to fold in.
-    next: usize,
-    /// Leaves `0..next` folded together.
-    acc: Option<Partial>,
-    /// Leaves that arrived before `next`.
-    waiting: BTreeMap<usize, Partial>,
-}
-
-struct ReduceState {
-    /// Leaves (input chunks) per output chunk.
-    leaves: usize,
-    folds: Vec<Mutex<Fold>>,
-}
-
 struct Exec<'a> {
     plan: &'a Plan,
     source: &'a dyn SliceSource,
@@ -235,13 +218,14 @@ struct Exec<'a> {
     progress: &'a JobProgress,
     cancel: &'a AtomicBool,
     store: ChunkStore,
-    queue: Mutex<(VecDeque<Task>, VecDeque<Task>)>,
+    graph: TaskGraph,
+    tracker: Mutex<TaskTracker>,
+    /// Ready tasks: merges and combines (run first), then loads.
+    queue: Mutex<(VecDeque<TaskId>, VecDeque<TaskId>)>,
     wake: Condvar,
+    /// Tasks queued or running.
     outstanding: AtomicUsize,
     failed: Mutex<Option<ExecError>>,
-    /// For rechunk nodes: pieces still missing per output chunk.
-    missing: Vec<Vec<AtomicUsize>>,
-    reduce: Vec<Option<ReduceState>>,
 }
 
 /// Runs `plan` over `source`, sending finished chunks of nodes with outputs to `sink`.
@@ -257,49 +241,13 @@ pub fn execute(
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<StoreStats, ExecError> {
-    let spill = crate::store::FileSpill::new(&opts.spill_dir).map_err(|e| StoreError::Spill {
-        key: ChunkKey {
-            node: 0,
-            chunk: 0,
-            part: 0,
-        },
-        source: e,
+    let spill = crate::store::FileSpill::new(&opts.spill_dir).map_err(|e| ExecError::Output {
+        stage: "-".into(),
+        target: opts.spill_dir.display().to_string(),
+        message: format!("cannot create the spill file: {e}"),
     })?;
-    let mut missing = Vec::new();
-    let mut reduce = Vec::new();
-    for n in &plan.nodes {
-        let input = n.input.map(|i| &plan.nodes[i]);
-        missing.push(match (&n.op, input) {
-            (NodeOp::Rechunk, Some(inp)) => merge_groups(&n.meta)
-                .chunk_indices()
-                .iter()
-                .map(|o| {
-                    let (s, l) = merge_groups(&n.meta).chunk_region(o);
-                    AtomicUsize::new(
-                        overlapping(&inp.meta.chunks, &s, &l)
-                            .iter()
-                            .map(|r| r.len())
-                            .product(),
-                    )
-                })
-                .collect(),
-            _ => Vec::new(),
-        });
-        reduce.push(match (&n.op, input) {
-            (NodeOp::Reduce(r), Some(inp)) => {
-                let g = inp.meta.grid();
-                let leaves = r.axes.iter().map(|&a| g[a]).product();
-                Some(ReduceState {
-                    leaves,
-                    folds: (0..n.meta.num_chunks()).map(|_| Mutex::default()).collect(),
-                })
-            }
-            _ => None,
-        });
-    }
-    let loads: VecDeque<Task> = (0..plan.nodes[0].meta.num_chunks())
-        .map(Task::Load)
-        .collect();
+    let graph = TaskGraph::build(plan).map_err(|e| ExecError::Internal(e.to_string()))?;
+    let (tracker, ready) = TaskTracker::new(&graph);
     let ex = Exec {
         plan,
         source,
@@ -307,13 +255,16 @@ pub fn execute(
         progress,
         cancel,
         store: ChunkStore::new(opts.memory_budget, Box::new(spill)),
-        outstanding: AtomicUsize::new(loads.len()),
-        queue: Mutex::new((VecDeque::new(), loads)),
+        graph,
+        tracker: Mutex::new(tracker),
+        outstanding: AtomicUsize::new(0),
+        queue: Mutex::new((VecDeque::new(), VecDeque::new())),
         wake: Condvar::new(),
         failed: Mutex::new(None),
-        missing,
-        reduce,
     };
+    for t in ready {
+        ex.enqueue(t);
+    }
     std::thread::scope(|s| {
         for t in 0..opts.threads.max(1) {
             let ex = &ex;
@@ -336,6 +287,7 @@ pub fn execute(
     if cancel.load(Ordering::Relaxed) {
         return Err(ExecError::Cancelled);
     }
+    ex.check_finished()?;
     Ok(ex.store.stats())
 }
 
@@ -354,12 +306,53 @@ impl Exec<'_> {
             || self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
-    fn enqueue(&self, t: Task) {
+    fn enqueue(&self, t: TaskId) {
         self.outstanding.fetch_add(1, Ordering::SeqCst);
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.0.push_back(t);
+        match self.graph.task(t).kind {
+            TaskKind::Load { .. } => q.1.push_back(t),
+            TaskKind::Merge { .. } | TaskKind::Combine { .. } => q.0.push_back(t),
+        }
         drop(q);
         self.wake.notify_one();
+    }
+
+    /// Records that `task` wrote its outputs and queues the tasks this made ready.
+    fn completed(&self, task: TaskId) {
+        let done = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .complete(&self.graph, task);
+        if let Completion::Done(ready) = done {
+            for t in ready {
+                self.enqueue(t);
+            }
+        }
+    }
+
+    /// After a run without errors: every task done and nothing left in the store, or a bug to report.
+    fn check_finished(&self) -> Result<(), ExecError> {
+        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.finished() {
+            return Err(ExecError::Internal(format!(
+                "{} of {} tasks never became ready",
+                self.graph.len() - t.done(),
+                self.graph.len()
+            )));
+        }
+        if !self.store.is_empty() {
+            return Err(ExecError::Internal(format!(
+                "{} intermediate results were never read",
+                self.store.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keys of the store are taken once by each of their consumers.
+    fn takes(&self, key: DataKey) -> usize {
+        self.graph.consumers(key).len()
     }
 
     fn worker(&self) {
@@ -379,8 +372,9 @@ impl Exec<'_> {
                     q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            if let Err(e) = self.run(task) {
-                self.fail(e);
+            match self.run(task) {
+                Ok(()) => self.completed(task),
+                Err(e) => self.fail(e),
             }
             if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 self.wake.notify_all();
@@ -388,11 +382,15 @@ impl Exec<'_> {
         }
     }
 
-    fn run(&self, task: Task) -> Result<(), ExecError> {
-        match task {
-            Task::Load(i) => {
+    fn run(&self, task: TaskId) -> Result<(), ExecError> {
+        self.tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(task);
+        match self.graph.task(task).kind {
+            TaskKind::Load { chunk } => {
                 let meta = &self.plan.nodes[0].meta;
-                let (start, len) = meta.chunk_region(&[i, 0, 0]);
+                let (start, len) = meta.chunk_region(&unlinear(&meta.grid(), chunk));
                 let t0 = Instant::now();
                 let chunk = self.source.read(start[0], start[0] + len[0])?;
                 self.progress.record(0, t0, 0, 1);
@@ -401,7 +399,8 @@ impl Exec<'_> {
                 self.progress.loads_end_ns.fetch_max(end, Ordering::Relaxed);
                 Ok(())
             }
-            Task::Merge { node, chunk: group } => self.merge(node, group),
+            TaskKind::Merge { node, group } => self.merge(node, group),
+            TaskKind::Combine { node, out, leaf } => self.combine(node, out, leaf),
         }
     }
 
@@ -423,19 +422,22 @@ impl Exec<'_> {
         let mut bytes = 0;
         for part in product(&overlapping(&im.chunks, &start, &len)) {
             let (ps, _) = im.chunk_region(&part);
-            let key = ChunkKey {
+            let key = DataKey::Piece {
                 node,
-                chunk: group,
+                group,
                 part: linear(&im.grid(), &part),
             };
-            let piece = self.store.take(key)?;
+            let stored = self.store.take(key)?;
+            let Data::Chunk(piece) = &*stored else {
+                return Err(wrong_kind(key, &stored));
+            };
             let at: Vec<usize> = ps
                 .iter()
                 .zip(&start)
                 .map(|(&p, &s)| p.saturating_sub(s))
                 .collect();
             block
-                .paste(&at, &piece)
+                .paste(&at, piece)
                 .map_err(|m| self.kernel_err(node, &gidx, m))?;
             bytes += piece.nbytes();
         }
@@ -527,20 +529,13 @@ impl Exec<'_> {
             NodeOp::Reduce(r) => {
                 let p = reduce::partial(data, &r.axes, r.op).map_err(kerr)?;
                 self.progress.record(child, t0, data.nbytes(), 1);
-                let keep: Vec<usize> = (0..idx.len()).filter(|a| !r.axes.contains(a)).collect();
-                let out_idx: Vec<usize> = keep.iter().map(|&a| idx[a]).collect();
-                let in_grid = n.meta.grid();
-                let red_grid: Vec<usize> = r.axes.iter().map(|&a| in_grid[a]).collect();
-                let red_idx: Vec<usize> = r.axes.iter().map(|&a| idx[a]).collect();
-                let leaf = linear(&red_grid, &red_idx);
-                let out_lin = linear(&c.meta.grid(), &out_idx);
-                if let Some(total) = self.feed_tree(child, out_lin, leaf, p, kerr)? {
-                    let t1 = Instant::now();
-                    let out = reduce::finish(total, data.dtype());
-                    self.progress.record(child, t1, 0, 0);
-                    let (out_start, _) = c.meta.chunk_region(&out_idx);
-                    self.emit(child, &out_start, out)?;
-                }
+                let (out, leaf) = reduce_slot(self.plan, child, &idx);
+                let key = DataKey::Partial {
+                    node: child,
+                    out,
+                    leaf,
+                };
+                self.store.put(key, p, self.takes(key))?;
                 Ok(())
             }
             NodeOp::Rechunk => self.split(node, child, start, data),
@@ -548,8 +543,8 @@ impl Exec<'_> {
         }
     }
 
-    /// Cuts `data` (a chunk of `node` at `start`) into the pieces of rechunk `child`'s merge groups, stores them,
-    /// and queues each merge whose last piece this was.
+    /// Cuts `data` (a chunk of `node` at `start`) into the pieces of rechunk `child`'s merge groups and stores
+    /// them.
     fn split(
         &self,
         node: usize,
@@ -572,62 +567,70 @@ impl Exec<'_> {
             let rel: Vec<usize> = lo.iter().zip(start).map(|(l, s)| l - s).collect();
             let ext: Vec<usize> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
             let piece = data.region(&rel, &ext);
-            let lin = linear(&grid, &o);
-            let key = ChunkKey {
+            let key = DataKey::Piece {
                 node: child,
-                chunk: lin,
+                group: linear(&grid, &o),
                 part,
             };
-            self.store.put(key, piece, 1)?;
-            if self.missing[child][lin].fetch_sub(1, Ordering::SeqCst) == 1 {
-                self.enqueue(Task::Merge {
-                    node: child,
-                    chunk: lin,
-                });
-            }
+            self.store.put(key, piece, self.takes(key))?;
         }
         // Split time counts towards the rechunk; its bytes in are counted by the merges.
         self.progress.record(child, t0, 0, 0);
         Ok(())
     }
 
-    /// Folds leaf `leaf` of output chunk `out` into its reduction; returns the result when it was the last.
-    /// The accumulator and the partials waiting for their predecessors count against the memory budget.
-    fn feed_tree(
-        &self,
-        node: usize,
-        out: usize,
-        leaf: usize,
-        p: Partial,
-        kerr: impl Fn(KernelError) -> ExecError,
-    ) -> Result<Option<Partial>, ExecError> {
-        let Some(state) = &self.reduce[node] else {
-            return Ok(Some(p));
+    /// Folds partial `leaf` of output chunk `out` of reduce `node` into the fold of the leaves before it; the
+    /// last leaf finishes the reduction and emits the reduced chunk.
+    fn combine(&self, node: usize, out: usize, leaf: usize) -> Result<(), ExecError> {
+        let c = &self.plan.nodes[node];
+        let t0 = Instant::now();
+        let kerr = |source| ExecError::Kernel {
+            stage: c.name.clone(),
+            chunk: unlinear(&c.meta.grid(), out),
+            source,
         };
-        self.store.hold(p.nbytes())?;
-        let mut guard = state.folds[out].lock().unwrap_or_else(|e| e.into_inner());
-        let f = &mut *guard;
-        f.waiting.insert(leaf, p);
-        while let Some(next) = f.waiting.remove(&f.next) {
-            let acc = match f.acc.take() {
-                None => next,
-                Some(acc) => {
-                    self.store.release(next.nbytes());
-                    reduce::combine(acc, &next).map_err(&kerr)?
-                }
-            };
-            f.acc = Some(acc);
-            f.next += 1;
+        let partial = self.take_partial(DataKey::Partial { node, out, leaf })?;
+        let before = match leaf {
+            0 => None,
+            1 => Some(DataKey::Partial { node, out, leaf: 0 }),
+            _ => Some(DataKey::Fold {
+                node,
+                out,
+                leaf: leaf - 1,
+            }),
+        };
+        let acc = match before {
+            None => partial,
+            Some(key) => reduce::combine(self.take_partial(key)?, &partial).map_err(kerr)?,
+        };
+        if leaf + 1 < reduce_leaves(self.plan, node) {
+            let key = DataKey::Fold { node, out, leaf };
+            self.store.put(key, acc, self.takes(key))?;
+            self.progress.record(node, t0, 0, 0);
+            return Ok(());
         }
-        if f.next < state.leaves {
-            return Ok(None);
-        }
-        let total = f.acc.take();
-        if let Some(t) = &total {
-            self.store.release(t.nbytes());
-        }
-        Ok(total)
+        let input_dtype = c
+            .input
+            .map_or(DType::Float64, |i| self.plan.nodes[i].meta.dtype);
+        let reduced = reduce::finish(acc, input_dtype);
+        self.progress.record(node, t0, 0, 0);
+        let (start, _) = c.meta.chunk_region(&unlinear(&c.meta.grid(), out));
+        self.emit(node, &start, reduced)
     }
+
+    /// Takes a stored reduction state for its consumer (without a copy unless it is being spilled meanwhile).
+    fn take_partial(&self, key: DataKey) -> Result<Partial, ExecError> {
+        let stored = self.store.take(key)?;
+        match Arc::try_unwrap(stored).unwrap_or_else(|shared| (*shared).clone()) {
+            Data::Partial(p) => Ok(p),
+            other => Err(wrong_kind(key, &other)),
+        }
+    }
+}
+
+/// A key holding another kind of value than its consumer expects: a bug.
+fn wrong_kind(key: DataKey, found: &Data) -> ExecError {
+    ExecError::Internal(format!("{key} holds a {}", found.kind()))
 }
 
 /// Bytes counted against the store's budget for as long as this lives ([`ChunkStore::hold`]).
@@ -647,30 +650,4 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.store.release(self.bytes);
     }
-}
-
-/// Index of the chunk of `meta` that starts at element `start`.
-fn chunk_index(meta: &crate::array::ArrayMeta, start: &[usize]) -> Vec<usize> {
-    start
-        .iter()
-        .zip(&meta.chunks)
-        .map(|(s, c)| s / c.max(&1))
-        .collect()
-}
-
-/// Number of chunks of `meta` in the chunk-aligned block `start .. start + len`.
-fn chunks_in(meta: &crate::array::ArrayMeta, start: &[usize], len: &[usize]) -> u64 {
-    overlapping(&meta.chunks, start, len)
-        .iter()
-        .map(|r| r.len() as u64)
-        .product()
-}
-
-/// Every index in the cartesian product of per-axis ranges, row-major.
-fn product(ranges: &[std::ops::Range<usize>]) -> Vec<Vec<usize>> {
-    let ext: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
-    crate::array::grid_indices(&ext)
-        .into_iter()
-        .map(|i| i.iter().zip(ranges).map(|(k, r)| r.start + k).collect())
-        .collect()
 }

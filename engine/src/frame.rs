@@ -8,15 +8,17 @@
 //! |---|---|
 //! | 4 | magic `AJCF` |
 //! | 1 | format version (1) |
-//! | 1 | element type: 0 uint8, 1 uint16, 2 float32, 3 float64 |
+//! | 1 | element type: 0 uint8, 1 uint16, 2 float32, 3 float64; 16 a reduction partial |
 //! | 1 | number of dimensions `d` (at most 32) |
 //! | 1 | reserved (0) |
 //! | 8 x `d` | shape, u64 little-endian each |
 //! | 8 | payload length in bytes, u64 little-endian |
-//! | payload | the elements, little-endian, row-major |
+//! | payload | the elements, little-endian, row-major (a partial: `Partial::to_bytes`, shape = its output's) |
 //! | 4 | crc32c of everything above, u32 little-endian |
 
 use crate::array::{Chunk, DType};
+use crate::data::Data;
+use crate::kernels::reduce::Partial;
 
 /// First bytes of every frame.
 pub const MAGIC: &[u8; 4] = b"AJCF";
@@ -24,6 +26,8 @@ pub const MAGIC: &[u8; 4] = b"AJCF";
 pub const VERSION: u8 = 1;
 /// Most dimensions a frame may declare.
 const MAX_DIMS: usize = 32;
+/// Element type code of a reduction partial (its payload is [`Partial::to_bytes`]).
+const PARTIAL: u8 = 16;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -72,14 +76,19 @@ fn dtype_from_code(c: u8) -> Result<DType, FrameError> {
     })
 }
 
-/// The frame of `chunk`.
-pub fn encode(chunk: &Chunk) -> Vec<u8> {
-    let payload = chunk.as_le_bytes();
-    let shape = chunk.shape();
+/// The frame of `data`.
+pub fn encode(data: &Data) -> Vec<u8> {
+    match data {
+        Data::Chunk(c) => frame(dtype_code(c.dtype()), c.shape(), &c.as_le_bytes()),
+        Data::Partial(p) => frame(PARTIAL, p.shape(), &p.to_bytes()),
+    }
+}
+
+fn frame(code: u8, shape: &[usize], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + 8 * shape.len() + 8 + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.push(dtype_code(chunk.dtype()));
+    out.push(code);
     // Chunks have a handful of dimensions; `decode` refuses more than MAX_DIMS.
     out.push(u8::try_from(shape.len()).unwrap_or(u8::MAX));
     out.push(0);
@@ -87,18 +96,18 @@ pub fn encode(chunk: &Chunk) -> Vec<u8> {
         out.extend_from_slice(&(n as u64).to_le_bytes());
     }
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// The chunk in `frame` (the whole slice must be one frame).
+/// The value in `frame` (the whole slice must be one frame).
 ///
 /// # Errors
 /// [`FrameError`] when the bytes are truncated, too long, not a frame, of another version, inconsistent
 /// (payload length against shape and type) or corrupted (checksum).
-pub fn decode(frame: &[u8]) -> Result<Chunk, FrameError> {
+pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
     let header = frame.get(..8).ok_or(FrameError::Truncated("header"))?;
     if &header[..4] != MAGIC {
         return Err(FrameError::BadMagic);
@@ -106,7 +115,12 @@ pub fn decode(frame: &[u8]) -> Result<Chunk, FrameError> {
     if header[4] != VERSION {
         return Err(FrameError::Version(header[4]));
     }
-    let dtype = dtype_from_code(header[5])?;
+    let code = header[5];
+    let dtype = if code == PARTIAL {
+        None
+    } else {
+        Some(dtype_from_code(code)?)
+    };
     let ndim = usize::from(header[6]);
     if ndim > MAX_DIMS {
         return Err(FrameError::Header(format!("{ndim} dimensions")));
@@ -123,15 +137,25 @@ pub fn decode(frame: &[u8]) -> Result<Chunk, FrameError> {
         shape.push(usize::try_from(n).map_err(|_| FrameError::Header(format!("extent {n}")))?);
     }
     let len = u64_at("payload length")?;
-    let expected = shape
-        .iter()
-        .try_fold(dtype.size(), |a, &n| a.checked_mul(n))
-        .ok_or_else(|| FrameError::Header(format!("shape {shape:?} overflows")))?;
-    if usize::try_from(len).ok() != Some(expected) {
-        return Err(FrameError::Header(format!(
-            "payload of {len} bytes for a {dtype} chunk of shape {shape:?} ({expected} bytes)"
-        )));
-    }
+    let expected = match dtype {
+        Some(dtype) => {
+            let expected = shape
+                .iter()
+                .try_fold(dtype.size(), |a, &n| a.checked_mul(n))
+                .ok_or_else(|| FrameError::Header(format!("shape {shape:?} overflows")))?;
+            if usize::try_from(len).ok() != Some(expected) {
+                return Err(FrameError::Header(format!(
+                    "payload of {len} bytes for a {dtype} chunk of shape {shape:?} ({expected} bytes)"
+                )));
+            }
+            expected
+        }
+        // A partial's payload checks itself (Partial::from_bytes) once the checksum is known to match.
+        None => usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= frame.len())
+            .ok_or(FrameError::Truncated("payload"))?,
+    };
     let body_end = pos + expected;
     if frame.len() < body_end + 4 {
         return Err(FrameError::Truncated("payload"));
@@ -147,7 +171,22 @@ pub fn decode(frame: &[u8]) -> Result<Chunk, FrameError> {
     if stored != computed {
         return Err(FrameError::Checksum { stored, computed });
     }
-    Chunk::from_le_bytes(dtype, &shape, &frame[pos..body_end]).map_err(FrameError::Header)
+    let payload = &frame[pos..body_end];
+    match dtype {
+        Some(dtype) => Chunk::from_le_bytes(dtype, &shape, payload)
+            .map(Data::Chunk)
+            .map_err(FrameError::Header),
+        None => {
+            let p = Partial::from_bytes(payload).map_err(|e| FrameError::Header(e.to_string()))?;
+            if p.shape() != shape.as_slice() {
+                return Err(FrameError::Header(format!(
+                    "partial of shape {:?} in a frame of shape {shape:?}",
+                    p.shape()
+                )));
+            }
+            Ok(Data::Partial(p))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,11 +207,18 @@ mod tests {
         ]
     }
 
+    fn chunk_of(d: Data) -> Chunk {
+        match d {
+            Data::Chunk(c) => c,
+            Data::Partial(p) => panic!("a partial of shape {:?}", p.shape()),
+        }
+    }
+
     #[test]
     fn frames_round_trip_every_type_and_rank() {
         for c in chunks() {
-            let f = encode(&c);
-            let back = decode(&f).expect("decode");
+            let f = encode(&Data::Chunk(c.clone()));
+            let back = chunk_of(decode(&f).expect("decode"));
             assert_eq!(back.dtype(), c.dtype());
             assert_eq!(back.shape(), c.shape());
             assert_eq!(
@@ -187,7 +233,7 @@ mod tests {
     fn header_layout_is_as_documented() {
         let c =
             Chunk::U16(ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![0x0102, 0x0304]).expect("s"));
-        let f = encode(&c);
+        let f = encode(&Data::Chunk(c));
         assert_eq!(&f[..8], b"AJCF\x01\x01\x02\x00");
         assert_eq!(&f[8..24], &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&f[24..32], &[4, 0, 0, 0, 0, 0, 0, 0]);
@@ -201,8 +247,7 @@ mod tests {
 
     #[test]
     fn damaged_frames_are_refused_with_the_reason() {
-        let c = &chunks()[0];
-        let f = encode(c);
+        let f = encode(&Data::Chunk(chunks()[0].clone()));
         assert_eq!(decode(&f[..5]), Err(FrameError::Truncated("header")));
         assert_eq!(
             decode(&f[..f.len() - 1]),
@@ -230,6 +275,30 @@ mod tests {
         shape[8] = 3;
         assert!(
             matches!(decode(&shape), Err(FrameError::Header(m)) if m.contains("payload of 6 bytes"))
+        );
+    }
+
+    #[test]
+    fn partials_round_trip_and_a_damaged_one_is_refused() {
+        use crate::kernels::reduce::partial;
+        use crate::spec::ReduceKind;
+        let c =
+            Chunk::U8(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1, 2, 3, 4, 5, 255]).expect("s"));
+        for kind in [ReduceKind::Mean, ReduceKind::Std, ReduceKind::Max] {
+            let p = partial(&c, &[0], kind).expect("partial");
+            let f = encode(&Data::Partial(p.clone()));
+            assert_eq!(f[5], 16, "element type code of a partial");
+            assert_eq!(decode(&f), Ok(Data::Partial(p)));
+        }
+        let p = partial(&c, &[1], ReduceKind::Sum).expect("partial");
+        let mut f = encode(&Data::Partial(p));
+        // Declares a shape other than the partial's (and fixes the checksum): refused, not mixed up.
+        f[8] = 3;
+        let body = f.len() - 4;
+        let crc = crc32c::crc32c(&f[..body]).to_le_bytes();
+        f[body..].copy_from_slice(&crc);
+        assert!(
+            matches!(decode(&f), Err(FrameError::Header(m)) if m.contains("in a frame of shape [3]"))
         );
     }
 }

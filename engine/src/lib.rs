@@ -2,8 +2,10 @@
 //! the chunk store and the local executor. Nothing in here knows about Kubernetes.
 
 pub mod array;
+pub mod data;
 pub mod exec;
 pub mod frame;
+pub mod graph;
 pub mod kernels;
 pub mod outdir;
 pub mod output;
@@ -13,4 +15,5 @@ pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod tracker;
 pub mod validate;

@@ -423,6 +423,32 @@ pub fn unlinear(grid: &[usize], mut lin: usize) -> Vec<usize> {
     idx
 }
 
+/// Index of the chunk of `meta` that starts at element `start`.
+pub fn chunk_index(meta: &ArrayMeta, start: &[usize]) -> Vec<usize> {
+    start
+        .iter()
+        .zip(&meta.chunks)
+        .map(|(s, c)| s / c.max(&1))
+        .collect()
+}
+
+/// Number of chunks of `meta` in the chunk-aligned block `start .. start + len`.
+pub fn chunks_in(meta: &ArrayMeta, start: &[usize], len: &[usize]) -> u64 {
+    overlapping(&meta.chunks, start, len)
+        .iter()
+        .map(|r| r.len() as u64)
+        .product()
+}
+
+/// Every index in the cartesian product of per-axis ranges, row-major.
+pub fn product(ranges: &[std::ops::Range<usize>]) -> Vec<Vec<usize>> {
+    let ext: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    crate::array::grid_indices(&ext)
+        .into_iter()
+        .map(|i| i.iter().zip(ranges).map(|(k, r)| r.start + k).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,18 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::array::Chunk;
-
-/// Identifies a stored chunk: node, target chunk (linear index) and part (linear index of the source chunk).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkKey {
-    /// Plan node the chunk belongs to.
-    pub node: usize,
-    /// Linear index of the chunk (or of the target chunk, for rechunk pieces).
-    pub chunk: usize,
-    /// Linear index of the input chunk a piece came from (0 otherwise).
-    pub part: usize,
-}
+use crate::data::{Data, DataKey};
 
 /// Where spilled chunks go: frames ([`crate::frame`]) stored under their chunk's key.
 pub trait SpillBackend: Send + Sync + std::fmt::Debug {
@@ -28,21 +17,21 @@ pub trait SpillBackend: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// When the backend cannot write.
-    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()>;
+    fn write(&self, key: DataKey, frame: &[u8]) -> std::io::Result<()>;
     /// Reads back the frame stored under `key`.
     ///
     /// # Errors
     /// When nothing is stored under `key` or the backend cannot read.
-    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>>;
+    fn read(&self, key: DataKey) -> std::io::Result<Vec<u8>>;
     /// Forgets `key` and frees the space of its frame (nothing happens for a key not stored).
     ///
     /// # Errors
     /// When the backend cannot free the space.
-    fn delete(&self, key: ChunkKey) -> std::io::Result<()>;
+    fn delete(&self, key: DataKey) -> std::io::Result<()>;
 }
 
 /// Where each key's frame is in a [`FileSpill`]'s file (offset, length), and the end of the file.
-type SpillIndex = (HashMap<ChunkKey, (u64, u64)>, u64);
+type SpillIndex = (HashMap<DataKey, (u64, u64)>, u64);
 
 /// Spills into one file (unlinked on drop): frames are appended and read back with positioned reads; a deleted
 /// frame's blocks are given back to the filesystem by punching a hole (`fallocate`), so the file's disk usage
@@ -101,7 +90,7 @@ impl FileSpill {
 }
 
 impl SpillBackend for FileSpill {
-    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+    fn write(&self, key: DataKey, frame: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let offset = {
             let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,7 +109,7 @@ impl SpillBackend for FileSpill {
         }
     }
 
-    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+    fn read(&self, key: DataKey) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let found = {
             let g = self.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +118,7 @@ impl SpillBackend for FileSpill {
         let Some((offset, len)) = found else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("no spilled frame for {key:?}"),
+                format!("no spilled frame for {key}"),
             ));
         };
         let len = usize::try_from(len).map_err(std::io::Error::other)?;
@@ -138,7 +127,7 @@ impl SpillBackend for FileSpill {
         Ok(buf)
     }
 
-    fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+    fn delete(&self, key: DataKey) -> std::io::Result<()> {
         let found = {
             let mut g = self.index.lock().unwrap_or_else(|e| e.into_inner());
             g.0.remove(&key)
@@ -152,13 +141,13 @@ impl SpillBackend for FileSpill {
 
 /// A shared backend (e.g. one a caller keeps to look at) spills like the backend itself.
 impl<B: SpillBackend> SpillBackend for Arc<B> {
-    fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+    fn write(&self, key: DataKey, frame: &[u8]) -> std::io::Result<()> {
         (**self).write(key, frame)
     }
-    fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+    fn read(&self, key: DataKey) -> std::io::Result<Vec<u8>> {
         (**self).read(key)
     }
-    fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+    fn delete(&self, key: DataKey) -> std::io::Result<()> {
         (**self).delete(key)
     }
 }
@@ -167,13 +156,13 @@ impl<B: SpillBackend> SpillBackend for Arc<B> {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A chunk was asked for that is not (or no longer) stored: a planning bug.
-    #[error("chunk {0:?} is not in the store")]
-    Missing(ChunkKey),
+    #[error("{0} is not in the store")]
+    Missing(DataKey),
     /// Spilling or reading back failed.
-    #[error("spill of chunk {key:?} failed: {source}")]
+    #[error("spill of {key} failed: {source}")]
     Spill {
         /// The chunk.
-        key: ChunkKey,
+        key: DataKey,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -181,9 +170,9 @@ pub enum StoreError {
 
 enum Slot {
     /// In memory, listed in the LRU under this tick.
-    Resident(Arc<Chunk>, u64),
+    Resident(Arc<Data>, u64),
     /// Chosen for spilling; still in memory (and counted as resident) until the write finishes. Out of the LRU.
-    Spilling(Arc<Chunk>),
+    Spilling(Arc<Data>),
     /// Spilled: its frame is in the backend under the entry's key.
     Spilled,
 }
@@ -195,9 +184,9 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<ChunkKey, Entry>,
+    entries: HashMap<DataKey, Entry>,
     /// Resident chunks by insertion tick (oldest first), the spill order.
-    lru: BTreeMap<u64, ChunkKey>,
+    lru: BTreeMap<u64, DataKey>,
     /// Bytes of the Resident and Spilling entries.
     resident: usize,
     /// Bytes of the Spilling entries (part of `resident`, no longer counted against the budget).
@@ -287,7 +276,8 @@ impl ChunkStore {
     ///
     /// # Errors
     /// When spilling fails.
-    pub fn put(&self, key: ChunkKey, chunk: Chunk, takes: usize) -> Result<(), StoreError> {
+    pub fn put(&self, key: DataKey, data: impl Into<Data>, takes: usize) -> Result<(), StoreError> {
+        let chunk: Data = data.into();
         let n = chunk.nbytes();
         {
             let mut g = self.lock();
@@ -427,7 +417,7 @@ impl ChunkStore {
     ///
     /// # Errors
     /// When the chunk is not stored, or reading it back from the spill fails.
-    pub fn take(&self, key: ChunkKey) -> Result<Arc<Chunk>, StoreError> {
+    pub fn take(&self, key: DataKey) -> Result<Arc<Data>, StoreError> {
         let (found, last) = {
             let mut g = self.lock();
             let e = g.entries.get_mut(&key).ok_or(StoreError::Missing(key))?;
@@ -518,10 +508,11 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::array::Chunk;
     use ndarray::{ArrayD, IxDyn};
 
-    fn chunk(v: u8) -> Chunk {
-        Chunk::U8(ArrayD::from_elem(IxDyn(&[10, 10]), v))
+    fn chunk(v: u8) -> Data {
+        Data::Chunk(Chunk::U8(ArrayD::from_elem(IxDyn(&[10, 10]), v)))
     }
 
     /// Bytes of the spill frame of a test chunk (its 100 bytes plus the frame's header and checksum).
@@ -529,10 +520,10 @@ mod tests {
         crate::frame::encode(&chunk(0)).len() as u64
     }
 
-    fn key(c: usize) -> ChunkKey {
-        ChunkKey {
+    fn key(c: usize) -> DataKey {
+        DataKey::Piece {
             node: 1,
-            chunk: c,
+            group: c,
             part: 0,
         }
     }
@@ -580,7 +571,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let spill = std::sync::Arc::new(FileSpill::new(dir.path()).expect("spill"));
         // 64 KiB chunks, a budget of one: every other chunk goes to disk.
-        let big = |v: u8| Chunk::U8(ArrayD::from_elem(IxDyn(&[256, 256]), v));
+        let big = |v: u8| Data::Chunk(Chunk::U8(ArrayD::from_elem(IxDyn(&[256, 256]), v)));
         let s = ChunkStore::new(70_000, Box::new(spill.clone()));
         for c in 0..8 {
             s.put(key(c), big(c as u8), 2).expect("put");
@@ -639,7 +630,8 @@ mod tests {
         let err = s.take(key(0)).expect_err("the frame was damaged");
         let msg = err.to_string();
         assert!(
-            msg.contains("chunk: 0") && msg.contains("checksum"),
+            msg.contains("piece of chunk 0 for merge group 0 of node 1")
+                && msg.contains("checksum"),
             "{msg}"
         );
         assert_eq!(*s.take(key(1)).expect("resident"), chunk(2));
@@ -650,16 +642,16 @@ mod tests {
     struct FlippingSpill(FileSpill);
 
     impl SpillBackend for FlippingSpill {
-        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+        fn write(&self, key: DataKey, frame: &[u8]) -> std::io::Result<()> {
             self.0.write(key, frame)
         }
-        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+        fn read(&self, key: DataKey) -> std::io::Result<Vec<u8>> {
             let mut f = self.0.read(key)?;
             let at = f.len() - 10;
             f[at] ^= 1;
             Ok(f)
         }
-        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+        fn delete(&self, key: DataKey) -> std::io::Result<()> {
             self.0.delete(key)
         }
     }
@@ -673,7 +665,7 @@ mod tests {
     }
 
     impl SpillBackend for GatedSpill {
-        fn write(&self, key: ChunkKey, frame: &[u8]) -> std::io::Result<()> {
+        fn write(&self, key: DataKey, frame: &[u8]) -> std::io::Result<()> {
             self.started.lock().expect("lock").send(()).expect("send");
             if self.go.lock().expect("lock").recv().expect("recv") {
                 self.inner.write(key, frame)
@@ -681,10 +673,10 @@ mod tests {
                 Err(std::io::Error::other("disk full"))
             }
         }
-        fn read(&self, key: ChunkKey) -> std::io::Result<Vec<u8>> {
+        fn read(&self, key: DataKey) -> std::io::Result<Vec<u8>> {
             self.inner.read(key)
         }
-        fn delete(&self, key: ChunkKey) -> std::io::Result<()> {
+        fn delete(&self, key: DataKey) -> std::io::Result<()> {
             self.inner.delete(key)
         }
     }
@@ -777,11 +769,16 @@ mod tests {
     }
 
     /// The chunk stored under `key`: its length and bytes follow from the key, so any mix-up shows.
-    fn stress_chunk(key: ChunkKey, len: usize) -> Chunk {
+    fn stress_chunk(key: DataKey, len: usize) -> Data {
+        let DataKey::Piece { node, group, .. } = key else {
+            panic!("stress keys are pieces");
+        };
         let v: Vec<u8> = (0..len)
-            .map(|i| (key.node * 31 + key.chunk * 7 + i) as u8)
+            .map(|i| (node * 31 + group * 7 + i) as u8)
             .collect();
-        Chunk::U8(ArrayD::from_shape_vec(IxDyn(&[len]), v).expect("shape"))
+        Data::Chunk(Chunk::U8(
+            ArrayD::from_shape_vec(IxDyn(&[len]), v).expect("shape"),
+        ))
     }
 
     /// 8 threads put and take chunks of random sizes (each for `1..=max_takes` consumers) under a budget of a
@@ -798,11 +795,11 @@ mod tests {
                 scope.spawn(move || {
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(t) + 1));
                     // (key, takes left, length) of this thread's chunks still in the store
-                    let mut open: Vec<(ChunkKey, usize, usize)> = Vec::new();
+                    let mut open: Vec<(DataKey, usize, usize)> = Vec::new();
                     for c in 0..ROUNDS {
-                        let k = ChunkKey {
+                        let k = DataKey::Piece {
                             node: t as usize,
-                            chunk: c as usize,
+                            group: c as usize,
                             part: 0,
                         };
                         let len = 1 + rng.below(120) as usize;
