@@ -78,6 +78,17 @@ pub fn plan_table(r: &PlanReport) -> String {
             mb(st.bytes as u64)
         );
     }
+    let tasks: Vec<String> = r
+        .task_counts
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    s += &format!(
+        "tasks: {} ({})\n",
+        r.task_counts.values().sum::<usize>(),
+        tasks.join(", ")
+    );
+    s += &format!("plan hash: {}\n", r.plan_hash);
     s += &format!("bytes moved by rechunks: {} MB\n", mb(r.bytes_moved as u64));
     s += &format!(
         "peak memory estimate: {} MB (without a memory limit)\n",

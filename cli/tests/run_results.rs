@@ -63,6 +63,20 @@ fn csv_of_0d_1d_and_2d_results_has_header_and_rows() {
         peak.push_str(&format!("{r},{}\n", maxes.join(",")));
     }
     assert_eq!(read("peak.csv"), peak);
+
+    // `plan` shows the task graph and the hash that the run records in summary.json.
+    let (ok, plan, err) = arrayjob_text(&["plan", &m, "--json"]);
+    assert!(ok, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&plan).expect("plan json");
+    assert_eq!(
+        plan["taskCounts"],
+        serde_json::json!({"load": 1, "combine": 3})
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&read("summary.json")).expect("summary json");
+    let hash = summary["planHash"].as_str().expect("planHash");
+    assert_eq!(hash.len(), 64);
+    assert_eq!(plan["planHash"], hash);
 }
 
 /// Runs `job.yaml` of `dir` (slices `s0.png`..`s2.png` beside it, found by `source`) and returns `total.csv`.

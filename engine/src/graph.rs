@@ -63,6 +63,17 @@ pub enum TaskKind {
     },
 }
 
+impl TaskKind {
+    /// `load`, `merge` or `combine`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Load { .. } => "load",
+            TaskKind::Merge { .. } => "merge",
+            TaskKind::Combine { .. } => "combine",
+        }
+    }
+}
+
 /// One task: what it does, what it reads and what it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {

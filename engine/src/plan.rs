@@ -5,12 +5,13 @@
 //! - `Source` chunks are *loaded* (one load task per chunk);
 //! - `Recenter` and `Fft` chunks map one-to-one onto their input's chunks, so they are *fused* into the task
 //!   that made the input chunk and are never stored in between;
-//! - `Reduce` takes a partial of each input chunk inside that same task, then combines the partials in a
-//!   fixed tree per output chunk;
+//! - `Reduce` takes a partial of each input chunk inside that same task; *combine* tasks then fold the
+//!   partials of each output chunk in leaf order;
 //! - `Rechunk` splits each input chunk into pieces (inside the producing task) and *merges* the pieces of each
 //!   output chunk in a merge task once they are all there.
 //!
-//! So the task kinds are: load, merge, and the completion of a reduction tree; everything else rides along.
+//! So the task kinds are load, merge and combine ([`crate::graph`] cuts the plan into them); everything else
+//! rides along.
 
 use crate::array::{ArrayMeta, DType};
 use crate::source::SliceInfo;
@@ -103,6 +104,50 @@ impl Node {
 pub struct Plan {
     /// All nodes; node 0 is the source.
     pub nodes: Vec<Node>,
+    /// What the plan computes, in 32 bytes.
+    pub hash: PlanHash,
+}
+
+/// The sha256 of everything that shapes a plan's results: the engine version, the spec, the number and shape
+/// of slices, and the planner's constants. Two processes that agree on it cut the job into the same tasks and
+/// compute the same bytes for every data key, so a worker checks it before running anything, and results
+/// recorded under one hash are never used by a plan with another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlanHash(pub [u8; 32]);
+
+impl PlanHash {
+    fn of(spec: &ArrayJobSpec, slices: usize, info: SliceInfo) -> PlanHash {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"arrayjob-plan-v1\0");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(b"\0");
+        // Struct fields serialize in declaration order and maps are BTreeMaps: the JSON is canonical.
+        h.update(serde_json::to_vec(spec).unwrap_or_default());
+        for n in [
+            slices,
+            info.height,
+            info.width,
+            MERGE_GROUP_BYTES,
+            DEFAULT_SLICES_PER_CHUNK,
+        ] {
+            h.update((n as u64).to_le_bytes());
+        }
+        h.update(info.dtype.name().as_bytes());
+        PlanHash(h.finalize().into())
+    }
+}
+
+impl std::fmt::Display for PlanHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl serde::Serialize for PlanHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A spec that is valid on its own but does not fit the actual data.
@@ -304,7 +349,10 @@ impl Plan {
                 children: vec![],
             });
         }
-        Ok(Plan { nodes })
+        Ok(Plan {
+            nodes,
+            hash: PlanHash::of(spec, slices, info),
+        })
     }
 
     /// Per-node figures for `arrayjob plan` and for sizing runs.
@@ -350,7 +398,15 @@ impl Plan {
         // In flight: each thread holds a chunk and what is derived from it (about 4 chunk sizes); the
         // exchange holds its pieces until merged (bounded by the memory budget, beyond which they spill).
         let in_flight = threads * largest_chunk * 4;
+        let mut task_counts = std::collections::BTreeMap::new();
+        if let Ok(g) = crate::graph::TaskGraph::build(self) {
+            for (_, t) in g.tasks() {
+                *task_counts.entry(t.kind.name()).or_insert(0) += 1;
+            }
+        }
         PlanReport {
+            plan_hash: self.hash,
+            task_counts,
             stages,
             bytes_moved: exchange,
             peak_memory_estimate: in_flight + exchange + partial_bytes,
@@ -386,6 +442,11 @@ pub struct StageReport {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanReport {
+    /// The plan's hash.
+    pub plan_hash: PlanHash,
+    /// Tasks of the task graph by kind (load, merge, combine); empty if the graph cannot be built (a bug,
+    /// which `run` reports).
+    pub task_counts: std::collections::BTreeMap<&'static str, usize>,
     /// One entry per node, source first.
     pub stages: Vec<StageReport>,
     /// Total bytes moved by rechunks.
@@ -494,6 +555,43 @@ spec:
         assert_eq!(by("recentered").block, by("recentered").meta.chunks);
         let r = p.report(2);
         assert_eq!(r.bytes_moved, 45 * 20 * 20);
+    }
+
+    #[test]
+    fn the_plan_hash_follows_what_shapes_results() {
+        let manifest = |window: usize| {
+            parse_manifest(
+                &format!(
+                    "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  \
+                     source: {{synthetic: {{slices: 30, height: 40, width: 40}}}}\n  stages:\n  \
+                     - {{name: r, input: source, recenter: {{window: [{window}, {window}]}}}}\n"
+                ),
+                "t.yaml",
+            )
+            .expect("valid")
+        };
+        let info = |dtype| SliceInfo {
+            height: 40,
+            width: 40,
+            dtype,
+        };
+        let hash = |window, slices, dtype| {
+            let m = manifest(window);
+            let order = crate::validate::validate(&m.spec).expect("valid");
+            Plan::build(&m.spec, &order, slices, info(dtype))
+                .expect("plan")
+                .hash
+        };
+        let base = hash(20, 30, DType::Uint8);
+        assert_eq!(base, hash(20, 30, DType::Uint8), "deterministic");
+        assert_eq!(base.to_string().len(), 64);
+        assert_ne!(base, hash(10, 30, DType::Uint8), "another window");
+        assert_ne!(base, hash(20, 29, DType::Uint8), "another slice count");
+        assert_ne!(base, hash(20, 30, DType::Uint16), "another element type");
+        assert_eq!(
+            serde_json::to_string(&base).expect("json"),
+            format!("\"{base}\"")
+        );
     }
 
     #[test]

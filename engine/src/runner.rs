@@ -120,6 +120,8 @@ pub struct RunOptions {
 pub struct RunSummary {
     /// Job name.
     pub job: String,
+    /// The plan's hash ([`crate::plan::PlanHash`]): runs with equal hashes compute the same results.
+    pub plan_hash: crate::plan::PlanHash,
     /// Wall-clock seconds of the run.
     pub seconds: f64,
     /// Threads used.
@@ -362,6 +364,7 @@ pub fn run(
     }
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
+        plan_hash: plan.hash,
         seconds: started.elapsed().as_secs_f64(),
         threads: opts.threads,
         memory_budget: opts.memory_budget as u64,
