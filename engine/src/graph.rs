@@ -174,11 +174,15 @@ impl TaskGraph {
                 _ => {}
             }
         }
-        TaskGraph::index(tasks)
+        TaskGraph::from_tasks(tasks)
     }
 
-    /// Indexes producers and consumers and checks that every key has exactly one producer and a consumer.
-    fn index(tasks: Vec<Task>) -> Result<TaskGraph, GraphError> {
+    /// A graph of the given tasks (ids are their positions), with producers and consumers indexed. Plans go
+    /// through [`TaskGraph::build`]; this is also how scheduler simulations make synthetic graphs.
+    ///
+    /// # Errors
+    /// [`GraphError`] when a key has two producers, none, or no consumer.
+    pub fn from_tasks(tasks: Vec<Task>) -> Result<TaskGraph, GraphError> {
         let mut producer = HashMap::new();
         let mut consumers: HashMap<DataKey, Vec<TaskId>> = HashMap::new();
         for (i, t) in tasks.iter().enumerate() {
@@ -584,7 +588,7 @@ mod tests {
             outputs: vec![],
         };
         assert_eq!(
-            TaskGraph::index(vec![load(vec![k]), load(vec![k]), merge(vec![k])]).err(),
+            TaskGraph::from_tasks(vec![load(vec![k]), load(vec![k]), merge(vec![k])]).err(),
             Some(GraphError::TwoProducers {
                 key: k,
                 first: TaskId(0),
@@ -592,14 +596,14 @@ mod tests {
             })
         );
         assert_eq!(
-            TaskGraph::index(vec![merge(vec![k])]).err(),
+            TaskGraph::from_tasks(vec![merge(vec![k])]).err(),
             Some(GraphError::NoProducer {
                 task: TaskId(0),
                 key: k
             })
         );
         assert_eq!(
-            TaskGraph::index(vec![load(vec![k])]).err(),
+            TaskGraph::from_tasks(vec![load(vec![k])]).err(),
             Some(GraphError::NoConsumer {
                 key: k,
                 producer: TaskId(0)
