@@ -381,28 +381,7 @@ fn walk_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::array::DType;
-    use crate::source::SliceInfo;
-    use crate::validate::parse_manifest;
-
-    fn plan(stages: &str, slices: usize, side: usize) -> Plan {
-        let m = parse_manifest(
-            &format!(
-                "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  \
-                 source: {{synthetic: {{slices: {slices}, height: {side}, width: {side}}}, slicesPerChunk: 10}}\n  \
-                 stages:\n{stages}"
-            ),
-            "t.yaml",
-        )
-        .expect("valid manifest");
-        let order = crate::validate::validate(&m.spec).expect("valid spec");
-        let info = SliceInfo {
-            height: side,
-            width: side,
-            dtype: DType::Uint8,
-        };
-        Plan::build(&m.spec, &order, slices, info).expect("plan")
-    }
+    use crate::plan::test_plan as plan;
 
     /// The post's pipeline on 45 slices of 40 x 40: 5 loads; 2 reductions of the source, 1 of the recentered
     /// stack; the series rechunk and its FFT.

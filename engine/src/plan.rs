@@ -510,6 +510,28 @@ pub fn product(ranges: &[std::ops::Range<usize>]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// A plan over a synthetic source of `slices` slices of `side` x `side` in chunks of 10 slices, with the
+/// given `stages:` entries (YAML list lines), for tests.
+#[cfg(test)]
+pub(crate) fn test_plan(stages: &str, slices: usize, side: usize) -> Plan {
+    let m = crate::validate::parse_manifest(
+        &format!(
+            "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  \
+             source: {{synthetic: {{slices: {slices}, height: {side}, width: {side}}}, slicesPerChunk: 10}}\n  \
+             stages:\n{stages}"
+        ),
+        "t.yaml",
+    )
+    .expect("valid manifest");
+    let order = crate::validate::validate(&m.spec).expect("valid spec");
+    let info = SliceInfo {
+        height: side,
+        width: side,
+        dtype: DType::Uint8,
+    };
+    Plan::build(&m.spec, &order, slices, info).expect("plan")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

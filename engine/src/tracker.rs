@@ -128,30 +128,15 @@ impl TaskTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::array::DType;
     use crate::graph::TaskKind;
-    use crate::plan::Plan;
-    use crate::source::SliceInfo;
-    use crate::validate::parse_manifest;
+    use crate::plan::test_plan;
 
     /// 3 loads, a rechunk into 2 merge groups, a reduction with 3 leaves.
     fn graph() -> TaskGraph {
-        let m = parse_manifest(
-            "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {name: t}\nspec:\n  \
-             source: {synthetic: {slices: 30, height: 8, width: 8}, slicesPerChunk: 10}\n  stages:\n  \
-             - {name: m, input: source, reduce: {op: mean, axes: [0]}}\n  \
-             - {name: s, input: source, rechunk: {chunks: [-1, 4, 8]}}\n",
-            "t.yaml",
-        )
-        .expect("manifest");
-        let order = crate::validate::validate(&m.spec).expect("valid");
-        let info = SliceInfo {
-            height: 8,
-            width: 8,
-            dtype: DType::Uint8,
-        };
-        let plan = Plan::build(&m.spec, &order, 30, info).expect("plan");
-        TaskGraph::build(&plan).expect("graph")
+        let stages = "  - {name: m, input: source, reduce: {op: mean, axes: [0]}}
+  - {name: s, input: source, rechunk: {chunks: [-1, 4, 8]}}
+";
+        TaskGraph::build(&test_plan(stages, 30, 8)).expect("graph")
     }
 
     fn find(g: &TaskGraph, kind: TaskKind) -> TaskId {

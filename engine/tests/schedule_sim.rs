@@ -251,25 +251,30 @@ fn fast_loads(k: &TaskKind) -> f64 {
     }
 }
 
-#[test]
-fn slow_links_never_carry_a_steal_and_the_stage_is_no_slower() {
-    // 80 MB blocks over links that really deliver 5 MB/s: 16 s to move one, against 0.5 s of work.
+/// The map stage of `n` blocks of `block` bytes, with stealing (and copies) on and off; prints both.
+fn on_and_off(
+    n: usize,
+    block: u64,
+    workers: &[SimWorker],
+    link_rate: f64,
+    cost: fn(&TaskKind) -> f64,
+) -> (Outcome, Outcome) {
     let run = |steal| {
-        let (g, sizes) = map_stage(40, 80 * MB);
-        simulate(
-            g,
-            &sizes,
-            &late_joiners(),
-            5.0 * MB as f64,
-            fast_loads,
-            steal,
-        )
+        let (g, sizes) = map_stage(n, block);
+        simulate(g, &sizes, workers, link_rate, cost, steal)
     };
     let (on, off) = (run(true), run(false));
     eprintln!(
         "stealing on: {:.2} s, {} steals, {} copies, tasks per worker {:?}; off: {:.2} s, {:?}",
         on.makespan, on.steals, on.speculated, on.finished_by, off.makespan, off.finished_by
     );
+    (on, off)
+}
+
+#[test]
+fn slow_links_never_carry_a_steal_and_the_stage_is_no_slower() {
+    // 80 MB blocks over links that really deliver 5 MB/s: 16 s to move one, against 0.5 s of work.
+    let (on, off) = on_and_off(40, 80 * MB, &late_joiners(), 5.0 * MB as f64, fast_loads);
     assert_eq!(on.steals, 0, "nothing is worth moving at 5 MB/s");
     assert!(
         on.makespan <= off.makespan + 1e-9,
@@ -281,22 +286,7 @@ fn slow_links_never_carry_a_steal_and_the_stage_is_no_slower() {
 
 #[test]
 fn fast_links_let_idle_workers_take_waiting_tasks() {
-    let run = |steal| {
-        let (g, sizes) = map_stage(40, 80 * MB);
-        simulate(
-            g,
-            &sizes,
-            &late_joiners(),
-            1000.0 * MB as f64,
-            fast_loads,
-            steal,
-        )
-    };
-    let (on, off) = (run(true), run(false));
-    eprintln!(
-        "stealing on: {:.2} s, {} steals, {} copies, tasks per worker {:?}; off: {:.2} s, {:?}",
-        on.makespan, on.steals, on.speculated, on.finished_by, off.makespan, off.finished_by
-    );
+    let (on, off) = on_and_off(40, 80 * MB, &late_joiners(), 1000.0 * MB as f64, fast_loads);
     assert!(on.steals > 0, "1 GB/s: moving 80 MB (0.08 s) beats waiting");
     assert!(
         on.makespan < off.makespan * 0.9,
@@ -317,15 +307,7 @@ fn a_straggler_gets_fewer_tasks_and_its_waiting_work_moves() {
             ..worker(3, 2)
         },
     ];
-    let run = |steal| {
-        let (g, sizes) = map_stage(80, 8 * MB);
-        simulate(g, &sizes, &workers, 1000.0 * MB as f64, post_cost, steal)
-    };
-    let (on, off) = (run(true), run(false));
-    eprintln!(
-        "stealing on: {:.2} s, {} steals, {} copies, tasks per worker {:?}; off: {:.2} s, {:?}",
-        on.makespan, on.steals, on.speculated, on.finished_by, off.makespan, off.finished_by
-    );
+    let (on, off) = on_and_off(80, 8 * MB, &workers, 1000.0 * MB as f64, post_cost);
     assert!(
         on.finished_by[3] < on.finished_by[0],
         "{:?}",
