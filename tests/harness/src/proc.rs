@@ -21,7 +21,11 @@ use crate::{Error, Result};
 /// Ports handed out by `bind(:0)` come from the ephemeral range, which is also where the kernel takes the
 /// source ports of outgoing connections: between choosing a port and a component binding it, a client
 /// connection (apiserver to etcd, say) could take it. Ports below that range are only ever bound explicitly.
+/// A port is never handed out twice by one process: components start concurrently, so a port chosen (and
+/// released) for one could otherwise be chosen again for another before the first binds it.
 pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| {
@@ -46,6 +50,9 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let port = (base + ((state >> 33) as u32) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             listeners.push(l);
         }
@@ -59,14 +66,16 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
             ),
         ));
     }
-    listeners
+    let ports = listeners
         .iter()
         .map(|l| {
             l.local_addr()
                 .map(|a| a.port())
                 .map_err(|e| Error::io("local_addr", e))
         })
-        .collect()
+        .collect::<Result<Vec<u16>>>()?;
+    handed_out.extend(&ports);
+    Ok(ports)
 }
 
 const WATCHDOG: &str = r#"
