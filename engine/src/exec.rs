@@ -211,14 +211,69 @@ impl JobProgress {
     }
 }
 
+/// Where a task reads its inputs and writes the data it makes. The local executor takes inputs out of its
+/// store and stores outputs for their consumers; a worker process reads fetched copies and keeps what it
+/// makes until the coordinator releases it.
+pub trait TaskIo: Sync {
+    /// The data under `key`, an input of the running task.
+    ///
+    /// # Errors
+    /// When it is not there or cannot be read back.
+    fn read(&self, key: DataKey) -> Result<Arc<Data>, ExecError>;
+    /// Stores `data`, an output of the running task, under `key`.
+    ///
+    /// # Errors
+    /// When it cannot be stored (spill I/O).
+    fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError>;
+}
+
+/// Runs one task of a plan at a time, from any thread: loads read the source, merges paste pieces, combines
+/// fold partials, and whatever a task makes is pushed through the stages fused below it ([`TaskRunner::emit`]).
+/// Shared by the local executor and the worker process; it knows nothing of queues or networks.
+#[derive(Clone, Copy)]
+pub struct TaskRunner<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The job's source.
+    pub source: &'a dyn SliceSource,
+    /// Where blocks of nodes with outputs go.
+    pub sink: &'a dyn ChunkSink,
+    /// Counters.
+    pub progress: &'a JobProgress,
+    /// The store whose budget blocks being merged count against.
+    pub store: &'a ChunkStore,
+    /// Set to stop at the next block.
+    pub cancel: &'a AtomicBool,
+}
+
+impl std::fmt::Debug for TaskRunner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRunner")
+            .field("nodes", &self.plan.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The local executor's [`TaskIo`]: a key is stored for as many takes as it has consumers.
+struct LocalIo<'a> {
+    store: &'a ChunkStore,
+    graph: &'a TaskGraph,
+}
+
+impl TaskIo for LocalIo<'_> {
+    fn read(&self, key: DataKey) -> Result<Arc<Data>, ExecError> {
+        Ok(self.store.take(key)?)
+    }
+
+    fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError> {
+        Ok(self.store.put(key, data, self.graph.consumers(key).len())?)
+    }
+}
+
 struct Exec<'a> {
-    plan: &'a Plan,
-    source: &'a dyn SliceSource,
-    sink: &'a dyn ChunkSink,
-    progress: &'a JobProgress,
-    cancel: &'a AtomicBool,
-    store: ChunkStore,
-    graph: TaskGraph,
+    runner: TaskRunner<'a>,
+    io: LocalIo<'a>,
+    graph: &'a TaskGraph,
     tracker: Mutex<TaskTracker>,
     /// Ready tasks: merges and combines (run first), then loads.
     queue: Mutex<(VecDeque<TaskId>, VecDeque<TaskId>)>,
@@ -226,6 +281,8 @@ struct Exec<'a> {
     /// Tasks queued or running.
     outstanding: AtomicUsize,
     failed: Mutex<Option<ExecError>>,
+    /// The caller's cancel flag (the runner's own flag is set on the first failure or on cancel).
+    cancel: &'a AtomicBool,
 }
 
 /// Runs `plan` over `source`, sending finished chunks of nodes with outputs to `sink`.
@@ -248,19 +305,29 @@ pub fn execute(
     })?;
     let graph = TaskGraph::build(plan).map_err(|e| ExecError::Internal(e.to_string()))?;
     let (tracker, ready) = TaskTracker::new(&graph);
+    let store = ChunkStore::new(opts.memory_budget, Box::new(spill));
+    // Set on the first failure or on cancel, so every thread stops at its next block.
+    let halt = AtomicBool::new(false);
     let ex = Exec {
-        plan,
-        source,
-        sink,
-        progress,
-        cancel,
-        store: ChunkStore::new(opts.memory_budget, Box::new(spill)),
-        graph,
+        runner: TaskRunner {
+            plan,
+            source,
+            sink,
+            progress,
+            store: &store,
+            cancel: &halt,
+        },
+        io: LocalIo {
+            store: &store,
+            graph: &graph,
+        },
+        graph: &graph,
         tracker: Mutex::new(tracker),
         outstanding: AtomicUsize::new(0),
         queue: Mutex::new((VecDeque::new(), VecDeque::new())),
         wake: Condvar::new(),
         failed: Mutex::new(None),
+        cancel,
     };
     for t in ready {
         ex.enqueue(t);
@@ -288,7 +355,7 @@ pub fn execute(
         return Err(ExecError::Cancelled);
     }
     ex.check_finished()?;
-    Ok(ex.store.stats())
+    Ok(store.stats())
 }
 
 impl Exec<'_> {
@@ -298,12 +365,15 @@ impl Exec<'_> {
             *f = Some(e);
         }
         drop(f);
+        self.runner.cancel.store(true, Ordering::Relaxed);
         self.wake.notify_all();
     }
 
     fn stopped(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-            || self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+        if self.cancel.load(Ordering::Relaxed) {
+            self.runner.cancel.store(true, Ordering::Relaxed);
+        }
+        self.runner.cancel.load(Ordering::Relaxed)
     }
 
     fn enqueue(&self, t: TaskId) {
@@ -341,18 +411,13 @@ impl Exec<'_> {
                 self.graph.len()
             )));
         }
-        if !self.store.is_empty() {
+        if !self.runner.store.is_empty() {
             return Err(ExecError::Internal(format!(
                 "{} intermediate results were never read",
-                self.store.len()
+                self.runner.store.len()
             )));
         }
         Ok(())
-    }
-
-    /// Keys of the store are taken once by each of their consumers.
-    fn takes(&self, key: DataKey) -> usize {
-        self.graph.consumers(key).len()
     }
 
     fn worker(&self) {
@@ -387,25 +452,39 @@ impl Exec<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .start(task);
-        match self.graph.task(task).kind {
+        self.runner.run(self.graph.task(task).kind, &self.io)
+    }
+}
+
+impl TaskRunner<'_> {
+    fn stopped(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Runs one task, reading its inputs from and writing its outputs to `io`.
+    ///
+    /// # Errors
+    /// Source, kernel, store and output failures, named by stage and chunk; [`ExecError::Cancelled`].
+    pub fn run(&self, kind: TaskKind, io: &dyn TaskIo) -> Result<(), ExecError> {
+        match kind {
             TaskKind::Load { chunk } => {
                 let meta = &self.plan.nodes[0].meta;
                 let (start, len) = meta.chunk_region(&unlinear(&meta.grid(), chunk));
                 let t0 = Instant::now();
                 let chunk = self.source.read(start[0], start[0] + len[0])?;
                 self.progress.record(0, t0, 0, 1);
-                self.emit(0, &start, chunk)?;
+                self.emit(io, 0, &start, chunk)?;
                 let end = self.progress.start.elapsed().as_nanos() as u64;
                 self.progress.loads_end_ns.fetch_max(end, Ordering::Relaxed);
                 Ok(())
             }
-            TaskKind::Merge { node, group } => self.merge(node, group),
-            TaskKind::Combine { node, out, leaf } => self.combine(node, out, leaf),
+            TaskKind::Merge { node, group } => self.merge(io, node, group),
+            TaskKind::Combine { node, out, leaf } => self.combine(io, node, out, leaf),
         }
     }
 
     /// Pastes the pieces of merge group `group` of rechunk `node` into one block and emits it.
-    fn merge(&self, node: usize, group: usize) -> Result<(), ExecError> {
+    fn merge(&self, io: &dyn TaskIo, node: usize, group: usize) -> Result<(), ExecError> {
         let n = &self.plan.nodes[node];
         let Some(input) = n.input else { return Ok(()) };
         let im = &self.plan.nodes[input].meta;
@@ -427,7 +506,7 @@ impl Exec<'_> {
                 group,
                 part: linear(&im.grid(), &part),
             };
-            let stored = self.store.take(key)?;
+            let stored = io.read(key)?;
             let Data::Chunk(piece) = &*stored else {
                 return Err(wrong_kind(key, &stored));
             };
@@ -443,7 +522,7 @@ impl Exec<'_> {
         }
         self.progress
             .record(node, t0, bytes, chunks_in(&n.meta, &start, &len));
-        let emitted = self.emit(node, &start, block);
+        let emitted = self.emit(io, node, &start, block);
         drop(held);
         emitted
     }
@@ -462,7 +541,13 @@ impl Exec<'_> {
     /// Hands a finished block of `node` (its element at `start` first; one chunk, or several when the node is
     /// produced in larger blocks) to the node's outputs and to every stage that reads it. FFTs take the block
     /// whole (they transform each series, whatever the block's width); other stages take it chunk by chunk.
-    fn emit(&self, node: usize, start: &[usize], block: Chunk) -> Result<(), ExecError> {
+    fn emit(
+        &self,
+        io: &dyn TaskIo,
+        node: usize,
+        start: &[usize],
+        block: Chunk,
+    ) -> Result<(), ExecError> {
         if self.stopped() {
             return Err(ExecError::Cancelled);
         }
@@ -475,18 +560,18 @@ impl Exec<'_> {
         }
         for &child in &n.children {
             if matches!(self.plan.nodes[child].op, NodeOp::Fft(_)) {
-                self.apply(node, child, start, &block)?;
+                self.apply(io, node, child, start, &block)?;
                 continue;
             }
             let len = block.shape();
             if n.meta.chunk_region(&chunk_index(&n.meta, start)).1 == len {
-                self.apply(node, child, start, &block)?;
+                self.apply(io, node, child, start, &block)?;
                 continue;
             }
             for idx in product(&overlapping(&n.meta.chunks, start, len)) {
                 let (cs, cl) = n.meta.chunk_region(&idx);
                 let rel: Vec<usize> = cs.iter().zip(start).map(|(c, s)| c - s).collect();
-                self.apply(node, child, &cs, &block.region(&rel, &cl))?;
+                self.apply(io, node, child, &cs, &block.region(&rel, &cl))?;
             }
         }
         Ok(())
@@ -495,6 +580,7 @@ impl Exec<'_> {
     /// Runs stage `child` on `data`, a block of its input `node` starting at `start`, and emits what it makes.
     fn apply(
         &self,
+        io: &dyn TaskIo,
         node: usize,
         child: usize,
         start: &[usize],
@@ -516,7 +602,7 @@ impl Exec<'_> {
                 let (out, _) =
                     crate::kernels::recenter::recenter_chunk(data, *window).map_err(kerr)?;
                 self.progress.record(child, t0, data.nbytes(), 1);
-                self.emit(child, &child_start, out)
+                self.emit(io, child, &child_start, out)
             }
             NodeOp::Fft(f) => {
                 let dtype = f.dtype.unwrap_or(DType::Float32);
@@ -524,7 +610,7 @@ impl Exec<'_> {
                     .map_err(kerr)?;
                 let done = chunks_in(&c.meta, &child_start, out.shape());
                 self.progress.record(child, t0, data.nbytes(), done);
-                self.emit(child, &child_start, out)
+                self.emit(io, child, &child_start, out)
             }
             NodeOp::Reduce(r) => {
                 let p = reduce::partial(data, &r.axes, r.op).map_err(kerr)?;
@@ -535,10 +621,10 @@ impl Exec<'_> {
                     out,
                     leaf,
                 };
-                self.store.put(key, p, self.takes(key))?;
+                io.write(key, p.into())?;
                 Ok(())
             }
-            NodeOp::Rechunk => self.split(node, child, start, data),
+            NodeOp::Rechunk => self.split(io, node, child, start, data),
             NodeOp::Source => Ok(()),
         }
     }
@@ -547,6 +633,7 @@ impl Exec<'_> {
     /// them.
     fn split(
         &self,
+        io: &dyn TaskIo,
         node: usize,
         child: usize,
         start: &[usize],
@@ -572,7 +659,7 @@ impl Exec<'_> {
                 group: linear(&grid, &o),
                 part,
             };
-            self.store.put(key, piece, self.takes(key))?;
+            io.write(key, piece.into())?;
         }
         // Split time counts towards the rechunk; its bytes in are counted by the merges.
         self.progress.record(child, t0, 0, 0);
@@ -581,7 +668,13 @@ impl Exec<'_> {
 
     /// Folds partial `leaf` of output chunk `out` of reduce `node` into the fold of the leaves before it; the
     /// last leaf finishes the reduction and emits the reduced chunk.
-    fn combine(&self, node: usize, out: usize, leaf: usize) -> Result<(), ExecError> {
+    fn combine(
+        &self,
+        io: &dyn TaskIo,
+        node: usize,
+        out: usize,
+        leaf: usize,
+    ) -> Result<(), ExecError> {
         let c = &self.plan.nodes[node];
         let t0 = Instant::now();
         let kerr = |source| ExecError::Kernel {
@@ -589,7 +682,7 @@ impl Exec<'_> {
             chunk: unlinear(&c.meta.grid(), out),
             source,
         };
-        let partial = self.take_partial(DataKey::Partial { node, out, leaf })?;
+        let partial = take_partial(io, DataKey::Partial { node, out, leaf })?;
         let before = match leaf {
             0 => None,
             1 => Some(DataKey::Partial { node, out, leaf: 0 }),
@@ -601,11 +694,11 @@ impl Exec<'_> {
         };
         let acc = match before {
             None => partial,
-            Some(key) => reduce::combine(self.take_partial(key)?, &partial).map_err(kerr)?,
+            Some(key) => reduce::combine(take_partial(io, key)?, &partial).map_err(kerr)?,
         };
         if leaf + 1 < reduce_leaves(self.plan, node) {
             let key = DataKey::Fold { node, out, leaf };
-            self.store.put(key, acc, self.takes(key))?;
+            io.write(key, acc.into())?;
             self.progress.record(node, t0, 0, 0);
             return Ok(());
         }
@@ -615,16 +708,16 @@ impl Exec<'_> {
         let reduced = reduce::finish(acc, input_dtype);
         self.progress.record(node, t0, 0, 0);
         let (start, _) = c.meta.chunk_region(&unlinear(&c.meta.grid(), out));
-        self.emit(node, &start, reduced)
+        self.emit(io, node, &start, reduced)
     }
+}
 
-    /// Takes a stored reduction state for its consumer (without a copy unless it is being spilled meanwhile).
-    fn take_partial(&self, key: DataKey) -> Result<Partial, ExecError> {
-        let stored = self.store.take(key)?;
-        match Arc::try_unwrap(stored).unwrap_or_else(|shared| (*shared).clone()) {
-            Data::Partial(p) => Ok(p),
-            other => Err(wrong_kind(key, &other)),
-        }
+/// Reads a stored reduction state for its consumer (without a copy when nobody else holds it).
+fn take_partial(io: &dyn TaskIo, key: DataKey) -> Result<Partial, ExecError> {
+    let stored = io.read(key)?;
+    match Arc::try_unwrap(stored).unwrap_or_else(|shared| (*shared).clone()) {
+        Data::Partial(p) => Ok(p),
+        other => Err(wrong_kind(key, &other)),
     }
 }
 

@@ -163,12 +163,77 @@ struct NodeSinks {
 /// `[row, col]` pixels and, per pixel, its values along axis 0.
 type PixelSeries = (Vec<[usize; 2]>, Mutex<Vec<Vec<f64>>>);
 
-struct Sinks {
+/// The outputs of a run being written in its staging directory: Zarr arrays written chunk by chunk as blocks
+/// arrive, and the small outputs (images, plots, CSVs) assembled in memory and written by
+/// [`Outputs::finish`].
+pub struct Outputs {
     nodes: Vec<Option<NodeSinks>>,
+    records: Vec<OutputRecord>,
+    staging: PathBuf,
 }
 
-impl ChunkSink for Sinks {
+impl std::fmt::Debug for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outputs")
+            .field("staging", &self.staging)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChunkSink for Outputs {
     fn deliver(&self, node: usize, start: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
+        let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        if let Some(z) = &s.zarr {
+            write_zarr_block(z, &s.stage, start, chunk)?;
+        }
+        self.deliver_gathered(node, start, chunk)
+    }
+}
+
+/// Writes the block of a node at `start` (one unit of `z`'s write grid) into its Zarr array.
+///
+/// # Errors
+/// [`ExecError::Output`] naming the stage.
+pub fn write_zarr_block(
+    z: &ZarrWriter,
+    stage: &str,
+    start: &[usize],
+    chunk: &Chunk,
+) -> Result<(), ExecError> {
+    let idx: Vec<usize> = start
+        .iter()
+        .zip(z.write_unit())
+        .map(|(s, u)| s / u)
+        .collect();
+    z.write_chunk(&idx, chunk).map_err(|e| ExecError::Output {
+        stage: stage.to_string(),
+        target: "zarr".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether blocks of `node` feed outputs assembled in one place (images, plots, CSVs), which workers send
+/// to the coordinator.
+pub fn gathers(node: &crate::plan::Node) -> bool {
+    node.output
+        .as_ref()
+        .is_some_and(|o| o.image.is_some() || o.csv.is_some() || o.plot.is_some())
+}
+
+impl Outputs {
+    /// Takes a block of `node` into the small outputs assembled in memory (not the Zarr array).
+    ///
+    /// # Errors
+    /// When the block does not fit the node's shape.
+    pub fn deliver_gathered(
+        &self,
+        node: usize,
+        start: &[usize],
+        chunk: &Chunk,
+    ) -> Result<(), ExecError> {
         let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else {
             return Ok(());
         };
@@ -177,15 +242,6 @@ impl ChunkSink for Sinks {
             target: target.into(),
             message: e,
         };
-        if let Some(z) = &s.zarr {
-            let idx: Vec<usize> = start
-                .iter()
-                .zip(z.write_unit())
-                .map(|(s, u)| s / u)
-                .collect();
-            z.write_chunk(&idx, chunk)
-                .map_err(|e| err("zarr", e.to_string()))?;
-        }
         let shape = chunk.shape();
         if let Some(d) = &s.dense {
             let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,16 +272,86 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '
     }
 }
 
-/// Runs a prepared job: locks `opts.out_dir` (removing what killed runs left there), executes the plan, writes
-/// every output into a staging directory and, when everything succeeded, replaces the previous outputs with
-/// them as a whole, `summary.json` last ([`outdir::commit`]).
+/// How a run executes its plan: given the outputs to deliver blocks to and the staging directory (for spill
+/// files), it runs every task and returns the store counters. The local executor is one; the distributed
+/// coordinator is another.
+pub trait Executor {
+    /// Runs the plan of `job`.
+    ///
+    /// # Errors
+    /// The first failure.
+    fn execute(
+        &mut self,
+        job: &Prepared,
+        outputs: &Outputs,
+        staging: &Path,
+        progress: &JobProgress,
+        cancel: &AtomicBool,
+    ) -> Result<StoreStats, RunError>;
+}
+
+/// The local executor: [`execute`] on `threads` threads of this process.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    /// Threads.
+    pub threads: usize,
+    /// Bytes of chunks kept in memory before spilling.
+    pub memory_budget: usize,
+}
+
+impl Executor for LocalExecutor {
+    fn execute(
+        &mut self,
+        job: &Prepared,
+        outputs: &Outputs,
+        staging: &Path,
+        progress: &JobProgress,
+        cancel: &AtomicBool,
+    ) -> Result<StoreStats, RunError> {
+        let exec_opts = ExecOptions {
+            threads: self.threads,
+            memory_budget: self.memory_budget,
+            spill_dir: staging.join(".spill"),
+        };
+        Ok(execute(
+            &job.plan,
+            job.source.as_ref(),
+            outputs,
+            &exec_opts,
+            progress,
+            cancel,
+        )?)
+    }
+}
+
+/// Runs a prepared job on this process's threads ([`run_with`] and [`LocalExecutor`]).
+///
+/// # Errors
+/// As [`run_with`].
+pub fn run(
+    job: &Prepared,
+    opts: &RunOptions,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+) -> Result<RunSummary, RunError> {
+    let mut local = LocalExecutor {
+        threads: opts.threads,
+        memory_budget: opts.memory_budget,
+    };
+    run_with(job, opts, &mut local, progress, cancel)
+}
+
+/// Runs a prepared job with `executor`: locks `opts.out_dir` (removing what killed runs left there), executes
+/// the plan, writes every output into a staging directory and, when everything succeeded, replaces the
+/// previous outputs with them as a whole, `summary.json` last ([`outdir::commit`]).
 ///
 /// # Errors
 /// The first failure ([`RunError::Busy`] at once when another run holds the directory); the staging directory
 /// is removed and the previous outputs are kept.
-pub fn run(
+pub fn run_with(
     job: &Prepared,
     opts: &RunOptions,
+    executor: &mut dyn Executor,
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
@@ -237,134 +363,12 @@ pub fn run(
         .prefix(outdir::STAGING_PREFIX)
         .tempdir_in(&opts.out_dir)
         .map_err(io_err(&opts.out_dir))?;
-    let plan = &job.plan;
-    let mut nodes = Vec::new();
-    let mut records = Vec::new();
-    for n in &plan.nodes {
-        let Some(o) = &n.output else {
-            nodes.push(None);
-            continue;
-        };
-        let mut zarr = None;
-        if let Some(z) = &o.zarr {
-            let mut attrs = serde_json::Map::new();
-            attrs.insert(
-                "arrayjob".into(),
-                serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}),
-            );
-            zarr = Some(ZarrWriter::create_with(
-                &staging.path().join(z),
-                &n.meta,
-                &zarr_options(n, o),
-                attrs,
-            )?);
-            records.push(OutputRecord {
-                stage: n.name.clone(),
-                kind: "zarr".into(),
-                path: z.clone(),
-            });
-        }
-        let wants_dense = o.image.is_some()
-            || o.csv.is_some()
-            || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
-        let series = o.plot.as_ref().and_then(|p| p.pixels.as_ref()).map(|px| {
-            let pixels = px.iter().map(|rc| [rc[0], rc[1]]).collect::<Vec<_>>();
-            let len = n.meta.shape[0];
-            let vals = Mutex::new(vec![vec![f64::NAN; len]; pixels.len()]);
-            (pixels, vals)
-        });
-        nodes.push(Some(NodeSinks {
-            stage: n.name.clone(),
-            zarr,
-            dense: wants_dense
-                .then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
-            series,
-        }));
-    }
-    let sinks = Sinks { nodes };
-    let exec_opts = ExecOptions {
-        threads: opts.threads,
-        memory_budget: opts.memory_budget,
-        spill_dir: staging.path().join(".spill"),
-    };
-    let store = execute(
-        plan,
-        job.source.as_ref(),
-        &sinks,
-        &exec_opts,
-        progress,
-        cancel,
-    )?;
-    // Small outputs are written once every chunk has arrived.
-    for (n, s) in plan.nodes.iter().zip(sinks.nodes) {
-        let (Some(o), Some(mut s)) = (&n.output, s) else {
-            continue;
-        };
-        if let Some(z) = s.zarr.take() {
-            z.finish()?;
-        }
-        let dense = s
-            .dense
-            .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
-        if let (Some(f), Some(d)) = (&o.image, &dense) {
-            let d2 = d
-                .view()
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|e| OutputError::invalid(Path::new(f), "data", e.to_string()))?;
-            crate::output::image::write_image_png(&staging_file(staging.path(), f)?, d2)?;
-            records.push(OutputRecord {
-                stage: n.name.clone(),
-                kind: "image".into(),
-                path: f.clone(),
-            });
-        }
-        if let (Some(f), Some(d)) = (&o.csv, &dense) {
-            crate::output::csv::write_csv(&staging_file(staging.path(), f)?, d.view())?;
-            records.push(OutputRecord {
-                stage: n.name.clone(),
-                kind: "csv".into(),
-                path: f.clone(),
-            });
-        }
-        if let Some(p) = &o.plot {
-            let (series, x_label) = match (&s.series, &dense) {
-                (Some((pixels, vals)), _) => {
-                    let vals = vals.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let named = pixels
-                        .iter()
-                        .zip(vals)
-                        .map(|(px, v)| (format!("pixel ({}, {})", px[0], px[1]), v))
-                        .collect();
-                    (
-                        named,
-                        if matches!(n.op, crate::plan::NodeOp::Fft(_)) {
-                            "frequency bin"
-                        } else {
-                            "index along axis 0"
-                        },
-                    )
-                }
-                (None, Some(d)) => (vec![(n.name.clone(), d.iter().copied().collect())], "index"),
-                (None, None) => continue,
-            };
-            let spec = PlotSpec {
-                title: p.title.clone().unwrap_or_else(|| n.name.clone()),
-                x_label: x_label.to_string(),
-                y_label: n.name.clone(),
-                series,
-                log_y: p.log_y,
-            };
-            crate::output::plot::write_plot_png(&staging_file(staging.path(), &p.file)?, &spec)?;
-            records.push(OutputRecord {
-                stage: n.name.clone(),
-                kind: "plot".into(),
-                path: p.file.clone(),
-            });
-        }
-    }
+    let outputs = Outputs::create(job, staging.path())?;
+    let store = executor.execute(job, &outputs, staging.path(), progress, cancel)?;
+    let records = outputs.finish(&job.plan)?;
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
-        plan_hash: plan.hash,
+        plan_hash: job.plan.hash,
         seconds: started.elapsed().as_secs_f64(),
         threads: opts.threads,
         memory_budget: opts.memory_budget as u64,
@@ -383,9 +387,156 @@ pub fn run(
     Ok(summary)
 }
 
+impl Outputs {
+    /// Creates the outputs of every node of `job`'s plan in `staging`: Zarr arrays (with their `zarr.json`)
+    /// and the in-memory assemblies of small outputs.
+    ///
+    /// # Errors
+    /// When an array cannot be created.
+    pub fn create(job: &Prepared, staging: &Path) -> Result<Outputs, RunError> {
+        let plan = &job.plan;
+        let mut nodes = Vec::new();
+        let mut records = Vec::new();
+        for n in &plan.nodes {
+            let Some(o) = &n.output else {
+                nodes.push(None);
+                continue;
+            };
+            let mut zarr = None;
+            if let Some(z) = &o.zarr {
+                let mut attrs = serde_json::Map::new();
+                attrs.insert(
+                    "arrayjob".into(),
+                    serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}),
+                );
+                zarr = Some(ZarrWriter::create_with(
+                    &staging.join(z),
+                    &n.meta,
+                    &zarr_options(n, o),
+                    attrs,
+                )?);
+                records.push(OutputRecord {
+                    stage: n.name.clone(),
+                    kind: "zarr".into(),
+                    path: z.clone(),
+                });
+            }
+            let wants_dense = o.image.is_some()
+                || o.csv.is_some()
+                || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
+            let series = o.plot.as_ref().and_then(|p| p.pixels.as_ref()).map(|px| {
+                let pixels = px.iter().map(|rc| [rc[0], rc[1]]).collect::<Vec<_>>();
+                let len = n.meta.shape[0];
+                let vals = Mutex::new(vec![vec![f64::NAN; len]; pixels.len()]);
+                (pixels, vals)
+            });
+            nodes.push(Some(NodeSinks {
+                stage: n.name.clone(),
+                zarr,
+                dense: wants_dense
+                    .then(|| Mutex::new(Chunk::zeros(crate::array::DType::Float64, &n.meta.shape))),
+                series,
+            }));
+        }
+        Ok(Outputs {
+            nodes,
+            records,
+            staging: staging.to_path_buf(),
+        })
+    }
+
+    /// Waits for the Zarr writes and writes the small outputs, once every block has arrived; returns every
+    /// output file.
+    ///
+    /// # Errors
+    /// The first output that cannot be written.
+    pub fn finish(self, plan: &Plan) -> Result<Vec<OutputRecord>, RunError> {
+        let mut records = self.records;
+        let staging = self.staging;
+        for (n, s) in plan.nodes.iter().zip(self.nodes) {
+            let (Some(o), Some(mut s)) = (&n.output, s) else {
+                continue;
+            };
+            if let Some(z) = s.zarr.take() {
+                z.finish()?;
+            }
+            let dense = s
+                .dense
+                .map(|d| d.into_inner().unwrap_or_else(|e| e.into_inner()).to_f64());
+            if let (Some(f), Some(d)) = (&o.image, &dense) {
+                let d2 = d
+                    .view()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|e| OutputError::invalid(Path::new(f), "data", e.to_string()))?;
+                crate::output::image::write_image_png(&staging_file(&staging, f)?, d2)?;
+                records.push(OutputRecord {
+                    stage: n.name.clone(),
+                    kind: "image".into(),
+                    path: f.clone(),
+                });
+            }
+            if let (Some(f), Some(d)) = (&o.csv, &dense) {
+                crate::output::csv::write_csv(&staging_file(&staging, f)?, d.view())?;
+                records.push(OutputRecord {
+                    stage: n.name.clone(),
+                    kind: "csv".into(),
+                    path: f.clone(),
+                });
+            }
+            if let Some(p) = &o.plot
+                && let Some(spec) = plot_spec(n, p, s.series.as_ref(), dense.as_ref())
+            {
+                crate::output::plot::write_plot_png(&staging_file(&staging, &p.file)?, &spec)?;
+                records.push(OutputRecord {
+                    stage: n.name.clone(),
+                    kind: "plot".into(),
+                    path: p.file.clone(),
+                });
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// What a plot output of node `n` draws: the chosen pixels' series, or the whole (1-D) result.
+fn plot_spec(
+    n: &crate::plan::Node,
+    p: &crate::spec::PlotOutput,
+    series: Option<&PixelSeries>,
+    dense: Option<&ndarray::ArrayD<f64>>,
+) -> Option<PlotSpec> {
+    let (series, x_label) = match (series, dense) {
+        (Some((pixels, vals)), _) => {
+            let vals = vals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let named = pixels
+                .iter()
+                .zip(vals)
+                .map(|(px, v)| (format!("pixel ({}, {})", px[0], px[1]), v))
+                .collect();
+            (
+                named,
+                if matches!(n.op, crate::plan::NodeOp::Fft(_)) {
+                    "frequency bin"
+                } else {
+                    "index along axis 0"
+                },
+            )
+        }
+        (None, Some(d)) => (vec![(n.name.clone(), d.iter().copied().collect())], "index"),
+        (None, None) => return None,
+    };
+    Some(PlotSpec {
+        title: p.title.clone().unwrap_or_else(|| n.name.clone()),
+        x_label: x_label.to_string(),
+        y_label: n.name.clone(),
+        series,
+        log_y: p.log_y,
+    })
+}
+
 /// Layout and compression of node `n`'s Zarr output: sharded by the blocks the executor produces when they hold
 /// several chunks, compressed as `zarrCompression` says.
-fn zarr_options(n: &crate::plan::Node, o: &crate::spec::OutputSpec) -> ZarrOptions {
+pub fn zarr_options(n: &crate::plan::Node, o: &crate::spec::OutputSpec) -> ZarrOptions {
     use crate::spec::CompressionCodec;
     let default = ZarrOptions::default();
     ZarrOptions {

@@ -447,6 +447,59 @@ impl ChunkStore {
         Ok(Arc::new(c))
     }
 
+    /// Reads a chunk without taking it (for stores whose entries live until [`ChunkStore::remove`]: a worker
+    /// keeps what it produced until the coordinator says no reader is left).
+    ///
+    /// # Errors
+    /// When the chunk is not stored, or reading it back from the spill fails.
+    pub fn get(&self, key: DataKey) -> Result<Arc<Data>, StoreError> {
+        let found = {
+            let g = self.lock();
+            match &g.entries.get(&key).ok_or(StoreError::Missing(key))?.slot {
+                Slot::Resident(c, _) | Slot::Spilling(c) => Some(c.clone()),
+                Slot::Spilled => None,
+            }
+        };
+        if let Some(c) = found {
+            return Ok(c);
+        }
+        let spill_err = |source| StoreError::Spill { key, source };
+        let frame = self.spill.read(key).map_err(spill_err)?;
+        self.unspilled
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let c = crate::frame::decode(&frame)
+            .map_err(|e| spill_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        Ok(Arc::new(c))
+    }
+
+    /// Forgets `key` (and its spilled frame); true when it was stored.
+    ///
+    /// # Errors
+    /// When the spilled frame cannot be deleted.
+    pub fn remove(&self, key: DataKey) -> Result<bool, StoreError> {
+        let removed = {
+            let mut g = self.lock();
+            let e = g.entries.remove(&key);
+            if let Some(e) = &e {
+                g.release(&e.slot);
+            }
+            e
+        };
+        match removed {
+            Some(Entry {
+                slot: Slot::Spilled,
+                ..
+            }) => {
+                self.spill
+                    .delete(key)
+                    .map_err(|source| StoreError::Spill { key, source })?;
+                Ok(true)
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
     /// Bytes currently resident.
     pub fn resident_bytes(&self) -> usize {
         self.lock().resident
@@ -544,6 +597,34 @@ mod tests {
         s.release(120);
         assert_eq!(s.held_bytes(), 0);
         assert_eq!(*s.take(key(0)).expect("read back"), chunk(0));
+    }
+
+    #[test]
+    fn get_keeps_and_remove_forgets_spilled_and_resident_chunks() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spill = std::sync::Arc::new(FileSpill::new(dir.path()).expect("spill"));
+        let s = ChunkStore::new(150, Box::new(spill.clone()));
+        for c in 0..3 {
+            s.put(key(c), chunk(c as u8), usize::MAX).expect("put");
+        }
+        // Two of three are on disk; reading any of them twice leaves it stored.
+        for _ in 0..2 {
+            for c in 0..3 {
+                assert_eq!(*s.get(key(c)).expect("get"), chunk(c as u8));
+            }
+        }
+        assert_eq!(s.len(), 3);
+        assert!(s.remove(key(0)).expect("remove spilled"));
+        assert!(s.remove(key(2)).expect("remove resident"));
+        assert!(!s.remove(key(2)).expect("remove again"), "already gone");
+        assert_eq!(s.len(), 1);
+        assert!(matches!(s.get(key(0)), Err(StoreError::Missing(_))));
+        assert!(s.remove(key(1)).expect("remove"));
+        assert_eq!((s.resident_bytes(), s.len()), (0, 0));
+        for c in 0..3 {
+            assert!(spill.read(key(c)).is_err(), "spilled frame {c} deleted");
+        }
+        s.audit().expect("accounting");
     }
 
     #[test]

@@ -86,6 +86,39 @@ impl ZarrWriter {
         options: &ZarrOptions,
         attributes: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, OutputError> {
+        Self::build(dir, meta, options, attributes, true)
+    }
+
+    /// Opens the array another process created at `dir` with the same `meta` and `options` (its `zarr.json`
+    /// is left as it is), to write some of its chunks. Writes are synchronous: when
+    /// [`ZarrWriter::write_chunk`] returns, the chunk or shard is in its file (a worker reports a task done
+    /// only once its outputs are written).
+    ///
+    /// # Errors
+    /// When `dir` has no `zarr.json`, or as [`ZarrWriter::create_with`].
+    pub fn open_existing(
+        dir: &Path,
+        meta: &ArrayMeta,
+        options: &ZarrOptions,
+    ) -> Result<Self, OutputError> {
+        let meta_path = dir.join("zarr.json");
+        if !meta_path.is_file() {
+            return Err(OutputError::invalid(
+                dir,
+                "dir",
+                "no zarr.json: the coordinator creates the array before workers write to it",
+            ));
+        }
+        Self::build(dir, meta, options, serde_json::Map::new(), false)
+    }
+
+    fn build(
+        dir: &Path,
+        meta: &ArrayMeta,
+        options: &ZarrOptions,
+        attributes: serde_json::Map<String, serde_json::Value>,
+        create: bool,
+    ) -> Result<Self, OutputError> {
         let chunks: Vec<usize> = meta.chunks.iter().map(|&c| c.max(1)).collect();
         let unit = options.shard.clone().unwrap_or_else(|| chunks.clone());
         if unit.len() != chunks.len()
@@ -107,7 +140,8 @@ impl ZarrWriter {
                 ),
             ));
         }
-        if let Ok(mut entries) = std::fs::read_dir(dir)
+        if create
+            && let Ok(mut entries) = std::fs::read_dir(dir)
             && entries.next().is_some()
         {
             return Err(OutputError::invalid(
@@ -137,10 +171,12 @@ impl ZarrWriter {
         let array = builder
             .build(store, "/")
             .map_err(|e| OutputError::write(dir, "create Zarr array", e))?;
-        array
-            .store_metadata()
-            .map_err(|e| OutputError::write(dir, "write zarr.json", e))?;
-        let files = if unit != chunks {
+        if create {
+            array
+                .store_metadata()
+                .map_err(|e| OutputError::write(dir, "write zarr.json", e))?;
+        }
+        let files = if create && unit != chunks {
             Some(FileWriter::new().map_err(|e| OutputError::io(dir, "start the shard writer", e))?)
         } else {
             None
@@ -254,27 +290,32 @@ impl ZarrWriter {
     /// The shard is assembled in a page-aligned buffer and written with direct I/O by the array's writing
     /// thread ([`super::direct::FileWriter`]), while the calling thread goes back to computing.
     fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
-        let Some(writer) = &self.files else {
-            return Err(OutputError::invalid(
-                &self.dir,
-                "shard",
-                "the array is not sharded",
-            ));
+        let mut body = match &self.files {
+            Some(writer) => writer.buffer(),
+            None => PageBuf::default(),
         };
-        let mut body = writer.buffer();
         self.encode_shard(block, &mut body)?;
-        if body.is_empty() {
-            // Every chunk is fill value: like zarrs, store nothing.
-            return Ok(());
-        }
         let path = self.dir.join(self.array.chunk_key(shard).as_str());
+        if body.is_empty() {
+            // Every chunk is fill value: like zarrs, store nothing (and no stale shard of an earlier attempt).
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(OutputError::io(&path, "remove shard", e))
+                }
+                _ => Ok(()),
+            };
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| OutputError::io(parent, "create directory", e))?;
         }
-        writer
-            .submit(path, body)
-            .map_err(|(p, e)| OutputError::io(&p, "write shard", e))
+        match &self.files {
+            Some(writer) => writer
+                .submit(path, body)
+                .map_err(|(p, e)| OutputError::io(&p, "write shard", e)),
+            None => super::direct::write_file(&path, &body)
+                .map_err(|e| OutputError::io(&path, "write shard", e)),
+        }
     }
 
     /// Waits until every shard is written (a no-op for unsharded arrays, whose chunks are written by
