@@ -19,8 +19,17 @@ mod report;
 #[derive(Debug, Parser)]
 #[command(name = "arrayjob", version, about)]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, env = "ARRAYJOB_LOG_FORMAT", global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +51,18 @@ enum Command {
         /// No progress bars (the summary table is still printed).
         #[arg(long, short, env = "ARRAYJOB_QUIET")]
         quiet: bool,
+        /// Run on this many worker processes started on this machine, each on its own loopback address
+        /// (127.0.0.2, 127.0.0.3, ...), talking over the network as on separate machines. 0: in this process.
+        #[arg(long, env = "ARRAYJOB_WORKERS", default_value_t = 0)]
+        workers: usize,
+        #[command(flatten)]
+        dist: DistArgs,
+    },
+    /// Run a worker process that joins a coordinator (`arrayjob run --listen ...`); the job token comes
+    /// from `ARRAYJOB_TOKEN`.
+    Worker {
+        #[command(flatten)]
+        args: arrayjob_runtime::cli::WorkerArgs,
     },
     /// Check a manifest and report every problem.
     Validate {
@@ -61,15 +82,36 @@ enum Command {
     },
 }
 
+/// Flags of a distributed run's coordinator.
+#[derive(Debug, clap::Args)]
+struct DistArgs {
+    /// Coordinate workers started by hand (or by the operator): listen here, e.g. `0.0.0.0:7070`, and wait
+    /// for them. With `--workers N` the default is a free port on 127.0.0.1.
+    #[arg(long, env = "ARRAYJOB_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// The address workers reach the coordinator at (default: the one it listens on).
+    #[arg(long, env = "ARRAYJOB_ADVERTISE")]
+    advertise: Option<String>,
+    /// Threads of each local worker (default: this machine's cores divided among the workers).
+    #[arg(long, env = "ARRAYJOB_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    /// Seconds without a heartbeat before a worker is declared lost and its data recomputed.
+    #[arg(long, env = "ARRAYJOB_WORKER_TIMEOUT", default_value_t = 3.0)]
+    worker_timeout: f64,
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ARRAYJOB_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ARRAYJOB_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -131,22 +173,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Worker { args } => {
+            let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
+            tracing::info!(worker = outcome.worker.0, tasks = outcome.tasks, "worker done");
+            Ok(())
+        }
         Command::Run {
             file,
             out,
             threads,
             memory_limit,
             quiet,
+            workers,
+            dist,
         } => {
             let (m, order) = load(&file)?;
             let out = out.unwrap_or_else(|| PathBuf::from("out").join(&m.metadata.name));
+            let manifest_text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let job = runner::prepare(m, &order, &base_dir(&file))?;
+            let threads = threads.unwrap_or_else(default_threads).max(1);
+            let memory_budget = memory_limit
+                .map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize);
             let opts = RunOptions {
                 out_dir: out.clone(),
-                threads: threads.unwrap_or_else(default_threads).max(1),
-                memory_budget: memory_limit
-                    .map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize),
+                threads,
+                memory_budget,
             };
+            let mut coordinator = (workers > 0 || dist.listen.is_some())
+                .then(|| coordinator(&dist, workers, threads, memory_budget, manifest_text, &file))
+                .transpose()?;
             let progress = JobProgress::new(&job.plan);
             // Ctrl-C and SIGTERM (what Kubernetes sends a pod) stop the run cleanly: workers stop, the staging
             // directory is removed, old outputs stay.
@@ -164,7 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     });
                 }
-                let r = runner::run(&job, &opts, &progress, cancel);
+                let r = match &mut coordinator {
+                    Some(c) => runner::run_with(&job, &opts, c, &progress, cancel),
+                    None => runner::run(&job, &opts, &progress, cancel),
+                };
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
                 r
             });
@@ -179,8 +238,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r => r?,
             };
             print!("{}", report::summary_table(&summary));
+            if let Some(r) = coordinator.as_ref().and_then(|c| c.report()) {
+                print!("{}", report::distributed_table(r));
+            }
             println!("outputs in {}/", out.display());
             Ok(())
         }
     }
+}
+
+/// The coordinator of `arrayjob run --workers N` / `--listen`: local workers are this same program's
+/// `worker` subcommand; the token comes from `ARRAYJOB_TOKEN` or is generated.
+fn coordinator(
+    dist: &DistArgs,
+    workers: usize,
+    threads: usize,
+    memory_budget: usize,
+    manifest: String,
+    file: &Path,
+) -> anyhow::Result<arrayjob_runtime::coordinator::Coordinator> {
+    use arrayjob_runtime::coordinator::{Coordinator, CoordinatorOptions};
+    let exe = std::env::current_exe().context("cannot find this program to start workers")?;
+    let mut o = CoordinatorOptions::local(
+        manifest,
+        base_dir(file),
+        workers,
+        vec![exe.display().to_string(), "worker".into()],
+    )?;
+    if let Ok(t) = std::env::var("ARRAYJOB_TOKEN") {
+        o.token = arrayjob_runtime::auth::Token::from_text(&t)?;
+    }
+    if let Some(l) = dist.listen {
+        o.listen = l;
+        o.announce = true;
+    }
+    o.advertise = dist.advertise.clone();
+    o.worker_threads = dist
+        .worker_threads
+        .unwrap_or_else(|| (threads / workers.max(1)).max(1));
+    o.worker_memory = memory_budget / workers.max(1);
+    o.worker_timeout = Duration::from_secs_f64(dist.worker_timeout.max(0.5));
+    if o.announce && std::env::var("ARRAYJOB_TOKEN").is_err() {
+        eprintln!(
+            "job token (give it to workers as ARRAYJOB_TOKEN): {}",
+            o.token.expose()
+        );
+    }
+    Ok(Coordinator::new(o))
 }

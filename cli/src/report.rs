@@ -124,3 +124,32 @@ pub fn summary_table(sum: &RunSummary) -> String {
     );
     s
 }
+
+/// What a distributed run did: per worker, and between them.
+pub fn distributed_table(r: &arrayjob_runtime::coordinator::DistributedReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:>8} {:>22} {:>8} {:>7} {:>12} {:>12}", "worker", "address", "state", "tasks", "peak MB", "spilled MB");
+    for w in &r.workers {
+        let _ = writeln!(
+            s,
+            "{:>8} {:>22} {:>8} {:>7} {:>12.1} {:>12.1}",
+            w.id.0,
+            w.address,
+            w.state,
+            w.tasks_done,
+            w.store.peak_resident_bytes as f64 / 1e6,
+            w.store.spilled_bytes as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        s,
+        "moved between workers: {:.1} MB; steals: {}; speculative copies: {}; workers lost: {}; tasks recomputed: {}",
+        r.bytes_moved as f64 / 1e6,
+        r.steals.len(),
+        r.speculated,
+        r.workers_lost,
+        r.recomputed
+    );
+    s
+}

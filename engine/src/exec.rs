@@ -103,7 +103,7 @@ pub struct NodeProgress {
 }
 
 /// A copy of a node's counters.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSnapshot {
     /// Node name.
@@ -165,6 +165,43 @@ impl JobProgress {
     /// recentering, the rechunk's split): the end of the loading phase.
     pub fn load_end_seconds(&self) -> f64 {
         self.loads_end_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Sets the counters to what worker processes reported: per worker, its offset (seconds between this
+    /// run's start and the worker's), its node snapshots and its end of loading. Units of work are summed (a
+    /// unit recomputed after a worker loss counts once per run, capped at the total), times are the earliest
+    /// start and latest end.
+    pub fn absorb(&self, workers: &[(f64, &[NodeSnapshot], f64)]) {
+        let ns = |s: f64| (s.max(0.0) * 1e9) as u64;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut done = 0;
+            let (mut busy, mut bytes_in, mut bytes_out) = (0.0, 0, 0);
+            let (mut first, mut last) = (u64::MAX, 0);
+            for (offset, snaps, _) in workers {
+                let Some(s) = snaps.get(i) else { continue };
+                done += s.tasks_done;
+                busy += s.busy_seconds;
+                bytes_in += s.bytes_in;
+                bytes_out += s.bytes_out;
+                if s.tasks_done > 0 || s.busy_seconds > 0.0 {
+                    first = first.min(ns(offset + s.start_seconds));
+                    last = last.max(ns(offset + s.end_seconds));
+                }
+            }
+            n.done.store(done.min(n.total), Ordering::Relaxed);
+            n.busy_ns.store(ns(busy), Ordering::Relaxed);
+            n.bytes_in.store(bytes_in, Ordering::Relaxed);
+            n.bytes_out.store(bytes_out, Ordering::Relaxed);
+            n.first_ns.store(first, Ordering::Relaxed);
+            n.last_ns.store(last, Ordering::Relaxed);
+        }
+        let load_end = workers
+            .iter()
+            .filter(|(_, _, end)| *end > 0.0)
+            .map(|(offset, _, end)| ns(offset + end))
+            .max()
+            .unwrap_or(0);
+        self.loads_end_ns.store(load_end, Ordering::Relaxed);
     }
 
     /// Current counters of every node.

@@ -215,14 +215,6 @@ pub fn write_zarr_block(
     })
 }
 
-/// Whether blocks of `node` feed outputs assembled in one place (images, plots, CSVs), which workers send
-/// to the coordinator.
-pub fn gathers(node: &crate::plan::Node) -> bool {
-    node.output
-        .as_ref()
-        .is_some_and(|o| o.image.is_some() || o.csv.is_some() || o.plot.is_some())
-}
-
 impl Outputs {
     /// Takes a block of `node` into the small outputs assembled in memory (not the Zarr array).
     ///
@@ -237,32 +229,135 @@ impl Outputs {
         let Some(s) = self.nodes.get(node).and_then(Option::as_ref) else {
             return Ok(());
         };
-        let err = |target: &str, e: String| ExecError::Output {
-            stage: s.stage.clone(),
-            target: target.into(),
-            message: e,
-        };
-        let shape = chunk.shape();
-        if let Some(d) = &s.dense {
-            let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
-            full.paste(start, &Chunk::F64(chunk.to_f64()))
-                .map_err(|m| err("assembly", m))?;
+        if s.dense.is_some() {
+            self.deliver_dense(node, start, chunk)?;
         }
-        if let Some((pixels, values)) = &s.series {
-            let vals = chunk.to_f64();
-            let mut out = values.lock().unwrap_or_else(|e| e.into_inner());
-            for (k, &[r, c]) in pixels.iter().enumerate() {
-                if (start[1]..start[1] + shape[1]).contains(&r)
-                    && (start[2]..start[2] + shape[2]).contains(&c)
-                {
-                    for t in 0..shape[0] {
-                        out[k][start[0] + t] = vals[[t, r - start[1], c - start[2]]];
-                    }
-                }
+        if let Some((pixels, _)) = &s.series {
+            for (k, t0, values) in series_in_block(pixels, start, chunk) {
+                self.deliver_series(node, k, t0, &values)?;
             }
         }
         Ok(())
     }
+
+    /// Whether `node` assembles its whole result in memory (images, CSVs, plots of 1-D results).
+    pub fn wants_dense(&self, node: usize) -> bool {
+        self.nodes
+            .get(node)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.dense.is_some())
+    }
+
+    /// Pastes a block of `node` at `start` into its in-memory result.
+    ///
+    /// # Errors
+    /// When the block does not fit the node's shape.
+    pub fn deliver_dense(
+        &self,
+        node: usize,
+        start: &[usize],
+        chunk: &Chunk,
+    ) -> Result<(), ExecError> {
+        let Some((s, Some(d))) = self
+            .nodes
+            .get(node)
+            .and_then(Option::as_ref)
+            .map(|s| (s, s.dense.as_ref()))
+        else {
+            return Ok(());
+        };
+        let mut full = d.lock().unwrap_or_else(|e| e.into_inner());
+        full.paste(start, &Chunk::F64(chunk.to_f64()))
+            .map_err(|m| ExecError::Output {
+                stage: s.stage.clone(),
+                target: "assembly".into(),
+                message: m,
+            })
+    }
+
+    /// Stores `values` of plotted pixel `k` of `node`, from index `t0` along axis 0.
+    ///
+    /// # Errors
+    /// When the pixel or the range is outside the node's result.
+    pub fn deliver_series(
+        &self,
+        node: usize,
+        k: usize,
+        t0: usize,
+        values: &[f64],
+    ) -> Result<(), ExecError> {
+        let Some((s, Some((_, series)))) = self
+            .nodes
+            .get(node)
+            .and_then(Option::as_ref)
+            .map(|s| (s, s.series.as_ref()))
+        else {
+            return Ok(());
+        };
+        let mut out = series.lock().unwrap_or_else(|e| e.into_inner());
+        match out.get_mut(k).and_then(|v| v.get_mut(t0..t0 + values.len())) {
+            Some(slot) => {
+                slot.copy_from_slice(values);
+                Ok(())
+            }
+            None => Err(ExecError::Output {
+                stage: s.stage.clone(),
+                target: "plot".into(),
+                message: format!(
+                    "series of pixel {k} from {t0} ({} values) is outside the result",
+                    values.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// Whether node `node`'s outputs need its whole result in one place (an image, a CSV, a plot of a 1-D
+/// result).
+pub fn dense_output(node: &crate::plan::Node) -> bool {
+    node.output.as_ref().is_some_and(|o| {
+        o.image.is_some() || o.csv.is_some() || o.plot.as_ref().is_some_and(|p| p.pixels.is_none())
+    })
+}
+
+/// The plotted pixels of node `node` (`[row, col]`), if it plots pixel series of a 3-D result.
+pub fn plotted_pixels(node: &crate::plan::Node) -> Option<Vec<[usize; 2]>> {
+    let px = node.output.as_ref()?.plot.as_ref()?.pixels.as_ref()?;
+    Some(px.iter().map(|rc| [rc[0], rc[1]]).collect())
+}
+
+/// The parts of the series of `pixels` (`[row, col]`) inside a 3-D block at `start`: (pixel number, first
+/// index along axis 0, values).
+pub fn series_in_block(
+    pixels: &[[usize; 2]],
+    start: &[usize],
+    chunk: &Chunk,
+) -> Vec<(usize, usize, Vec<f64>)> {
+    let shape = chunk.shape();
+    if shape.len() != 3 || start.len() != 3 {
+        return Vec::new();
+    }
+    let inside: Vec<(usize, [usize; 2])> = pixels
+        .iter()
+        .enumerate()
+        .filter(|(_, [r, c])| {
+            (start[1]..start[1] + shape[1]).contains(r) && (start[2]..start[2] + shape[2]).contains(c)
+        })
+        .map(|(k, &px)| (k, px))
+        .collect();
+    if inside.is_empty() {
+        return Vec::new();
+    }
+    let vals = chunk.to_f64();
+    inside
+        .into_iter()
+        .map(|(k, [r, c])| {
+            let v = (0..shape[0])
+                .map(|t| vals[[t, r - start[1], c - start[2]]])
+                .collect();
+            (k, start[0], v)
+        })
+        .collect()
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -288,6 +383,15 @@ pub trait Executor {
         progress: &JobProgress,
         cancel: &AtomicBool,
     ) -> Result<StoreStats, RunError>;
+
+    /// Files of its own to publish with the outputs (written into `staging` after a successful execution,
+    /// e.g. the distributed runtime's timeline), relative to it.
+    ///
+    /// # Errors
+    /// When a file cannot be written.
+    fn extra_outputs(&mut self, _staging: &Path) -> Result<Vec<OutputRecord>, RunError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The local executor: [`execute`] on `threads` threads of this process.
@@ -365,7 +469,8 @@ pub fn run_with(
         .map_err(io_err(&opts.out_dir))?;
     let outputs = Outputs::create(job, staging.path())?;
     let store = executor.execute(job, &outputs, staging.path(), progress, cancel)?;
-    let records = outputs.finish(&job.plan)?;
+    let mut records = outputs.finish(&job.plan)?;
+    records.extend(executor.extra_outputs(staging.path())?);
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
         plan_hash: job.plan.hash,
@@ -421,11 +526,8 @@ impl Outputs {
                     path: z.clone(),
                 });
             }
-            let wants_dense = o.image.is_some()
-                || o.csv.is_some()
-                || o.plot.as_ref().is_some_and(|p| p.pixels.is_none());
-            let series = o.plot.as_ref().and_then(|p| p.pixels.as_ref()).map(|px| {
-                let pixels = px.iter().map(|rc| [rc[0], rc[1]]).collect::<Vec<_>>();
+            let wants_dense = dense_output(n);
+            let series = plotted_pixels(n).map(|pixels| {
                 let len = n.meta.shape[0];
                 let vals = Mutex::new(vec![vec![f64::NAN; len]; pixels.len()]);
                 (pixels, vals)

@@ -221,7 +221,7 @@ fn sub(a: usize, b: usize) -> usize {
 }
 
 /// Counters of a store, for summaries.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStats {
     /// Highest bytes in memory seen: resident chunks plus what the engine held against the budget.

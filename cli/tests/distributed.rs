@@ -1,0 +1,416 @@
+//! Distributed runs with real worker processes on loopback addresses: the same bytes as one process, worker
+//! loss (kill -9) during loading, the exchange and the FFT, a worker joining mid-job, spilling workers, and
+//! refused requests (no token, another job's token, another plan hash).
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// The post's pipeline on a synthetic stack: 60 loads of 5 slices, means, recentering, the exchange into
+/// per-pixel series, and the power spectrum as Zarr and a plot.
+const JOB: &str = "apiVersion: arrayjob.dev/v1alpha1
+kind: ArrayJob
+metadata: {name: dist}
+spec:
+  source:
+    synthetic: {slices: 300, height: 400, width: 400}
+    slicesPerChunk: 5
+  stages:
+  - {name: time-mean, input: source, reduce: {op: mean, axes: [0]}, output: {image: time-mean.png, zarr: time-mean.zarr}}
+  - {name: brightness, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: brightness.csv}}
+  - {name: recentered, input: source, recenter: {window: [200, 200]}}
+  - {name: series, input: recentered, rechunk: {chunks: [-1, 10, 10]}}
+  - name: power
+    input: series
+    fft: {axis: 0, power: true, dtype: float32}
+    output: {zarr: power.zarr, plot: {file: power.png, pixels: [[0, 0], [100, 100]], logY: true}}
+";
+
+/// Files of a run's output directory (relative path -> bytes), without the run's own reports.
+fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(root)
+                .expect("inside")
+                .display()
+                .to_string();
+            if !["summary.json", "workers.json", "timeline.html", "timeline.png"]
+                .contains(&rel.as_str())
+            {
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn assert_same_outputs(want: &Path, got: &Path) {
+    let (a, b) = (outputs(want), outputs(got));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "same files"
+    );
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs from the one-process run");
+    }
+    assert!(a.keys().any(|k| k.starts_with("power.zarr/c")), "power shards written");
+}
+
+/// The undisturbed one-process run of `JOB`, made once per test binary.
+fn reference(dir: &Path) -> PathBuf {
+    let m = write(dir, "job.yaml", JOB);
+    let out = dir.join("reference");
+    let (ok, _, err) = arrayjob_text(&["run", &m, "--out", &out.display().to_string()]);
+    assert!(ok, "{err}");
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `arrayjob run` as a coordinator on `port` with `workers` local workers.
+fn start_run(manifest: &str, out: &Path, port: u16, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(["run", manifest, "--out", &out.display().to_string()])
+        .args(["--workers", &workers.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--worker-threads", "1", "--worker-timeout", "1"])
+        .args(extra)
+        .env("ARRAYJOB_QUIET", "true")
+        .env("ARRAYJOB_TOKEN", TOKEN)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start arrayjob")
+}
+
+fn finish(child: Child) -> (bool, String, String) {
+    let o = child.wait_with_output().expect("wait");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// The coordinator's progress snapshot, once it answers.
+fn progress(port: u16) -> Option<serde_json::Value> {
+    http()
+        .get(format!("http://127.0.0.1:{port}/v1/progress"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// (done, total) of a stage in a progress snapshot.
+fn stage(p: &serde_json::Value, name: &str) -> (u64, u64) {
+    let s = p["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or(&serde_json::Value::Null);
+    (
+        s["tasksDone"].as_u64().unwrap_or(0),
+        s["tasksTotal"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Polls the progress until `when` holds (or the run ends: None).
+fn wait_for(port: u16, child: &mut Child, when: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if child.try_wait().expect("poll").is_some() {
+            return None;
+        }
+        if let Some(p) = progress(port)
+            && when(&p)
+        {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Process ids of the children of `parent` (the local workers of a run).
+fn children_of(parent: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn workers_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("workers.json")).expect("workers.json"))
+        .expect("json")
+}
+
+#[test]
+fn two_and_four_workers_write_the_same_bytes_as_one_process() {
+    let d = tempfile::tempdir().expect("tmp");
+    let want = reference(d.path());
+    let m = d.path().join("job.yaml").display().to_string();
+    for n in [2, 4] {
+        let out = d.path().join(format!("w{n}"));
+        let (ok, stdout, err) = arrayjob_text(&[
+            "run",
+            &m,
+            "--out",
+            &out.display().to_string(),
+            "--workers",
+            &n.to_string(),
+        ]);
+        assert!(ok, "{n} workers: {err}");
+        assert_same_outputs(&want, &out);
+        let w = workers_json(&out);
+        let ws = w["workers"].as_array().expect("workers");
+        assert_eq!(ws.len(), n, "{w}");
+        for (i, worker) in ws.iter().enumerate() {
+            assert!(worker["tasksDone"].as_u64() > Some(0), "worker {i} ran tasks: {w}");
+            let addr = worker["address"].as_str().expect("address");
+            assert!(addr.starts_with(&format!("127.0.0.{}:", i + 2)), "own loopback address: {addr}");
+        }
+        assert!(w["bytesMoved"].as_u64() > Some(0), "pieces crossed the network: {w}");
+        assert!(stdout.contains("moved between workers"), "{stdout}");
+        let html = std::fs::read_to_string(out.join("timeline.html")).expect("timeline");
+        assert!(html.contains("worker 1"), "a lane per worker");
+    }
+}
+
+/// Kills one worker (-9) when `when` first holds; the run must still write the reference bytes, having
+/// declared the worker lost and recomputed its lost data.
+fn survives_a_kill(phase: &str, when: impl Fn(&serde_json::Value) -> bool) {
+    let d = tempfile::tempdir().expect("tmp");
+    let want = reference(d.path());
+    let m = d.path().join("job.yaml").display().to_string();
+    let out = d.path().join("out");
+    let port = free_port();
+    let mut child = start_run(&m, &out, port, 3, &[], &[]);
+    let seen = wait_for(port, &mut child, when);
+    let Some(seen) = seen else {
+        let (_, _, err) = finish(child);
+        panic!("{phase}: the run ended before the kill point: {err}");
+    };
+    let victims = children_of(child.id());
+    assert_eq!(victims.len(), 3, "three local workers");
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victims[1]), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    let noticed = wait_for(port, &mut child, |p| p["workersLost"].as_u64() == Some(1));
+    if noticed.is_some() {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(4),
+            "{phase}: the loss was noticed after {:?}",
+            killed_at.elapsed()
+        );
+    }
+    let (ok, _, err) = finish(child);
+    assert!(ok, "{phase}: {err}\nkilled at {seen}");
+    assert_same_outputs(&want, &out);
+    let w = workers_json(&out);
+    assert_eq!(w["workersLost"], 1, "{phase}: {w}");
+    assert!(w["recomputed"].as_u64() > Some(0), "{phase}: lost data was recomputed: {w}");
+}
+
+#[test]
+fn a_worker_killed_during_loading_is_recomputed_and_the_bytes_are_the_same() {
+    survives_a_kill("loading", |p| {
+        let (done, total) = stage(p, "source");
+        total > 0 && done >= total / 3 && done < total * 2 / 3
+    });
+}
+
+#[test]
+fn a_worker_killed_during_the_exchange_is_recomputed_and_the_bytes_are_the_same() {
+    survives_a_kill("exchange", |p| {
+        let (loads, total) = stage(p, "source");
+        let (merges, _) = stage(p, "series");
+        total > 0 && loads == total && merges == 0
+    });
+}
+
+#[test]
+fn a_worker_killed_during_the_fft_is_recomputed_and_the_bytes_are_the_same() {
+    survives_a_kill("fft", |p| {
+        let (merges, total) = stage(p, "series");
+        total > 0 && merges >= 2 && merges < total / 2
+    });
+}
+
+#[test]
+fn a_task_that_kills_three_workers_fails_the_job_naming_it() {
+    let d = tempfile::tempdir().expect("tmp");
+    let m = write(d.path(), "job.yaml", JOB);
+    let out = d.path().join("out");
+    // Task 7 is the load of slices 35..40: every worker that starts it aborts.
+    let child = start_run(
+        &m,
+        &out,
+        free_port(),
+        4,
+        &[],
+        &[("ARRAYJOB_FAULT_ABORT_TASK", "7")],
+    );
+    let (ok, _, err) = finish(child);
+    assert!(!ok, "the job must fail");
+    assert!(
+        err.contains("the load of slices 35..40 (source chunk 7) was running on 3 workers that died"),
+        "{err}"
+    );
+    assert!(!out.join("power.zarr").exists(), "no outputs published");
+}
+
+#[test]
+fn a_worker_joining_mid_job_gets_work() {
+    let d = tempfile::tempdir().expect("tmp");
+    let want = reference(d.path());
+    let m = d.path().join("job.yaml").display().to_string();
+    let out = d.path().join("out");
+    let port = free_port();
+    let mut child = start_run(&m, &out, port, 1, &[], &[]);
+    let seen = wait_for(port, &mut child, |p| stage(p, "source").0 >= 3);
+    assert!(seen.is_some(), "the run went on");
+    let joiner = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(["worker", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.9:0", "--threads", "1"])
+        .env("ARRAYJOB_TOKEN", TOKEN)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker");
+    let (ok, _, err) = finish(child);
+    let j = joiner.wait_with_output().expect("joiner");
+    assert!(ok, "{err}");
+    assert!(j.status.success(), "{}", String::from_utf8_lossy(&j.stderr));
+    assert_same_outputs(&want, &out);
+    let w = workers_json(&out);
+    let joined = w["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|x| x["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.9:"))))
+        .expect("the joiner is listed")
+        .clone();
+    assert!(joined["tasksDone"].as_u64() > Some(0), "{w}");
+}
+
+#[test]
+fn workers_with_a_tiny_memory_budget_spill_and_finish() {
+    let d = tempfile::tempdir().expect("tmp");
+    let want = reference(d.path());
+    let m = d.path().join("job.yaml").display().to_string();
+    let out = d.path().join("out");
+    let (ok, _, err) = arrayjob_text(&[
+        "run",
+        &m,
+        "--out",
+        &out.display().to_string(),
+        "--workers",
+        "2",
+        "--memory-limit",
+        "4MB",
+    ]);
+    assert!(ok, "{err}");
+    assert_same_outputs(&want, &out);
+    let w = workers_json(&out);
+    for worker in w["workers"].as_array().expect("workers") {
+        assert!(worker["store"]["spilledBytes"].as_u64() > Some(0), "{w}");
+    }
+}
+
+#[test]
+fn requests_without_the_token_or_with_another_are_refused_and_counted() {
+    let d = tempfile::tempdir().expect("tmp");
+    let m = write(d.path(), "job.yaml", JOB);
+    let out = d.path().join("out");
+    let port = free_port();
+    // No local workers: the coordinator waits for workers that never come while we knock.
+    let mut child = start_run(&m, &out, port, 0, &[], &[]);
+    let first = wait_for(port, &mut child, |_| true).expect("the coordinator answers");
+    assert_eq!(first["authRefused"], 0);
+    let url = format!("http://127.0.0.1:{port}/v1/job");
+    let none = http().get(&url).send().expect("send");
+    assert_eq!(none.status(), 401);
+    let other = http()
+        .get(&url)
+        .header("authorization", "Bearer another-jobs-token-0123456789")
+        .send()
+        .expect("send");
+    assert_eq!(other.status(), 401);
+    assert!(other.text().expect("text").contains("job token"));
+    // A worker whose plan differs (another engine version or other data) is refused by name.
+    let reg = http()
+        .post(format!("http://127.0.0.1:{port}/v1/register"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .json(&serde_json::json!({"address": "127.0.0.5:1", "cores": 1, "memoryBudget": 1, "planHash": "00ff", "version": "0.0.0"}))
+        .send()
+        .expect("send");
+    assert_eq!(reg.status(), 409);
+    let text = reg.text().expect("text");
+    assert!(text.contains("computed plan hash 00ff") && text.contains("127.0.0.5:1"), "{text}");
+    let p = progress(port).expect("progress");
+    assert_eq!(p["authRefused"], 2, "{p}");
+    let metrics = http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(metrics.contains("arrayjob_auth_refused 2"), "{metrics}");
+    assert_eq!(
+        http().get(format!("http://127.0.0.1:{port}/healthz")).send().expect("health").text().expect("text"),
+        "ok"
+    );
+    // A worker started for another plan refuses to join, naming both hashes.
+    let w = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(["worker", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.6:0", "--expect-plan-hash", "abcd"])
+        .env("ARRAYJOB_TOKEN", TOKEN)
+        .output()
+        .expect("worker");
+    let err = String::from_utf8_lossy(&w.stderr);
+    assert!(!w.status.success());
+    assert!(err.contains("started for plan hash abcd"), "{err}");
+    child.kill().expect("stop the coordinator");
+    let _ = child.wait();
+}

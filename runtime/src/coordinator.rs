@@ -1,0 +1,1104 @@
+//! The coordinator: one job's scheduler behind an HTTP endpoint. Workers join it, long-poll it for tasks
+//! and report what they did; it places tasks with the engine's [`Scheduler`], tells holders to release data
+//! nobody will read, declares silent workers lost (their data is recomputed from lineage), gathers the
+//! blocks of small outputs, and serves a progress snapshot and Prometheus metrics. It never touches chunk
+//! bytes except those gathered blocks.
+//!
+//! It is a [`runner::Executor`], so a distributed run goes through the same staging and all-or-nothing
+//! commit as a local one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrayjob_engine::data::Data;
+use arrayjob_engine::exec::{ExecError, JobProgress, NodeSnapshot};
+use arrayjob_engine::graph::{TaskGraph, TaskKind};
+use arrayjob_engine::plan::{Plan, unlinear};
+use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
+use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
+use arrayjob_engine::store::StoreStats;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::auth::{Guard, Token};
+use crate::metrics::CoordinatorMetrics;
+use crate::protocol::{
+    self, Command, InputLocation, JobDescription, RegisterRequest, RegisterResponse, Report,
+    SyncRequest, SyncResponse,
+};
+
+/// How a coordinator runs (flags and environment variables of `arrayjob run --workers` and
+/// `arrayjob coordinator`).
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// Where it listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address workers reach it at (default: the bound address).
+    pub advertise: Option<String>,
+    /// The job token.
+    pub token: Token,
+    /// The manifest text, sent to workers.
+    pub manifest: String,
+    /// Where relative source paths are resolved (workers must see the same files there).
+    pub base_dir: PathBuf,
+    /// Worker processes to start on this machine, on loopback addresses 127.0.0.2, 127.0.0.3, ...
+    pub local_workers: usize,
+    /// The program and leading arguments that start a worker (`arrayjob worker`).
+    pub worker_command: Vec<String>,
+    /// Threads of each local worker.
+    pub worker_threads: usize,
+    /// Memory budget of each local worker, bytes.
+    pub worker_memory: usize,
+    /// How often workers must be heard from.
+    pub heartbeat: Duration,
+    /// Silence after which a worker is lost.
+    pub worker_timeout: Duration,
+    /// How long the job may go without any live worker before it fails.
+    pub no_worker_timeout: Duration,
+    /// The placement policy's knobs.
+    pub scheduler: SchedulerOptions,
+    /// Print the coordinator's URL once it listens (for workers started by hand).
+    pub announce: bool,
+}
+
+impl CoordinatorOptions {
+    /// Options for `local_workers` worker processes started with `worker_command`, everything else at its
+    /// default: loopback, a fresh token, 0.5 s heartbeats, 3 s timeout.
+    ///
+    /// # Errors
+    /// When no token can be generated.
+    pub fn local(
+        manifest: String,
+        base_dir: PathBuf,
+        local_workers: usize,
+        worker_command: Vec<String>,
+    ) -> anyhow::Result<CoordinatorOptions> {
+        Ok(CoordinatorOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            token: Token::generate()?,
+            manifest,
+            base_dir,
+            local_workers,
+            worker_command,
+            worker_threads: 1,
+            worker_memory: 1 << 30,
+            heartbeat: Duration::from_millis(500),
+            worker_timeout: Duration::from_secs(3),
+            no_worker_timeout: Duration::from_secs(60),
+            scheduler: SchedulerOptions::default(),
+            announce: false,
+        })
+    }
+}
+
+/// What the distributed run did, beyond the local summary: per worker, and the network.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DistributedReport {
+    /// The coordinator's address.
+    pub coordinator: String,
+    /// Every worker that joined.
+    pub workers: Vec<WorkerProgress>,
+    /// Bytes workers fetched from each other.
+    pub bytes_moved: u64,
+    /// Tasks moved to idle workers, and why.
+    pub steals: Vec<Steal>,
+    /// Tasks given a second copy.
+    pub speculated: usize,
+    /// Tasks run again because data was lost with a worker.
+    pub recomputed: usize,
+    /// Workers declared lost.
+    pub workers_lost: usize,
+    /// Requests refused for a missing or wrong token.
+    pub auth_refused: u64,
+    /// Workers refused for another plan hash.
+    pub plan_hash_refused: u64,
+    /// Scheduling decisions made.
+    pub decisions: u64,
+    /// Every task run: who, when (seconds after the start), how long.
+    #[serde(skip)]
+    pub spans: Vec<Span>,
+    /// Transfers and losses, for the timeline.
+    #[serde(skip)]
+    pub events: Vec<Event>,
+}
+
+/// A task run as the coordinator saw it.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// Worker.
+    pub worker: WorkerId,
+    /// Its thread.
+    pub thread: u32,
+    /// Stage name.
+    pub stage: String,
+    /// Task description.
+    pub task: String,
+    /// Start, seconds after the job started.
+    pub start: f64,
+    /// End.
+    pub end: f64,
+}
+
+/// Something between workers.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// `to` fetched `bytes` from `from`, ending at `at` after `seconds`.
+    Transfer {
+        /// Sender.
+        from: WorkerId,
+        /// Receiver.
+        to: WorkerId,
+        /// Bytes.
+        bytes: u64,
+        /// End time.
+        at: f64,
+        /// Duration.
+        seconds: f64,
+    },
+    /// A worker was declared lost at `at`.
+    Lost {
+        /// Who.
+        worker: WorkerId,
+        /// When.
+        at: f64,
+    },
+}
+
+/// One worker in the progress snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerProgress {
+    /// Its number.
+    pub id: WorkerId,
+    /// Its data address.
+    pub address: String,
+    /// `running`, `lost` or `done`.
+    pub state: String,
+    /// Threads.
+    pub cores: usize,
+    /// Memory budget, bytes.
+    pub memory_budget: u64,
+    /// Tasks it finished.
+    pub tasks_done: usize,
+    /// Bytes resident in its store at its last report.
+    pub resident_bytes: u64,
+    /// Its store counters.
+    pub store: StoreStats,
+}
+
+/// The coordinator as an executor of [`runner::run_with`].
+#[derive(Debug)]
+pub struct Coordinator {
+    opts: CoordinatorOptions,
+    report: Option<DistributedReport>,
+}
+
+impl Coordinator {
+    /// A coordinator with these options.
+    pub fn new(opts: CoordinatorOptions) -> Coordinator {
+        Coordinator { opts, report: None }
+    }
+
+    /// What the last run did (after [`runner::Executor::execute`]).
+    pub fn report(&self) -> Option<&DistributedReport> {
+        self.report.as_ref()
+    }
+}
+
+/// A block of a small output sent by a worker.
+struct Gathered {
+    node: usize,
+    start: Vec<usize>,
+    pixel: Option<usize>,
+    frame: Bytes,
+}
+
+struct WorkerInfo {
+    address: String,
+    cores: usize,
+    memory_budget: u64,
+    last_seen: Instant,
+    /// Seconds between the job's start and the worker's registration.
+    joined: f64,
+    lost: bool,
+    mailbox: Vec<Command>,
+    wake: Arc<tokio::sync::Notify>,
+    stages: Vec<NodeSnapshot>,
+    load_end: f64,
+    store: StoreStats,
+    resident: u64,
+    tasks_done: usize,
+}
+
+struct CoordState {
+    sched: Scheduler,
+    workers: BTreeMap<WorkerId, WorkerInfo>,
+    next_id: u32,
+    failure: Option<String>,
+    finished: bool,
+    bytes_moved: u64,
+    workers_lost: usize,
+    spans: Vec<Span>,
+    events: Vec<Event>,
+    /// When the job last had a live worker.
+    last_alive: Instant,
+}
+
+struct CoordShared {
+    state: Mutex<CoordState>,
+    desc: JobDescription,
+    plan: Plan,
+    started: Instant,
+    gather: Mutex<std::sync::mpsc::Sender<Gathered>>,
+    guard: Guard,
+    metrics: CoordinatorMetrics,
+    probe_bytes: u64,
+    hash_refused: AtomicU64,
+}
+
+impl CoordShared {
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CoordState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl runner::Executor for Coordinator {
+    fn execute(
+        &mut self,
+        job: &Prepared,
+        outputs: &Outputs,
+        staging: &Path,
+        progress: &JobProgress,
+        cancel: &AtomicBool,
+    ) -> Result<StoreStats, RunError> {
+        let internal = |m: String| RunError::Exec(ExecError::Internal(m));
+        let graph = TaskGraph::build(&job.plan).map_err(|e| internal(e.to_string()))?;
+        let staging = staging
+            .canonicalize()
+            .map_err(runner_io(staging))?;
+        let desc = JobDescription {
+            manifest: self.opts.manifest.clone(),
+            base_dir: self
+                .opts
+                .base_dir
+                .canonicalize()
+                .unwrap_or_else(|_| self.opts.base_dir.clone())
+                .display()
+                .to_string(),
+            staging_dir: staging.display().to_string(),
+            plan_hash: job.plan.hash.to_string(),
+            heartbeat_ms: self.opts.heartbeat.as_millis() as u64,
+            worker_timeout_ms: self.opts.worker_timeout.as_millis() as u64,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("arrayjob-coordinator")
+            .enable_all()
+            .build()
+            .map_err(|e| internal(format!("cannot start the coordinator runtime: {e}")))?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(self.opts.listen))
+            .map_err(|e| internal(format!("cannot listen on {}: {e}", self.opts.listen)))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| internal(e.to_string()))?;
+        let url = format!(
+            "http://{}",
+            self.opts.advertise.clone().unwrap_or_else(|| bound.to_string())
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(CoordShared {
+            state: Mutex::new(CoordState {
+                sched: Scheduler::new(graph, self.opts.scheduler.clone()),
+                workers: BTreeMap::new(),
+                next_id: 0,
+                failure: None,
+                finished: false,
+                bytes_moved: 0,
+                workers_lost: 0,
+                spans: Vec::new(),
+                events: Vec::new(),
+                last_alive: Instant::now(),
+            }),
+            desc,
+            plan: job.plan.clone(),
+            started: Instant::now(),
+            gather: Mutex::new(tx),
+            guard: Guard {
+                token: self.opts.token.clone(),
+                refused: Arc::new(AtomicU64::new(0)),
+            },
+            metrics: CoordinatorMetrics::new(),
+            probe_bytes: self.opts.scheduler.probe_bytes,
+            hash_refused: AtomicU64::new(0),
+        });
+        let server = rt.spawn(serve(listener, shared.clone()));
+        if self.opts.announce {
+            eprintln!("coordinator listening at {url} (plan hash {})", job.plan.hash);
+        }
+        let mut children = LocalWorkers::start(&self.opts, &url, &staging)
+            .map_err(|e| internal(format!("cannot start local workers: {e}")))?;
+        let result = drive(&shared, &self.opts, outputs, progress, cancel, &rx, &mut children);
+        // Tell the workers the job is over, and give them a moment to hear it.
+        shared.lock().finished = true;
+        for w in shared.lock().workers.values() {
+            w.wake.notify_one();
+        }
+        children.wait_or_kill(Duration::from_secs(3));
+        server.abort();
+        let (report, stats) = final_report(&shared, &url);
+        self.report = Some(report);
+        result.map(|()| stats)
+    }
+
+    fn extra_outputs(&mut self, staging: &Path) -> Result<Vec<OutputRecord>, RunError> {
+        self.write_reports(staging)
+    }
+}
+
+impl Coordinator {
+    /// Writes `workers.json` (the [`DistributedReport`]) into `staging`.
+    fn write_reports(&self, staging: &Path) -> Result<Vec<OutputRecord>, RunError> {
+        let Some(r) = &self.report else {
+            return Ok(Vec::new());
+        };
+        let path = staging.join(WORKERS_FILE);
+        let text = serde_json::to_string_pretty(r)
+            .map_err(|e| RunError::Exec(ExecError::Internal(e.to_string())))?;
+        std::fs::write(&path, text + "\n").map_err(runner_io(&path))?;
+        Ok(vec![OutputRecord {
+            stage: "-".into(),
+            kind: "report".into(),
+            path: WORKERS_FILE.into(),
+        }])
+    }
+}
+
+/// The distributed run's report, published with the outputs.
+pub const WORKERS_FILE: &str = "workers.json";
+
+fn runner_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |error| RunError::OutDir {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
+/// The coordinator's own loop: delivers gathered blocks, watches heartbeats and local processes, lets the
+/// scheduler look for stragglers, and ends when every task is done (or the job failed or was cancelled).
+fn drive(
+    shared: &CoordShared,
+    opts: &CoordinatorOptions,
+    outputs: &Outputs,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+    rx: &std::sync::mpsc::Receiver<Gathered>,
+    children: &mut LocalWorkers,
+) -> Result<(), RunError> {
+    let mut last_tick = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(g) => deliver(outputs, &shared.plan, g)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ExecError::Internal("the coordinator's server stopped".into()).into());
+            }
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ExecError::Cancelled.into());
+        }
+        if last_tick.elapsed() < Duration::from_millis(200) {
+            continue;
+        }
+        last_tick = Instant::now();
+        let exited = children.exited();
+        let (failure, finished) = housekeeping(shared, opts, exited);
+        absorb_progress(shared, progress);
+        if let Some(f) = failure {
+            return Err(ExecError::Internal(f).into());
+        }
+        if finished {
+            // Every block of a finished task was sent before its report: they are all queued here.
+            while let Ok(g) = rx.try_recv() {
+                deliver(outputs, &shared.plan, g)?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Declares silent workers lost, fails a job left without workers, and ticks the scheduler. Returns the
+/// job's failure, if any, and whether it is finished.
+fn housekeeping(
+    shared: &CoordShared,
+    opts: &CoordinatorOptions,
+    local_exited: Option<String>,
+) -> (Option<String>, bool) {
+    let now = shared.now();
+    let mut g = shared.lock();
+    let silent: Vec<WorkerId> = g
+        .workers
+        .iter()
+        .filter(|(_, w)| !w.lost && w.last_seen.elapsed() > opts.worker_timeout)
+        .map(|(&id, _)| id)
+        .collect();
+    for id in silent {
+        lose_worker(shared, &mut g, id, now);
+    }
+    let alive = g.workers.values().filter(|w| !w.lost).count();
+    shared.metrics.workers_alive.set(alive as i64);
+    if alive > 0 {
+        g.last_alive = Instant::now();
+    } else if g.failure.is_none() && !g.sched.finished() {
+        if let Some(why) = local_exited {
+            g.failure = Some(format!("every worker process exited ({why})"));
+        } else if g.last_alive.elapsed() > opts.no_worker_timeout {
+            g.failure = Some(format!(
+                "no worker for {} s: the job cannot go on",
+                opts.no_worker_timeout.as_secs()
+            ));
+        }
+    }
+    if g.failure.is_none() {
+        let actions = g.sched.tick(now);
+        route(shared, &mut g, actions);
+    }
+    (g.failure.clone(), g.sched.finished())
+}
+
+fn lose_worker(shared: &CoordShared, g: &mut CoordState, id: WorkerId, now: f64) {
+    let Some(w) = g.workers.get_mut(&id) else {
+        return;
+    };
+    w.lost = true;
+    w.mailbox.clear();
+    tracing::warn!(worker = id.0, address = %w.address, "worker lost (no heartbeat)");
+    g.workers_lost += 1;
+    g.events.push(Event::Lost { worker: id, at: now });
+    shared.metrics.workers_lost.inc();
+    match g.sched.worker_lost(id, now) {
+        Ok(actions) => route(shared, g, actions),
+        Err(f) => {
+            let kind = g.sched.graph().task(f.task).kind;
+            g.failure = Some(format!(
+                "{} was running on {} workers that died: the job fails rather than lose more workers",
+                describe_task(&shared.plan, kind),
+                f.strikes
+            ));
+        }
+    }
+}
+
+/// A task in words a user can act on: its stage and chunk.
+pub fn describe_task(plan: &Plan, kind: TaskKind) -> String {
+    match kind {
+        TaskKind::Load { chunk } => {
+            let meta = &plan.nodes[0].meta;
+            let (start, len) = meta.chunk_region(&unlinear(&meta.grid(), chunk));
+            format!(
+                "the load of slices {}..{} (source chunk {chunk})",
+                start[0],
+                start[0] + len[0]
+            )
+        }
+        TaskKind::Merge { node, group } => {
+            format!("merge group {group} of stage '{}'", plan.nodes[node].name)
+        }
+        TaskKind::Combine { node, out, leaf } => format!(
+            "the combine of partial {leaf} into chunk {out} of stage '{}'",
+            plan.nodes[node].name
+        ),
+    }
+}
+
+/// Turns the scheduler's actions into commands in the workers' mailboxes, and wakes those workers.
+fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
+    let mut woken: Vec<WorkerId> = Vec::new();
+    for a in actions {
+        let (to, cmd) = match a {
+            Action::Run {
+                worker,
+                task,
+                attempt,
+            } => {
+                let inputs = g
+                    .sched
+                    .graph()
+                    .task(task)
+                    .inputs
+                    .iter()
+                    .filter_map(|&key| {
+                        let (holder, _) = g.sched.location(key)?;
+                        let address = g.workers.get(&holder)?.address.clone();
+                        Some(InputLocation {
+                            key,
+                            worker: holder,
+                            address,
+                        })
+                    })
+                    .collect();
+                (
+                    worker,
+                    Command::Run {
+                        task,
+                        attempt,
+                        inputs,
+                    },
+                )
+            }
+            Action::Probe { from, to } => {
+                let Some(address) = g.workers.get(&from).map(|w| w.address.clone()) else {
+                    continue;
+                };
+                (
+                    to,
+                    Command::Probe {
+                        from,
+                        address,
+                        bytes: shared.probe_bytes,
+                    },
+                )
+            }
+            Action::Release { worker, key } => {
+                if let Some(Command::Release { keys }) = g
+                    .workers
+                    .get_mut(&worker)
+                    .and_then(|w| w.mailbox.last_mut())
+                {
+                    keys.push(key);
+                    continue;
+                }
+                (worker, Command::Release { keys: vec![key] })
+            }
+        };
+        if let Some(w) = g.workers.get_mut(&to).filter(|w| !w.lost) {
+            w.mailbox.push(cmd);
+            if !woken.contains(&to) {
+                woken.push(to);
+            }
+        }
+    }
+    for id in woken {
+        if let Some(w) = g.workers.get(&id) {
+            w.wake.notify_one();
+        }
+    }
+}
+
+fn deliver(outputs: &Outputs, plan: &Plan, g: Gathered) -> Result<(), RunError> {
+    let stage = plan
+        .nodes
+        .get(g.node)
+        .map_or_else(|| format!("node {}", g.node), |n| n.name.clone());
+    let bad = |m: String| ExecError::Output {
+        stage: stage.clone(),
+        target: "gathered block".into(),
+        message: m,
+    };
+    let data = arrayjob_engine::frame::decode(&g.frame).map_err(|e| bad(e.to_string()))?;
+    let Data::Chunk(chunk) = data else {
+        return Err(bad("a gathered block is not a chunk".into()).into());
+    };
+    match g.pixel {
+        Some(k) => {
+            let values = chunk.to_f64();
+            let values: Vec<f64> = values.iter().copied().collect();
+            let t0 = g.start.first().copied().unwrap_or(0);
+            outputs.deliver_series(g.node, k, t0, &values)?;
+        }
+        None => outputs.deliver_dense(g.node, &g.start, &chunk)?,
+    }
+    Ok(())
+}
+
+/// Sets the run's progress counters from the workers' latest snapshots.
+fn absorb_progress(shared: &CoordShared, progress: &JobProgress) {
+    let g = shared.lock();
+    let views: Vec<(f64, &[NodeSnapshot], f64)> = g
+        .workers
+        .values()
+        .map(|w| (w.joined, w.stages.as_slice(), w.load_end))
+        .collect();
+    progress.absorb(&views);
+}
+
+fn final_report(shared: &CoordShared, url: &str) -> (DistributedReport, StoreStats) {
+    let g = shared.lock();
+    let mut stats = StoreStats::default();
+    let workers = g
+        .workers
+        .iter()
+        .map(|(&id, w)| {
+            stats.peak_resident_bytes += w.store.peak_resident_bytes;
+            stats.spilled_bytes += w.store.spilled_bytes;
+            stats.unspilled_bytes += w.store.unspilled_bytes;
+            worker_progress(id, w, g.finished)
+        })
+        .collect();
+    let report = DistributedReport {
+        coordinator: url.to_string(),
+        workers,
+        bytes_moved: g.bytes_moved,
+        steals: g.sched.steals().to_vec(),
+        speculated: g.sched.speculated().len(),
+        recomputed: g.sched.recomputed(),
+        workers_lost: g.workers_lost,
+        auth_refused: shared.guard.refused.load(Ordering::Relaxed),
+        plan_hash_refused: shared.hash_refused.load(Ordering::Relaxed),
+        decisions: g.sched.decisions(),
+        spans: g.spans.clone(),
+        events: g.events.clone(),
+    };
+    (report, stats)
+}
+
+fn worker_progress(id: WorkerId, w: &WorkerInfo, finished: bool) -> WorkerProgress {
+    WorkerProgress {
+        id,
+        address: w.address.clone(),
+        state: if w.lost {
+            "lost"
+        } else if finished {
+            "done"
+        } else {
+            "running"
+        }
+        .into(),
+        cores: w.cores,
+        memory_budget: w.memory_budget,
+        tasks_done: w.tasks_done,
+        resident_bytes: w.resident,
+        store: w.store,
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<CoordShared>) -> anyhow::Result<()> {
+    let guard = shared.guard.clone();
+    let authed = Router::new()
+        .route("/v1/job", get(job_handler))
+        .route("/v1/register", post(register_handler))
+        .route("/v1/sync", post(sync_handler))
+        .route("/v1/gather", post(gather_handler))
+        .route("/v1/progress", get(progress_handler))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::auth::require_token,
+        ))
+        .with_state(shared.clone());
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .with_state(shared)
+        .merge(authed);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn job_handler(State(shared): State<Arc<CoordShared>>) -> Response {
+    axum::Json(shared.desc.clone()).into_response()
+}
+
+async fn register_handler(
+    State(shared): State<Arc<CoordShared>>,
+    axum::Json(req): axum::Json<RegisterRequest>,
+) -> Response {
+    if req.plan_hash != shared.desc.plan_hash {
+        shared.hash_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(address = %req.address, hash = %req.plan_hash, "refused a worker with another plan hash");
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "worker at {} (version {}) computed plan hash {}, but this job's plan hash is {}: it runs \
+                 another engine version or sees other source data; it cannot take part",
+                req.address, req.version, req.plan_hash, shared.desc.plan_hash
+            ),
+        )
+            .into_response();
+    }
+    let now = shared.now();
+    let mut g = shared.lock();
+    if g.finished || g.failure.is_some() {
+        return (StatusCode::GONE, "the job is over").into_response();
+    }
+    let id = WorkerId(g.next_id);
+    g.next_id += 1;
+    g.workers.insert(
+        id,
+        WorkerInfo {
+            address: req.address.clone(),
+            cores: req.cores.max(1),
+            memory_budget: req.memory_budget,
+            last_seen: Instant::now(),
+            joined: now,
+            lost: false,
+            mailbox: Vec::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            stages: Vec::new(),
+            load_end: 0.0,
+            store: StoreStats::default(),
+            resident: 0,
+            tasks_done: 0,
+        },
+    );
+    tracing::info!(worker = id.0, address = %req.address, cores = req.cores, "worker joined");
+    let actions = g.sched.add_worker(id, req.cores.max(1), now);
+    route(&shared, &mut g, actions);
+    axum::Json(RegisterResponse { worker: id }).into_response()
+}
+
+async fn sync_handler(
+    State(shared): State<Arc<CoordShared>>,
+    axum::Json(req): axum::Json<SyncRequest>,
+) -> Response {
+    let had_reports = !req.reports.is_empty();
+    let wait = Duration::from_millis(req.wait_ms.min(5_000));
+    let wake = {
+        let mut g = shared.lock();
+        match g.workers.get_mut(&req.worker) {
+            None => return (StatusCode::NOT_FOUND, "unknown worker").into_response(),
+            Some(w) if w.lost => {
+                return (
+                    StatusCode::GONE,
+                    format!("worker {} was declared lost; its tasks went elsewhere", req.worker.0),
+                )
+                    .into_response();
+            }
+            Some(w) => {
+                w.last_seen = Instant::now();
+                w.stages = req.stages;
+                w.load_end = req.load_end_seconds;
+                w.store = req.store;
+                w.resident = req.resident_bytes;
+            }
+        }
+        for r in req.reports {
+            take_report(&shared, &mut g, req.worker, r);
+        }
+        let over = g.finished || g.failure.is_some();
+        match g.workers.get_mut(&req.worker) {
+            Some(w) if w.mailbox.is_empty() && !had_reports && !over => Some(w.wake.clone()),
+            _ => None,
+        }
+    };
+    if let Some(wake) = wake {
+        let _ = tokio::time::timeout(wait, wake.notified()).await;
+    }
+    let mut g = shared.lock();
+    let finished = g.finished || g.failure.is_some();
+    let commands = g
+        .workers
+        .get_mut(&req.worker)
+        .map(|w| {
+            w.last_seen = Instant::now();
+            std::mem::take(&mut w.mailbox)
+        })
+        .unwrap_or_default();
+    axum::Json(SyncResponse { commands, finished }).into_response()
+}
+
+/// Applies one worker report to the scheduler.
+fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Report) {
+    let now = shared.now();
+    let actions = match r {
+        Report::Started { task } => {
+            g.sched.task_started(worker, task);
+            Vec::new()
+        }
+        Report::Done {
+            task,
+            outputs,
+            seconds,
+            thread,
+            ..
+        } => {
+            let kind = g.sched.graph().task(task).kind;
+            let stage = stage_name(&shared.plan, kind);
+            shared.metrics.task_done(&stage);
+            g.spans.push(Span {
+                worker,
+                thread,
+                stage,
+                task: describe_task(&shared.plan, kind),
+                start: (now - seconds).max(0.0),
+                end: now,
+            });
+            if let Some(w) = g.workers.get_mut(&worker) {
+                w.tasks_done += 1;
+            }
+            g.sched.task_done(worker, task, &outputs, seconds, now)
+        }
+        Report::Failed {
+            task,
+            input_unavailable: true,
+            error,
+            ..
+        } => {
+            tracing::info!(worker = worker.0, task = task.0, "input unavailable: {error}");
+            g.sched.task_failed(worker, task, now)
+        }
+        Report::Failed { error, .. } => {
+            if g.failure.is_none() {
+                g.failure = Some(format!("worker {}: {error}", worker.0));
+            }
+            Vec::new()
+        }
+        Report::Transfer {
+            from,
+            bytes,
+            seconds,
+        } => {
+            g.bytes_moved += bytes;
+            shared.metrics.bytes_moved.inc_by(bytes);
+            g.events.push(Event::Transfer {
+                from,
+                to: worker,
+                bytes,
+                at: now,
+                seconds,
+            });
+            g.sched.transfer_observed(from, worker, bytes, seconds, now)
+        }
+    };
+    route(shared, g, actions);
+}
+
+/// The stage a task belongs to, by name (loads: the source).
+fn stage_name(plan: &Plan, kind: TaskKind) -> String {
+    let node = match kind {
+        TaskKind::Load { .. } => 0,
+        TaskKind::Merge { node, .. } | TaskKind::Combine { node, .. } => node,
+    };
+    plan.nodes[node].name.clone()
+}
+
+#[derive(serde::Deserialize)]
+struct GatherQuery {
+    node: usize,
+    start: String,
+    pixel: Option<usize>,
+}
+
+async fn gather_handler(
+    State(shared): State<Arc<CoordShared>>,
+    Query(q): Query<GatherQuery>,
+    body: Bytes,
+) -> Response {
+    let start = match protocol::parse_index(&q.start) {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    if q.node >= shared.plan.nodes.len() {
+        return (StatusCode::BAD_REQUEST, format!("no node {}", q.node)).into_response();
+    }
+    let sent = shared
+        .gather
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Gathered {
+            node: q.node,
+            start,
+            pixel: q.pixel,
+            frame: body,
+        });
+    match sent {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => (StatusCode::GONE, "the job is over").into_response(),
+    }
+}
+
+/// The progress snapshot: per stage, per worker, and the network.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressSnapshot {
+    /// `running`, `finished` or `failed`.
+    pub phase: String,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// Seconds since the job started.
+    pub elapsed_seconds: f64,
+    /// Per stage: tasks done and total.
+    pub stages: Vec<StageProgress>,
+    /// Per worker.
+    pub workers: Vec<WorkerProgress>,
+    /// Bytes workers fetched from each other.
+    pub bytes_moved: u64,
+    /// Bytes workers spilled to their disks.
+    pub spilled_bytes: u64,
+    /// Tasks moved to idle workers, and why.
+    pub steals: Vec<Steal>,
+    /// Tasks given a second copy.
+    pub speculated: usize,
+    /// Tasks run again after a worker loss.
+    pub recomputed: usize,
+    /// Workers declared lost.
+    pub workers_lost: usize,
+    /// Requests refused for a missing or wrong token.
+    pub auth_refused: u64,
+}
+
+/// One stage's tasks.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageProgress {
+    /// Stage name.
+    pub name: String,
+    /// Tasks of the stage done (loads for the source, merges for a rechunk, combines for a reduction).
+    pub tasks_done: usize,
+    /// Tasks of the stage.
+    pub tasks_total: usize,
+}
+
+async fn progress_handler(State(shared): State<Arc<CoordShared>>) -> Response {
+    axum::Json(progress_snapshot(&shared)).into_response()
+}
+
+fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
+    let g = shared.lock();
+    let mut per: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (id, t) in g.sched.graph().tasks() {
+        let node = match t.kind {
+            TaskKind::Load { .. } => 0,
+            TaskKind::Merge { node, .. } | TaskKind::Combine { node, .. } => node,
+        };
+        let e = per.entry(node).or_default();
+        e.1 += 1;
+        if g.sched.is_done(id) {
+            e.0 += 1;
+        }
+    }
+    let finished = g.sched.finished();
+    ProgressSnapshot {
+        phase: match (&g.failure, finished) {
+            (Some(_), _) => "failed",
+            (None, true) => "finished",
+            (None, false) => "running",
+        }
+        .into(),
+        failure: g.failure.clone(),
+        elapsed_seconds: shared.now(),
+        stages: per
+            .into_iter()
+            .map(|(node, (done, total))| StageProgress {
+                name: shared.plan.nodes[node].name.clone(),
+                tasks_done: done,
+                tasks_total: total,
+            })
+            .collect(),
+        workers: g
+            .workers
+            .iter()
+            .map(|(&id, w)| worker_progress(id, w, finished))
+            .collect(),
+        bytes_moved: g.bytes_moved,
+        spilled_bytes: g.workers.values().map(|w| w.store.spilled_bytes).sum(),
+        steals: g.sched.steals().to_vec(),
+        speculated: g.sched.speculated().len(),
+        recomputed: g.sched.recomputed(),
+        workers_lost: g.workers_lost,
+        auth_refused: shared.guard.refused.load(Ordering::Relaxed),
+    }
+}
+
+async fn metrics_handler(State(shared): State<Arc<CoordShared>>) -> Response {
+    shared
+        .metrics
+        .auth_refused
+        .set(shared.guard.refused.load(Ordering::Relaxed) as i64);
+    match shared.metrics.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Worker processes this coordinator started on loopback addresses.
+struct LocalWorkers {
+    children: Vec<std::process::Child>,
+}
+
+impl LocalWorkers {
+    fn start(opts: &CoordinatorOptions, url: &str, staging: &Path) -> std::io::Result<LocalWorkers> {
+        let mut children = Vec::new();
+        let Some((program, lead)) = opts.worker_command.split_first() else {
+            return Ok(LocalWorkers { children });
+        };
+        for i in 0..opts.local_workers {
+            // 127.0.0.2, 127.0.0.3, ...: every worker has its own address, as on separate machines.
+            let listen = format!("127.0.0.{}:0", 2 + i.min(252));
+            let child = std::process::Command::new(program)
+                .args(lead)
+                .args(["--coordinator", url, "--listen", &listen])
+                .args(["--threads", &opts.worker_threads.to_string()])
+                .args(["--memory-limit", &format!("{}B", opts.worker_memory)])
+                .arg("--spill-dir")
+                .arg(staging.join(format!(".spill-w{i}")))
+                .env("ARRAYJOB_TOKEN", opts.token.expose())
+                .stdin(std::process::Stdio::null())
+                .spawn()?;
+            children.push(child);
+        }
+        Ok(LocalWorkers { children })
+    }
+
+    /// When every local worker has exited (and there were some): how they ended.
+    fn exited(&mut self) -> Option<String> {
+        if self.children.is_empty() {
+            return None;
+        }
+        let mut how = Vec::new();
+        for c in &mut self.children {
+            match c.try_wait() {
+                Ok(Some(status)) => how.push(format!("pid {}: {status}", c.id())),
+                _ => return None,
+            }
+        }
+        Some(how.join("; "))
+    }
+
+    fn wait_or_kill(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for c in &mut self.children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+}
+
+impl Drop for LocalWorkers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics of the coordinator (`GET /metrics`, OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The `stage` label of per-stage counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// Stage name.
+    pub stage: String,
+}
+
+/// The coordinator's metrics and their registry.
+#[derive(Debug)]
+pub struct CoordinatorMetrics {
+    registry: Registry,
+    /// Tasks finished, by stage.
+    pub tasks_done: Family<StageLabel, Counter>,
+    /// Bytes workers fetched from each other.
+    pub bytes_moved: Counter,
+    /// Workers alive now.
+    pub workers_alive: Gauge,
+    /// Workers declared lost.
+    pub workers_lost: Counter,
+    /// Requests refused for a missing or wrong token (copied from the guard when scraped).
+    pub auth_refused: Gauge,
+}
+
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CoordinatorMetrics {
+    /// Registers every metric under the `arrayjob` prefix.
+    pub fn new() -> CoordinatorMetrics {
+        let mut registry = Registry::with_prefix("arrayjob");
+        let tasks_done = Family::<StageLabel, Counter>::default();
+        let bytes_moved = Counter::default();
+        let workers_alive = Gauge::default();
+        let workers_lost = Counter::default();
+        let auth_refused = Gauge::default();
+        registry.register("tasks_done", "Tasks finished, by stage", tasks_done.clone());
+        registry.register(
+            "bytes_moved",
+            "Bytes workers fetched from each other",
+            bytes_moved.clone(),
+        );
+        registry.register("workers_alive", "Workers alive", workers_alive.clone());
+        registry.register("workers_lost", "Workers declared lost", workers_lost.clone());
+        registry.register(
+            "auth_refused",
+            "Requests refused for a missing or wrong job token",
+            auth_refused.clone(),
+        );
+        CoordinatorMetrics {
+            registry,
+            tasks_done,
+            bytes_moved,
+            workers_alive,
+            workers_lost,
+            auth_refused,
+        }
+    }
+
+    /// Counts a finished task of `stage`.
+    pub fn task_done(&self, stage: &str) {
+        self.tasks_done
+            .get_or_create(&StageLabel {
+                stage: stage.to_string(),
+            })
+            .inc();
+    }
+
+    /// The metrics in OpenMetrics text format.
+    ///
+    /// # Errors
+    /// When encoding fails.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

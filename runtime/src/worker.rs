@@ -1,0 +1,712 @@
+//! The worker process: joins a coordinator, builds the job's plan itself (and refuses to run when its plan
+//! hash differs), runs the tasks it is sent on its threads, keeps what they make in its own chunk store
+//! (spilling to local disk over its budget) until the coordinator releases it, and serves those chunks to
+//! peers.
+//!
+//! Threads: `threads` compute threads run tasks (fetching remote inputs first, as one batch per holder); a
+//! small tokio runtime serves peers and talks to the coordinator with two loops, one long-polling for work
+//! (which is also the heartbeat) and one sending reports as soon as a task ends.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arrayjob_engine::array::Chunk;
+use arrayjob_engine::data::{Data, DataKey};
+use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, TaskIo, TaskRunner};
+use arrayjob_engine::graph::{TaskGraph, TaskId};
+use arrayjob_engine::output::zarr::ZarrWriter;
+use arrayjob_engine::runner::{self, Prepared};
+use arrayjob_engine::schedule::WorkerId;
+use arrayjob_engine::store::{ChunkStore, FileSpill};
+use arrayjob_engine::tracker::Attempt;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::auth::{Guard, Token};
+use crate::protocol::{
+    self, Command, FetchRequest, InputLocation, JobDescription, RegisterRequest, RegisterResponse,
+    Report, SyncRequest, SyncResponse,
+};
+
+/// How a worker is started (flags and environment variables of `arrayjob-worker`).
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The coordinator's URL (`http://host:port`).
+    pub coordinator: String,
+    /// The job token.
+    pub token: Token,
+    /// Where the data server listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address peers reach the data server at (default: the address it is bound to).
+    pub advertise: Option<String>,
+    /// Compute threads.
+    pub threads: usize,
+    /// Bytes kept in memory before spilling to `spill_dir`.
+    pub memory_budget: usize,
+    /// Where spill files go.
+    pub spill_dir: PathBuf,
+    /// Refuse to join a job whose plan hash is not this one (set by whoever starts workers for one job).
+    pub expect_plan_hash: Option<String>,
+    /// Fault injection for recovery tests (`ARRAYJOB_FAULT_ABORT_TASK`): abort the process when this task
+    /// starts, as a crash in a kernel or an out-of-memory kill would.
+    pub abort_on_task: Option<usize>,
+}
+
+/// What a worker did, returned when the job is over.
+#[derive(Debug, Clone)]
+pub struct WorkerOutcome {
+    /// Its number in the job.
+    pub worker: WorkerId,
+    /// Tasks it ran to completion.
+    pub tasks: u64,
+}
+
+/// A task to run, as the coordinator sent it.
+#[derive(Debug)]
+struct Assignment {
+    task: TaskId,
+    attempt: Attempt,
+    inputs: Vec<InputLocation>,
+}
+
+/// Everything the worker's threads share.
+struct Shared {
+    id: WorkerId,
+    job: Prepared,
+    graph: TaskGraph,
+    store: ChunkStore,
+    progress: JobProgress,
+    sink: WorkerSink,
+    queue: Mutex<VecDeque<Assignment>>,
+    queued: Condvar,
+    reports: Mutex<Vec<Report>>,
+    report_ready: tokio::sync::Notify,
+    stop: AtomicBool,
+    http: Http,
+    tasks_done: AtomicU64,
+    bytes_served: AtomicU64,
+    abort_on_task: Option<usize>,
+}
+
+/// The worker's HTTP client side: the coordinator's URL, the token, and a runtime handle to block on from
+/// compute threads.
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    coordinator: String,
+    token: Token,
+    rt: tokio::runtime::Handle,
+}
+
+impl Http {
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        self.client
+            .post(url)
+            .header(protocol::AUTHORIZATION, self.token.header())
+    }
+}
+
+/// Runs a worker until its job is over.
+///
+/// # Errors
+/// When it cannot reach the coordinator, is refused by it (wrong token, another plan hash), or cannot build
+/// the job's plan.
+pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("arrayjob-worker-io")
+        .enable_all()
+        .build()
+        .context("cannot start the worker's I/O runtime")?;
+    let http = Http {
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("cannot build the HTTP client")?,
+        coordinator: opts.coordinator.trim_end_matches('/').to_string(),
+        token: opts.token.clone(),
+        rt: rt.handle().clone(),
+    };
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(opts.listen))
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    let address = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let desc: JobDescription = rt.block_on(fetch_job(&http))?;
+    let job = prepare(&desc)?;
+    let hash = job.plan.hash.to_string();
+    if let Some(want) = &opts.expect_plan_hash
+        && *want != desc.plan_hash
+    {
+        anyhow::bail!(
+            "the coordinator at {} runs a job with plan hash {}, this worker was started for plan hash {want}",
+            http.coordinator,
+            desc.plan_hash
+        );
+    }
+    let id = rt.block_on(register(
+        &http,
+        &RegisterRequest {
+            address: address.clone(),
+            cores: opts.threads.max(1),
+            memory_budget: opts.memory_budget as u64,
+            plan_hash: hash,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    ))?;
+    tracing::info!(worker = id.0, %address, "joined the job");
+    let spill = FileSpill::new(&opts.spill_dir)
+        .with_context(|| format!("cannot create a spill file in {}", opts.spill_dir.display()))?;
+    let graph = TaskGraph::build(&job.plan).map_err(|e| anyhow::anyhow!("task graph: {e}"))?;
+    let sink = WorkerSink::open(&job, &desc, http.clone())?;
+    let shared = Arc::new(Shared {
+        id,
+        progress: JobProgress::new(&job.plan),
+        job,
+        graph,
+        store: ChunkStore::new(opts.memory_budget, Box::new(spill)),
+        sink,
+        queue: Mutex::new(VecDeque::new()),
+        queued: Condvar::new(),
+        reports: Mutex::new(Vec::new()),
+        report_ready: tokio::sync::Notify::new(),
+        stop: AtomicBool::new(false),
+        http,
+        tasks_done: AtomicU64::new(0),
+        bytes_served: AtomicU64::new(0),
+        abort_on_task: opts.abort_on_task,
+    });
+    let guard = Guard {
+        token: opts.token.clone(),
+        refused: Arc::new(AtomicU64::new(0)),
+    };
+    let server = rt.spawn(serve(listener, shared.clone(), guard));
+    let heartbeat = Duration::from_millis(desc.heartbeat_ms.max(50));
+    let loops = rt.spawn(talk(shared.clone(), heartbeat));
+    std::thread::scope(|s| {
+        for t in 0..opts.threads.max(1) {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("arrayjob-task-{t}"))
+                .spawn_scoped(s, move || compute(&shared, t as u32))
+                .map(|_| ())
+                .unwrap_or_else(|e| tracing::error!("cannot start a compute thread: {e}"));
+        }
+    });
+    let ended = rt.block_on(loops).context("the coordinator loop panicked")?;
+    server.abort();
+    ended?;
+    Ok(WorkerOutcome {
+        worker: id,
+        tasks: shared.tasks_done.load(Ordering::Relaxed),
+    })
+}
+
+/// Asks the coordinator for the job, retrying while it is not up yet (a worker may start first).
+async fn fetch_job(http: &Http) -> anyhow::Result<JobDescription> {
+    let url = format!("{}/v1/job", http.coordinator);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = http
+            .client
+            .get(&url)
+            .header(protocol::AUTHORIZATION, http.token.header())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                return r.json().await.context("the coordinator's job description");
+            }
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                anyhow::bail!("the coordinator at {url} refused this worker ({status}): {text}");
+            }
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("cannot reach the coordinator at {url} for 30 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Builds the plan from the job description, as the coordinator did.
+fn prepare(desc: &JobDescription) -> anyhow::Result<Prepared> {
+    let m = arrayjob_engine::validate::parse_manifest(&desc.manifest, "job manifest")?;
+    let order = arrayjob_engine::validate::validate(&m.spec)
+        .map_err(|p| anyhow::anyhow!("the job's manifest is invalid here: {p:?}"))?;
+    Ok(runner::prepare(
+        m,
+        &order,
+        std::path::Path::new(&desc.base_dir),
+    )?)
+}
+
+async fn register(http: &Http, req: &RegisterRequest) -> anyhow::Result<WorkerId> {
+    let url = format!("{}/v1/register", http.coordinator);
+    let r = http.post(url.clone()).json(req).send().await?;
+    if !r.status().is_success() {
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        anyhow::bail!("the coordinator at {url} refused this worker ({status}): {text}");
+    }
+    Ok(r.json::<RegisterResponse>().await?.worker)
+}
+
+/// Talks to the coordinator until the job is over: a long-polling loop (the heartbeat, and how work arrives
+/// when nothing is reported) and a loop sending reports as soon as there are some.
+async fn talk(shared: Arc<Shared>, heartbeat: Duration) -> anyhow::Result<()> {
+    let poller = tokio::spawn(sync_loop(shared.clone(), false, heartbeat));
+    let reporter = tokio::spawn(sync_loop(shared.clone(), true, heartbeat));
+    let (a, b) = tokio::join!(poller, reporter);
+    shared.stop.store(true, Ordering::Relaxed);
+    shared.queued.notify_all();
+    a??;
+    b??;
+    Ok(())
+}
+
+async fn sync_loop(shared: Arc<Shared>, reporter: bool, heartbeat: Duration) -> anyhow::Result<()> {
+    let mut failures = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        if reporter {
+            let _ = tokio::time::timeout(heartbeat, shared.report_ready.notified()).await;
+        }
+        let reports = std::mem::take(&mut *lock(&shared.reports));
+        if reporter && reports.is_empty() {
+            continue;
+        }
+        let req = sync_request(&shared, reports.clone(), if reporter { 0 } else { heartbeat.as_millis() as u64 });
+        match send_sync(&shared.http, &req).await {
+            Ok(resp) => {
+                failures = 0;
+                if resp.finished {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    shared.queued.notify_all();
+                    shared.report_ready.notify_one();
+                    return Ok(());
+                }
+                obey(&shared, resp.commands);
+            }
+            Err(SyncError::Refused(msg)) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                shared.queued.notify_all();
+                shared.report_ready.notify_one();
+                anyhow::bail!("the coordinator dropped this worker: {msg}");
+            }
+            Err(SyncError::Unreachable(e)) => {
+                // Put the reports back; they go with the next attempt.
+                lock(&shared.reports).splice(0..0, reports);
+                failures += 1;
+                if failures > 50 {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    shared.queued.notify_all();
+                    shared.report_ready.notify_one();
+                    anyhow::bail!("lost the coordinator at {}: {e}", shared.http.coordinator);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum SyncError {
+    Refused(String),
+    Unreachable(String),
+}
+
+fn sync_request(shared: &Shared, reports: Vec<Report>, wait_ms: u64) -> SyncRequest {
+    SyncRequest {
+        worker: shared.id,
+        reports,
+        store: shared.store.stats(),
+        resident_bytes: shared.store.resident_bytes() as u64,
+        stages: shared.progress.snapshot(),
+        load_end_seconds: shared.progress.load_end_seconds(),
+        wait_ms,
+    }
+}
+
+async fn send_sync(http: &Http, req: &SyncRequest) -> Result<SyncResponse, SyncError> {
+    let r = http
+        .post(format!("{}/v1/sync", http.coordinator))
+        .json(req)
+        .send()
+        .await
+        .map_err(|e| SyncError::Unreachable(e.to_string()))?;
+    let status = r.status();
+    if status.is_client_error() {
+        return Err(SyncError::Refused(format!(
+            "{status}: {}",
+            r.text().await.unwrap_or_default()
+        )));
+    }
+    if !status.is_success() {
+        return Err(SyncError::Unreachable(status.to_string()));
+    }
+    r.json()
+        .await
+        .map_err(|e| SyncError::Unreachable(e.to_string()))
+}
+
+/// Carries out the coordinator's commands: tasks are queued for the compute threads, releases free the
+/// store, probes time a link in the background.
+fn obey(shared: &Arc<Shared>, commands: Vec<Command>) {
+    for c in commands {
+        match c {
+            Command::Run {
+                task,
+                attempt,
+                inputs,
+            } => {
+                lock(&shared.queue).push_back(Assignment {
+                    task,
+                    attempt,
+                    inputs,
+                });
+                shared.queued.notify_one();
+            }
+            Command::Release { keys } => {
+                for key in keys {
+                    if let Err(e) = shared.store.remove(key) {
+                        tracing::warn!("releasing {key}: {e}");
+                    }
+                }
+            }
+            Command::Probe {
+                from,
+                address,
+                bytes,
+            } => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let url = format!("http://{address}/v1/probe?bytes={bytes}");
+                    let got = shared
+                        .http
+                        .client
+                        .get(url)
+                        .header(protocol::AUTHORIZATION, shared.http.token.header())
+                        .send()
+                        .await;
+                    if let Ok(r) = got
+                        && let Ok(body) = r.bytes().await
+                    {
+                        push_report(
+                            &shared,
+                            Report::Transfer {
+                                from,
+                                bytes: body.len() as u64,
+                                seconds: t0.elapsed().as_secs_f64(),
+                            },
+                        );
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn push_report(shared: &Shared, r: Report) {
+    lock(&shared.reports).push(r);
+    shared.report_ready.notify_one();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A compute thread: runs queued tasks until the job is over.
+fn compute(shared: &Shared, thread: u32) {
+    loop {
+        let next = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(a) = q.pop_front() {
+                    break a;
+                }
+                q = shared
+                    .queued
+                    .wait_timeout(q, Duration::from_millis(200))
+                    .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            }
+        };
+        let report = run_assignment(shared, next, thread);
+        push_report(shared, report);
+    }
+}
+
+/// Fetches the inputs held elsewhere, runs the task and says how it went.
+fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
+    let t0 = Instant::now();
+    let kind = shared.graph.task(a.task).kind;
+    push_report(shared, Report::Started { task: a.task });
+    if shared.abort_on_task == Some(a.task.0) {
+        tracing::error!(task = a.task.0, "ARRAYJOB_FAULT_ABORT_TASK: aborting");
+        std::process::abort();
+    }
+    let fetched = match fetch_inputs(shared, &a.inputs) {
+        Ok(f) => f,
+        Err(error) => {
+            return Report::Failed {
+                task: a.task,
+                attempt: a.attempt,
+                input_unavailable: true,
+                error,
+            };
+        }
+    };
+    let io = WorkerIo {
+        store: &shared.store,
+        fetched,
+        outputs: Mutex::new(Vec::new()),
+    };
+    let runner = TaskRunner {
+        plan: &shared.job.plan,
+        source: shared.job.source.as_ref(),
+        sink: &shared.sink,
+        progress: &shared.progress,
+        store: &shared.store,
+        cancel: &shared.stop,
+    };
+    match runner.run(kind, &io) {
+        Ok(()) => {
+            shared.tasks_done.fetch_add(1, Ordering::Relaxed);
+            Report::Done {
+                task: a.task,
+                attempt: a.attempt,
+                outputs: io.outputs.into_inner().unwrap_or_else(|e| e.into_inner()),
+                seconds: t0.elapsed().as_secs_f64(),
+                thread,
+            }
+        }
+        Err(e) => Report::Failed {
+            task: a.task,
+            attempt: a.attempt,
+            input_unavailable: false,
+            error: format!("{} {}: {e}", kind.name(), a.task.0),
+        },
+    }
+}
+
+/// Fetches the inputs not held here, one request per holder; reports each transfer.
+fn fetch_inputs(
+    shared: &Shared,
+    inputs: &[InputLocation],
+) -> Result<HashMap<DataKey, Arc<Data>>, String> {
+    let mut by_holder: BTreeMap<WorkerId, (String, Vec<DataKey>)> = BTreeMap::new();
+    for i in inputs.iter().filter(|i| i.worker != shared.id) {
+        by_holder
+            .entry(i.worker)
+            .or_insert_with(|| (i.address.clone(), Vec::new()))
+            .1
+            .push(i.key);
+    }
+    let mut out = HashMap::new();
+    for (holder, (address, keys)) in by_holder {
+        let t0 = Instant::now();
+        let body = shared
+            .http
+            .rt
+            .block_on(fetch_batch(&shared.http, &address, &keys))
+            .map_err(|e| format!("fetching {} input(s) from worker {} at {address}: {e}", keys.len(), holder.0))?;
+        let frames = protocol::split_framed(&body)?;
+        if frames.len() != keys.len() {
+            return Err(format!(
+                "worker {} answered {} frames for {} keys",
+                holder.0,
+                frames.len(),
+                keys.len()
+            ));
+        }
+        for (key, frame) in keys.iter().zip(frames) {
+            let data = arrayjob_engine::frame::decode(frame)
+                .map_err(|e| format!("{key} from worker {}: {e}", holder.0))?;
+            out.insert(*key, Arc::new(data));
+        }
+        push_report(
+            shared,
+            Report::Transfer {
+                from: holder,
+                bytes: body.len() as u64,
+                seconds: t0.elapsed().as_secs_f64(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+async fn fetch_batch(http: &Http, address: &str, keys: &[DataKey]) -> Result<Bytes, String> {
+    let r = http
+        .post(format!("http://{address}/v1/fetch"))
+        .json(&FetchRequest {
+            keys: keys.to_vec(),
+        })
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+    }
+    r.bytes().await.map_err(|e| e.to_string())
+}
+
+/// A worker's [`TaskIo`]: inputs from the fetched copies or this worker's store; outputs kept in the store
+/// until released, and listed for the completion report.
+struct WorkerIo<'a> {
+    store: &'a ChunkStore,
+    fetched: HashMap<DataKey, Arc<Data>>,
+    outputs: Mutex<Vec<(DataKey, u64)>>,
+}
+
+impl TaskIo for WorkerIo<'_> {
+    fn read(&self, key: DataKey) -> Result<Arc<Data>, ExecError> {
+        if let Some(d) = self.fetched.get(&key) {
+            return Ok(d.clone());
+        }
+        Ok(self.store.get(key)?)
+    }
+
+    fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError> {
+        let n = data.nbytes() as u64;
+        self.store.put(key, data, usize::MAX)?;
+        lock(&self.outputs).push((key, n));
+        Ok(())
+    }
+}
+
+/// Where a worker's finished blocks go: Zarr chunks into the arrays the coordinator created (written here,
+/// by the worker that made them); blocks of small outputs (images, plots, CSVs) to the coordinator.
+struct WorkerSink {
+    stages: Vec<String>,
+    zarr: Vec<Option<ZarrWriter>>,
+    dense: Vec<bool>,
+    pixels: Vec<Option<Vec<[usize; 2]>>>,
+    http: Http,
+}
+
+impl WorkerSink {
+    fn open(job: &Prepared, desc: &JobDescription, http: Http) -> anyhow::Result<WorkerSink> {
+        let staging = std::path::Path::new(&desc.staging_dir);
+        let mut zarr = Vec::new();
+        for n in &job.plan.nodes {
+            let z = match n.output.as_ref().and_then(|o| o.zarr.as_ref().map(|z| (o, z))) {
+                Some((o, z)) => Some(ZarrWriter::open_existing(
+                    &staging.join(z),
+                    &n.meta,
+                    &runner::zarr_options(n, o),
+                )?),
+                None => None,
+            };
+            zarr.push(z);
+        }
+        Ok(WorkerSink {
+            stages: job.plan.nodes.iter().map(|n| n.name.clone()).collect(),
+            zarr,
+            dense: job.plan.nodes.iter().map(runner::dense_output).collect(),
+            pixels: job.plan.nodes.iter().map(runner::plotted_pixels).collect(),
+            http,
+        })
+    }
+
+    /// Sends one block (or one pixel's series) to the coordinator.
+    fn gather(&self, node: usize, start: &[usize], pixel: Option<usize>, chunk: Chunk) -> Result<(), ExecError> {
+        let frame = arrayjob_engine::frame::encode(&Data::Chunk(chunk));
+        let mut url = format!(
+            "{}/v1/gather?node={node}&start={}",
+            self.http.coordinator,
+            protocol::format_index(start)
+        );
+        if let Some(k) = pixel {
+            url.push_str(&format!("&pixel={k}"));
+        }
+        let sent = self.http.rt.block_on(async {
+            let r = self.http.post(url).body(frame).send().await?;
+            r.error_for_status().map(|_| ())
+        });
+        sent.map_err(|e| ExecError::Output {
+            stage: self.stages[node].clone(),
+            target: "coordinator".into(),
+            message: format!("sending a block to the coordinator failed: {e}"),
+        })
+    }
+}
+
+impl ChunkSink for WorkerSink {
+    fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError> {
+        if let Some(z) = &self.zarr[node] {
+            runner::write_zarr_block(z, &self.stages[node], start, block)?;
+        }
+        if self.dense[node] {
+            self.gather(node, start, None, block.clone())?;
+        }
+        if let Some(px) = &self.pixels[node] {
+            for (k, t0, values) in runner::series_in_block(px, start, block) {
+                let series = Chunk::F64(ndarray::ArrayD::from_shape_vec(vec![values.len()], values).map_err(
+                    |e| ExecError::Internal(format!("pixel series: {e}")),
+                )?);
+                self.gather(node, &[t0], Some(k), series)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The data server: peers fetch keys; a probe times the link; `/healthz` says the worker is up.
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, guard: Guard) -> anyhow::Result<()> {
+    let authed = Router::new()
+        .route("/v1/fetch", post(fetch_handler))
+        .route("/v1/probe", get(probe_handler))
+        .with_state(shared)
+        .layer(axum::middleware::from_fn_with_state(guard, crate::auth::require_token));
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).merge(authed);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn fetch_handler(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(req): axum::Json<FetchRequest>,
+) -> Response {
+    let mut body = Vec::new();
+    for key in &req.keys {
+        match shared.store.get(*key) {
+            Ok(d) => protocol::push_framed(&mut body, &arrayjob_engine::frame::encode(&d)),
+            Err(e) => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("worker {} cannot serve {key}: {e}", shared.id.0),
+                )
+                    .into_response();
+            }
+        }
+    }
+    shared
+        .bytes_served
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    body.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeQuery {
+    bytes: u64,
+}
+
+async fn probe_handler(Query(q): Query<ProbeQuery>) -> Response {
+    let n = q.bytes.min(64 << 20) as usize;
+    vec![0u8; n].into_response()
+}
