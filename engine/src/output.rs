@@ -1,6 +1,8 @@
-//! Output writers: Zarr v3 arrays, PNG images, PNG line plots and CSV files.
+//! Output writers: Zarr v3 arrays, PNG images, PNG line plots, CSV files, and task-stream timelines (HTML, PNG).
 //!
-//! Writers write where they are told; making a run's outputs appear atomically is the runner's job.
+//! Writers write where they are told; making a run's outputs appear atomically is the runner's job. The
+//! timeline writers, whose files are diagnostics written outside that commit, replace their file through a
+//! temporary file and a rename themselves.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,7 @@ pub mod csv;
 pub mod direct;
 pub mod image;
 pub mod plot;
+pub mod timeline;
 pub mod zarr;
 
 /// A failure to write (or read back) an output, naming the file or directory and what failed.

@@ -16,7 +16,7 @@ use super::OutputError;
 pub const PLOT_SIZE: (u32, u32) = (800, 500);
 
 /// Font family name the plots use (registered from the embedded DejaVu Sans).
-const FAMILY: &str = "sans-serif";
+pub(super) const FAMILY: &str = "sans-serif";
 
 /// Line colours, in order of the series (matplotlib's `tab10`).
 pub const PALETTE: [RGBColor; 10] = [
@@ -197,7 +197,7 @@ fn map_linear(v: f64, range: &Range<f64>, (from, to): (i32, i32)) -> i32 {
 }
 
 /// Registers the embedded font once per process.
-fn ensure_font() -> Result<(), String> {
+pub(super) fn ensure_font() -> Result<(), String> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular())
