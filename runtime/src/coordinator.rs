@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arrayjob_engine::data::Data;
 use arrayjob_engine::exec::{ExecError, JobProgress, NodeSnapshot};
 use arrayjob_engine::graph::{TaskGraph, TaskKind};
+use arrayjob_engine::output::timeline;
 use arrayjob_engine::plan::{Plan, unlinear};
 use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
 use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
@@ -380,13 +381,88 @@ impl Coordinator {
         let text = serde_json::to_string_pretty(r)
             .map_err(|e| RunError::Exec(ExecError::Internal(e.to_string())))?;
         std::fs::write(&path, text + "\n").map_err(runner_io(&path))?;
-        Ok(vec![OutputRecord {
-            stage: "-".into(),
-            kind: "report".into(),
-            path: WORKERS_FILE.into(),
-        }])
+        let t = timeline(r);
+        timeline::write_timeline_html(&staging.join(TIMELINE_HTML), &t)?;
+        timeline::write_timeline_png(&staging.join(TIMELINE_PNG), &t)?;
+        Ok([(WORKERS_FILE, "report"), (TIMELINE_HTML, "timeline"), (TIMELINE_PNG, "timeline")]
+            .into_iter()
+            .map(|(path, kind)| OutputRecord {
+                stage: "-".into(),
+                kind: kind.into(),
+                path: path.into(),
+            })
+            .collect())
     }
 }
+
+/// The task-stream timeline of a run: a bar per task run, transfers, steals and worker losses.
+fn timeline(r: &DistributedReport) -> timeline::Timeline {
+    use timeline::{Marker, MarkerKind, TaskSpan};
+    let spans = r
+        .spans
+        .iter()
+        .map(|s| TaskSpan {
+            worker: s.worker.0,
+            thread: s.thread,
+            stage: s.stage.clone(),
+            task: s.task.clone(),
+            start: s.start,
+            end: s.end,
+        })
+        .collect();
+    let mut markers: Vec<Marker> = r
+        .events
+        .iter()
+        .map(|e| match *e {
+            Event::Transfer {
+                from,
+                to,
+                bytes,
+                at,
+                seconds,
+            } => Marker {
+                kind: MarkerKind::Transfer,
+                from: Some(from.0),
+                to: Some(to.0),
+                at: (at - seconds).max(0.0),
+                end: Some(at),
+                bytes: Some(bytes),
+                note: format!("{:.1} MB in {:.3} s", bytes as f64 / 1e6, seconds),
+            },
+            Event::Lost { worker, at } => Marker {
+                kind: MarkerKind::WorkerLost,
+                from: Some(worker.0),
+                to: None,
+                at,
+                end: None,
+                bytes: None,
+                note: "no heartbeat: declared lost".into(),
+            },
+        })
+        .collect();
+    markers.extend(r.steals.iter().map(|s| Marker {
+        kind: MarkerKind::Steal,
+        from: Some(s.from.0),
+        to: Some(s.to.0),
+        at: s.at,
+        end: None,
+        bytes: None,
+        note: format!(
+            "task {}: would wait {:.2} s, moves in {:.2} s",
+            s.task.0, s.wait_seconds, s.transfer_seconds
+        ),
+    }));
+    timeline::Timeline {
+        title: format!("arrayjob task stream ({} workers)", r.workers.len()),
+        spans,
+        markers,
+    }
+}
+
+/// The timeline files published with a distributed run's outputs.
+pub const TIMELINE_HTML: &str = "timeline.html";
+/// See [`TIMELINE_HTML`].
+pub const TIMELINE_PNG: &str = "timeline.png";
 
 /// The distributed run's report, published with the outputs.
 pub const WORKERS_FILE: &str = "workers.json";

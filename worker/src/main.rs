@@ -1,8 +1,8 @@
 //! `arrayjob-worker`: the process that runs chunk tasks on a node.
 //!
-//! Distributed execution (registering with a coordinator, serving chunks to peers) comes with the
-//! distributed issue. Today the binary reports the resources it would offer, which the operator's pod spec
-//! and the coordinator will use: `arrayjob-worker resources` prints them as JSON.
+//! `arrayjob-worker run --coordinator URL` joins a job's coordinator (the token comes from `ARRAYJOB_TOKEN`)
+//! and runs its tasks until the job is over (see `arrayjob_runtime::worker`); it is the same worker as
+//! `arrayjob worker`. `arrayjob-worker resources` prints the resources it would offer, as JSON.
 
 use clap::{Parser, Subcommand};
 
@@ -10,9 +10,6 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "arrayjob-worker", version, about)]
 struct Cli {
-    /// Threads for chunk tasks (default: all cores).
-    #[arg(long, env = "ARRAYJOB_THREADS", global = true)]
-    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,7 +17,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the resources this worker offers (threads, memory) as JSON.
-    Resources,
+    Resources {
+        /// Threads for chunk tasks (default: all cores).
+        #[arg(long, env = "ARRAYJOB_THREADS")]
+        threads: Option<usize>,
+    },
+    /// Join a coordinator and run its job's tasks.
+    Run {
+        #[command(flatten)]
+        args: arrayjob_runtime::cli::WorkerArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,9 +36,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Resources => {
-            let threads = cli
-                .threads
+        Command::Run { args } => {
+            let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
+            tracing::info!(worker = outcome.worker.0, tasks = outcome.tasks, "worker done");
+            Ok(())
+        }
+        Command::Resources { threads } => {
+            let threads = threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let mem_total_kb = std::fs::read_to_string("/proc/meminfo")
                 .ok()

@@ -3,7 +3,7 @@
 #[test]
 fn reports_threads_from_the_flag_and_the_machine_memory() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_arrayjob-worker"))
-        .args(["--threads", "3", "resources"])
+        .args(["resources", "--threads", "3"])
         .output()
         .expect("run worker");
     assert!(out.status.success());
