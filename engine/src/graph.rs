@@ -74,6 +74,20 @@ impl TaskKind {
     }
 }
 
+/// `merge(node 3, group 7)`: the kind's [name](TaskKind::name) and its fields, for messages.
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
+        match *self {
+            TaskKind::Load { chunk } => write!(f, "{name}(chunk {chunk})"),
+            TaskKind::Merge { node, group } => write!(f, "{name}(node {node}, group {group})"),
+            TaskKind::Combine { node, out, leaf } => {
+                write!(f, "{name}(node {node}, out {out}, leaf {leaf})")
+            }
+        }
+    }
+}
+
 /// One task: what it does, what it reads and what it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {

@@ -18,14 +18,23 @@
 //!   for more than `speculate_after` times its stage's measured duration (a straggler), if its inputs move
 //!   in less than that duration. Whichever copy finishes first counts; completion is idempotent, so the
 //!   other is a duplicate that changes nothing.
+//! - **Release**: workers keep every key they write until told to drop it ([`Action::Release`]): when its
+//!   last reader is done, at once when nobody is left to read it, and for the copies written by duplicates.
+//! - **Worker loss** ([`Scheduler::worker_lost`]): the tasks sent to the lost worker get a *strike* and run
+//!   again elsewhere (a task struck [`SchedulerOptions::max_strikes`] times fails the job: it kills its
+//!   workers); the keys it held that someone still has to read are rebuilt by running their producers again
+//!   (lineage, [`TaskGraph::producer`]), recursively when those producers' own inputs were released already.
+//!
+//! Every event touches only what it changed: a completion visits its worker and the workers that got a task;
+//! idle workers look for steals and copies on heartbeats, new measurements, new waiting work and losses.
 //!
 //! Times are seconds since the job started, passed in with every event.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::data::DataKey;
 use crate::graph::{TaskGraph, TaskId, TaskKind};
-use crate::tracker::{Attempt, Completion, TaskTracker};
+use crate::tracker::{Attempt, Completion, TaskState, TaskTracker};
 
 /// A worker of the job, numbered by the coordinator in order of joining.
 #[derive(
@@ -52,6 +61,13 @@ pub enum Action {
         /// Receiving worker.
         to: WorkerId,
     },
+    /// Have `worker` drop its copy of `key`: nobody will read it there.
+    Release {
+        /// The holder.
+        worker: WorkerId,
+        /// The key.
+        key: DataKey,
+    },
 }
 
 /// Knobs of the policy.
@@ -67,6 +83,8 @@ pub struct SchedulerOptions {
     pub smoothing: f64,
     /// A task running longer than this many times its stage's measured duration may get a second copy.
     pub speculate_after: f64,
+    /// A task that was running on this many workers when they died fails the job.
+    pub max_strikes: u32,
 }
 
 impl Default for SchedulerOptions {
@@ -77,6 +95,7 @@ impl Default for SchedulerOptions {
             probe_bytes: 4 << 20,
             smoothing: 0.3,
             speculate_after: 3.0,
+            max_strikes: 3,
         }
     }
 }
@@ -97,6 +116,19 @@ pub struct Steal {
     pub transfer_seconds: f64,
 }
 
+/// The job fails: `task` was running on `strikes` workers when they died, so it is taken to be what kills
+/// them (say, it runs out of memory) rather than run on yet another one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {kind} was running on {strikes} workers that died")]
+pub struct TaskFailure {
+    /// The task.
+    pub task: TaskId,
+    /// What it does.
+    pub kind: TaskKind,
+    /// Workers that died while running it.
+    pub strikes: u32,
+}
+
 #[derive(Debug)]
 struct Worker {
     cores: usize,
@@ -108,12 +140,62 @@ struct Worker {
     finished: usize,
 }
 
-/// Where a key is, its size, and how many consumers have not finished.
+impl Worker {
+    /// Tasks sent or waiting here.
+    fn load(&self) -> usize {
+        self.sent.len() + self.pending.len()
+    }
+}
+
+/// Where a key is, its size, and how many consumers are not done.
 #[derive(Debug, Clone, Copy)]
 struct Location {
     worker: WorkerId,
     bytes: u64,
     readers_left: usize,
+}
+
+/// Tasks of one kind and node take about as long as each other.
+type Stage = (&'static str, usize);
+
+/// Measured seconds per task of one stage, by worker, and the fastest of them.
+#[derive(Debug, Default)]
+struct StageTimes {
+    by_worker: BTreeMap<WorkerId, f64>,
+    fastest: f64,
+}
+
+impl StageTimes {
+    /// Folds `seconds` into `worker`'s running average (weight `smoothing`).
+    fn observe(&mut self, worker: WorkerId, seconds: f64, smoothing: f64) {
+        let d = self.by_worker.entry(worker).or_insert(seconds);
+        let old = *d;
+        *d += smoothing * (seconds - *d);
+        let new = *d;
+        if self.by_worker.len() == 1 || new <= self.fastest {
+            self.fastest = new;
+        } else if old <= self.fastest {
+            // The fastest worker got slower: another one may be fastest now.
+            self.refresh();
+        }
+    }
+
+    /// Forgets `worker`'s measurements; false when none are left.
+    fn forget(&mut self, worker: WorkerId) -> bool {
+        if self.by_worker.remove(&worker).is_some() {
+            self.refresh();
+        }
+        !self.by_worker.is_empty()
+    }
+
+    fn refresh(&mut self) {
+        self.fastest = self
+            .by_worker
+            .values()
+            .copied()
+            .min_by(f64::total_cmp)
+            .unwrap_or(0.0);
+    }
 }
 
 /// The policy's state for one job.
@@ -123,16 +205,27 @@ pub struct Scheduler {
     tracker: TaskTracker,
     opts: SchedulerOptions,
     workers: BTreeMap<WorkerId, Worker>,
+    /// Workers that have room for another task.
+    room: BTreeSet<WorkerId>,
+    /// Workers to visit at the next dispatch: they gained room or a pending task.
+    wake: BTreeSet<WorkerId>,
+    /// Whether every worker with room looks for a steal or a copy at the next dispatch.
+    scout: bool,
     ready_loads: VecDeque<TaskId>,
+    /// Ready tasks with inputs placed while there was no worker.
+    unplaced: Vec<TaskId>,
     locations: HashMap<DataKey, Location>,
     /// Measured bytes per second of each (from, to) link.
     links: HashMap<(WorkerId, WorkerId), f64>,
     probing: Vec<(WorkerId, WorkerId)>,
-    /// Measured seconds per task, by stage (task kind, node) and worker.
-    durations: HashMap<((&'static str, usize), WorkerId), f64>,
+    durations: HashMap<Stage, StageTimes>,
     steals: Vec<Steal>,
-    /// Tasks given a second copy.
+    /// Tasks given a second copy, in order, and as a set.
     speculated: Vec<TaskId>,
+    copied: HashSet<TaskId>,
+    /// Workers that died while running each task.
+    strikes: HashMap<TaskId, u32>,
+    recomputed: usize,
     decisions: u64,
     /// Time of the latest event.
     now: f64,
@@ -149,13 +242,20 @@ impl Scheduler {
             tracker,
             opts,
             workers: BTreeMap::new(),
+            room: BTreeSet::new(),
+            wake: BTreeSet::new(),
+            scout: false,
             ready_loads: ready.into(),
+            unplaced: Vec::new(),
             locations: HashMap::new(),
             links: HashMap::new(),
             probing: Vec::new(),
             durations: HashMap::new(),
             steals: Vec::new(),
             speculated: Vec::new(),
+            copied: HashSet::new(),
+            strikes: HashMap::new(),
+            recomputed: 0,
             decisions: 0,
             now: 0.0,
             finished_at: None,
@@ -167,23 +267,29 @@ impl Scheduler {
         &self.graph
     }
 
-    /// A worker with `cores` cores joined at `now`: it gets work at once.
+    /// A worker with `cores` cores joined at `now`: it gets work at once. A worker already known keeps its
+    /// tasks and takes the new core count.
     pub fn add_worker(&mut self, worker: WorkerId, cores: usize, now: f64) -> Vec<Action> {
         self.now = now;
-        self.workers.insert(
-            worker,
-            Worker {
-                cores: cores.max(1),
-                sent: Vec::new(),
-                pending: VecDeque::new(),
-                finished: 0,
-            },
-        );
+        let w = self.workers.entry(worker).or_insert_with(|| Worker {
+            cores: 1,
+            sent: Vec::new(),
+            pending: VecDeque::new(),
+            finished: 0,
+        });
+        w.cores = cores.max(1);
+        self.update_room(worker);
+        self.wake.insert(worker);
+        for task in std::mem::take(&mut self.unplaced) {
+            self.place(task, false);
+        }
         self.dispatch()
     }
 
-    /// `worker` finished `task` in `seconds` (reported at `now`) and holds its `outputs` (key, bytes). A
-    /// duplicate report changes nothing but the worker's room.
+    /// `worker` finished `task` in `seconds` (reported at `now`) and holds its `outputs` (key, bytes). Keys
+    /// nobody is left to read are released at once. A duplicate report changes nothing but the worker's room,
+    /// and releases the copies it wrote. A report from a worker not known (lost) is ignored: what it wrote is
+    /// gone with it.
     pub fn task_done(
         &mut self,
         worker: WorkerId,
@@ -193,34 +299,82 @@ impl Scheduler {
         now: f64,
     ) -> Vec<Action> {
         self.now = now;
+        if !self.unsend(worker, task) {
+            return Vec::new();
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
-            w.sent.retain(|&(t, _)| t != task);
             w.finished += 1;
         }
-        if let Completion::Done(ready) = self.tracker.complete(&self.graph, task) {
-            let stage = stage_of(self.graph.task(task).kind);
-            let d = self.durations.entry((stage, worker)).or_insert(seconds);
-            *d += self.opts.smoothing * (seconds - *d);
-            for &(key, bytes) in outputs {
-                let readers_left = self.graph.consumers(key).len();
-                self.locations.insert(
-                    key,
-                    Location {
-                        worker,
-                        bytes,
-                        readers_left,
-                    },
-                );
-            }
-            self.forget_read_inputs(task);
-            if self.tracker.finished() {
-                self.finished_at = Some(now);
-            }
-            for t in ready {
-                self.place(t);
+        let was = self.tracker.state(task);
+        let mut actions = Vec::new();
+        match self.tracker.complete(&self.graph, task) {
+            Completion::Duplicate => self.release_copies(worker, outputs, &mut actions),
+            Completion::Done(ready) => {
+                if was == TaskState::Ready {
+                    // A late report of a task queued to run again.
+                    self.unqueue(task);
+                }
+                self.observe_duration(task, worker, seconds);
+                self.record_outputs(worker, outputs, &mut actions);
+                self.forget_read_inputs(task, &mut actions);
+                if self.tracker.finished() {
+                    self.finished_at = Some(now);
+                }
+                for t in ready {
+                    self.place(t, false);
+                }
             }
         }
+        actions.extend(self.dispatch());
+        actions
+    }
+
+    /// `worker` could not run `task` (reported at `now`) because an input could not be fetched: its holder
+    /// died. No strike: the task runs again once its inputs are there (at once, unless a producer of its
+    /// inputs was reopened), unless a copy of it still runs elsewhere.
+    pub fn task_failed(&mut self, worker: WorkerId, task: TaskId, now: f64) -> Vec<Action> {
+        self.now = now;
+        if !self.unsend(worker, task) {
+            return Vec::new();
+        }
+        if matches!(self.tracker.state(task), TaskState::Running(_))
+            && !self.running_somewhere(task)
+            && self.tracker.retry(task) == TaskState::Ready
+        {
+            self.place(task, true);
+        }
         self.dispatch()
+    }
+
+    /// `worker` is gone (its heartbeats stopped; noticed at `now`), with what it held. Its pending tasks are
+    /// placed again; the tasks sent to it get a strike and run again elsewhere; the keys it held that some
+    /// task still reads are rebuilt from lineage. A worker not known changes nothing.
+    ///
+    /// # Errors
+    /// [`TaskFailure`] when a task reaches [`SchedulerOptions::max_strikes`]: the job has failed, and the
+    /// scheduler is not to be driven further.
+    pub fn worker_lost(&mut self, worker: WorkerId, now: f64) -> Result<Vec<Action>, TaskFailure> {
+        self.now = now;
+        let Some(w) = self.workers.remove(&worker) else {
+            return Ok(Vec::new());
+        };
+        self.forget_worker(worker);
+        let struck = self.strike(&w)?;
+        let mut again = Vec::new();
+        for p in self.lose_keys(worker) {
+            self.reopen_lineage(p, &mut again);
+        }
+        for task in struck {
+            self.tracker.retry(task);
+            again.push(task);
+        }
+        again.extend(w.pending);
+        // To the front of the queues, in this order: what others wait for first.
+        for &task in again.iter().rev() {
+            self.place(task, true);
+        }
+        self.scout = true;
+        Ok(self.dispatch())
     }
 
     /// `to` received `bytes` from `from` in `seconds` (a probe, or a task's input fetch), reported at `now`.
@@ -237,13 +391,15 @@ impl Scheduler {
         let r = self.links.entry((from, to)).or_insert(rate);
         *r += self.opts.smoothing * (rate - *r);
         self.probing.retain(|&l| l != (from, to));
+        self.scout = true;
         self.dispatch()
     }
 
     /// Time passed without events (the coordinator calls this on every heartbeat): overdue tasks may get
-    /// copies on idle workers.
+    /// copies on idle workers, and idle workers take waiting tasks it now pays to move.
     pub fn tick(&mut self, now: f64) -> Vec<Action> {
         self.now = now;
+        self.scout = true;
         self.dispatch()
     }
 
@@ -272,65 +428,312 @@ impl Scheduler {
         self.decisions
     }
 
-    /// Tasks finished by `worker`.
+    /// Tasks finished by `worker` (0 once it is lost).
     pub fn finished_by(&self, worker: WorkerId) -> usize {
         self.workers.get(&worker).map_or(0, |w| w.finished)
     }
 
-    /// Where `key` is, if a finished task wrote it and some reader has not finished.
+    /// Where `key` is, if a finished task wrote it and some reader is not done.
     pub fn location(&self, key: DataKey) -> Option<(WorkerId, u64)> {
         self.locations.get(&key).map(|l| (l.worker, l.bytes))
     }
 
-    /// Drops the locations of `task`'s inputs once their last reader is done.
-    fn forget_read_inputs(&mut self, task: TaskId) {
-        for key in &self.graph.task(task).inputs {
-            if let Some(l) = self.locations.get_mut(key) {
-                l.readers_left = l.readers_left.saturating_sub(1);
-                if l.readers_left == 0 {
-                    self.locations.remove(key);
+    /// Workers that died while running `task`.
+    pub fn strikes(&self, task: TaskId) -> u32 {
+        self.strikes.get(&task).copied().unwrap_or(0)
+    }
+
+    /// Done tasks run again because keys they wrote were lost with a worker.
+    pub fn recomputed(&self) -> usize {
+        self.recomputed
+    }
+
+    /// Takes `task` off `worker`'s sent list; false when the worker is not known.
+    fn unsend(&mut self, worker: WorkerId, task: TaskId) -> bool {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return false;
+        };
+        w.sent.retain(|&(t, _)| t != task);
+        self.update_room(worker);
+        self.wake.insert(worker);
+        true
+    }
+
+    /// Keeps `worker`'s membership of the set of workers with room up to date.
+    fn update_room(&mut self, worker: WorkerId) {
+        let extra = self.opts.queue_extra;
+        match self.workers.get(&worker) {
+            Some(w) if w.sent.len() < w.cores + extra => self.room.insert(worker),
+            _ => self.room.remove(&worker),
+        };
+    }
+
+    /// Folds a measured duration of `task` on `worker` into its stage's averages.
+    fn observe_duration(&mut self, task: TaskId, worker: WorkerId, seconds: f64) {
+        let stage = stage_of(self.graph.task(task).kind);
+        self.durations
+            .entry(stage)
+            .or_default()
+            .observe(worker, seconds, self.opts.smoothing);
+    }
+
+    /// Records where the outputs of a task just done are. A key nobody is left to read, or already held by
+    /// another worker (a reopened task writes again the keys it shares with a lost one), is released at once.
+    fn record_outputs(
+        &mut self,
+        worker: WorkerId,
+        outputs: &[(DataKey, u64)],
+        actions: &mut Vec<Action>,
+    ) {
+        for &(key, bytes) in outputs {
+            if let Some(l) = self.locations.get(&key) {
+                if l.worker != worker {
+                    actions.push(Action::Release { worker, key });
+                }
+                continue;
+            }
+            let readers_left = self.readers_left(key);
+            if readers_left == 0 {
+                actions.push(Action::Release { worker, key });
+                continue;
+            }
+            self.locations.insert(
+                key,
+                Location {
+                    worker,
+                    bytes,
+                    readers_left,
+                },
+            );
+        }
+    }
+
+    /// Consumers of `key` not done.
+    fn readers_left(&self, key: DataKey) -> usize {
+        self.graph
+            .consumers(key)
+            .iter()
+            .filter(|&&c| self.tracker.state(c) != TaskState::Done)
+            .count()
+    }
+
+    /// The copies a duplicate report says `worker` wrote: released, unless they are the copies on record.
+    fn release_copies(
+        &mut self,
+        worker: WorkerId,
+        outputs: &[(DataKey, u64)],
+        actions: &mut Vec<Action>,
+    ) {
+        for &(key, _) in outputs {
+            if self.locations.get(&key).is_none_or(|l| l.worker != worker) {
+                actions.push(Action::Release { worker, key });
+            }
+        }
+    }
+
+    /// Releases `task`'s inputs once their last reader is done.
+    fn forget_read_inputs(&mut self, task: TaskId, actions: &mut Vec<Action>) {
+        for &key in &self.graph.task(task).inputs {
+            let Some(l) = self.locations.get_mut(&key) else {
+                continue;
+            };
+            l.readers_left = l.readers_left.saturating_sub(1);
+            if l.readers_left == 0 {
+                actions.push(Action::Release {
+                    worker: l.worker,
+                    key,
+                });
+                self.locations.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets what was measured about `worker` and the tasks to visit it with.
+    fn forget_worker(&mut self, worker: WorkerId) {
+        self.room.remove(&worker);
+        self.wake.remove(&worker);
+        self.links.retain(|&(a, b), _| a != worker && b != worker);
+        self.probing.retain(|&(a, b)| a != worker && b != worker);
+        self.durations.retain(|_, s| s.forget(worker));
+    }
+
+    /// Strikes the tasks that were running on the lost worker `w` (and on no other worker), returning them.
+    fn strike(&mut self, w: &Worker) -> Result<Vec<TaskId>, TaskFailure> {
+        let mut struck = Vec::new();
+        for &(task, _) in &w.sent {
+            if !matches!(self.tracker.state(task), TaskState::Running(_))
+                || self.running_somewhere(task)
+            {
+                continue;
+            }
+            let strikes = self.strikes.entry(task).or_insert(0);
+            *strikes += 1;
+            if *strikes >= self.opts.max_strikes {
+                return Err(TaskFailure {
+                    task,
+                    kind: self.graph.task(task).kind,
+                    strikes: *strikes,
+                });
+            }
+            struck.push(task);
+        }
+        Ok(struck)
+    }
+
+    /// True when a known worker was sent `task` and has not reported it.
+    fn running_somewhere(&self, task: TaskId) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.sent.iter().any(|&(t, _)| t == task))
+    }
+
+    /// Drops the locations of the keys `worker` held, returning their producers in task order. (A scan of
+    /// every location: losses are rare.)
+    fn lose_keys(&mut self, worker: WorkerId) -> Vec<TaskId> {
+        let mut keys: Vec<DataKey> = self
+            .locations
+            .iter()
+            .filter(|(_, l)| l.worker == worker)
+            .map(|(&k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        let mut producers = BTreeSet::new();
+        for key in keys {
+            self.locations.remove(&key);
+            producers.extend(self.graph.producer(key));
+        }
+        producers.into_iter().collect()
+    }
+
+    /// Reopens `first` (a producer of lost keys) and, recursively, the producers of its inputs that were
+    /// released already; pushes every reopened task to `again`. Inputs still held gain a reader.
+    fn reopen_lineage(&mut self, first: TaskId, again: &mut Vec<TaskId>) {
+        let mut stack = vec![first];
+        while let Some(task) = stack.pop() {
+            if self.tracker.state(task) != TaskState::Done {
+                continue;
+            }
+            for t in self.tracker.reopen(&self.graph, task) {
+                self.unqueue(t);
+            }
+            self.recomputed += 1;
+            again.push(task);
+            for &key in &self.graph.task(task).inputs {
+                match self.locations.get_mut(&key) {
+                    Some(l) => l.readers_left += 1,
+                    None => stack.extend(self.graph.producer(key)),
                 }
             }
         }
     }
 
-    /// A newly ready task: loads wait for any worker with room; others go to the worker holding most bytes
-    /// of their inputs (ties: the one with fewest tasks).
-    fn place(&mut self, task: TaskId) {
-        let t = self.graph.task(task);
-        if t.inputs.is_empty() || self.workers.is_empty() {
-            self.ready_loads.push_back(task);
-            return;
+    /// Takes a task that is no longer ready out of the queue it waits in.
+    fn unqueue(&mut self, task: TaskId) {
+        if self.graph.task(task).inputs.is_empty() {
+            self.ready_loads.retain(|&t| t != task);
         }
-        let mut held: BTreeMap<WorkerId, u64> = BTreeMap::new();
-        for key in &t.inputs {
-            if let Some(l) = self.locations.get(key) {
-                *held.entry(l.worker).or_insert(0) += l.bytes;
-            }
-        }
-        let best = self
-            .workers
-            .iter()
-            .map(|(&id, w)| {
-                let load = w.sent.len() + w.pending.len();
-                (
-                    held.get(&id).copied().unwrap_or(0),
-                    std::cmp::Reverse(load),
-                    id,
-                )
-            })
-            .max()
-            .map(|(_, _, id)| id);
-        if let Some(w) = best.and_then(|id| self.workers.get_mut(&id)) {
-            w.pending.push_back(task);
+        self.unplaced.retain(|&t| t != task);
+        for w in self.workers.values_mut() {
+            w.pending.retain(|&t| t != task);
         }
     }
 
-    /// Fills every worker's room: its own pending tasks, then loads, then (if allowed and worth it) a steal.
+    /// A ready task: loads wait for any worker with room; others go to the worker holding most bytes of
+    /// their inputs (ties: the one with fewest tasks). A struck task goes to a worker of its own (see
+    /// [`Scheduler::best_worker`]), loads included. A task placed `again` (it ran, or was to run, on a worker
+    /// since lost) goes to the front of its queue. Tasks that are not ready are not placed.
+    fn place(&mut self, task: TaskId, again: bool) {
+        if self.tracker.state(task) != TaskState::Ready {
+            return;
+        }
+        let load = self.graph.task(task).inputs.is_empty();
+        let queue = if load && !self.strikes.contains_key(&task) {
+            &mut self.ready_loads
+        } else if let Some(id) = self.best_worker(task) {
+            if !self.room.contains(&id) && !self.room.is_empty() {
+                // Some idle worker may want to take it.
+                self.scout = true;
+            }
+            self.wake.insert(id);
+            match self.workers.get_mut(&id) {
+                Some(w) => &mut w.pending,
+                None => return,
+            }
+        } else if load {
+            &mut self.ready_loads
+        } else {
+            self.unplaced.push(task);
+            return;
+        };
+        if again {
+            queue.push_front(task);
+        } else {
+            queue.push_back(task);
+        }
+    }
+
+    /// The worker holding most bytes of `task`'s inputs (ties: fewest tasks, then the highest id); without
+    /// bytes held anywhere, the least loaded worker. A struck task avoids, if it can, the workers running or
+    /// holding another struck task: tasks that ran beside a task that kills workers are struck with it, and
+    /// only apart can the culprit be told from them. None without workers.
+    fn best_worker(&self, task: TaskId) -> Option<WorkerId> {
+        let avoid = self.struck_workers(task);
+        self.best_worker_avoiding(task, &avoid)
+            .or_else(|| self.best_worker_avoiding(task, &BTreeSet::new()))
+    }
+
+    fn best_worker_avoiding(&self, task: TaskId, avoid: &BTreeSet<WorkerId>) -> Option<WorkerId> {
+        let mut held: Vec<(WorkerId, u64)> = Vec::new();
+        for key in &self.graph.task(task).inputs {
+            let Some(l) = self.locations.get(key) else {
+                continue;
+            };
+            match held.iter_mut().find(|(w, _)| *w == l.worker) {
+                Some((_, b)) => *b += l.bytes,
+                None => held.push((l.worker, l.bytes)),
+            }
+        }
+        let rank = |id: WorkerId, bytes: u64| {
+            let w = self.workers.get(&id).filter(|_| !avoid.contains(&id))?;
+            Some((bytes, std::cmp::Reverse(w.load()), id))
+        };
+        let best_holder = held
+            .iter()
+            .filter(|&&(_, b)| b > 0)
+            .filter_map(|&(id, b)| rank(id, b))
+            .max();
+        best_holder
+            .or_else(|| self.workers.keys().filter_map(|&id| rank(id, 0)).max())
+            .map(|(_, _, id)| id)
+    }
+
+    /// For a struck `task`, the workers running or holding another struck task (none for other tasks).
+    fn struck_workers(&self, task: TaskId) -> BTreeSet<WorkerId> {
+        if !self.strikes.contains_key(&task) {
+            return BTreeSet::new();
+        }
+        let struck = |t: TaskId| t != task && self.strikes.contains_key(&t);
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                w.sent.iter().any(|&(t, _)| struck(t)) || w.pending.iter().any(|&t| struck(t))
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Fills the room of the workers this event concerns: those woken, or, when loads wait or idle workers
+    /// are to look around, every worker with room.
     fn dispatch(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ids {
+        let visit: Vec<WorkerId> = if self.scout || !self.ready_loads.is_empty() {
+            self.room.iter().copied().collect()
+        } else {
+            self.wake.intersection(&self.room).copied().collect()
+        };
+        self.wake.clear();
+        self.scout = false;
+        for id in visit {
             while let Some(task) = self.next_for(id, &mut actions) {
                 actions.push(self.send(id, task));
             }
@@ -341,15 +744,10 @@ impl Scheduler {
     /// The next task for worker `id` if it has room: its own pending tasks, then loads, then a steal or a
     /// speculative copy.
     fn next_for(&mut self, id: WorkerId, actions: &mut Vec<Action>) -> Option<TaskId> {
-        let w = self.workers.get_mut(&id)?;
-        if w.sent.len() >= w.cores + self.opts.queue_extra {
+        if !self.room.contains(&id) {
             return None;
         }
-        if let Some(t) = w
-            .pending
-            .pop_front()
-            .or_else(|| self.ready_loads.pop_front())
-        {
+        if let Some(t) = self.pop_ready(id) {
             return Some(t);
         }
         if !self.opts.steal {
@@ -359,11 +757,31 @@ impl Scheduler {
             .or_else(|| self.speculate_for(id, actions))
     }
 
+    /// The first ready task of worker `id`'s pending queue, else of the loads.
+    fn pop_ready(&mut self, id: WorkerId) -> Option<TaskId> {
+        let tracker = &self.tracker;
+        let ready = |t: &TaskId| tracker.state(*t) == TaskState::Ready;
+        if let Some(w) = self.workers.get_mut(&id) {
+            while let Some(t) = w.pending.pop_front() {
+                if ready(&t) {
+                    return Some(t);
+                }
+            }
+        }
+        while let Some(t) = self.ready_loads.pop_front() {
+            if ready(&t) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
     fn send(&mut self, worker: WorkerId, task: TaskId) -> Action {
         self.decisions += 1;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.sent.push((task, self.now));
         }
+        self.update_room(worker);
         let attempt = self.tracker.start(task);
         Action::Run {
             worker,
@@ -383,12 +801,15 @@ impl Scheduler {
             .filter_map(|(&from, w)| {
                 let task = *w.pending.back()?;
                 let d = self.duration(stage_of(self.graph.task(task).kind), Some(from))?;
-                let ahead = w.sent.len() + w.pending.len() - 1;
+                let ahead = w.load() - 1;
                 Some((from, task, ahead as f64 * d / w.cores as f64))
             })
             .collect();
         let mut best: Option<Steal> = None;
         for (from, task, wait_seconds) in candidates {
+            if self.tracker.state(task) != TaskState::Ready {
+                continue;
+            }
             let Some(transfer_seconds) = self.transfer_seconds(task, to, actions) else {
                 continue;
             };
@@ -418,19 +839,17 @@ impl Scheduler {
 
     /// Seconds a task of `stage` takes on `worker` (measured there), or, without a worker or a measurement
     /// there, on the fastest worker that ran one.
-    fn duration(&self, stage: (&'static str, usize), worker: Option<WorkerId>) -> Option<f64> {
-        if let Some(d) = worker.and_then(|w| self.durations.get(&(stage, w))) {
-            return Some(*d);
+    fn duration(&self, stage: Stage, worker: Option<WorkerId>) -> Option<f64> {
+        let times = self.durations.get(&stage)?;
+        match worker.and_then(|w| times.by_worker.get(&w)) {
+            Some(&d) => Some(d),
+            None => Some(times.fastest),
         }
-        self.durations
-            .iter()
-            .filter(|((s, _), _)| *s == stage)
-            .map(|(_, &d)| d)
-            .min_by(f64::total_cmp)
     }
 
-    /// A straggling task for idle worker `to` to run a copy of: sent elsewhere more than `speculate_after` x its
-    /// stage's duration ago (the longest overdue first), inputs movable within one duration, not copied yet.
+    /// A straggling task for idle worker `to` to run a copy of: sent elsewhere more than `speculate_after` x
+    /// its stage's duration ago (the longest overdue first), inputs all held and movable within one
+    /// duration, not copied yet, never struck (if it kills workers, a copy kills one more).
     fn speculate_for(&mut self, to: WorkerId, actions: &mut Vec<Action>) -> Option<TaskId> {
         let mut overdue: Vec<(f64, TaskId, f64)> = Vec::new();
         for (&from, w) in &self.workers {
@@ -444,8 +863,10 @@ impl Scheduler {
                 };
                 let ratio = (self.now - sent_at) / d.max(1e-9);
                 if ratio > self.opts.speculate_after
-                    && !self.speculated.contains(&task)
-                    && self.tracker.state(task) != crate::tracker::TaskState::Done
+                    && !self.copied.contains(&task)
+                    && !self.strikes.contains_key(&task)
+                    && matches!(self.tracker.state(task), TaskState::Running(_))
+                    && self.inputs_held(task)
                 {
                     overdue.push((ratio, task, d));
                 }
@@ -458,10 +879,20 @@ impl Scheduler {
                 .is_some_and(|t| t < d)
             {
                 self.speculated.push(task);
+                self.copied.insert(task);
                 return Some(task);
             }
         }
         None
+    }
+
+    /// True when every input of `task` is held by a known worker (none lost and being rebuilt).
+    fn inputs_held(&self, task: TaskId) -> bool {
+        self.graph
+            .task(task)
+            .inputs
+            .iter()
+            .all(|k| self.locations.contains_key(k))
     }
 
     /// Seconds to bring `task`'s inputs to `to` at the measured link rates; None (and a probe requested)
@@ -497,7 +928,7 @@ impl Scheduler {
 }
 
 /// Tasks of one kind and node take about as long as each other.
-fn stage_of(kind: TaskKind) -> (&'static str, usize) {
+fn stage_of(kind: TaskKind) -> Stage {
     match kind {
         TaskKind::Load { .. } => ("load", 0),
         TaskKind::Merge { node, .. } => ("merge", node),

@@ -4,6 +4,11 @@
 //! run's report arrives late) changes nothing the second time, so no consumer is released early and no count
 //! drifts. Readiness is counted from the graph, not from what arrives: a task is ready when every task that
 //! writes one of its inputs is done.
+//!
+//! Work can also be undone: when a worker dies with keys nobody has finished reading, their producers are
+//! [reopened](TaskTracker::reopen) (run again from lineage), and a task whose run failed is
+//! [retried](TaskTracker::retry). The count behind readiness stays exact through both: a task that is not done
+//! misses one input for every input whose producer is not done; a done task misses nothing.
 
 use crate::graph::{TaskGraph, TaskId};
 
@@ -39,7 +44,8 @@ pub enum Completion {
 #[derive(Debug, Clone)]
 pub struct TaskTracker {
     state: Vec<TaskState>,
-    /// Producers of each task's inputs not done yet (a producer writing two inputs counts twice).
+    /// Producers of each task's inputs not done yet (a producer writing two inputs counts twice); 0 for done
+    /// tasks.
     missing: Vec<usize>,
     attempts: Vec<u32>,
     done: usize,
@@ -93,6 +99,8 @@ impl TaskTracker {
             return Completion::Duplicate;
         }
         self.state[task.0] = TaskState::Done;
+        // A task that ran while one of its producers was reopened had its inputs already.
+        self.missing[task.0] = 0;
         self.done += 1;
         let mut ready = Vec::new();
         for &key in &graph.task(task).outputs {
@@ -107,6 +115,70 @@ impl TaskTracker {
         }
         ready.sort_unstable();
         Completion::Done(ready)
+    }
+
+    /// Undoes `task` because some of its outputs were lost: a done task becomes ready again (or waiting, if a
+    /// producer of its inputs was itself reopened and is not done), its attempts kept. Every consumer of its
+    /// outputs that is not done misses one more input per key (as [`TaskTracker::complete`] counted them off);
+    /// those that were ready go back to waiting and are returned, in task order, for the caller to take out of
+    /// its queues. Running consumers stay running (they may have their inputs already). A task that is not done
+    /// is left alone (returns nothing), so reopening twice is harmless.
+    pub fn reopen(&mut self, graph: &TaskGraph, task: TaskId) -> Vec<TaskId> {
+        if self.state[task.0] != TaskState::Done {
+            return Vec::new();
+        }
+        self.done -= 1;
+        let missing = self.missing_inputs(graph, task);
+        self.missing[task.0] = missing;
+        self.state[task.0] = if missing == 0 {
+            TaskState::Ready
+        } else {
+            TaskState::Waiting
+        };
+        let mut unready = Vec::new();
+        for &key in &graph.task(task).outputs {
+            for &c in graph.consumers(key) {
+                if self.state[c.0] == TaskState::Done {
+                    continue;
+                }
+                self.missing[c.0] += 1;
+                if self.state[c.0] == TaskState::Ready {
+                    self.state[c.0] = TaskState::Waiting;
+                    unready.push(c);
+                }
+            }
+        }
+        unready.sort_unstable();
+        unready.dedup();
+        unready
+    }
+
+    /// A running `task` did not finish (its worker could not fetch an input, or died): it goes back to ready,
+    /// or to waiting if a producer of its inputs was reopened meanwhile. Returns its state (unchanged when it
+    /// was not running).
+    pub fn retry(&mut self, task: TaskId) -> TaskState {
+        if let TaskState::Running(_) = self.state[task.0] {
+            self.state[task.0] = if self.missing[task.0] == 0 {
+                TaskState::Ready
+            } else {
+                TaskState::Waiting
+            };
+        }
+        self.state[task.0]
+    }
+
+    /// How many inputs of `task` have a producer that is not done.
+    fn missing_inputs(&self, graph: &TaskGraph, task: TaskId) -> usize {
+        graph
+            .task(task)
+            .inputs
+            .iter()
+            .filter(|&&k| {
+                graph
+                    .producer(k)
+                    .is_some_and(|p| self.state[p.0] != TaskState::Done)
+            })
+            .count()
     }
 
     /// Tasks done so far.
@@ -195,6 +267,110 @@ mod tests {
         assert!(t.finished());
         assert_eq!(t.done(), g.len());
         assert_eq!(t.complete(&g, merge(1)), Completion::Duplicate);
+        assert_eq!(t.done(), g.len());
+    }
+
+    #[test]
+    fn reopening_a_load_sends_its_ready_consumers_back_to_waiting_and_keeps_running_ones() {
+        let g = graph();
+        let (mut t, _) = TaskTracker::new(&g);
+        let (m, s) = (1, 2);
+        let merge = |group| find(&g, TaskKind::Merge { node: s, group });
+        let combine = |leaf| {
+            find(
+                &g,
+                TaskKind::Combine {
+                    node: m,
+                    out: 0,
+                    leaf,
+                },
+            )
+        };
+        for load in 0..3 {
+            t.start(TaskId(load));
+            t.complete(&g, TaskId(load));
+        }
+        t.start(merge(0));
+        t.start(combine(1));
+        t.complete(&g, combine(1));
+        assert_eq!(t.done(), 4);
+
+        // Load 0's pieces feed both merges (one running, one ready) and its partial the done combine 1.
+        assert_eq!(t.reopen(&g, TaskId(0)), vec![merge(1)]);
+        assert_eq!(t.state(TaskId(0)), TaskState::Ready);
+        assert_eq!(t.attempts(TaskId(0)), 1, "attempts are kept");
+        assert_eq!(t.state(merge(0)), TaskState::Running(Attempt(1)));
+        assert_eq!(t.state(merge(1)), TaskState::Waiting);
+        assert_eq!(t.state(combine(1)), TaskState::Done);
+        assert_eq!(t.done(), 3);
+        // Idempotent: a task that is not done is not reopened again, nothing is counted twice.
+        assert_eq!(t.reopen(&g, TaskId(0)), vec![]);
+        assert_eq!(t.done(), 3);
+
+        assert_eq!(t.start(TaskId(0)), Attempt(2));
+        assert_eq!(
+            t.complete(&g, TaskId(0)),
+            Completion::Done(vec![merge(1)]),
+            "only the waiting merge is released; the running one never stopped"
+        );
+        assert_eq!(t.state(merge(0)), TaskState::Running(Attempt(1)));
+        assert_eq!(t.retry(merge(0)), TaskState::Ready, "nothing missing");
+    }
+
+    #[test]
+    fn a_reopened_task_waits_for_a_producer_reopened_before_it_and_retries_wait_too() {
+        let g = graph();
+        let (mut t, _) = TaskTracker::new(&g);
+        let (m, s) = (1, 2);
+        let merge = |group| find(&g, TaskKind::Merge { node: s, group });
+        let combine = |leaf| {
+            find(
+                &g,
+                TaskKind::Combine {
+                    node: m,
+                    out: 0,
+                    leaf,
+                },
+            )
+        };
+        for load in 0..3 {
+            t.complete(&g, TaskId(load));
+        }
+        t.complete(&g, combine(1));
+        t.start(merge(0));
+        t.start(merge(1));
+        assert_eq!(t.state(combine(2)), TaskState::Ready);
+
+        // Load 1 is reopened: the done combine 1 is untouched, the running merges miss one input each.
+        assert_eq!(t.reopen(&g, TaskId(1)), vec![]);
+        assert_eq!(t.state(combine(1)), TaskState::Done);
+        // Merge 0 cannot fetch load 1's piece: back to waiting. Merge 1 had it and finishes.
+        assert_eq!(t.retry(merge(0)), TaskState::Waiting);
+        assert_eq!(
+            t.retry(merge(0)),
+            TaskState::Waiting,
+            "not running: unchanged"
+        );
+        assert_eq!(t.complete(&g, merge(1)), Completion::Done(vec![]));
+        // Combine 1's fold is lost too: it waits for load 1, and combine 2 for it.
+        assert_eq!(t.reopen(&g, combine(1)), vec![combine(2)]);
+        assert_eq!(t.state(combine(1)), TaskState::Waiting);
+        assert_eq!(t.state(combine(2)), TaskState::Waiting);
+        assert_eq!(t.done(), 3, "loads 0 and 2, merge 1");
+
+        let mut both = vec![merge(0), combine(1)];
+        both.sort_unstable();
+        assert_eq!(t.complete(&g, TaskId(1)), Completion::Done(both));
+        assert_eq!(
+            t.complete(&g, combine(1)),
+            Completion::Done(vec![combine(2)])
+        );
+        for task in [merge(0), combine(2)] {
+            assert_eq!(t.complete(&g, task), Completion::Done(vec![]));
+        }
+        assert!(t.finished());
+        assert_eq!(t.done(), g.len());
+        assert_eq!(t.complete(&g, TaskId(1)), Completion::Duplicate);
         assert_eq!(t.done(), g.len());
     }
 
