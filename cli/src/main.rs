@@ -20,7 +20,12 @@ mod report;
 #[command(name = "arrayjob", version, about)]
 struct Cli {
     /// Log format on stderr: `text` or `json` (one object per line).
-    #[arg(long, env = "ARRAYJOB_LOG_FORMAT", global = true, default_value = "text")]
+    #[arg(
+        long,
+        env = "ARRAYJOB_LOG_FORMAT",
+        global = true,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -175,7 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker { args } => {
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
-            tracing::info!(worker = outcome.worker.0, tasks = outcome.tasks, "worker done");
+            tracing::info!(
+                worker = outcome.worker.0,
+                tasks = outcome.tasks,
+                "worker done"
+            );
             Ok(())
         }
         Command::Run {
@@ -193,8 +202,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let job = runner::prepare(m, &order, &base_dir(&file))?;
             let threads = threads.unwrap_or_else(default_threads).max(1);
-            let memory_budget = memory_limit
-                .map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize);
+            let memory_budget =
+                memory_limit.map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize);
             let opts = RunOptions {
                 out_dir: out.clone(),
                 threads,

@@ -129,7 +129,11 @@ pub fn summary_table(sum: &RunSummary) -> String {
 pub fn distributed_table(r: &arrayjob_runtime::coordinator::DistributedReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "{:>8} {:>22} {:>8} {:>7} {:>12} {:>12}", "worker", "address", "state", "tasks", "peak MB", "spilled MB");
+    let _ = writeln!(
+        s,
+        "{:>8} {:>22} {:>8} {:>7} {:>12} {:>12}",
+        "worker", "address", "state", "tasks", "peak MB", "spilled MB"
+    );
     for w in &r.workers {
         let _ = writeln!(
             s,

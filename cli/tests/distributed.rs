@@ -41,13 +41,14 @@ fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 walk(root, &p, out);
                 continue;
             }
-            let rel = p
-                .strip_prefix(root)
-                .expect("inside")
-                .display()
-                .to_string();
-            if !["summary.json", "workers.json", "timeline.html", "timeline.png"]
-                .contains(&rel.as_str())
+            let rel = p.strip_prefix(root).expect("inside").display().to_string();
+            if ![
+                "summary.json",
+                "workers.json",
+                "timeline.html",
+                "timeline.png",
+            ]
+            .contains(&rel.as_str())
             {
                 out.insert(rel, std::fs::read(&p).expect("read"));
             }
@@ -68,7 +69,10 @@ fn assert_same_outputs(want: &Path, got: &Path) {
     for (name, bytes) in &a {
         assert!(bytes == &b[name], "{name} differs from the one-process run");
     }
-    assert!(a.keys().any(|k| k.starts_with("power.zarr/c")), "power shards written");
+    assert!(
+        a.keys().any(|k| k.starts_with("power.zarr/c")),
+        "power shards written"
+    );
 }
 
 /// The undisturbed one-process run of `JOB`, made once per test binary.
@@ -89,10 +93,22 @@ fn free_port() -> u16 {
 }
 
 /// `arrayjob run` as a coordinator on `port` with `workers` local workers.
-fn start_run(manifest: &str, out: &Path, port: u16, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Child {
+fn start_run(
+    manifest: &str,
+    out: &Path,
+    port: u16,
+    workers: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_arrayjob"))
         .args(["run", manifest, "--out", &out.display().to_string()])
-        .args(["--workers", &workers.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--worker-threads", "1", "--worker-timeout", "1"])
         .args(extra)
         .env("ARRAYJOB_QUIET", "true")
@@ -145,7 +161,11 @@ fn stage(p: &serde_json::Value, name: &str) -> (u64, u64) {
 }
 
 /// Polls the progress until `when` holds (or the run ends: None).
-fn wait_for(port: u16, child: &mut Child, when: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+fn wait_for(
+    port: u16,
+    child: &mut Child,
+    when: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if child.try_wait().expect("poll").is_some() {
@@ -208,56 +228,108 @@ fn two_and_four_workers_write_the_same_bytes_as_one_process() {
         let w = workers_json(&out);
         let ws = w["workers"].as_array().expect("workers");
         assert_eq!(ws.len(), n, "{w}");
-        for (i, worker) in ws.iter().enumerate() {
-            assert!(worker["tasksDone"].as_u64() > Some(0), "worker {i} ran tasks: {w}");
-            let addr = worker["address"].as_str().expect("address");
-            assert!(addr.starts_with(&format!("127.0.0.{}:", i + 2)), "own loopback address: {addr}");
-        }
-        assert!(w["bytesMoved"].as_u64() > Some(0), "pieces crossed the network: {w}");
+        let mut hosts: Vec<String> = ws
+            .iter()
+            .map(|worker| {
+                assert!(
+                    worker["tasksDone"].as_u64() > Some(0),
+                    "every worker ran tasks: {w}"
+                );
+                let addr = worker["address"].as_str().expect("address");
+                addr.rsplit_once(':').expect("host:port").0.to_string()
+            })
+            .collect();
+        hosts.sort();
+        let want: Vec<String> = (0..n).map(|i| format!("127.0.0.{}", i + 2)).collect();
+        assert_eq!(hosts, want, "one loopback address per worker");
+        assert!(
+            w["bytesMoved"].as_u64() > Some(0),
+            "pieces crossed the network: {w}"
+        );
         assert!(stdout.contains("moved between workers"), "{stdout}");
         let html = std::fs::read_to_string(out.join("timeline.html")).expect("timeline");
         assert!(html.contains("worker 1"), "a lane per worker");
     }
 }
 
+/// Which worker a kill test kills.
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    /// One the run started: the coordinator sees its process exit.
+    Local,
+    /// One started by hand: only its missing heartbeats tell.
+    External,
+}
+
 /// Kills one worker (-9) when `when` first holds; the run must still write the reference bytes, having
-/// declared the worker lost and recomputed its lost data.
-fn survives_a_kill(phase: &str, when: impl Fn(&serde_json::Value) -> bool) {
+/// declared the worker lost (within the 1 s heartbeat timeout, plus slack) and recomputed its lost data.
+fn survives_a_kill(phase: &str, victim: Victim, when: impl Fn(&serde_json::Value) -> bool) {
     let d = tempfile::tempdir().expect("tmp");
     let want = reference(d.path());
     let m = d.path().join("job.yaml").display().to_string();
     let out = d.path().join("out");
     let port = free_port();
-    let mut child = start_run(&m, &out, port, 3, &[], &[]);
-    let seen = wait_for(port, &mut child, when);
+    let local = if victim == Victim::External { 2 } else { 3 };
+    let mut child = start_run(&m, &out, port, local, &[], &[]);
+    let external = (victim == Victim::External).then(|| {
+        Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+            .args([
+                "worker",
+                "--coordinator",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args(["--listen", "127.0.0.9:0", "--threads", "1"])
+            .env("ARRAYJOB_TOKEN", TOKEN)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a worker")
+    });
+    let seen = wait_for(port, &mut child, |p| {
+        p["workers"].as_array().is_some_and(|w| w.len() == 3) && when(p)
+    });
     let Some(seen) = seen else {
         let (_, _, err) = finish(child);
         panic!("{phase}: the run ended before the kill point: {err}");
     };
-    let victims = children_of(child.id());
-    assert_eq!(victims.len(), 3, "three local workers");
+    let pid = match &external {
+        Some(w) => w.id() as i32,
+        None => {
+            let locals = children_of(child.id());
+            assert_eq!(locals.len(), 3, "three local workers");
+            locals[1]
+        }
+    };
     let killed_at = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victims[1]), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill -9");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
     let noticed = wait_for(port, &mut child, |p| p["workersLost"].as_u64() == Some(1));
     if noticed.is_some() {
         assert!(
-            killed_at.elapsed() < Duration::from_secs(4),
+            killed_at.elapsed() < Duration::from_secs(3),
             "{phase}: the loss was noticed after {:?}",
             killed_at.elapsed()
         );
     }
     let (ok, _, err) = finish(child);
+    if let Some(mut w) = external {
+        let _ = w.wait();
+    }
     assert!(ok, "{phase}: {err}\nkilled at {seen}");
     assert_same_outputs(&want, &out);
     let w = workers_json(&out);
     assert_eq!(w["workersLost"], 1, "{phase}: {w}");
-    assert!(w["recomputed"].as_u64() > Some(0), "{phase}: lost data was recomputed: {w}");
+    assert!(
+        w["recomputed"].as_u64() > Some(0),
+        "{phase}: lost data was recomputed: {w}"
+    );
 }
 
 #[test]
 fn a_worker_killed_during_loading_is_recomputed_and_the_bytes_are_the_same() {
-    survives_a_kill("loading", |p| {
+    survives_a_kill("loading", Victim::External, |p| {
         let (done, total) = stage(p, "source");
         total > 0 && done >= total / 3 && done < total * 2 / 3
     });
@@ -265,7 +337,7 @@ fn a_worker_killed_during_loading_is_recomputed_and_the_bytes_are_the_same() {
 
 #[test]
 fn a_worker_killed_during_the_exchange_is_recomputed_and_the_bytes_are_the_same() {
-    survives_a_kill("exchange", |p| {
+    survives_a_kill("exchange", Victim::Local, |p| {
         let (loads, total) = stage(p, "source");
         let (merges, _) = stage(p, "series");
         total > 0 && loads == total && merges == 0
@@ -274,7 +346,7 @@ fn a_worker_killed_during_the_exchange_is_recomputed_and_the_bytes_are_the_same(
 
 #[test]
 fn a_worker_killed_during_the_fft_is_recomputed_and_the_bytes_are_the_same() {
-    survives_a_kill("fft", |p| {
+    survives_a_kill("fft", Victim::Local, |p| {
         let (merges, total) = stage(p, "series");
         total > 0 && merges >= 2 && merges < total / 2
     });
@@ -297,7 +369,9 @@ fn a_task_that_kills_three_workers_fails_the_job_naming_it() {
     let (ok, _, err) = finish(child);
     assert!(!ok, "the job must fail");
     assert!(
-        err.contains("the load of slices 35..40 (source chunk 7) was running on 3 workers that died"),
+        err.contains(
+            "the load of slices 35..40 (source chunk 7) was running on 3 workers that died"
+        ),
         "{err}"
     );
     assert!(!out.join("power.zarr").exists(), "no outputs published");
@@ -314,7 +388,11 @@ fn a_worker_joining_mid_job_gets_work() {
     let seen = wait_for(port, &mut child, |p| stage(p, "source").0 >= 3);
     assert!(seen.is_some(), "the run went on");
     let joiner = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-        .args(["worker", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "worker",
+            "--coordinator",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .args(["--listen", "127.0.0.9:0", "--threads", "1"])
         .env("ARRAYJOB_TOKEN", TOKEN)
         .stderr(Stdio::piped())
@@ -328,7 +406,13 @@ fn a_worker_joining_mid_job_gets_work() {
     let w = workers_json(&out);
     let joined = w["workers"]
         .as_array()
-        .and_then(|ws| ws.iter().find(|x| x["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.9:"))))
+        .and_then(|ws| {
+            ws.iter().find(|x| {
+                x["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("127.0.0.9:"))
+            })
+        })
         .expect("the joiner is listed")
         .clone();
     assert!(joined["tasksDone"].as_u64() > Some(0), "{w}");
@@ -387,7 +471,10 @@ fn requests_without_the_token_or_with_another_are_refused_and_counted() {
         .expect("send");
     assert_eq!(reg.status(), 409);
     let text = reg.text().expect("text");
-    assert!(text.contains("computed plan hash 00ff") && text.contains("127.0.0.5:1"), "{text}");
+    assert!(
+        text.contains("computed plan hash 00ff") && text.contains("127.0.0.5:1"),
+        "{text}"
+    );
     let p = progress(port).expect("progress");
     assert_eq!(p["authRefused"], 2, "{p}");
     let metrics = http()
@@ -398,12 +485,21 @@ fn requests_without_the_token_or_with_another_are_refused_and_counted() {
         .expect("text");
     assert!(metrics.contains("arrayjob_auth_refused 2"), "{metrics}");
     assert_eq!(
-        http().get(format!("http://127.0.0.1:{port}/healthz")).send().expect("health").text().expect("text"),
+        http()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .expect("health")
+            .text()
+            .expect("text"),
         "ok"
     );
     // A worker started for another plan refuses to join, naming both hashes.
     let w = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-        .args(["worker", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "worker",
+            "--coordinator",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .args(["--listen", "127.0.0.6:0", "--expect-plan-hash", "abcd"])
         .env("ARRAYJOB_TOKEN", TOKEN)
         .output()

@@ -430,7 +430,7 @@ impl Exec<'_> {
             .tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .complete(&self.graph, task);
+            .complete(self.graph, task);
         if let Completion::Done(ready) = done {
             for t in ready {
                 self.enqueue(t);
@@ -531,7 +531,7 @@ impl TaskRunner<'_> {
         let t0 = Instant::now();
         // The block counts against the memory budget while it is assembled and passed on.
         let held = Held::new(
-            &self.store,
+            self.store,
             len.iter().product::<usize>() * n.meta.dtype.size(),
         )?;
         let mut block = Chunk::zeros(n.meta.dtype, &len);

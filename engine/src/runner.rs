@@ -295,7 +295,10 @@ impl Outputs {
             return Ok(());
         };
         let mut out = series.lock().unwrap_or_else(|e| e.into_inner());
-        match out.get_mut(k).and_then(|v| v.get_mut(t0..t0 + values.len())) {
+        match out
+            .get_mut(k)
+            .and_then(|v| v.get_mut(t0..t0 + values.len()))
+        {
             Some(slot) => {
                 slot.copy_from_slice(values);
                 Ok(())
@@ -341,7 +344,8 @@ pub fn series_in_block(
         .iter()
         .enumerate()
         .filter(|(_, [r, c])| {
-            (start[1]..start[1] + shape[1]).contains(r) && (start[2]..start[2] + shape[2]).contains(c)
+            (start[1]..start[1] + shape[1]).contains(r)
+                && (start[2]..start[2] + shape[2]).contains(c)
         })
         .map(|(k, &px)| (k, px))
         .collect();

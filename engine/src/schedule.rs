@@ -114,6 +114,8 @@ pub struct Steal {
     pub wait_seconds: f64,
     /// Estimated seconds to move its inputs.
     pub transfer_seconds: f64,
+    /// When it was decided (seconds since the job started).
+    pub at: f64,
 }
 
 /// The job fails: `task` was running on `strikes` workers when they died, so it is taken to be what kills
@@ -377,6 +379,11 @@ impl Scheduler {
         Ok(self.dispatch())
     }
 
+    /// Whether `task` is done.
+    pub fn is_done(&self, task: TaskId) -> bool {
+        self.tracker.state(task) == TaskState::Done
+    }
+
     /// `to` received `bytes` from `from` in `seconds` (a probe, or a task's input fetch), reported at `now`.
     pub fn transfer_observed(
         &mut self,
@@ -557,27 +564,33 @@ impl Scheduler {
         self.durations.retain(|_, s| s.forget(worker));
     }
 
-    /// Strikes the tasks that were running on the lost worker `w` (and on no other worker), returning them.
+    /// Strikes the tasks the lost worker `w` was running, and returns those sent to it that no other worker
+    /// runs (to run again). A worker runs what it is sent in order, `cores` at a time, so its oldest `cores`
+    /// unfinished tasks were running; those queued behind them take no strike. A task whose copy runs
+    /// elsewhere (speculation) still takes the strike, or a task that kills every worker would spread
+    /// through its copies unpunished.
     fn strike(&mut self, w: &Worker) -> Result<Vec<TaskId>, TaskFailure> {
-        let mut struck = Vec::new();
-        for &(task, _) in &w.sent {
-            if !matches!(self.tracker.state(task), TaskState::Running(_))
-                || self.running_somewhere(task)
-            {
+        let mut again = Vec::new();
+        for (i, &(task, _)) in w.sent.iter().enumerate() {
+            if !matches!(self.tracker.state(task), TaskState::Running(_)) {
                 continue;
             }
-            let strikes = self.strikes.entry(task).or_insert(0);
-            *strikes += 1;
-            if *strikes >= self.opts.max_strikes {
-                return Err(TaskFailure {
-                    task,
-                    kind: self.graph.task(task).kind,
-                    strikes: *strikes,
-                });
+            if i < w.cores {
+                let strikes = self.strikes.entry(task).or_insert(0);
+                *strikes += 1;
+                if *strikes >= self.opts.max_strikes {
+                    return Err(TaskFailure {
+                        task,
+                        kind: self.graph.task(task).kind,
+                        strikes: *strikes,
+                    });
+                }
             }
-            struck.push(task);
+            if !self.running_somewhere(task) {
+                again.push(task);
+            }
         }
-        Ok(struck)
+        Ok(again)
     }
 
     /// True when a known worker was sent `task` and has not reported it.
@@ -825,6 +838,7 @@ impl Scheduler {
                     to,
                     wait_seconds,
                     transfer_seconds,
+                    at: self.now,
                 });
             }
         }

@@ -27,7 +27,8 @@ impl Token {
     /// When the OS has no randomness to give.
     pub fn generate() -> anyhow::Result<Token> {
         let mut b = [0u8; 32];
-        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for the job token: {e}"))?;
+        getrandom::fill(&mut b)
+            .map_err(|e| anyhow::anyhow!("no randomness for the job token: {e}"))?;
         Ok(Token(hex::encode(b).into()))
     }
 

@@ -49,10 +49,11 @@ impl WorkerArgs {
             listen: self.listen,
             advertise: self.advertise,
             threads: self.threads.unwrap_or(res.cores).max(1),
-            memory_budget: self.memory_limit.map_or_else(
-                arrayjob_engine::resources::default_memory_budget,
-                |b| b.as_u64() as usize,
-            ),
+            memory_budget: self
+                .memory_limit
+                .map_or_else(arrayjob_engine::resources::default_memory_budget, |b| {
+                    b.as_u64() as usize
+                }),
             spill_dir: self.spill_dir.unwrap_or_else(std::env::temp_dir),
             expect_plan_hash: self.expect_plan_hash,
             abort_on_task: std::env::var("ARRAYJOB_FAULT_ABORT_TASK")

@@ -288,9 +288,7 @@ impl runner::Executor for Coordinator {
     ) -> Result<StoreStats, RunError> {
         let internal = |m: String| RunError::Exec(ExecError::Internal(m));
         let graph = TaskGraph::build(&job.plan).map_err(|e| internal(e.to_string()))?;
-        let staging = staging
-            .canonicalize()
-            .map_err(runner_io(staging))?;
+        let staging = staging.canonicalize().map_err(runner_io(staging))?;
         let desc = JobDescription {
             manifest: self.opts.manifest.clone(),
             base_dir: self
@@ -314,12 +312,13 @@ impl runner::Executor for Coordinator {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(self.opts.listen))
             .map_err(|e| internal(format!("cannot listen on {}: {e}", self.opts.listen)))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| internal(e.to_string()))?;
+        let bound = listener.local_addr().map_err(|e| internal(e.to_string()))?;
         let url = format!(
             "http://{}",
-            self.opts.advertise.clone().unwrap_or_else(|| bound.to_string())
+            self.opts
+                .advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string())
         );
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(CoordShared {
@@ -349,11 +348,22 @@ impl runner::Executor for Coordinator {
         });
         let server = rt.spawn(serve(listener, shared.clone()));
         if self.opts.announce {
-            eprintln!("coordinator listening at {url} (plan hash {})", job.plan.hash);
+            eprintln!(
+                "coordinator listening at {url} (plan hash {})",
+                job.plan.hash
+            );
         }
         let mut children = LocalWorkers::start(&self.opts, &url, &staging)
             .map_err(|e| internal(format!("cannot start local workers: {e}")))?;
-        let result = drive(&shared, &self.opts, outputs, progress, cancel, &rx, &mut children);
+        let result = drive(
+            &shared,
+            &self.opts,
+            outputs,
+            progress,
+            cancel,
+            &rx,
+            &mut children,
+        );
         // Tell the workers the job is over, and give them a moment to hear it.
         shared.lock().finished = true;
         for w in shared.lock().workers.values() {
@@ -384,14 +394,18 @@ impl Coordinator {
         let t = timeline(r);
         timeline::write_timeline_html(&staging.join(TIMELINE_HTML), &t)?;
         timeline::write_timeline_png(&staging.join(TIMELINE_PNG), &t)?;
-        Ok([(WORKERS_FILE, "report"), (TIMELINE_HTML, "timeline"), (TIMELINE_PNG, "timeline")]
-            .into_iter()
-            .map(|(path, kind)| OutputRecord {
-                stage: "-".into(),
-                kind: kind.into(),
-                path: path.into(),
-            })
-            .collect())
+        Ok([
+            (WORKERS_FILE, "report"),
+            (TIMELINE_HTML, "timeline"),
+            (TIMELINE_PNG, "timeline"),
+        ]
+        .into_iter()
+        .map(|(path, kind)| OutputRecord {
+            stage: "-".into(),
+            kind: kind.into(),
+            path: path.into(),
+        })
+        .collect())
     }
 }
 
@@ -501,8 +515,9 @@ fn drive(
             continue;
         }
         last_tick = Instant::now();
+        let gone = children.newly_exited();
         let exited = children.exited();
-        let (failure, finished) = housekeeping(shared, opts, exited);
+        let (failure, finished) = housekeeping(shared, opts, &gone, exited);
         absorb_progress(shared, progress);
         if let Some(f) = failure {
             return Err(ExecError::Internal(f).into());
@@ -522,14 +537,24 @@ fn drive(
 fn housekeeping(
     shared: &CoordShared,
     opts: &CoordinatorOptions,
+    exited_hosts: &[String],
     local_exited: Option<String>,
 ) -> (Option<String>, bool) {
     let now = shared.now();
     let mut g = shared.lock();
+    let exited = |address: &str| {
+        exited_hosts.iter().any(|h| {
+            address
+                .strip_prefix(h.as_str())
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+    };
     let silent: Vec<WorkerId> = g
         .workers
         .iter()
-        .filter(|(_, w)| !w.lost && w.last_seen.elapsed() > opts.worker_timeout)
+        .filter(|(_, w)| {
+            !w.lost && (w.last_seen.elapsed() > opts.worker_timeout || exited(&w.address))
+        })
         .map(|(&id, _)| id)
         .collect();
     for id in silent {
@@ -562,9 +587,12 @@ fn lose_worker(shared: &CoordShared, g: &mut CoordState, id: WorkerId, now: f64)
     };
     w.lost = true;
     w.mailbox.clear();
-    tracing::warn!(worker = id.0, address = %w.address, "worker lost (no heartbeat)");
+    tracing::warn!(worker = id.0, address = %w.address, "worker lost (exited, or no heartbeat)");
     g.workers_lost += 1;
-    g.events.push(Event::Lost { worker: id, at: now });
+    g.events.push(Event::Lost {
+        worker: id,
+        at: now,
+    });
     shared.metrics.workers_lost.inc();
     match g.sched.worker_lost(id, now) {
         Ok(actions) => route(shared, g, actions),
@@ -849,7 +877,10 @@ async fn sync_handler(
             Some(w) if w.lost => {
                 return (
                     StatusCode::GONE,
-                    format!("worker {} was declared lost; its tasks went elsewhere", req.worker.0),
+                    format!(
+                        "worker {} was declared lost; its tasks went elsewhere",
+                        req.worker.0
+                    ),
                 )
                     .into_response();
             }
@@ -866,7 +897,9 @@ async fn sync_handler(
         }
         let over = g.finished || g.failure.is_some();
         match g.workers.get_mut(&req.worker) {
-            Some(w) if w.mailbox.is_empty() && !had_reports && !over => Some(w.wake.clone()),
+            Some(w) if req.take_commands && w.mailbox.is_empty() && !had_reports && !over => {
+                Some(w.wake.clone())
+            }
             _ => None,
         }
     };
@@ -880,7 +913,11 @@ async fn sync_handler(
         .get_mut(&req.worker)
         .map(|w| {
             w.last_seen = Instant::now();
-            std::mem::take(&mut w.mailbox)
+            if req.take_commands {
+                std::mem::take(&mut w.mailbox)
+            } else {
+                Vec::new()
+            }
         })
         .unwrap_or_default();
     axum::Json(SyncResponse { commands, finished }).into_response()
@@ -890,10 +927,6 @@ async fn sync_handler(
 fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Report) {
     let now = shared.now();
     let actions = match r {
-        Report::Started { task } => {
-            g.sched.task_started(worker, task);
-            Vec::new()
-        }
         Report::Done {
             task,
             outputs,
@@ -923,7 +956,11 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             error,
             ..
         } => {
-            tracing::info!(worker = worker.0, task = task.0, "input unavailable: {error}");
+            tracing::info!(
+                worker = worker.0,
+                task = task.0,
+                "input unavailable: {error}"
+            );
             g.sched.task_failed(worker, task, now)
         }
         Report::Failed { error, .. } => {
@@ -1110,17 +1147,30 @@ async fn metrics_handler(State(shared): State<Arc<CoordShared>>) -> Response {
 /// Worker processes this coordinator started on loopback addresses.
 struct LocalWorkers {
     children: Vec<std::process::Child>,
+    /// The loopback address of each child.
+    hosts: Vec<String>,
+    /// Whether each child's exit was already handed to the coordinator.
+    seen_exit: Vec<bool>,
 }
 
 impl LocalWorkers {
-    fn start(opts: &CoordinatorOptions, url: &str, staging: &Path) -> std::io::Result<LocalWorkers> {
-        let mut children = Vec::new();
+    fn start(
+        opts: &CoordinatorOptions,
+        url: &str,
+        staging: &Path,
+    ) -> std::io::Result<LocalWorkers> {
+        let mut workers = LocalWorkers {
+            children: Vec::new(),
+            hosts: Vec::new(),
+            seen_exit: Vec::new(),
+        };
         let Some((program, lead)) = opts.worker_command.split_first() else {
-            return Ok(LocalWorkers { children });
+            return Ok(workers);
         };
         for i in 0..opts.local_workers {
             // 127.0.0.2, 127.0.0.3, ...: every worker has its own address, as on separate machines.
-            let listen = format!("127.0.0.{}:0", 2 + i.min(252));
+            let host = format!("127.0.0.{}", 2 + i.min(252));
+            let listen = format!("{host}:0");
             let child = std::process::Command::new(program)
                 .args(lead)
                 .args(["--coordinator", url, "--listen", &listen])
@@ -1131,9 +1181,29 @@ impl LocalWorkers {
                 .env("ARRAYJOB_TOKEN", opts.token.expose())
                 .stdin(std::process::Stdio::null())
                 .spawn()?;
-            children.push(child);
+            workers.children.push(child);
+            workers.hosts.push(host);
+            workers.seen_exit.push(false);
         }
-        Ok(LocalWorkers { children })
+        Ok(workers)
+    }
+
+    /// The loopback hosts of the children that exited since the last call: those workers are gone now,
+    /// whatever their last heartbeat says.
+    fn newly_exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ((c, host), seen) in self
+            .children
+            .iter_mut()
+            .zip(&self.hosts)
+            .zip(&mut self.seen_exit)
+        {
+            if !*seen && matches!(c.try_wait(), Ok(Some(_))) {
+                *seen = true;
+                out.push(host.clone());
+            }
+        }
+        out
     }
 
     /// When every local worker has exited (and there were some): how they ended.
@@ -1167,7 +1237,6 @@ impl LocalWorkers {
             }
         }
     }
-
 }
 
 impl Drop for LocalWorkers {

@@ -51,7 +51,11 @@ impl CoordinatorMetrics {
             bytes_moved.clone(),
         );
         registry.register("workers_alive", "Workers alive", workers_alive.clone());
-        registry.register("workers_lost", "Workers declared lost", workers_lost.clone());
+        registry.register(
+            "workers_lost",
+            "Workers declared lost",
+            workers_lost.clone(),
+        );
         registry.register(
             "auth_refused",
             "Requests refused for a missing or wrong job token",

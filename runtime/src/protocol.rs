@@ -75,11 +75,6 @@ pub struct RegisterResponse {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Report {
-    /// A task started running (a worker that dies now takes a strike against it).
-    Started {
-        /// The task.
-        task: TaskId,
-    },
     /// A task finished; its outputs are in the worker's store (and its output files written).
     Done {
         /// The task.
@@ -134,6 +129,9 @@ pub struct SyncRequest {
     pub load_end_seconds: f64,
     /// How long the coordinator may hold the request when there is nothing to send (milliseconds).
     pub wait_ms: u64,
+    /// Whether the answer carries the worker's commands. Exactly one of a worker's loops takes them, so
+    /// they arrive in the order they were decided.
+    pub take_commands: bool,
 }
 
 /// A holder of an input, as a task's recipient needs to reach it.
@@ -210,7 +208,10 @@ pub fn split_framed(body: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut rest = body;
     while !rest.is_empty() {
         let Some((len, tail)) = rest.split_first_chunk::<8>() else {
-            return Err(format!("{} stray bytes at the end of a fetch answer", rest.len()));
+            return Err(format!(
+                "{} stray bytes at the end of a fetch answer",
+                rest.len()
+            ));
         };
         let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|e| e.to_string())?;
         if tail.len() < len {
@@ -235,13 +236,19 @@ pub fn parse_index(s: &str) -> Result<Vec<usize>, String> {
         return Ok(Vec::new());
     }
     s.split(',')
-        .map(|v| v.parse().map_err(|_| format!("'{v}' in '{s}' is not an index")))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("'{v}' in '{s}' is not an index"))
+        })
         .collect()
 }
 
 /// Formats an index list for [`parse_index`].
 pub fn format_index(idx: &[usize]) -> String {
-    idx.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+    idx.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -258,7 +265,11 @@ mod tests {
         assert_eq!(frames, vec![&b"abc"[..], b"", b"defgh"]);
         let err = split_framed(&body[..body.len() - 1]).expect_err("truncated");
         assert!(err.contains("a frame of 5 bytes, 4 left"), "{err}");
-        assert!(split_framed(&body[..3]).expect_err("stray").contains("3 stray bytes"));
+        assert!(
+            split_framed(&body[..3])
+                .expect_err("stray")
+                .contains("3 stray bytes")
+        );
     }
 
     #[test]

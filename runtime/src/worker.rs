@@ -22,7 +22,7 @@ use arrayjob_engine::graph::{TaskGraph, TaskId};
 use arrayjob_engine::output::zarr::ZarrWriter;
 use arrayjob_engine::runner::{self, Prepared};
 use arrayjob_engine::schedule::WorkerId;
-use arrayjob_engine::store::{ChunkStore, FileSpill};
+use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
 use axum::Router;
 use axum::body::Bytes;
@@ -57,7 +57,7 @@ pub struct WorkerOptions {
     /// Refuse to join a job whose plan hash is not this one (set by whoever starts workers for one job).
     pub expect_plan_hash: Option<String>,
     /// Fault injection for recovery tests (`ARRAYJOB_FAULT_ABORT_TASK`): abort the process when this task
-    /// starts, as a crash in a kernel or an out-of-memory kill would.
+    /// has run, before reporting it, as a crash in a kernel or an out-of-memory kill would.
     pub abort_on_task: Option<usize>,
 }
 
@@ -202,7 +202,9 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
                 .unwrap_or_else(|e| tracing::error!("cannot start a compute thread: {e}"));
         }
     });
-    let ended = rt.block_on(loops).context("the coordinator loop panicked")?;
+    let ended = rt
+        .block_on(loops)
+        .context("the coordinator loop panicked")?;
     server.abort();
     ended?;
     Ok(WorkerOutcome {
@@ -285,7 +287,18 @@ async fn sync_loop(shared: Arc<Shared>, reporter: bool, heartbeat: Duration) -> 
         if reporter && reports.is_empty() {
             continue;
         }
-        let req = sync_request(&shared, reports.clone(), if reporter { 0 } else { heartbeat.as_millis() as u64 });
+        // Only the poller takes commands: one ordered stream (a release must not overtake the run that
+        // writes the key again).
+        let req = sync_request(
+            &shared,
+            reports.clone(),
+            if reporter {
+                0
+            } else {
+                heartbeat.as_millis() as u64
+            },
+            !reporter,
+        );
         match send_sync(&shared.http, &req).await {
             Ok(resp) => {
                 failures = 0;
@@ -325,8 +338,14 @@ enum SyncError {
     Unreachable(String),
 }
 
-fn sync_request(shared: &Shared, reports: Vec<Report>, wait_ms: u64) -> SyncRequest {
+fn sync_request(
+    shared: &Shared,
+    reports: Vec<Report>,
+    wait_ms: u64,
+    take_commands: bool,
+) -> SyncRequest {
     SyncRequest {
+        take_commands,
         worker: shared.id,
         reports,
         store: shared.store.stats(),
@@ -453,11 +472,6 @@ fn compute(shared: &Shared, thread: u32) {
 fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
     let t0 = Instant::now();
     let kind = shared.graph.task(a.task).kind;
-    push_report(shared, Report::Started { task: a.task });
-    if shared.abort_on_task == Some(a.task.0) {
-        tracing::error!(task = a.task.0, "ARRAYJOB_FAULT_ABORT_TASK: aborting");
-        std::process::abort();
-    }
     let fetched = match fetch_inputs(shared, &a.inputs) {
         Ok(f) => f,
         Err(error) => {
@@ -482,7 +496,13 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
         store: &shared.store,
         cancel: &shared.stop,
     };
-    match runner.run(kind, &io) {
+    let result = runner.run(kind, &io);
+    if shared.abort_on_task == Some(a.task.0) {
+        // As a kernel crash or an out-of-memory kill would, after the work and before the report.
+        tracing::error!(task = a.task.0, "ARRAYJOB_FAULT_ABORT_TASK: aborting");
+        std::process::abort();
+    }
+    match result {
         Ok(()) => {
             shared.tasks_done.fetch_add(1, Ordering::Relaxed);
             Report::Done {
@@ -496,7 +516,8 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
         Err(e) => Report::Failed {
             task: a.task,
             attempt: a.attempt,
-            input_unavailable: false,
+            // A local input released meanwhile: a copy of this task finished elsewhere first.
+            input_unavailable: matches!(e, ExecError::Store(StoreError::Missing(_))),
             error: format!("{} {}: {e}", kind.name(), a.task.0),
         },
     }
@@ -522,7 +543,13 @@ fn fetch_inputs(
             .http
             .rt
             .block_on(fetch_batch(&shared.http, &address, &keys))
-            .map_err(|e| format!("fetching {} input(s) from worker {} at {address}: {e}", keys.len(), holder.0))?;
+            .map_err(|e| {
+                format!(
+                    "fetching {} input(s) from worker {} at {address}: {e}",
+                    keys.len(),
+                    holder.0
+                )
+            })?;
         let frames = protocol::split_framed(&body)?;
         if frames.len() != keys.len() {
             return Err(format!(
@@ -604,7 +631,11 @@ impl WorkerSink {
         let staging = std::path::Path::new(&desc.staging_dir);
         let mut zarr = Vec::new();
         for n in &job.plan.nodes {
-            let z = match n.output.as_ref().and_then(|o| o.zarr.as_ref().map(|z| (o, z))) {
+            let z = match n
+                .output
+                .as_ref()
+                .and_then(|o| o.zarr.as_ref().map(|z| (o, z)))
+            {
                 Some((o, z)) => Some(ZarrWriter::open_existing(
                     &staging.join(z),
                     &n.meta,
@@ -624,7 +655,13 @@ impl WorkerSink {
     }
 
     /// Sends one block (or one pixel's series) to the coordinator.
-    fn gather(&self, node: usize, start: &[usize], pixel: Option<usize>, chunk: Chunk) -> Result<(), ExecError> {
+    fn gather(
+        &self,
+        node: usize,
+        start: &[usize],
+        pixel: Option<usize>,
+        chunk: Chunk,
+    ) -> Result<(), ExecError> {
         let frame = arrayjob_engine::frame::encode(&Data::Chunk(chunk));
         let mut url = format!(
             "{}/v1/gather?node={node}&start={}",
@@ -656,9 +693,10 @@ impl ChunkSink for WorkerSink {
         }
         if let Some(px) = &self.pixels[node] {
             for (k, t0, values) in runner::series_in_block(px, start, block) {
-                let series = Chunk::F64(ndarray::ArrayD::from_shape_vec(vec![values.len()], values).map_err(
-                    |e| ExecError::Internal(format!("pixel series: {e}")),
-                )?);
+                let series = Chunk::F64(
+                    ndarray::ArrayD::from_shape_vec(vec![values.len()], values)
+                        .map_err(|e| ExecError::Internal(format!("pixel series: {e}")))?,
+                );
                 self.gather(node, &[t0], Some(k), series)?;
             }
         }
@@ -667,13 +705,22 @@ impl ChunkSink for WorkerSink {
 }
 
 /// The data server: peers fetch keys; a probe times the link; `/healthz` says the worker is up.
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, guard: Guard) -> anyhow::Result<()> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    guard: Guard,
+) -> anyhow::Result<()> {
     let authed = Router::new()
         .route("/v1/fetch", post(fetch_handler))
         .route("/v1/probe", get(probe_handler))
         .with_state(shared)
-        .layer(axum::middleware::from_fn_with_state(guard, crate::auth::require_token));
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).merge(authed);
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::auth::require_token,
+        ));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authed);
     axum::serve(listener, app).await?;
     Ok(())
 }

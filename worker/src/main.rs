@@ -38,7 +38,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { args } => {
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
-            tracing::info!(worker = outcome.worker.0, tasks = outcome.tasks, "worker done");
+            tracing::info!(
+                worker = outcome.worker.0,
+                tasks = outcome.tasks,
+                "worker done"
+            );
             Ok(())
         }
         Command::Resources { threads } => {
