@@ -214,6 +214,17 @@ def main():
               "end of loading %s s.\n" % (cell(j), cell(D.aj("aj-full-files", n,
                                                                 lambda r, s: s["source"]["endSeconds"]))))
 
+        if D.runs("aj-dist2", n):
+            j = [r["wall_s"] for r in D.runs("aj-dist2", n)]
+            mem = [r["tree_peak_rss_MB"] for r in D.runs("aj-dist2", n)]
+            dd = D.dask_total("dask-distributed", n)
+            dmem = D.dask_peak("dask-distributed", n)
+            moved = [r["workers"]["bytesMoved"] / 1e6 for r in D.runs("aj-dist2", n) if r.get("workers")]
+            p("\n`aj-dist2` (the full job on 2 worker processes x 1 thread, over loopback HTTP, against "
+              "dask.distributed 2 workers x 1 thread): %s s, dask.distributed %s s (%s); peak memory of the "
+              "process tree %s MB against %s MB; moved between workers %s MB.\n"
+              % (cell(j), cell(dd), ratio(med(dd), med(j)), cell(mem), cell(dmem), cell(moved)))
+
         # correctness cross-check
         dm = [r["dask"]["mean_xy"] for r in D.runs("dask-threads", n)]
         ab = [r.get("brightness") for r in D.runs("aj-full", n) if r.get("brightness")]

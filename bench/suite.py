@@ -25,7 +25,7 @@ import common  # noqa: E402
 
 SEED = 20170117
 ALL_CONFIGS = ["dask-threads", "dask-distributed", "aj-full", "aj-means", "aj-fftpath", "aj-full-files",
-               "aj-full-raw"]
+               "aj-full-raw", "aj-dist2"]
 
 
 def dataset_dir(root, n, h, w):
@@ -68,7 +68,9 @@ def manifest(kind, n, h, w, url_base, data_dir):
     fft: {axis: 0, power: true, dtype: float32}
     output: {zarr: power.zarr%s}
 """ % codec
+    # aj-dist2: the full job on 2 local worker processes (1 thread each), like dask.distributed's 2 x 1
     stages = {"aj-full": means + recenter + rmean + fft, "aj-full-files": means + recenter + rmean + fft,
+              "aj-dist2": means + recenter + rmean + fft,
               "aj-full-raw": means + recenter + rmean + fft,
               "aj-means": means, "aj-fftpath": recenter + fft}[kind]
     return ("apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {name: bench-%s-n%d}\nspec:\n"
@@ -189,11 +191,17 @@ class Suite:
                 outd = os.path.join(self.scratch, "out")
                 shutil.rmtree(outd, ignore_errors=True)
                 cmd = [a.arrayjob, "run", yml, "--out", outd, "-q", "--threads", str(a.threads)]
+                if cfg == "aj-dist2":
+                    cmd += ["--workers", "2", "--worker-threads", "1"]
                 r = self.execute(cmd)
                 rec.update(r)
                 if r["rc"] == 0:
                     with open(os.path.join(outd, "summary.json")) as f:
                         rec["summary"] = json.load(f)
+                    wj = os.path.join(outd, "workers.json")
+                    if os.path.exists(wj):
+                        with open(wj) as f:
+                            rec["workers"] = json.load(f)
                     bcsv = os.path.join(outd, "brightness.csv")
                     if os.path.exists(bcsv):
                         with open(bcsv) as f:

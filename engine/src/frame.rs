@@ -78,14 +78,22 @@ fn dtype_from_code(c: u8) -> Result<DType, FrameError> {
 
 /// The frame of `data`.
 pub fn encode(data: &Data) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(data, &mut out);
+    out
+}
+
+/// Appends the frame of `data` to `out` (e.g. several frames into one message body).
+pub fn encode_into(data: &Data, out: &mut Vec<u8>) {
     match data {
-        Data::Chunk(c) => frame(dtype_code(c.dtype()), c.shape(), &c.as_le_bytes()),
-        Data::Partial(p) => frame(PARTIAL, p.shape(), &p.to_bytes()),
+        Data::Chunk(c) => frame(dtype_code(c.dtype()), c.shape(), &c.as_le_bytes(), out),
+        Data::Partial(p) => frame(PARTIAL, p.shape(), &p.to_bytes(), out),
     }
 }
 
-fn frame(code: u8, shape: &[usize], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 8 * shape.len() + 8 + payload.len() + 4);
+fn frame(code: u8, shape: &[usize], payload: &[u8], out: &mut Vec<u8>) {
+    let begin = out.len();
+    out.reserve(8 + 8 * shape.len() + 8 + payload.len() + 4);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.push(code);
@@ -97,9 +105,8 @@ fn frame(code: u8, shape: &[usize], payload: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out);
+    let crc = crc32c::crc32c(&out[begin..]);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 /// The value in `frame` (the whole slice must be one frame).

@@ -478,6 +478,9 @@ pub const TIMELINE_HTML: &str = "timeline.html";
 /// See [`TIMELINE_HTML`].
 pub const TIMELINE_PNG: &str = "timeline.png";
 
+/// Largest block a worker may send the coordinator for a small output.
+const MAX_GATHERED_BYTES: usize = 1 << 30;
+
 /// The distributed run's report, published with the outputs.
 pub const WORKERS_FILE: &str = "workers.json";
 
@@ -798,6 +801,8 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<CoordShared>) -> a
         .route("/v1/sync", post(sync_handler))
         .route("/v1/gather", post(gather_handler))
         .route("/v1/progress", get(progress_handler))
+        // Gathered blocks are whole small results (a 2-D mean of a large stack is tens of MB).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_GATHERED_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::auth::require_token,

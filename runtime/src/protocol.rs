@@ -199,6 +199,15 @@ pub fn push_framed(body: &mut Vec<u8>, frame: &[u8]) {
     body.extend_from_slice(frame);
 }
 
+/// Appends the frame of `data` to a fetch answer, preceded by its length (no intermediate copy).
+pub fn push_frame_of(body: &mut Vec<u8>, data: &arrayjob_engine::data::Data) {
+    let at = body.len();
+    body.extend_from_slice(&[0; 8]);
+    arrayjob_engine::frame::encode_into(data, body);
+    let len = (body.len() - at - 8) as u64;
+    body[at..at + 8].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Splits a fetch answer into its frames.
 ///
 /// # Errors
@@ -263,6 +272,14 @@ mod tests {
         push_framed(&mut body, b"defgh");
         let frames = split_framed(&body).expect("split");
         assert_eq!(frames, vec![&b"abc"[..], b"", b"defgh"]);
+        let chunk = arrayjob_engine::data::Data::Chunk(arrayjob_engine::array::Chunk::U8(
+            ndarray::ArrayD::from_elem(ndarray::IxDyn(&[3, 2]), 7),
+        ));
+        let mut with = body.clone();
+        push_frame_of(&mut with, &chunk);
+        let frames = split_framed(&with).expect("split");
+        assert_eq!(frames.len(), 4);
+        assert_eq!(arrayjob_engine::frame::decode(frames[3]).expect("decode"), chunk);
         let err = split_framed(&body[..body.len() - 1]).expect_err("truncated");
         assert!(err.contains("a frame of 5 bytes, 4 left"), "{err}");
         assert!(

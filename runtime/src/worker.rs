@@ -25,7 +25,6 @@ use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -83,7 +82,7 @@ struct Shared {
     id: WorkerId,
     job: Prepared,
     graph: TaskGraph,
-    store: ChunkStore,
+    store: Arc<ChunkStore>,
     progress: JobProgress,
     sink: WorkerSink,
     queue: Mutex<VecDeque<Assignment>>,
@@ -93,7 +92,7 @@ struct Shared {
     stop: AtomicBool,
     http: Http,
     tasks_done: AtomicU64,
-    bytes_served: AtomicU64,
+    bytes_served: Arc<AtomicU64>,
     abort_on_task: Option<usize>,
 }
 
@@ -173,7 +172,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         progress: JobProgress::new(&job.plan),
         job,
         graph,
-        store: ChunkStore::new(opts.memory_budget, Box::new(spill)),
+        store: Arc::new(ChunkStore::new(opts.memory_budget, Box::new(spill))),
         sink,
         queue: Mutex::new(VecDeque::new()),
         queued: Condvar::new(),
@@ -182,25 +181,39 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         stop: AtomicBool::new(false),
         http,
         tasks_done: AtomicU64::new(0),
-        bytes_served: AtomicU64::new(0),
+        bytes_served: Arc::new(AtomicU64::new(0)),
         abort_on_task: opts.abort_on_task,
     });
     let guard = Guard {
         token: opts.token.clone(),
         refused: Arc::new(AtomicU64::new(0)),
     };
-    let server = rt.spawn(serve(listener, shared.clone(), guard));
+    let data = DataServer {
+        worker: id,
+        store: shared.store.clone(),
+        bytes_served: shared.bytes_served.clone(),
+    };
+    let server = rt.spawn(serve_data(listener, data, guard));
     let heartbeat = Duration::from_millis(desc.heartbeat_ms.max(50));
     let loops = rt.spawn(talk(shared.clone(), heartbeat));
     std::thread::scope(|s| {
+        let (written_tx, written_rx) = std::sync::mpsc::channel::<(Report, Vec<u64>)>();
         for t in 0..opts.threads.max(1) {
             let shared = shared.clone();
+            let tx = written_tx.clone();
             std::thread::Builder::new()
                 .name(format!("arrayjob-task-{t}"))
-                .spawn_scoped(s, move || compute(&shared, t as u32))
+                .spawn_scoped(s, move || compute(&shared, t as u32, &tx))
                 .map(|_| ())
                 .unwrap_or_else(|e| tracing::error!("cannot start a compute thread: {e}"));
         }
+        drop(written_tx);
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("arrayjob-reports".into())
+            .spawn_scoped(s, move || report_when_written(&shared, &written_rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the report thread: {e}"));
     });
     let ended = rt
         .block_on(loops)
@@ -445,8 +458,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Sends each finished task's report once the output files it submitted are written (Zarr shards are
+/// written by a background thread while the compute threads go on): a task reported done has its outputs on
+/// disk.
+fn report_when_written(shared: &Shared, done: &std::sync::mpsc::Receiver<(Report, Vec<u64>)>) {
+    for (report, marks) in done {
+        let report = match (shared.sink.wait_written(&marks), report) {
+            (Ok(()), r) => r,
+            (Err(e), Report::Done { task, attempt, .. }) => Report::Failed {
+                task,
+                attempt,
+                input_unavailable: false,
+                error: e.to_string(),
+            },
+            (Err(_), r) => r,
+        };
+        push_report(shared, report);
+    }
+}
+
 /// A compute thread: runs queued tasks until the job is over.
-fn compute(shared: &Shared, thread: u32) {
+fn compute(shared: &Shared, thread: u32, written: &std::sync::mpsc::Sender<(Report, Vec<u64>)>) {
     loop {
         let next = {
             let mut q = lock(&shared.queue);
@@ -464,7 +496,13 @@ fn compute(shared: &Shared, thread: u32) {
             }
         };
         let report = run_assignment(shared, next, thread);
-        push_report(shared, report);
+        if matches!(report, Report::Done { .. }) {
+            if let Err(e) = written.send((report, shared.sink.write_marks())) {
+                push_report(shared, e.0.0);
+            }
+        } else {
+            push_report(shared, report);
+        }
     }
 }
 
@@ -539,10 +577,10 @@ fn fetch_inputs(
     let mut out = HashMap::new();
     for (holder, (address, keys)) in by_holder {
         let t0 = Instant::now();
-        let body = shared
+        let (data, bytes) = shared
             .http
             .rt
-            .block_on(fetch_batch(&shared.http, &address, &keys))
+            .block_on(fetch_keys(&shared.http.client, &shared.http.token, &address, &keys))
             .map_err(|e| {
                 format!(
                     "fetching {} input(s) from worker {} at {address}: {e}",
@@ -550,46 +588,19 @@ fn fetch_inputs(
                     holder.0
                 )
             })?;
-        let frames = protocol::split_framed(&body)?;
-        if frames.len() != keys.len() {
-            return Err(format!(
-                "worker {} answered {} frames for {} keys",
-                holder.0,
-                frames.len(),
-                keys.len()
-            ));
-        }
-        for (key, frame) in keys.iter().zip(frames) {
-            let data = arrayjob_engine::frame::decode(frame)
-                .map_err(|e| format!("{key} from worker {}: {e}", holder.0))?;
-            out.insert(*key, Arc::new(data));
+        for (key, d) in keys.iter().zip(data) {
+            out.insert(*key, Arc::new(d));
         }
         push_report(
             shared,
             Report::Transfer {
                 from: holder,
-                bytes: body.len() as u64,
+                bytes,
                 seconds: t0.elapsed().as_secs_f64(),
             },
         );
     }
     Ok(out)
-}
-
-async fn fetch_batch(http: &Http, address: &str, keys: &[DataKey]) -> Result<Bytes, String> {
-    let r = http
-        .post(format!("http://{address}/v1/fetch"))
-        .json(&FetchRequest {
-            keys: keys.to_vec(),
-        })
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status();
-    if !status.is_success() {
-        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
-    }
-    r.bytes().await.map_err(|e| e.to_string())
 }
 
 /// A worker's [`TaskIo`]: inputs from the fetched copies or this worker's store; outputs kept in the store
@@ -654,6 +665,30 @@ impl WorkerSink {
         })
     }
 
+    /// Marks of the Zarr writes submitted so far, one per node.
+    fn write_marks(&self) -> Vec<u64> {
+        self.zarr
+            .iter()
+            .map(|z| z.as_ref().map_or(0, ZarrWriter::write_mark))
+            .collect()
+    }
+
+    /// Waits until the writes before `marks` are in their files.
+    fn wait_written(&self, marks: &[u64]) -> Result<(), ExecError> {
+        for ((z, &mark), stage) in self.zarr.iter().zip(marks).zip(&self.stages) {
+            if let Some(z) = z
+                && mark > 0
+            {
+                z.wait_written(mark).map_err(|e| ExecError::Output {
+                    stage: stage.clone(),
+                    target: "zarr".into(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one block (or one pixel's series) to the coordinator.
     fn gather(
         &self,
@@ -704,16 +739,31 @@ impl ChunkSink for WorkerSink {
     }
 }
 
-/// The data server: peers fetch keys; a probe times the link; `/healthz` says the worker is up.
-async fn serve(
+/// What the data server serves: one worker's store.
+#[derive(Debug, Clone)]
+pub struct DataServer {
+    /// Whose store.
+    pub worker: WorkerId,
+    /// The store.
+    pub store: Arc<ChunkStore>,
+    /// Bytes answered so far.
+    pub bytes_served: Arc<AtomicU64>,
+}
+
+/// Serves `data` on `listener`: peers fetch keys (`POST /v1/fetch`), a probe times the link
+/// (`GET /v1/probe`), `/healthz` says the worker is up. Every request but `/healthz` needs the job token.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_data(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    data: DataServer,
     guard: Guard,
 ) -> anyhow::Result<()> {
     let authed = Router::new()
         .route("/v1/fetch", post(fetch_handler))
         .route("/v1/probe", get(probe_handler))
-        .with_state(shared)
+        .with_state(data)
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::auth::require_token,
@@ -726,24 +776,29 @@ async fn serve(
 }
 
 async fn fetch_handler(
-    State(shared): State<Arc<Shared>>,
+    State(data): State<DataServer>,
     axum::Json(req): axum::Json<FetchRequest>,
 ) -> Response {
-    let mut body = Vec::new();
+    let mut found = Vec::with_capacity(req.keys.len());
     for key in &req.keys {
-        match shared.store.get(*key) {
-            Ok(d) => protocol::push_framed(&mut body, &arrayjob_engine::frame::encode(&d)),
+        match data.store.get(*key) {
+            Ok(d) => found.push(d),
             Err(e) => {
                 return (
                     StatusCode::NOT_FOUND,
-                    format!("worker {} cannot serve {key}: {e}", shared.id.0),
+                    format!("worker {} cannot serve {key}: {e}", data.worker.0),
                 )
                     .into_response();
             }
         }
     }
-    shared
-        .bytes_served
+    // One allocation of the whole answer (growing it would copy and fault its pages again and again).
+    let size = found.iter().map(|d| d.nbytes() + 128).sum();
+    let mut body = Vec::with_capacity(size);
+    for d in &found {
+        protocol::push_frame_of(&mut body, d);
+    }
+    data.bytes_served
         .fetch_add(body.len() as u64, Ordering::Relaxed);
     body.into_response()
 }
@@ -756,4 +811,53 @@ struct ProbeQuery {
 async fn probe_handler(Query(q): Query<ProbeQuery>) -> Response {
     let n = q.bytes.min(64 << 20) as usize;
     vec![0u8; n].into_response()
+}
+
+/// The whole body of `r`, read into one buffer sized by its length (no regrowth).
+async fn read_body(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::with_capacity(r.content_length().unwrap_or(0) as usize);
+    while let Some(part) = r.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&part);
+    }
+    Ok(body)
+}
+
+/// Fetches `keys` from the data server at `address` in one request and decodes their frames, in order.
+///
+/// # Errors
+/// When the peer cannot be reached, does not hold a key, or answers bytes that are not the keys' frames.
+pub async fn fetch_keys(
+    client: &reqwest::Client,
+    token: &Token,
+    address: &str,
+    keys: &[DataKey],
+) -> Result<(Vec<Data>, u64), String> {
+    let r = client
+        .post(format!("http://{address}/v1/fetch"))
+        .header(protocol::AUTHORIZATION, token.header())
+        .json(&FetchRequest {
+            keys: keys.to_vec(),
+        })
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+    }
+    let body = read_body(r).await?;
+    let frames = protocol::split_framed(&body)?;
+    if frames.len() != keys.len() {
+        return Err(format!(
+            "answered {} frames for {} keys",
+            frames.len(),
+            keys.len()
+        ));
+    }
+    let data = keys
+        .iter()
+        .zip(frames)
+        .map(|(key, frame)| arrayjob_engine::frame::decode(frame).map_err(|e| format!("{key}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((data, body.len() as u64))
 }

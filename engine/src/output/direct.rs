@@ -133,6 +133,10 @@ pub struct FileWriter {
     lent: std::sync::atomic::AtomicUsize,
     failed: std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, std::io::Error)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Files submitted so far.
+    submitted: std::sync::atomic::AtomicU64,
+    /// Files written (or failed) so far, in submission order, and a signal when it grows.
+    written: std::sync::Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
 }
 
 type Failure = std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, std::io::Error)>>>;
@@ -148,6 +152,8 @@ impl FileWriter {
         let (back, free) = std::sync::mpsc::sync_channel(MAX_BUFFERS);
         let failed: Failure = Default::default();
         let seen = failed.clone();
+        let written = std::sync::Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+        let count = written.clone();
         let thread = std::thread::Builder::new()
             .name("arrayjob-file-writer".into())
             .spawn(move || {
@@ -162,6 +168,8 @@ impl FileWriter {
                     }
                     // Never blocks: at most MAX_BUFFERS exist.
                     let _ = back.try_send(buf);
+                    *count.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    count.1.notify_all();
                 }
             })?;
         Ok(FileWriter {
@@ -170,6 +178,8 @@ impl FileWriter {
             lent: std::sync::atomic::AtomicUsize::new(0),
             failed,
             thread: Some(thread),
+            submitted: std::sync::atomic::AtomicU64::new(0),
+            written,
         })
     }
 
@@ -203,8 +213,31 @@ impl FileWriter {
         let Some(jobs) = &self.jobs else {
             return Err((path, std::io::Error::other("the writer is finished")));
         };
+        self.submitted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         jobs.send((path, buf))
             .map_err(|e| (e.0.0, std::io::Error::other("the writing thread stopped")))
+    }
+
+    /// Files submitted so far: a mark to pass to [`FileWriter::wait_written`].
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the first `mark` submitted files are written (files are written in submission order).
+    ///
+    /// # Errors
+    /// The first failed write (path and cause).
+    pub fn wait_written(&self, mark: u64) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        let (count, grew) = &*self.written;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n < mark && self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            n = grew
+                .wait_timeout(n, std::time::Duration::from_millis(100))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        drop(n);
+        self.check()
     }
 
     /// Waits until every submitted file is written.

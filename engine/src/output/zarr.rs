@@ -90,9 +90,9 @@ impl ZarrWriter {
     }
 
     /// Opens the array another process created at `dir` with the same `meta` and `options` (its `zarr.json`
-    /// is left as it is), to write some of its chunks. Writes are synchronous: when
-    /// [`ZarrWriter::write_chunk`] returns, the chunk or shard is in its file (a worker reports a task done
-    /// only once its outputs are written).
+    /// is left as it is), to write some of its chunks. Shards are written in the background as with
+    /// [`ZarrWriter::create_with`]: [`ZarrWriter::write_mark`] and [`ZarrWriter::wait_written`] tell when
+    /// the ones written so far are in their files (a worker reports a task done only then).
     ///
     /// # Errors
     /// When `dir` has no `zarr.json`, or as [`ZarrWriter::create_with`].
@@ -176,7 +176,7 @@ impl ZarrWriter {
                 .store_metadata()
                 .map_err(|e| OutputError::write(dir, "write zarr.json", e))?;
         }
-        let files = if create && unit != chunks {
+        let files = if unit != chunks {
             Some(FileWriter::new().map_err(|e| OutputError::io(dir, "start the shard writer", e))?)
         } else {
             None
@@ -290,10 +290,14 @@ impl ZarrWriter {
     /// The shard is assembled in a page-aligned buffer and written with direct I/O by the array's writing
     /// thread ([`super::direct::FileWriter`]), while the calling thread goes back to computing.
     fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
-        let mut body = match &self.files {
-            Some(writer) => writer.buffer(),
-            None => PageBuf::default(),
+        let Some(writer) = &self.files else {
+            return Err(OutputError::invalid(
+                &self.dir,
+                "shard",
+                "the array is not sharded",
+            ));
         };
+        let mut body = writer.buffer();
         self.encode_shard(block, &mut body)?;
         let path = self.dir.join(self.array.chunk_key(shard).as_str());
         if body.is_empty() {
@@ -309,12 +313,27 @@ impl ZarrWriter {
             std::fs::create_dir_all(parent)
                 .map_err(|e| OutputError::io(parent, "create directory", e))?;
         }
+        writer
+            .submit(path, body)
+            .map_err(|(p, e)| OutputError::io(&p, "write shard", e))
+    }
+
+    /// A mark of the writes submitted so far, for [`ZarrWriter::wait_written`] (0 for unsharded arrays, whose
+    /// chunks are in their files when [`ZarrWriter::write_chunk`] returns).
+    pub fn write_mark(&self) -> u64 {
+        self.files.as_ref().map_or(0, FileWriter::submitted)
+    }
+
+    /// Waits until the shards submitted before `mark` are in their files.
+    ///
+    /// # Errors
+    /// The first shard that could not be written.
+    pub fn wait_written(&self, mark: u64) -> Result<(), OutputError> {
         match &self.files {
-            Some(writer) => writer
-                .submit(path, body)
+            Some(w) => w
+                .wait_written(mark)
                 .map_err(|(p, e)| OutputError::io(&p, "write shard", e)),
-            None => super::direct::write_file(&path, &body)
-                .map_err(|e| OutputError::io(&path, "write shard", e)),
+            None => Ok(()),
         }
     }
 

@@ -1,0 +1,81 @@
+//! Peer transfer throughput on loopback: one worker's data server holds `GIB` GiB of chunks (16 MiB each);
+//! another address fetches them all, `BATCH` keys per request, decoding every frame (checksums verified), as
+//! a merge's inputs are fetched. Prints GB/s.
+//!
+//!     cargo run --release -p arrayjob-runtime --example transfer_bench -- [GIB] [BATCH]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use arrayjob_engine::array::Chunk;
+use arrayjob_engine::data::{Data, DataKey};
+use arrayjob_engine::schedule::WorkerId;
+use arrayjob_engine::store::{ChunkStore, FileSpill};
+use arrayjob_runtime::auth::{Guard, Token};
+use arrayjob_runtime::worker::{DataServer, fetch_keys, serve_data};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let gib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let batch: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
+    let chunk_bytes = 16 << 20;
+    let n = gib * (1 << 30) / chunk_bytes;
+    let tmp = tempfile::tempdir()?;
+    let store = Arc::new(ChunkStore::new(
+        usize::MAX,
+        Box::new(FileSpill::new(tmp.path())?),
+    ));
+    let keys: Vec<DataKey> = (0..n)
+        .map(|i| DataKey::Piece {
+            node: 1,
+            group: i,
+            part: 0,
+        })
+        .collect();
+    for (i, &k) in keys.iter().enumerate() {
+        let c = Chunk::F32(ndarray::ArrayD::from_elem(
+            ndarray::IxDyn(&[chunk_bytes / 4 / 1024, 1024]),
+            i as f32,
+        ));
+        store.put(k, Data::Chunk(c), usize::MAX)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let token = Token::generate()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.2:0"))?;
+    let address = listener.local_addr()?.to_string();
+    let data = DataServer {
+        worker: WorkerId(0),
+        store,
+        bytes_served: Arc::new(AtomicU64::new(0)),
+    };
+    let guard = Guard {
+        token: token.clone(),
+        refused: Arc::new(AtomicU64::new(0)),
+    };
+    rt.spawn(serve_data(listener, data, guard));
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    // One warm-up request opens the connection.
+    rt.block_on(fetch_keys(&client, &token, &address, &keys[..1]))
+        .map_err(anyhow::Error::msg)?;
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    for group in keys.chunks(batch) {
+        let (got, b) = rt
+            .block_on(fetch_keys(&client, &token, &address, group))
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(got.len() == group.len(), "short answer");
+        bytes += b;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "moved {:.2} GB in {} requests of {batch} x 16 MiB over loopback in {secs:.3} s: {:.2} GB/s",
+        bytes as f64 / 1e9,
+        keys.len().div_ceil(batch),
+        bytes as f64 / 1e9 / secs
+    );
+    Ok(())
+}
