@@ -30,9 +30,9 @@
 //!
 //! Times are seconds since the job started, passed in with every event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use crate::data::DataKey;
+use crate::data::{DataKey, FastMap};
 use crate::graph::{TaskGraph, TaskId, TaskKind};
 use crate::tracker::{Attempt, Completion, TaskState, TaskTracker};
 
@@ -214,17 +214,17 @@ pub struct Scheduler {
     ready_loads: VecDeque<TaskId>,
     /// Ready tasks with inputs placed while there was no worker.
     unplaced: Vec<TaskId>,
-    locations: HashMap<DataKey, Location>,
+    locations: FastMap<DataKey, Location>,
     /// Measured bytes per second of each (from, to) link.
-    links: HashMap<(WorkerId, WorkerId), f64>,
+    links: FastMap<(WorkerId, WorkerId), f64>,
     probing: Vec<(WorkerId, WorkerId)>,
-    durations: HashMap<Stage, StageTimes>,
+    durations: FastMap<Stage, StageTimes>,
     steals: Vec<Steal>,
     /// Tasks given a second copy, in order, and as a set.
     speculated: Vec<TaskId>,
     copied: HashSet<TaskId>,
     /// Workers that died while running each task.
-    strikes: HashMap<TaskId, u32>,
+    strikes: FastMap<TaskId, u32>,
     recomputed: usize,
     decisions: u64,
     /// Time of the latest event.
@@ -247,14 +247,14 @@ impl Scheduler {
             scout: false,
             ready_loads: ready.into(),
             unplaced: Vec::new(),
-            locations: HashMap::new(),
-            links: HashMap::new(),
+            locations: FastMap::default(),
+            links: FastMap::default(),
             probing: Vec::new(),
-            durations: HashMap::new(),
+            durations: FastMap::default(),
             steals: Vec::new(),
             speculated: Vec::new(),
             copied: HashSet::new(),
-            strikes: HashMap::new(),
+            strikes: FastMap::default(),
             recomputed: 0,
             decisions: 0,
             now: 0.0,
