@@ -16,10 +16,9 @@
 //!
 //! Outputs (Zarr chunks, images...) are not keys: they are written by the task that makes them.
 
-use std::collections::HashMap;
 use std::fmt;
 
-use crate::data::DataKey;
+use crate::data::{DataKey, FastMap};
 use crate::plan::{
     NodeOp, Plan, chunk_index, linear, merge_groups, overlapping, product, unlinear,
 };
@@ -134,8 +133,8 @@ pub enum GraphError {
 #[derive(Debug, Clone)]
 pub struct TaskGraph {
     tasks: Vec<Task>,
-    producer: HashMap<DataKey, TaskId>,
-    consumers: HashMap<DataKey, Vec<TaskId>>,
+    producer: FastMap<DataKey, TaskId>,
+    consumers: FastMap<DataKey, Vec<TaskId>>,
 }
 
 impl TaskGraph {
@@ -197,8 +196,8 @@ impl TaskGraph {
     /// # Errors
     /// [`GraphError`] when a key has two producers, none, or no consumer.
     pub fn from_tasks(tasks: Vec<Task>) -> Result<TaskGraph, GraphError> {
-        let mut producer = HashMap::new();
-        let mut consumers: HashMap<DataKey, Vec<TaskId>> = HashMap::new();
+        let mut producer = FastMap::default();
+        let mut consumers: FastMap<DataKey, Vec<TaskId>> = FastMap::default();
         for (i, t) in tasks.iter().enumerate() {
             for &key in &t.outputs {
                 if let Some(first) = producer.insert(key, TaskId(i)) {

@@ -30,9 +30,9 @@
 //!
 //! Times are seconds since the job started, passed in with every event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use crate::data::DataKey;
+use crate::data::{DataKey, FastMap};
 use crate::graph::{TaskGraph, TaskId, TaskKind};
 use crate::tracker::{Attempt, Completion, TaskState, TaskTracker};
 
@@ -216,17 +216,17 @@ pub struct Scheduler {
     ready_loads: VecDeque<TaskId>,
     /// Ready tasks with inputs placed while there was no worker.
     unplaced: Vec<TaskId>,
-    locations: HashMap<DataKey, Location>,
+    locations: FastMap<DataKey, Location>,
     /// Measured bytes per second of each (from, to) link.
-    links: HashMap<(WorkerId, WorkerId), f64>,
+    links: FastMap<(WorkerId, WorkerId), f64>,
     probing: Vec<(WorkerId, WorkerId)>,
-    durations: HashMap<Stage, StageTimes>,
+    durations: FastMap<Stage, StageTimes>,
     steals: Vec<Steal>,
     /// Tasks given a second copy, in order, and as a set.
     speculated: Vec<TaskId>,
     copied: HashSet<TaskId>,
     /// Workers that died while running each task.
-    strikes: HashMap<TaskId, u32>,
+    strikes: FastMap<TaskId, u32>,
     recomputed: usize,
     decisions: u64,
     /// Time of the latest event.
@@ -249,14 +249,14 @@ impl Scheduler {
             scout: false,
             ready_loads: ready.into(),
             unplaced: Vec::new(),
-            locations: HashMap::new(),
-            links: HashMap::new(),
+            locations: FastMap::default(),
+            links: FastMap::default(),
             probing: Vec::new(),
-            durations: HashMap::new(),
+            durations: FastMap::default(),
             steals: Vec::new(),
             speculated: Vec::new(),
             copied: HashSet::new(),
-            strikes: HashMap::new(),
+            strikes: FastMap::default(),
             recomputed: 0,
             decisions: 0,
             now: 0.0,
@@ -947,5 +947,184 @@ fn stage_of(kind: TaskKind) -> Stage {
         TaskKind::Load { .. } => ("load", 0),
         TaskKind::Merge { node, .. } => ("merge", node),
         TaskKind::Combine { node, .. } => ("combine", node),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Task;
+
+    fn piece(group: usize, part: usize) -> DataKey {
+        DataKey::Piece {
+            node: 1,
+            group,
+            part,
+        }
+    }
+
+    /// Two loads, each writing a piece for each of two merges.
+    fn graph() -> TaskGraph {
+        let mut tasks: Vec<Task> = (0..2)
+            .map(|part| Task {
+                kind: TaskKind::Load { chunk: part },
+                inputs: vec![],
+                outputs: vec![piece(0, part), piece(1, part)],
+            })
+            .collect();
+        tasks.extend((0..2).map(|group| Task {
+            kind: TaskKind::Merge { node: 1, group },
+            inputs: vec![piece(group, 0), piece(group, 1)],
+            outputs: vec![],
+        }));
+        TaskGraph::from_tasks(tasks).expect("graph")
+    }
+
+    /// One task at a time per worker, no steals or copies: placement is by locality alone.
+    fn scheduler() -> Scheduler {
+        let opts = SchedulerOptions {
+            queue_extra: 0,
+            steal: false,
+            ..SchedulerOptions::default()
+        };
+        Scheduler::new(graph(), opts)
+    }
+
+    fn runs(actions: &[Action]) -> Vec<(WorkerId, TaskId)> {
+        actions
+            .iter()
+            .filter_map(|a| match *a {
+                Action::Run { worker, task, .. } => Some((worker, task)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn releases(actions: &[Action]) -> Vec<(WorkerId, DataKey)> {
+        let mut r: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match *a {
+                Action::Release { worker, key } => Some((worker, key)),
+                _ => None,
+            })
+            .collect();
+        r.sort();
+        r
+    }
+
+    fn written(s: &Scheduler, task: TaskId) -> Vec<(DataKey, u64)> {
+        s.graph()
+            .task(task)
+            .outputs
+            .iter()
+            .map(|&k| (k, 8))
+            .collect()
+    }
+
+    const W0: WorkerId = WorkerId(0);
+    const W1: WorkerId = WorkerId(1);
+    const LOAD: [TaskId; 2] = [TaskId(0), TaskId(1)];
+    const MERGE: [TaskId; 2] = [TaskId(2), TaskId(3)];
+
+    #[test]
+    fn keys_are_released_after_their_last_reader_and_duplicate_copies_at_once() {
+        let mut s = scheduler();
+        assert_eq!(
+            runs(&s.add_worker(W0, 2, 0.0)),
+            vec![(W0, LOAD[0]), (W0, LOAD[1])]
+        );
+        assert_eq!(runs(&s.add_worker(W1, 1, 0.0)), vec![]);
+        let out = written(&s, LOAD[0]);
+        assert_eq!(releases(&s.task_done(W0, LOAD[0], &out, 1.0, 1.0)), vec![]);
+        assert_eq!(s.location(piece(0, 0)), Some((W0, 8)));
+        // A duplicate from another worker (a late copy): its copies go; the holder's own report changes nothing.
+        assert_eq!(
+            releases(&s.task_done(W1, LOAD[0], &out, 1.0, 1.1)),
+            vec![(W1, piece(0, 0)), (W1, piece(1, 0))]
+        );
+        assert_eq!(releases(&s.task_done(W0, LOAD[0], &out, 1.0, 1.2)), vec![]);
+        let out = written(&s, LOAD[1]);
+        let a = s.task_done(W0, LOAD[1], &out, 1.0, 2.0);
+        assert_eq!(
+            runs(&a),
+            vec![(W0, MERGE[0]), (W0, MERGE[1])],
+            "where the pieces are"
+        );
+        assert_eq!(
+            releases(&s.task_done(W0, MERGE[0], &[], 0.5, 2.5)),
+            vec![(W0, piece(0, 0)), (W0, piece(0, 1))]
+        );
+        assert_eq!(s.location(piece(0, 0)), None);
+        // A report from a worker nobody knows is ignored.
+        assert_eq!(s.task_done(WorkerId(7), MERGE[1], &[], 0.5, 2.6), vec![]);
+        assert!(!s.finished());
+        assert_eq!(
+            releases(&s.task_done(W0, MERGE[1], &[], 0.5, 2.7)),
+            vec![(W0, piece(1, 0)), (W0, piece(1, 1))]
+        );
+        assert!(s.finished());
+        assert_eq!(s.finished_at(), Some(2.7));
+    }
+
+    #[test]
+    fn a_lost_worker_s_keys_are_rebuilt_and_outputs_nobody_reads_are_released_at_once() {
+        let mut s = scheduler();
+        assert_eq!(runs(&s.add_worker(W0, 1, 0.0)), vec![(W0, LOAD[0])]);
+        assert_eq!(runs(&s.add_worker(W1, 1, 0.0)), vec![(W1, LOAD[1])]);
+        s.task_done(W0, LOAD[0], &written(&s, LOAD[0]), 1.0, 1.0);
+        let a = s.task_done(W1, LOAD[1], &written(&s, LOAD[1]), 1.0, 1.0);
+        // Equal bytes on both: the merges go one to each worker.
+        let mut placed = runs(&a);
+        placed.sort_by_key(|&(_, t)| t);
+        assert_eq!(placed, vec![(W1, MERGE[0]), (W0, MERGE[1])]);
+        assert_eq!(
+            releases(&s.task_done(W1, MERGE[0], &[], 0.5, 1.5)),
+            vec![(W0, piece(0, 0)), (W1, piece(0, 1))]
+        );
+
+        // Worker 0 dies running merge 1, with load 0's piece for it: merge 1 is struck and waits for load 0,
+        // which runs again on worker 1.
+        let a = s.worker_lost(W0, 4.0).expect("one strike");
+        assert_eq!(runs(&a), vec![(W1, LOAD[0])]);
+        assert_eq!(s.strikes(MERGE[1]), 1);
+        assert_eq!(s.strikes(LOAD[0]), 0);
+        assert_eq!(s.recomputed(), 1);
+        assert_eq!(s.location(piece(1, 0)), None);
+        // Load 0 writes both pieces again: the one for merge 0, done, goes at once.
+        let a = s.task_done(W1, LOAD[0], &written(&s, LOAD[0]), 1.0, 5.0);
+        assert_eq!(releases(&a), vec![(W1, piece(0, 0))]);
+        assert_eq!(runs(&a), vec![(W1, MERGE[1])]);
+        assert_eq!(s.location(piece(1, 0)), Some((W1, 8)));
+        // Worker 0's late report is ignored.
+        assert_eq!(s.task_done(W0, MERGE[1], &[], 0.5, 5.1), vec![]);
+        assert_eq!(
+            releases(&s.task_done(W1, MERGE[1], &[], 0.5, 5.5)),
+            vec![(W1, piece(1, 0)), (W1, piece(1, 1))]
+        );
+        assert!(s.finished());
+    }
+
+    #[test]
+    fn a_task_on_too_many_dead_workers_fails_the_job() {
+        let mut s = Scheduler::new(
+            graph(),
+            SchedulerOptions {
+                max_strikes: 2,
+                ..SchedulerOptions::default()
+            },
+        );
+        s.add_worker(W0, 1, 0.0);
+        s.add_worker(W1, 1, 0.0);
+        // Load 0 was sent to worker 0 (with load 1 queued behind it); then worker 1 takes nothing else.
+        assert!(s.worker_lost(W0, 3.0).is_ok());
+        assert_eq!(s.strikes(LOAD[0]), 1);
+        // Both loads went to worker 1 (struck tasks apart when possible; here there is one worker).
+        let failure = s.worker_lost(W1, 6.0).expect_err("second strike");
+        assert_eq!(failure.strikes, 2);
+        assert_eq!(failure.kind, TaskKind::Load { chunk: 0 });
+        assert_eq!(
+            failure.to_string(),
+            "task load(chunk 0) was running on 2 workers that died"
+        );
     }
 }
