@@ -398,6 +398,36 @@ fn a_worker_joining_mid_job_gets_work() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a worker");
+    // The joiner's own endpoints: metrics without the token, data only with it (refusals counted).
+    let joined = wait_for(port, &mut child, |p| {
+        p["workers"].as_array().is_some_and(|w| w.len() == 2)
+    })
+    .expect("the joiner registered");
+    let addr = joined["workers"][1]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert!(addr.starts_with("127.0.0.9:"), "{joined}");
+    let refused = http()
+        .post(format!("http://{addr}/v1/fetch"))
+        .json(&serde_json::json!({"keys": []}))
+        .send()
+        .expect("fetch");
+    assert_eq!(refused.status(), 401);
+    let metrics = http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(
+        metrics.contains("arrayjob_worker_auth_refused 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("arrayjob_worker_tasks_done_total"),
+        "{metrics}"
+    );
     let (ok, _, err) = finish(child);
     let j = joiner.wait_with_output().expect("joiner");
     assert!(ok, "{err}");

@@ -217,6 +217,22 @@ impl Chunk {
 }
 
 impl Chunk {
+    /// The elements' little-endian bytes in row-major order, when that is how they lie in memory (no copy).
+    pub fn le_bytes_slice(&self) -> Option<&[u8]> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        with_chunk!(self, a => a.as_slice().map(bytemuck::cast_slice))
+    }
+
+    /// [`Chunk::le_bytes_slice`], writable: fill a chunk from bytes without an intermediate buffer.
+    pub fn le_bytes_slice_mut(&mut self) -> Option<&mut [u8]> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        with_chunk!(self, a => a.as_slice_mut().map(bytemuck::cast_slice_mut))
+    }
+
     /// The elements as little-endian bytes in row-major order: borrowed where that is the memory layout.
     pub fn as_le_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         with_chunk!(self, a => match a.as_slice() {

@@ -85,15 +85,27 @@ pub fn encode(data: &Data) -> Vec<u8> {
 
 /// Appends the frame of `data` to `out` (e.g. several frames into one message body).
 pub fn encode_into(data: &Data, out: &mut Vec<u8>) {
-    match data {
-        Data::Chunk(c) => frame(dtype_code(c.dtype()), c.shape(), &c.as_le_bytes(), out),
-        Data::Partial(p) => frame(PARTIAL, p.shape(), &p.to_bytes(), out),
-    }
+    let (header, payload, crc) = encode_parts(data);
+    out.reserve(header.len() + payload.len() + 4);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc);
 }
 
-fn frame(code: u8, shape: &[usize], payload: &[u8], out: &mut Vec<u8>) {
-    let begin = out.len();
-    out.reserve(8 + 8 * shape.len() + 8 + payload.len() + 4);
+/// The frame of `data` in three parts, to send without copying the elements: the header, the payload
+/// (borrowed from a contiguous chunk), the checksum.
+pub fn encode_parts(data: &Data) -> (Vec<u8>, std::borrow::Cow<'_, [u8]>, [u8; 4]) {
+    let (code, shape, payload) = match data {
+        Data::Chunk(c) => (dtype_code(c.dtype()), c.shape(), c.as_le_bytes()),
+        Data::Partial(p) => (PARTIAL, p.shape(), std::borrow::Cow::Owned(p.to_bytes())),
+    };
+    let header = header(code, shape, payload.len());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
+    (header, payload, crc.to_le_bytes())
+}
+
+fn header(code: u8, shape: &[usize], payload_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 8 * shape.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.push(code);
@@ -103,18 +115,37 @@ fn frame(code: u8, shape: &[usize], payload: &[u8], out: &mut Vec<u8>) {
     for &n in shape {
         out.extend_from_slice(&(n as u64).to_le_bytes());
     }
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[begin..]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    out
 }
 
-/// The value in `frame` (the whole slice must be one frame).
+/// What a frame's header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Element type of a chunk; `None` for a reduction partial.
+    pub dtype: Option<DType>,
+    /// The value's shape.
+    pub shape: Vec<usize>,
+    /// Bytes of the payload.
+    pub payload_len: usize,
+    /// Bytes of the header (the payload starts there).
+    pub header_len: usize,
+}
+
+impl FrameHeader {
+    /// Bytes of the whole frame.
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.payload_len + 4
+    }
+}
+
+/// Reads the header at the start of `frame` (which may hold the header only: a reader of a stream calls it
+/// until it stops answering [`FrameError::Truncated`]).
 ///
 /// # Errors
-/// [`FrameError`] when the bytes are truncated, too long, not a frame, of another version, inconsistent
-/// (payload length against shape and type) or corrupted (checksum).
-pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
+/// [`FrameError::Truncated`] when the bytes end inside the header; other [`FrameError`]s when it is not a
+/// valid header (magic, version, type, dimensions, a chunk's payload length against its shape).
+pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
     let header = frame.get(..8).ok_or(FrameError::Truncated("header"))?;
     if &header[..4] != MAGIC {
         return Err(FrameError::BadMagic);
@@ -144,26 +175,38 @@ pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
         shape.push(usize::try_from(n).map_err(|_| FrameError::Header(format!("extent {n}")))?);
     }
     let len = u64_at("payload length")?;
-    let expected = match dtype {
-        Some(dtype) => {
-            let expected = shape
-                .iter()
-                .try_fold(dtype.size(), |a, &n| a.checked_mul(n))
-                .ok_or_else(|| FrameError::Header(format!("shape {shape:?} overflows")))?;
-            if usize::try_from(len).ok() != Some(expected) {
-                return Err(FrameError::Header(format!(
-                    "payload of {len} bytes for a {dtype} chunk of shape {shape:?} ({expected} bytes)"
-                )));
-            }
-            expected
+    let payload_len =
+        usize::try_from(len).map_err(|_| FrameError::Header(format!("payload of {len} bytes")))?;
+    if let Some(dtype) = dtype {
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size(), |a, &n| a.checked_mul(n))
+            .ok_or_else(|| FrameError::Header(format!("shape {shape:?} overflows")))?;
+        if payload_len != expected {
+            return Err(FrameError::Header(format!(
+                "payload of {len} bytes for a {dtype} chunk of shape {shape:?} ({expected} bytes)"
+            )));
         }
-        // A partial's payload checks itself (Partial::from_bytes) once the checksum is known to match.
-        None => usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= frame.len())
-            .ok_or(FrameError::Truncated("payload"))?,
-    };
-    let body_end = pos + expected;
+    }
+    Ok(FrameHeader {
+        dtype,
+        shape,
+        payload_len,
+        header_len: pos,
+    })
+}
+
+/// The value in `frame` (the whole slice must be one frame).
+///
+/// # Errors
+/// [`FrameError`] when the bytes are truncated, too long, not a frame, of another version, inconsistent
+/// (payload length against shape and type) or corrupted (checksum).
+pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
+    let h = parse_header(frame)?;
+    let body_end = h.header_len + h.payload_len;
+    if h.dtype.is_none() && h.payload_len > frame.len() {
+        return Err(FrameError::Truncated("payload"));
+    }
     if frame.len() < body_end + 4 {
         return Err(FrameError::Truncated("payload"));
     }
@@ -178,17 +221,18 @@ pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
     if stored != computed {
         return Err(FrameError::Checksum { stored, computed });
     }
-    let payload = &frame[pos..body_end];
-    match dtype {
-        Some(dtype) => Chunk::from_le_bytes(dtype, &shape, payload)
+    let payload = &frame[h.header_len..body_end];
+    match h.dtype {
+        Some(dtype) => Chunk::from_le_bytes(dtype, &h.shape, payload)
             .map(Data::Chunk)
             .map_err(FrameError::Header),
         None => {
             let p = Partial::from_bytes(payload).map_err(|e| FrameError::Header(e.to_string()))?;
-            if p.shape() != shape.as_slice() {
+            if p.shape() != h.shape.as_slice() {
                 return Err(FrameError::Header(format!(
-                    "partial of shape {:?} in a frame of shape {shape:?}",
-                    p.shape()
+                    "partial of shape {:?} in a frame of shape {:?}",
+                    p.shape(),
+                    h.shape
                 )));
             }
             Ok(Data::Partial(p))

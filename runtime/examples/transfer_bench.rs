@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
     let data = DataServer {
         worker: WorkerId(0),
         store,
-        bytes_served: Arc::new(AtomicU64::new(0)),
+        metrics: Arc::new(arrayjob_runtime::metrics::WorkerMetrics::new()),
+        refused: Arc::new(AtomicU64::new(0)),
     };
     let guard = Guard {
         token: token.clone(),

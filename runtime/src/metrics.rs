@@ -90,3 +90,80 @@ impl CoordinatorMetrics {
         Ok(out)
     }
 }
+
+/// A worker's metrics (`GET /metrics` on its data server).
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    /// Tasks it finished.
+    pub tasks_done: Counter,
+    /// Bytes it fetched from peers.
+    pub bytes_fetched: Counter,
+    /// Bytes it served to peers.
+    pub bytes_served: Counter,
+    /// Bytes resident in its store (set when scraped).
+    pub resident_bytes: Gauge,
+    /// Bytes it spilled to disk (set when scraped).
+    pub spilled_bytes: Gauge,
+    /// Requests refused for a missing or wrong token (set when scraped).
+    pub auth_refused: Gauge,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers every metric under the `arrayjob_worker` prefix.
+    pub fn new() -> WorkerMetrics {
+        let mut registry = Registry::with_prefix("arrayjob_worker");
+        let m = WorkerMetrics {
+            registry: Registry::default(),
+            tasks_done: Counter::default(),
+            bytes_fetched: Counter::default(),
+            bytes_served: Counter::default(),
+            resident_bytes: Gauge::default(),
+            spilled_bytes: Gauge::default(),
+            auth_refused: Gauge::default(),
+        };
+        registry.register("tasks_done", "Tasks finished", m.tasks_done.clone());
+        registry.register(
+            "bytes_fetched",
+            "Bytes fetched from peers",
+            m.bytes_fetched.clone(),
+        );
+        registry.register(
+            "bytes_served",
+            "Bytes served to peers",
+            m.bytes_served.clone(),
+        );
+        registry.register(
+            "resident_bytes",
+            "Bytes resident in the chunk store",
+            m.resident_bytes.clone(),
+        );
+        registry.register(
+            "spilled_bytes",
+            "Bytes spilled to local disk",
+            m.spilled_bytes.clone(),
+        );
+        registry.register(
+            "auth_refused",
+            "Requests refused for a missing or wrong job token",
+            m.auth_refused.clone(),
+        );
+        WorkerMetrics { registry, ..m }
+    }
+
+    /// The metrics in OpenMetrics text format.
+    ///
+    /// # Errors
+    /// When encoding fails.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

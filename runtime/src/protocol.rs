@@ -18,7 +18,7 @@
 //! Worker endpoints: `POST /v1/fetch` ([`FetchRequest`] in, the frames of the keys in order out, each
 //! preceded by its length as a u64 little-endian) and `GET /v1/probe?bytes=N` (N bytes, to time a link).
 
-use arrayjob_engine::data::DataKey;
+use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::exec::NodeSnapshot;
 use arrayjob_engine::graph::TaskId;
 use arrayjob_engine::schedule::WorkerId;
@@ -236,6 +236,162 @@ pub fn split_framed(body: &[u8]) -> Result<Vec<&[u8]>, String> {
     Ok(out)
 }
 
+/// Decodes a fetch answer as its pieces arrive (length-prefixed frames, split anywhere): a chunk's elements
+/// are copied once, from the network buffer straight into the chunk, with the checksum computed on the way;
+/// reduction partials (small) are decoded whole.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// Bytes not consumed yet: a length prefix and header, a whole partial, or a chunk's checksum.
+    pending: Vec<u8>,
+    stage: Stage,
+    done: Vec<Data>,
+}
+
+#[derive(Debug, Default)]
+enum Stage {
+    /// Reading length prefixes and headers.
+    #[default]
+    Head,
+    /// Copying a chunk's payload into it.
+    Payload(Filling),
+    /// Waiting for the 4 bytes of a filled chunk's checksum.
+    Checksum(Filling),
+}
+
+#[derive(Debug)]
+struct Filling {
+    chunk: arrayjob_engine::array::Chunk,
+    filled: usize,
+    crc: u32,
+}
+
+impl FrameReader {
+    /// Takes the next piece of the answer.
+    ///
+    /// # Errors
+    /// When a frame is invalid (header, checksum) or its length prefix disagrees with its header.
+    pub fn push(&mut self, piece: &[u8]) -> Result<(), String> {
+        let mut input = std::borrow::Cow::Borrowed(piece);
+        let mut at = 0;
+        while at < input.len() {
+            match std::mem::take(&mut self.stage) {
+                Stage::Payload(mut f) => {
+                    let bytes = f
+                        .chunk
+                        .le_bytes_slice_mut()
+                        .ok_or("a new chunk is not contiguous")?;
+                    let n = (bytes.len() - f.filled).min(input.len() - at);
+                    let part = &input[at..at + n];
+                    bytes[f.filled..f.filled + n].copy_from_slice(part);
+                    f.crc = crc32c::crc32c_append(f.crc, part);
+                    f.filled += n;
+                    at += n;
+                    self.stage = if f.filled == bytes.len() {
+                        Stage::Checksum(f)
+                    } else {
+                        Stage::Payload(f)
+                    };
+                }
+                Stage::Checksum(f) => {
+                    let n = (4 - self.pending.len()).min(input.len() - at);
+                    self.pending.extend_from_slice(&input[at..at + n]);
+                    at += n;
+                    self.check_chunk(f)?;
+                }
+                Stage::Head => {
+                    self.pending.extend_from_slice(&input[at..]);
+                    at = input.len();
+                    if let Some(rest) = self.read_heads()? {
+                        input = std::borrow::Cow::Owned(rest);
+                        at = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With the checksum's 4 bytes in `pending`, checks a filled chunk and keeps it; else waits for them.
+    fn check_chunk(&mut self, f: Filling) -> Result<(), String> {
+        let Some(stored) = self
+            .pending
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b))
+        else {
+            self.stage = Stage::Checksum(f);
+            return Ok(());
+        };
+        self.pending.clear();
+        if stored != f.crc {
+            return Err(format!(
+                "chunk frame checksum mismatch: stored {stored:#010x}, computed {:#010x}",
+                f.crc
+            ));
+        }
+        self.done.push(Data::Chunk(f.chunk));
+        Ok(())
+    }
+
+    /// Decodes the partials at the start of `pending`; at a chunk's header, starts filling the chunk and
+    /// returns the bytes after the header (to copy into it). None: more bytes are needed.
+    fn read_heads(&mut self) -> Result<Option<Vec<u8>>, String> {
+        loop {
+            let Some((len, rest)) = self.pending.split_first_chunk::<8>() else {
+                return Ok(None);
+            };
+            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|e| e.to_string())?;
+            let h = match arrayjob_engine::frame::parse_header(rest) {
+                Err(arrayjob_engine::frame::FrameError::Truncated(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+                Ok(h) => h,
+            };
+            if h.frame_len() != len {
+                return Err(format!(
+                    "a frame announced as {len} bytes has the header of a {}-byte frame",
+                    h.frame_len()
+                ));
+            }
+            let Some(dtype) = h.dtype else {
+                // A reduction partial: small, decoded whole.
+                if rest.len() < len {
+                    return Ok(None);
+                }
+                let d = arrayjob_engine::frame::decode(&rest[..len]).map_err(|e| e.to_string())?;
+                self.done.push(d);
+                self.pending.drain(..8 + len);
+                continue;
+            };
+            let crc = crc32c::crc32c(&rest[..h.header_len]);
+            let after = self.pending.split_off(8 + h.header_len);
+            self.pending.clear();
+            let chunk = arrayjob_engine::array::Chunk::zeros(dtype, &h.shape);
+            let empty = chunk.nbytes() == 0;
+            let f = Filling {
+                chunk,
+                filled: 0,
+                crc,
+            };
+            self.stage = if empty {
+                Stage::Checksum(f)
+            } else {
+                Stage::Payload(f)
+            };
+            return Ok(Some(after));
+        }
+    }
+
+    /// The values decoded, in order.
+    ///
+    /// # Errors
+    /// When the answer ended inside a frame.
+    pub fn finish(self) -> Result<Vec<Data>, String> {
+        if !self.pending.is_empty() || !matches!(self.stage, Stage::Head) {
+            return Err("the fetch answer ended inside a frame".into());
+        }
+        Ok(self.done)
+    }
+}
+
 /// Parses a comma-separated index list (`"0,40,80"`).
 ///
 /// # Errors
@@ -279,7 +435,10 @@ mod tests {
         push_frame_of(&mut with, &chunk);
         let frames = split_framed(&with).expect("split");
         assert_eq!(frames.len(), 4);
-        assert_eq!(arrayjob_engine::frame::decode(frames[3]).expect("decode"), chunk);
+        assert_eq!(
+            arrayjob_engine::frame::decode(frames[3]).expect("decode"),
+            chunk
+        );
         let err = split_framed(&body[..body.len() - 1]).expect_err("truncated");
         assert!(err.contains("a frame of 5 bytes, 4 left"), "{err}");
         assert!(
@@ -287,6 +446,48 @@ mod tests {
                 .expect_err("stray")
                 .contains("3 stray bytes")
         );
+    }
+
+    #[test]
+    fn the_frame_reader_decodes_answers_split_anywhere_and_refuses_corruption() {
+        use arrayjob_engine::array::Chunk;
+        use arrayjob_engine::kernels::reduce;
+        use arrayjob_engine::spec::ReduceKind;
+        let a = Data::Chunk(Chunk::F32(ndarray::ArrayD::from_shape_fn(
+            ndarray::IxDyn(&[3, 5, 7]),
+            |ix| (ix[0] * 100 + ix[1] * 10 + ix[2]) as f32,
+        )));
+        let b = Data::Chunk(Chunk::U8(ndarray::ArrayD::from_elem(
+            ndarray::IxDyn(&[0, 4]),
+            1,
+        )));
+        let src = Chunk::U16(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2, 3]), 9));
+        let p = Data::Partial(reduce::partial(&src, &[0], ReduceKind::Mean).expect("partial"));
+        let want = vec![a, p, b.clone(), b];
+        let mut body = Vec::new();
+        for d in &want {
+            push_frame_of(&mut body, d);
+        }
+        for step in [1, 3, 7, 64, body.len()] {
+            let mut r = FrameReader::default();
+            for piece in body.chunks(step) {
+                r.push(piece).expect("push");
+            }
+            assert_eq!(r.finish().expect("finish"), want, "pieces of {step} bytes");
+        }
+        let mut short = FrameReader::default();
+        short.push(&body[..body.len() - 2]).expect("push");
+        assert!(
+            short
+                .finish()
+                .expect_err("cut")
+                .contains("ended inside a frame")
+        );
+        let mut bad = body.clone();
+        bad[8 + 40] ^= 1;
+        let mut r = FrameReader::default();
+        let err = r.push(&bad).expect_err("corrupt");
+        assert!(err.contains("checksum mismatch"), "{err}");
     }
 
     #[test]

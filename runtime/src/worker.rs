@@ -25,12 +25,14 @@ use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::auth::{Guard, Token};
+use crate::metrics::WorkerMetrics;
 use crate::protocol::{
     self, Command, FetchRequest, InputLocation, JobDescription, RegisterRequest, RegisterResponse,
     Report, SyncRequest, SyncResponse,
@@ -92,7 +94,7 @@ struct Shared {
     stop: AtomicBool,
     http: Http,
     tasks_done: AtomicU64,
-    bytes_served: Arc<AtomicU64>,
+    metrics: Arc<WorkerMetrics>,
     abort_on_task: Option<usize>,
 }
 
@@ -181,7 +183,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         stop: AtomicBool::new(false),
         http,
         tasks_done: AtomicU64::new(0),
-        bytes_served: Arc::new(AtomicU64::new(0)),
+        metrics: Arc::new(WorkerMetrics::new()),
         abort_on_task: opts.abort_on_task,
     });
     let guard = Guard {
@@ -191,7 +193,8 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
     let data = DataServer {
         worker: id,
         store: shared.store.clone(),
-        bytes_served: shared.bytes_served.clone(),
+        metrics: shared.metrics.clone(),
+        refused: guard.refused.clone(),
     };
     let server = rt.spawn(serve_data(listener, data, guard));
     let heartbeat = Duration::from_millis(desc.heartbeat_ms.max(50));
@@ -543,6 +546,7 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
     match result {
         Ok(()) => {
             shared.tasks_done.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.tasks_done.inc();
             Report::Done {
                 task: a.task,
                 attempt: a.attempt,
@@ -580,7 +584,12 @@ fn fetch_inputs(
         let (data, bytes) = shared
             .http
             .rt
-            .block_on(fetch_keys(&shared.http.client, &shared.http.token, &address, &keys))
+            .block_on(fetch_keys(
+                &shared.http.client,
+                &shared.http.token,
+                &address,
+                &keys,
+            ))
             .map_err(|e| {
                 format!(
                     "fetching {} input(s) from worker {} at {address}: {e}",
@@ -591,6 +600,7 @@ fn fetch_inputs(
         for (key, d) in keys.iter().zip(data) {
             out.insert(*key, Arc::new(d));
         }
+        shared.metrics.bytes_fetched.inc_by(bytes);
         push_report(
             shared,
             Report::Transfer {
@@ -739,15 +749,17 @@ impl ChunkSink for WorkerSink {
     }
 }
 
-/// What the data server serves: one worker's store.
+/// What the data server serves: one worker's store, and its metrics.
 #[derive(Debug, Clone)]
 pub struct DataServer {
     /// Whose store.
     pub worker: WorkerId,
     /// The store.
     pub store: Arc<ChunkStore>,
-    /// Bytes answered so far.
-    pub bytes_served: Arc<AtomicU64>,
+    /// The worker's metrics.
+    pub metrics: Arc<WorkerMetrics>,
+    /// Requests refused by the token check.
+    pub refused: Arc<AtomicU64>,
 }
 
 /// Serves `data` on `listener`: peers fetch keys (`POST /v1/fetch`), a probe times the link
@@ -763,16 +775,37 @@ pub async fn serve_data(
     let authed = Router::new()
         .route("/v1/fetch", post(fetch_handler))
         .route("/v1/probe", get(probe_handler))
-        .with_state(data)
+        .with_state(data.clone())
         .layer(axum::middleware::from_fn_with_state(
             guard,
             crate::auth::require_token,
         ));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .with_state(data)
         .merge(authed);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+async fn metrics_handler(State(data): State<DataServer>) -> Response {
+    let m = &data.metrics;
+    m.resident_bytes.set(data.store.resident_bytes() as i64);
+    m.spilled_bytes.set(data.store.stats().spilled_bytes as i64);
+    m.auth_refused
+        .set(data.refused.load(Ordering::Relaxed) as i64);
+    match m.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 async fn fetch_handler(
@@ -792,15 +825,39 @@ async fn fetch_handler(
             }
         }
     }
-    // One allocation of the whole answer (growing it would copy and fault its pages again and again).
-    let size = found.iter().map(|d| d.nbytes() + 128).sum();
-    let mut body = Vec::with_capacity(size);
-    for d in &found {
-        protocol::push_frame_of(&mut body, d);
+    // The elements go out from the store's own buffers (no copy): a stream of header, payload and checksum
+    // per key, each preceded by the frame's length.
+    let mut sent = 0u64;
+    let mut parts: Vec<Bytes> = Vec::with_capacity(3 * found.len());
+    for d in found {
+        let (header, payload, crc) = arrayjob_engine::frame::encode_parts(&d);
+        let len = header.len() + payload.len() + 4;
+        sent += 8 + len as u64;
+        let mut head = Vec::with_capacity(8 + header.len());
+        head.extend_from_slice(&(len as u64).to_le_bytes());
+        head.extend_from_slice(&header);
+        let payload = match payload {
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+            std::borrow::Cow::Borrowed(_) => Bytes::from_owner(SharedPayload(d.clone())),
+        };
+        parts.extend([Bytes::from(head), payload, Bytes::copy_from_slice(&crc)]);
     }
-    data.bytes_served
-        .fetch_add(body.len() as u64, Ordering::Relaxed);
-    body.into_response()
+    data.metrics.bytes_served.inc_by(sent);
+    let stream = futures::stream::iter(parts.into_iter().map(Ok::<_, std::convert::Infallible>));
+    axum::body::Body::from_stream(stream).into_response()
+}
+
+/// A stored chunk's elements, lent to the response body without a copy.
+struct SharedPayload(Arc<Data>);
+
+impl AsRef<[u8]> for SharedPayload {
+    fn as_ref(&self) -> &[u8] {
+        // Only made for chunks whose bytes are borrowed (`encode_parts` answered `Cow::Borrowed`).
+        match &*self.0 {
+            Data::Chunk(c) => c.le_bytes_slice().unwrap_or_default(),
+            Data::Partial(_) => &[],
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -811,15 +868,6 @@ struct ProbeQuery {
 async fn probe_handler(Query(q): Query<ProbeQuery>) -> Response {
     let n = q.bytes.min(64 << 20) as usize;
     vec![0u8; n].into_response()
-}
-
-/// The whole body of `r`, read into one buffer sized by its length (no regrowth).
-async fn read_body(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::with_capacity(r.content_length().unwrap_or(0) as usize);
-    while let Some(part) = r.chunk().await.map_err(|e| e.to_string())? {
-        body.extend_from_slice(&part);
-    }
-    Ok(body)
 }
 
 /// Fetches `keys` from the data server at `address` in one request and decodes their frames, in order.
@@ -845,19 +893,20 @@ pub async fn fetch_keys(
     if !status.is_success() {
         return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
     }
-    let body = read_body(r).await?;
-    let frames = protocol::split_framed(&body)?;
-    if frames.len() != keys.len() {
+    let mut reader = protocol::FrameReader::default();
+    let mut bytes = 0u64;
+    let mut r = r;
+    while let Some(piece) = r.chunk().await.map_err(|e| e.to_string())? {
+        bytes += piece.len() as u64;
+        reader.push(&piece)?;
+    }
+    let data = reader.finish()?;
+    if data.len() != keys.len() {
         return Err(format!(
             "answered {} frames for {} keys",
-            frames.len(),
+            data.len(),
             keys.len()
         ));
     }
-    let data = keys
-        .iter()
-        .zip(frames)
-        .map(|(key, frame)| arrayjob_engine::frame::decode(frame).map_err(|e| format!("{key}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((data, body.len() as u64))
+    Ok((data, bytes))
 }
