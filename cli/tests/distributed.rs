@@ -261,6 +261,29 @@ enum Victim {
     External,
 }
 
+#[test]
+fn the_quickstart_on_four_workers_writes_the_same_bytes_as_one_process() {
+    let d = tempfile::tempdir().expect("tmp");
+    let m = repo_root().join("examples/quickstart.yaml").display().to_string();
+    let one = d.path().join("one");
+    let four = d.path().join("four");
+    let (ok, _, err) = arrayjob_text(&["run", &m, "--out", &one.display().to_string()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = arrayjob_text(&[
+        "run",
+        &m,
+        "--out",
+        &four.display().to_string(),
+        "--workers",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    assert_same_outputs(&one, &four);
+    for f in ["time-mean.png", "recentered-mean.png", "power-spectrum.png", "brightness.csv"] {
+        assert!(outputs(&four).contains_key(f), "{f} written");
+    }
+}
+
 /// Kills one worker (-9) when `when` first holds; the run must still write the reference bytes, having
 /// declared the worker lost (within the 1 s heartbeat timeout, plus slack) and recomputed its lost data.
 fn survives_a_kill(phase: &str, victim: Victim, when: impl Fn(&serde_json::Value) -> bool) {
