@@ -1,11 +1,13 @@
-//! The local executor: runs the [`TaskGraph`] of a [`Plan`] on a pool of threads.
+//! Running tasks: the [`TaskRunner`] (one task, shared with the worker processes) and the local executor,
+//! which runs the [`TaskGraph`] of a [`Plan`] on a pool of threads as one in-process worker of the job's
+//! [`Scheduler`], the same placement code a distributed run uses.
 //!
 //! Task kinds (see [`crate::graph`]): *load* a source chunk, *merge* the pieces of a rechunk's merge group,
 //! *combine* a reduction partial into the fold of the partials before it. Whatever a task produces is pushed
-//! through the fused stages below it at once ([`Exec::emit`]): recenter and FFT chunks are computed in place,
-//! reductions take a partial, rechunks split the chunk into pieces; partials and pieces go to the
-//! [`ChunkStore`] under their [`DataKey`]. A [`TaskTracker`] says which tasks a finished one made ready; those
-//! (merges and combines) run before further loads, so stored data leaves memory as soon as it can.
+//! through the fused stages below it at once (`TaskRunner::emit`): recenter and FFT chunks are computed in
+//! place, reductions take a partial, rechunks split the chunk into pieces; partials and pieces go to the
+//! [`ChunkStore`] under their [`DataKey`] until the scheduler releases them. The scheduler sends merges and
+//! combines before further loads, so stored data leaves memory as soon as it can.
 //!
 //! Results do not depend on thread timing: partials are folded in leaf order, pieces are pasted
 //! into fixed positions.
@@ -23,9 +25,9 @@ use crate::kernels::reduce::{self, Partial};
 use crate::plan::{
     NodeOp, Plan, chunk_index, chunks_in, linear, merge_groups, overlapping, product, unlinear,
 };
+use crate::schedule::{Action, Scheduler, SchedulerOptions, WorkerId};
 use crate::source::{SliceSource, SourceError};
 use crate::store::{ChunkStore, StoreError, StoreStats};
-use crate::tracker::{Completion, TaskTracker};
 
 /// Receives every finished block of the nodes that have outputs.
 pub trait ChunkSink: Send + Sync {
@@ -265,7 +267,7 @@ pub trait TaskIo: Sync {
 }
 
 /// Runs one task of a plan at a time, from any thread: loads read the source, merges paste pieces, combines
-/// fold partials, and whatever a task makes is pushed through the stages fused below it ([`TaskRunner::emit`]).
+/// fold partials, and whatever a task makes is pushed through the stages fused below it (`TaskRunner::emit`).
 /// Shared by the local executor and the worker process; it knows nothing of queues or networks.
 #[derive(Clone, Copy)]
 pub struct TaskRunner<'a> {
@@ -291,35 +293,71 @@ impl std::fmt::Debug for TaskRunner<'_> {
     }
 }
 
-/// The local executor's [`TaskIo`]: a key is stored for as many takes as it has consumers.
-struct LocalIo<'a> {
+/// The [`TaskIo`] of a worker, in this process or another: inputs come from copies fetched from other
+/// workers or from this worker's store; what a task writes stays in the store until the scheduler releases
+/// it ([`crate::schedule::Action::Release`]), and is listed for the task's completion report.
+#[derive(Debug)]
+pub struct KeepingIo<'a> {
     store: &'a ChunkStore,
-    graph: &'a TaskGraph,
+    fetched: std::collections::HashMap<DataKey, Arc<Data>>,
+    outputs: Mutex<Vec<(DataKey, u64)>>,
 }
 
-impl TaskIo for LocalIo<'_> {
+impl<'a> KeepingIo<'a> {
+    /// I/O of one task on `store`, with the inputs `fetched` from elsewhere.
+    pub fn new(
+        store: &'a ChunkStore,
+        fetched: std::collections::HashMap<DataKey, Arc<Data>>,
+    ) -> Self {
+        KeepingIo {
+            store,
+            fetched,
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The keys the task wrote, with their sizes.
+    pub fn into_outputs(self) -> Vec<(DataKey, u64)> {
+        self.outputs.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl TaskIo for KeepingIo<'_> {
     fn read(&self, key: DataKey) -> Result<Arc<Data>, ExecError> {
-        Ok(self.store.take(key)?)
+        if let Some(d) = self.fetched.get(&key) {
+            return Ok(d.clone());
+        }
+        Ok(self.store.get(key)?)
     }
 
     fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError> {
-        Ok(self.store.put(key, data, self.graph.consumers(key).len())?)
+        let n = data.nbytes() as u64;
+        self.store.put(key, data, usize::MAX)?;
+        self.outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key, n));
+        Ok(())
     }
 }
 
+/// The one worker of a local run.
+const LOCAL: WorkerId = WorkerId(0);
+
+/// The local executor: one in-process worker of the job's [`Scheduler`] (the same placement code as a
+/// distributed run), its threads running what the scheduler sends.
 struct Exec<'a> {
     runner: TaskRunner<'a>,
-    io: LocalIo<'a>,
-    graph: &'a TaskGraph,
-    tracker: Mutex<TaskTracker>,
-    /// Ready tasks: merges and combines (run first), then loads.
-    queue: Mutex<(VecDeque<TaskId>, VecDeque<TaskId>)>,
+    sched: Mutex<Scheduler>,
+    /// Tasks the scheduler sent, in order.
+    queue: Mutex<VecDeque<TaskId>>,
     wake: Condvar,
     /// Tasks queued or running.
     outstanding: AtomicUsize,
     failed: Mutex<Option<ExecError>>,
     /// The caller's cancel flag (the runner's own flag is set on the first failure or on cancel).
     cancel: &'a AtomicBool,
+    start: Instant,
 }
 
 /// Runs `plan` over `source`, sending finished chunks of nodes with outputs to `sink`.
@@ -341,10 +379,17 @@ pub fn execute(
         message: format!("cannot create the spill file: {e}"),
     })?;
     let graph = TaskGraph::build(plan).map_err(|e| ExecError::Internal(e.to_string()))?;
-    let (tracker, ready) = TaskTracker::new(&graph);
     let store = ChunkStore::new(opts.memory_budget, Box::new(spill));
     // Set on the first failure or on cancel, so every thread stops at its next block.
     let halt = AtomicBool::new(false);
+    let mut sched = Scheduler::new(
+        graph,
+        SchedulerOptions {
+            steal: false,
+            ..SchedulerOptions::default()
+        },
+    );
+    let first = sched.add_worker(LOCAL, opts.threads.max(1), 0.0);
     let ex = Exec {
         runner: TaskRunner {
             plan,
@@ -354,21 +399,15 @@ pub fn execute(
             store: &store,
             cancel: &halt,
         },
-        io: LocalIo {
-            store: &store,
-            graph: &graph,
-        },
-        graph: &graph,
-        tracker: Mutex::new(tracker),
+        sched: Mutex::new(sched),
         outstanding: AtomicUsize::new(0),
-        queue: Mutex::new((VecDeque::new(), VecDeque::new())),
+        queue: Mutex::new(VecDeque::new()),
         wake: Condvar::new(),
         failed: Mutex::new(None),
         cancel,
+        start: Instant::now(),
     };
-    for t in ready {
-        ex.enqueue(t);
-    }
+    ex.obey(first)?;
     std::thread::scope(|s| {
         for t in 0..opts.threads.max(1) {
             let ex = &ex;
@@ -413,39 +452,57 @@ impl Exec<'_> {
         self.runner.cancel.load(Ordering::Relaxed)
     }
 
-    fn enqueue(&self, t: TaskId) {
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        match self.graph.task(t).kind {
-            TaskKind::Load { .. } => q.1.push_back(t),
-            TaskKind::Merge { .. } | TaskKind::Combine { .. } => q.0.push_back(t),
-        }
-        drop(q);
-        self.wake.notify_one();
-    }
-
-    /// Records that `task` wrote its outputs and queues the tasks this made ready.
-    fn completed(&self, task: TaskId) {
-        let done = self
-            .tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .complete(self.graph, task);
-        if let Completion::Done(ready) = done {
-            for t in ready {
-                self.enqueue(t);
+    /// Carries out the scheduler's decisions: tasks to the threads' queue, released keys out of the store.
+    fn obey(&self, actions: Vec<Action>) -> Result<(), ExecError> {
+        for a in actions {
+            match a {
+                Action::Run { task, .. } => {
+                    self.outstanding.fetch_add(1, Ordering::SeqCst);
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(task);
+                    self.wake.notify_one();
+                }
+                Action::Release { key, .. } => {
+                    self.runner.store.remove(key)?;
+                }
+                // One worker: no links to measure.
+                Action::Probe { .. } => {}
             }
         }
+        Ok(())
+    }
+
+    /// Reports `task` done with its `outputs` and carries out what the scheduler decides next.
+    fn completed(
+        &self,
+        task: TaskId,
+        outputs: &[(DataKey, u64)],
+        seconds: f64,
+    ) -> Result<(), ExecError> {
+        let now = self.start.elapsed().as_secs_f64();
+        let actions = self
+            .sched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .task_done(LOCAL, task, outputs, seconds, now);
+        self.obey(actions)
     }
 
     /// After a run without errors: every task done and nothing left in the store, or a bug to report.
     fn check_finished(&self) -> Result<(), ExecError> {
-        let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        if !t.finished() {
+        let sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        if !sched.finished() {
+            let total = sched.graph().len();
+            let done = sched
+                .graph()
+                .tasks()
+                .filter(|(id, _)| sched.is_done(*id))
+                .count();
             return Err(ExecError::Internal(format!(
-                "{} of {} tasks never became ready",
-                self.graph.len() - t.done(),
-                self.graph.len()
+                "{} of {total} tasks never became ready",
+                total - done
             )));
         }
         if !self.runner.store.is_empty() {
@@ -465,7 +522,7 @@ impl Exec<'_> {
                     if self.stopped() {
                         return;
                     }
-                    if let Some(t) = q.0.pop_front().or_else(|| q.1.pop_front()) {
+                    if let Some(t) = q.pop_front() {
                         break t;
                     }
                     if self.outstanding.load(Ordering::SeqCst) == 0 {
@@ -474,9 +531,8 @@ impl Exec<'_> {
                     q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            match self.run(task) {
-                Ok(()) => self.completed(task),
-                Err(e) => self.fail(e),
+            if let Err(e) = self.run(task) {
+                self.fail(e);
             }
             if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 self.wake.notify_all();
@@ -485,11 +541,17 @@ impl Exec<'_> {
     }
 
     fn run(&self, task: TaskId) -> Result<(), ExecError> {
-        self.tracker
+        let kind = self
+            .sched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .start(task);
-        self.runner.run(self.graph.task(task).kind, &self.io)
+            .graph()
+            .task(task)
+            .kind;
+        let t0 = Instant::now();
+        let io = KeepingIo::new(self.runner.store, std::collections::HashMap::new());
+        self.runner.run(kind, &io)?;
+        self.completed(task, &io.into_outputs(), t0.elapsed().as_secs_f64())
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::{Data, DataKey};
-use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, TaskIo, TaskRunner};
+use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, KeepingIo, TaskRunner};
 use arrayjob_engine::graph::{TaskGraph, TaskId};
 use arrayjob_engine::output::zarr::ZarrWriter;
 use arrayjob_engine::runner::{self, Prepared};
@@ -524,11 +524,7 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
             };
         }
     };
-    let io = WorkerIo {
-        store: &shared.store,
-        fetched,
-        outputs: Mutex::new(Vec::new()),
-    };
+    let io = KeepingIo::new(&shared.store, fetched);
     let runner = TaskRunner {
         plan: &shared.job.plan,
         source: shared.job.source.as_ref(),
@@ -550,7 +546,7 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
             Report::Done {
                 task: a.task,
                 attempt: a.attempt,
-                outputs: io.outputs.into_inner().unwrap_or_else(|e| e.into_inner()),
+                outputs: io.into_outputs(),
                 seconds: t0.elapsed().as_secs_f64(),
                 thread,
             }
@@ -611,30 +607,6 @@ fn fetch_inputs(
         );
     }
     Ok(out)
-}
-
-/// A worker's [`TaskIo`]: inputs from the fetched copies or this worker's store; outputs kept in the store
-/// until released, and listed for the completion report.
-struct WorkerIo<'a> {
-    store: &'a ChunkStore,
-    fetched: HashMap<DataKey, Arc<Data>>,
-    outputs: Mutex<Vec<(DataKey, u64)>>,
-}
-
-impl TaskIo for WorkerIo<'_> {
-    fn read(&self, key: DataKey) -> Result<Arc<Data>, ExecError> {
-        if let Some(d) = self.fetched.get(&key) {
-            return Ok(d.clone());
-        }
-        Ok(self.store.get(key)?)
-    }
-
-    fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError> {
-        let n = data.nbytes() as u64;
-        self.store.put(key, data, usize::MAX)?;
-        lock(&self.outputs).push((key, n));
-        Ok(())
-    }
 }
 
 /// Where a worker's finished blocks go: Zarr chunks into the arrays the coordinator created (written here,
