@@ -325,9 +325,21 @@ fn survives_a_kill(phase: &str, victim: Victim, when: impl Fn(&serde_json::Value
             .spawn()
             .expect("start a worker")
     });
-    let seen = wait_for(port, &mut child, |p| {
-        p["workers"].as_array().is_some_and(|w| w.len() == 3) && when(p)
-    });
+    // The victim must hold results someone still needs (else a speculative copy of its task may finish the
+    // job before its loss is even noticed): it has finished two tasks.
+    let victim_busy = |p: &serde_json::Value| {
+        p["workers"].as_array().is_some_and(|ws| {
+            ws.len() == 3
+                && (victim == Victim::Local
+                    || ws.iter().any(|w| {
+                        w["address"]
+                            .as_str()
+                            .is_some_and(|a| a.starts_with("127.0.0.9:"))
+                            && w["tasksDone"].as_u64() >= Some(2)
+                    }))
+        })
+    };
+    let seen = wait_for(port, &mut child, |p| victim_busy(p) && when(p));
     let Some(seen) = seen else {
         let (_, _, err) = finish(child);
         panic!("{phase}: the run ended before the kill point: {err}");

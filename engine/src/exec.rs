@@ -301,6 +301,8 @@ pub struct KeepingIo<'a> {
     store: &'a ChunkStore,
     fetched: std::collections::HashMap<DataKey, Arc<Data>>,
     outputs: Mutex<Vec<(DataKey, u64)>>,
+    /// Whether a read takes the key out of the store at once (see [`KeepingIo::consuming`]).
+    consume: bool,
 }
 
 impl<'a> KeepingIo<'a> {
@@ -313,7 +315,16 @@ impl<'a> KeepingIo<'a> {
             store,
             fetched,
             outputs: Mutex::new(Vec::new()),
+            consume: false,
         }
+    }
+
+    /// Reads take keys out of the store (every key has one reader), so a reduction state is folded without a
+    /// copy and pieces leave memory as they are pasted. For a process whose task failures end the run: a
+    /// worker that may run a task again keeps its inputs until the scheduler releases them.
+    pub fn consuming(mut self) -> Self {
+        self.consume = true;
+        self
     }
 
     /// The keys the task wrote, with their sizes.
@@ -327,7 +338,12 @@ impl TaskIo for KeepingIo<'_> {
         if let Some(d) = self.fetched.get(&key) {
             return Ok(d.clone());
         }
-        Ok(self.store.get(key)?)
+        let d = self.store.get(key)?;
+        if self.consume {
+            // The release the scheduler sends later finds nothing to do.
+            self.store.remove(key)?;
+        }
+        Ok(d)
     }
 
     fn write(&self, key: DataKey, data: Data) -> Result<(), ExecError> {
@@ -549,7 +565,7 @@ impl Exec<'_> {
             .task(task)
             .kind;
         let t0 = Instant::now();
-        let io = KeepingIo::new(self.runner.store, std::collections::HashMap::new());
+        let io = KeepingIo::new(self.runner.store, std::collections::HashMap::new()).consuming();
         self.runner.run(kind, &io)?;
         self.completed(task, &io.into_outputs(), t0.elapsed().as_secs_f64())
     }
