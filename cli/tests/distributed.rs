@@ -128,6 +128,19 @@ fn start_run(
         .expect("start arrayjob")
 }
 
+/// `arrayjob worker` joining the coordinator on `port`, with `args` after the coordinator's URL.
+fn worker_command(port: u16, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_arrayjob"));
+    c.args([
+        "worker",
+        "--coordinator",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .args(args)
+    .env("ARRAYJOB_TOKEN", TOKEN);
+    c
+}
+
 fn finish(child: Child) -> (bool, String, String) {
     let o = child.wait_with_output().expect("wait");
     (
@@ -313,14 +326,7 @@ fn survives_a_kill(phase: &str, victim: Victim, when: impl Fn(&serde_json::Value
     let local = if victim == Victim::External { 2 } else { 3 };
     let mut child = start_run(&m, &out, port, local, &[], &[]);
     let external = (victim == Victim::External).then(|| {
-        Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-            .args([
-                "worker",
-                "--coordinator",
-                &format!("http://127.0.0.1:{port}"),
-            ])
-            .args(["--listen", "127.0.0.9:0", "--threads", "1"])
-            .env("ARRAYJOB_TOKEN", TOKEN)
+        worker_command(port, &["--listen", "127.0.0.9:0", "--threads", "1"])
             .stderr(Stdio::null())
             .spawn()
             .expect("start a worker")
@@ -445,14 +451,7 @@ fn a_worker_joining_mid_job_gets_work() {
     let mut child = start_run(&m, &out, port, 1, &[], &[]);
     let seen = wait_for(port, &mut child, |p| stage(p, "source").0 >= 3);
     assert!(seen.is_some(), "the run went on");
-    let joiner = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-        .args([
-            "worker",
-            "--coordinator",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["--listen", "127.0.0.9:0", "--threads", "1"])
-        .env("ARRAYJOB_TOKEN", TOKEN)
+    let joiner = worker_command(port, &["--listen", "127.0.0.9:0", "--threads", "1"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a worker");
@@ -584,16 +583,12 @@ fn requests_without_the_token_or_with_another_are_refused_and_counted() {
         "ok"
     );
     // A worker started for another plan refuses to join, naming both hashes.
-    let w = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-        .args([
-            "worker",
-            "--coordinator",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .args(["--listen", "127.0.0.6:0", "--expect-plan-hash", "abcd"])
-        .env("ARRAYJOB_TOKEN", TOKEN)
-        .output()
-        .expect("worker");
+    let w = worker_command(
+        port,
+        &["--listen", "127.0.0.6:0", "--expect-plan-hash", "abcd"],
+    )
+    .output()
+    .expect("worker");
     let err = String::from_utf8_lossy(&w.stderr);
     assert!(!w.status.success());
     assert!(err.contains("started for plan hash abcd"), "{err}");

@@ -364,7 +364,8 @@ pub fn series_in_block(
         .collect()
 }
 
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+/// Maps an I/O error on `path` to [`RunError::OutDir`].
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |error| RunError::OutDir {
         path: path.display().to_string(),
         error,

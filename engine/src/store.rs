@@ -435,15 +435,23 @@ impl ChunkStore {
         if let Some(c) = found {
             return Ok(c);
         }
+        let c = self.read_back(key)?;
+        if last {
+            self.spill
+                .delete(key)
+                .map_err(|source| StoreError::Spill { key, source })?;
+        }
+        Ok(c)
+    }
+
+    /// Reads a spilled chunk back from the backend (its frame stays there).
+    fn read_back(&self, key: DataKey) -> Result<Arc<Data>, StoreError> {
         let spill_err = |source| StoreError::Spill { key, source };
         let frame = self.spill.read(key).map_err(spill_err)?;
         self.unspilled
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         let c = crate::frame::decode(&frame)
             .map_err(|e| spill_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        if last {
-            self.spill.delete(key).map_err(spill_err)?;
-        }
         Ok(Arc::new(c))
     }
 
@@ -460,16 +468,10 @@ impl ChunkStore {
                 Slot::Spilled => None,
             }
         };
-        if let Some(c) = found {
-            return Ok(c);
+        match found {
+            Some(c) => Ok(c),
+            None => self.read_back(key),
         }
-        let spill_err = |source| StoreError::Spill { key, source };
-        let frame = self.spill.read(key).map_err(spill_err)?;
-        self.unspilled
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        let c = crate::frame::decode(&frame)
-            .map_err(|e| spill_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        Ok(Arc::new(c))
     }
 
     /// Forgets `key` (and its spilled frame); true when it was stored.

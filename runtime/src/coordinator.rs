@@ -288,7 +288,7 @@ impl runner::Executor for Coordinator {
     ) -> Result<StoreStats, RunError> {
         let internal = |m: String| RunError::Exec(ExecError::Internal(m));
         let graph = TaskGraph::build(&job.plan).map_err(|e| internal(e.to_string()))?;
-        let staging = staging.canonicalize().map_err(runner_io(staging))?;
+        let staging = staging.canonicalize().map_err(runner::io_err(staging))?;
         let desc = JobDescription {
             manifest: self.opts.manifest.clone(),
             base_dir: self
@@ -390,7 +390,7 @@ impl Coordinator {
         let path = staging.join(WORKERS_FILE);
         let text = serde_json::to_string_pretty(r)
             .map_err(|e| RunError::Exec(ExecError::Internal(e.to_string())))?;
-        std::fs::write(&path, text + "\n").map_err(runner_io(&path))?;
+        std::fs::write(&path, text + "\n").map_err(runner::io_err(&path))?;
         let t = timeline(r);
         timeline::write_timeline_html(&staging.join(TIMELINE_HTML), &t)?;
         timeline::write_timeline_png(&staging.join(TIMELINE_PNG), &t)?;
@@ -483,13 +483,6 @@ const MAX_GATHERED_BYTES: usize = 1 << 30;
 
 /// The distributed run's report, published with the outputs.
 pub const WORKERS_FILE: &str = "workers.json";
-
-fn runner_io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |error| RunError::OutDir {
-        path: path.display().to_string(),
-        error,
-    }
-}
 
 /// The coordinator's own loop: delivers gathered blocks, watches heartbeats and local processes, lets the
 /// scheduler look for stragglers, and ends when every task is done (or the job failed or was cancelled).
@@ -1136,17 +1129,7 @@ async fn metrics_handler(State(shared): State<Arc<CoordShared>>) -> Response {
         .metrics
         .auth_refused
         .set(shared.guard.refused.load(Ordering::Relaxed) as i64);
-    match shared.metrics.encode() {
-        Ok(text) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    crate::metrics::openmetrics_response(shared.metrics.encode())
 }
 
 /// Worker processes this coordinator started on loopback addresses.

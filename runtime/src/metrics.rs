@@ -6,6 +6,22 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The answer of a `/metrics` endpoint: the encoded metrics, or a 500 saying why they could not be.
+pub fn openmetrics_response(encoded: Result<String, std::fmt::Error>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match encoded {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// The `stage` label of per-stage counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {

@@ -767,17 +767,7 @@ async fn metrics_handler(State(data): State<DataServer>) -> Response {
     m.spilled_bytes.set(data.store.stats().spilled_bytes as i64);
     m.auth_refused
         .set(data.refused.load(Ordering::Relaxed) as i64);
-    match m.encode() {
-        Ok(text) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    crate::metrics::openmetrics_response(m.encode())
 }
 
 async fn fetch_handler(
