@@ -78,18 +78,12 @@ fn dtype_from_code(c: u8) -> Result<DType, FrameError> {
 
 /// The frame of `data`.
 pub fn encode(data: &Data) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_into(data, &mut out);
-    out
-}
-
-/// Appends the frame of `data` to `out` (e.g. several frames into one message body).
-pub fn encode_into(data: &Data, out: &mut Vec<u8>) {
     let (header, payload, crc) = encode_parts(data);
-    out.reserve(header.len() + payload.len() + 4);
+    let mut out = Vec::with_capacity(header.len() + payload.len() + 4);
     out.extend_from_slice(&header);
     out.extend_from_slice(&payload);
     out.extend_from_slice(&crc);
+    out
 }
 
 /// The frame of `data` in three parts, to send without copying the elements: the header, the payload

@@ -16,7 +16,9 @@
 //! | `GET /v1/progress` | - | the progress snapshot (JSON) |
 //!
 //! Worker endpoints: `POST /v1/fetch` ([`FetchRequest`] in, the frames of the keys in order out, each
-//! preceded by its length as a u64 little-endian) and `GET /v1/probe?bytes=N` (N bytes, to time a link).
+//! preceded by its length as a u64 little-endian: [`answer_parts`] writes them, [`FrameReader`] reads them) and `GET /v1/probe?bytes=N` (N bytes, to time a link).
+
+use std::sync::Arc;
 
 use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::exec::NodeSnapshot;
@@ -193,47 +195,36 @@ pub struct FetchRequest {
     pub keys: Vec<DataKey>,
 }
 
-/// Appends `frame` to a fetch answer: its length (u64 little-endian), then the frame.
-pub fn push_framed(body: &mut Vec<u8>, frame: &[u8]) {
-    body.extend_from_slice(&(frame.len() as u64).to_le_bytes());
-    body.extend_from_slice(frame);
+/// The pieces of a fetch answer for one value: the frame's length (u64 little-endian) and header, the
+/// elements (lent from `data` itself when they lie contiguously: no copy), the checksum.
+pub fn answer_parts(data: &Arc<Data>) -> [bytes::Bytes; 3] {
+    let (header, payload, crc) = arrayjob_engine::frame::encode_parts(data);
+    let len = header.len() + payload.len() + 4;
+    let mut head = Vec::with_capacity(8 + header.len());
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+    head.extend_from_slice(&header);
+    let payload = match payload {
+        std::borrow::Cow::Owned(v) => bytes::Bytes::from(v),
+        std::borrow::Cow::Borrowed(_) => bytes::Bytes::from_owner(SharedPayload(data.clone())),
+    };
+    [
+        bytes::Bytes::from(head),
+        payload,
+        bytes::Bytes::copy_from_slice(&crc),
+    ]
 }
 
-/// Appends the frame of `data` to a fetch answer, preceded by its length (no intermediate copy).
-pub fn push_frame_of(body: &mut Vec<u8>, data: &arrayjob_engine::data::Data) {
-    let at = body.len();
-    body.extend_from_slice(&[0; 8]);
-    arrayjob_engine::frame::encode_into(data, body);
-    let len = (body.len() - at - 8) as u64;
-    body[at..at + 8].copy_from_slice(&len.to_le_bytes());
-}
+/// A stored chunk's elements, lent to a response body without a copy.
+struct SharedPayload(Arc<Data>);
 
-/// Splits a fetch answer into its frames.
-///
-/// # Errors
-/// When the body ends inside a length or a frame.
-pub fn split_framed(body: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let Some((len, tail)) = rest.split_first_chunk::<8>() else {
-            return Err(format!(
-                "{} stray bytes at the end of a fetch answer",
-                rest.len()
-            ));
-        };
-        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|e| e.to_string())?;
-        if tail.len() < len {
-            return Err(format!(
-                "fetch answer truncated: a frame of {len} bytes, {} left",
-                tail.len()
-            ));
+impl AsRef<[u8]> for SharedPayload {
+    fn as_ref(&self) -> &[u8] {
+        // Only made for chunks whose bytes are borrowed (`encode_parts` answered `Cow::Borrowed`).
+        match &*self.0 {
+            Data::Chunk(c) => c.le_bytes_slice().unwrap_or_default(),
+            Data::Partial(_) => &[],
         }
-        let (frame, next) = tail.split_at(len);
-        out.push(frame);
-        rest = next;
     }
-    Ok(out)
 }
 
 /// Decodes a fetch answer as its pieces arrive (length-prefixed frames, split anywhere): a chunk's elements
@@ -421,34 +412,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn framed_bodies_round_trip_and_truncation_is_an_error() {
-        let mut body = Vec::new();
-        push_framed(&mut body, b"abc");
-        push_framed(&mut body, b"");
-        push_framed(&mut body, b"defgh");
-        let frames = split_framed(&body).expect("split");
-        assert_eq!(frames, vec![&b"abc"[..], b"", b"defgh"]);
-        let chunk = arrayjob_engine::data::Data::Chunk(arrayjob_engine::array::Chunk::U8(
-            ndarray::ArrayD::from_elem(ndarray::IxDyn(&[3, 2]), 7),
-        ));
-        let mut with = body.clone();
-        push_frame_of(&mut with, &chunk);
-        let frames = split_framed(&with).expect("split");
-        assert_eq!(frames.len(), 4);
-        assert_eq!(
-            arrayjob_engine::frame::decode(frames[3]).expect("decode"),
-            chunk
-        );
-        let err = split_framed(&body[..body.len() - 1]).expect_err("truncated");
-        assert!(err.contains("a frame of 5 bytes, 4 left"), "{err}");
-        assert!(
-            split_framed(&body[..3])
-                .expect_err("stray")
-                .contains("3 stray bytes")
-        );
-    }
-
-    #[test]
     fn the_frame_reader_decodes_answers_split_anywhere_and_refuses_corruption() {
         use arrayjob_engine::array::Chunk;
         use arrayjob_engine::kernels::reduce;
@@ -466,7 +429,9 @@ mod tests {
         let want = vec![a, p, b.clone(), b];
         let mut body = Vec::new();
         for d in &want {
-            push_frame_of(&mut body, d);
+            for part in answer_parts(&Arc::new(d.clone())) {
+                body.extend_from_slice(&part);
+            }
         }
         for step in [1, 3, 7, 64, body.len()] {
             let mut r = FrameReader::default();

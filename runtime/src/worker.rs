@@ -789,37 +789,11 @@ async fn fetch_handler(
     }
     // The elements go out from the store's own buffers (no copy): a stream of header, payload and checksum
     // per key, each preceded by the frame's length.
-    let mut sent = 0u64;
-    let mut parts: Vec<Bytes> = Vec::with_capacity(3 * found.len());
-    for d in found {
-        let (header, payload, crc) = arrayjob_engine::frame::encode_parts(&d);
-        let len = header.len() + payload.len() + 4;
-        sent += 8 + len as u64;
-        let mut head = Vec::with_capacity(8 + header.len());
-        head.extend_from_slice(&(len as u64).to_le_bytes());
-        head.extend_from_slice(&header);
-        let payload = match payload {
-            std::borrow::Cow::Owned(v) => Bytes::from(v),
-            std::borrow::Cow::Borrowed(_) => Bytes::from_owner(SharedPayload(d.clone())),
-        };
-        parts.extend([Bytes::from(head), payload, Bytes::copy_from_slice(&crc)]);
-    }
-    data.metrics.bytes_served.inc_by(sent);
+    let parts: Vec<Bytes> = found.iter().flat_map(protocol::answer_parts).collect();
+    let sent: usize = parts.iter().map(Bytes::len).sum();
+    data.metrics.bytes_served.inc_by(sent as u64);
     let stream = futures::stream::iter(parts.into_iter().map(Ok::<_, std::convert::Infallible>));
     axum::body::Body::from_stream(stream).into_response()
-}
-
-/// A stored chunk's elements, lent to the response body without a copy.
-struct SharedPayload(Arc<Data>);
-
-impl AsRef<[u8]> for SharedPayload {
-    fn as_ref(&self) -> &[u8] {
-        // Only made for chunks whose bytes are borrowed (`encode_parts` answered `Cow::Borrowed`).
-        match &*self.0 {
-            Data::Chunk(c) => c.le_bytes_slice().unwrap_or_default(),
-            Data::Partial(_) => &[],
-        }
-    }
 }
 
 #[derive(serde::Deserialize)]
