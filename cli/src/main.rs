@@ -103,6 +103,10 @@ struct DistArgs {
     /// Seconds without a heartbeat before a worker is declared lost and its data recomputed.
     #[arg(long, env = "ARRAYJOB_WORKER_TIMEOUT", default_value_t = 3.0)]
     worker_timeout: f64,
+    /// Whether a rechunk's pieces move to the worker of their merge as soon as they are cut (overlapping
+    /// the loads), or only when the merge starts (to compare the two).
+    #[arg(long, env = "ARRAYJOB_EARLY_EXCHANGE", default_value_t = true, action = clap::ArgAction::Set)]
+    early_exchange: bool,
 }
 
 fn main() -> ExitCode {
@@ -287,6 +291,7 @@ fn coordinator(
         .unwrap_or_else(|| (threads / workers.max(1)).max(1));
     o.worker_memory = memory_budget / workers.max(1);
     o.worker_timeout = Duration::from_secs_f64(dist.worker_timeout.max(0.5));
+    o.scheduler.move_early = dist.early_exchange;
     if o.announce && std::env::var("ARRAYJOB_TOKEN").is_err() {
         eprintln!(
             "job token (give it to workers as ARRAYJOB_TOKEN): {}",

@@ -148,8 +148,9 @@ pub fn distributed_table(r: &arrayjob_runtime::coordinator::DistributedReport) -
     }
     let _ = writeln!(
         s,
-        "moved between workers: {:.1} MB; steals: {}; speculative copies: {}; workers lost: {}; tasks recomputed: {}",
+        "moved between workers: {:.1} MB ({:.1} MB of pieces as soon as they were cut); steals: {}; speculative copies: {}; workers lost: {}; tasks recomputed: {}",
         r.bytes_moved as f64 / 1e6,
+        r.bytes_moved_early as f64 / 1e6,
         r.steals.len(),
         r.speculated,
         r.workers_lost,

@@ -268,6 +268,15 @@ fn two_and_four_workers_write_the_same_bytes_as_one_process() {
             w["bytesMoved"].as_u64() > Some(0),
             "pieces crossed the network: {w}"
         );
+        // Every merge of the exchange reads a piece of each of the 60 loads, so wherever it runs, the pieces
+        // cut on the other workers (half of them or more) must travel: they move as soon as they are cut.
+        // The pieces are the recentered stack, 300 x 200 x 200 uint8: 12 MB.
+        let early = w["bytesMovedEarly"].as_u64().expect("bytesMovedEarly");
+        let pieces = 300 * 200 * 200;
+        assert!(
+            early >= pieces * 2 / 5 && early <= pieces,
+            "{early} of {pieces} bytes of pieces moved early: {w}"
+        );
         assert!(stdout.contains("moved between workers"), "{stdout}");
         let html = std::fs::read_to_string(out.join("timeline.html")).expect("timeline");
         assert!(html.contains("worker 1"), "a lane per worker");

@@ -59,12 +59,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         run.decisions as f64 / inside
     );
     println!(
-        "events: {} completions, {} probes, {} ticks; {} steals, {} copies, {} releases of {} keys written; virtual makespan {:.1} s; driver wall time {:.3} s",
+        "events: {} completions, {} probes, {} ticks; {} steals, {} copies, {} moves, {} releases of {} keys written; virtual makespan {:.1} s; driver wall time {:.3} s",
         run.completions,
         run.probes,
         run.ticks,
         run.steals,
         run.copies,
+        run.moves,
         run.releases,
         run.written,
         run.makespan,
@@ -79,8 +80,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     if !run.finished {
         return Err("the job did not finish".into());
     }
-    if run.releases != run.written {
-        return Err(format!("{} keys written but {} released", run.written, run.releases).into());
+    if run.releases != run.written + run.moves {
+        return Err(format!(
+            "{} keys written and {} moved but {} released",
+            run.written, run.moves, run.releases
+        )
+        .into());
     }
     Ok(())
 }
@@ -206,6 +211,8 @@ struct Run {
     steals: usize,
     copies: usize,
     releases: u64,
+    /// Keys moved ahead of their merges (each released twice: at the sender, then after its merge).
+    moves: u64,
     written: u64,
     makespan: f64,
     finished: bool,
@@ -291,8 +298,8 @@ fn drive(graph: TaskGraph) -> Run {
     run
 }
 
-/// Carries out the scheduler's actions: runs are queued (and started if a core is free), probes answered at
-/// once, releases counted.
+/// Carries out the scheduler's actions: runs are queued (and started if a core is free), probes and moves
+/// answered at once, releases counted.
 fn apply(
     s: &mut Scheduler,
     pending: &mut VecDeque<Action>,
@@ -313,6 +320,13 @@ fn apply(
                 let more = s.transfer_observed(from, to, b, b as f64 / LINK_RATE, now);
                 run.inside += t.elapsed();
                 run.probes += 1;
+                pending.extend(more);
+            }
+            Action::Move { key, from, to } => {
+                let t = Instant::now();
+                let more = s.key_moved(key, from, to, now);
+                run.inside += t.elapsed();
+                run.moves += 1;
                 pending.extend(more);
             }
             Action::Release { .. } => run.releases += 1,

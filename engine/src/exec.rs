@@ -483,8 +483,8 @@ impl Exec<'_> {
                 Action::Release { key, .. } => {
                     self.runner.store.remove(key)?;
                 }
-                // One worker: no links to measure.
-                Action::Probe { .. } => {}
+                // One worker: no links to measure, and every merge gathers where its pieces are.
+                Action::Probe { .. } | Action::Move { .. } => {}
             }
         }
         Ok(())

@@ -18,6 +18,12 @@
 //!   for more than `speculate_after` times its stage's measured duration (a straggler), if its inputs move
 //!   in less than that duration. Whichever copy finishes first counts; completion is idempotent, so the
 //!   other is a duplicate that changes nothing.
+//! - **Exchange**: a merge fed by many tasks (at least [`MOVE_FAN_IN`], as a rechunk's merge reads one piece
+//!   of every load) must gather most of its bytes from other workers wherever it runs, so it gets a
+//!   *gathering worker* when its first piece is written (the worker with fewest such merges per core) and
+//!   each piece moves there as soon as it is written ([`Action::Move`]), while the loads go on, instead of
+//!   all at once when the merge starts. The merge then runs there. A merge fed by few tasks keeps the rule
+//!   above: it runs where most of its bytes already are, and nothing moves early.
 //! - **Release**: workers keep every key they write until told to drop it ([`Action::Release`]): when its
 //!   last reader is done, at once when nobody is left to read it, and for the copies written by duplicates.
 //! - **Worker loss** ([`Scheduler::worker_lost`]): the tasks sent to the lost worker get a *strike* and run
@@ -61,6 +67,16 @@ pub enum Action {
         /// Receiving worker.
         to: WorkerId,
     },
+    /// Have `to` copy `key` from `from` now, ahead of the merge that will read it there; `to` reports the copy
+    /// ([`Scheduler::key_moved`]) and `from` then drops its own.
+    Move {
+        /// The key.
+        key: DataKey,
+        /// Its holder.
+        from: WorkerId,
+        /// The merge's gathering worker.
+        to: WorkerId,
+    },
     /// Have `worker` drop its copy of `key`: nobody will read it there.
     Release {
         /// The holder.
@@ -85,7 +101,14 @@ pub struct SchedulerOptions {
     pub speculate_after: f64,
     /// A task that was running on this many workers when they died fails the job.
     pub max_strikes: u32,
+    /// Whether pieces of merges fed by many tasks move to their gathering worker as soon as they are
+    /// written (see the module's *Exchange*).
+    pub move_early: bool,
 }
+
+/// A merge reading keys written by at least this many tasks gets a gathering worker (see the module's
+/// *Exchange*).
+pub const MOVE_FAN_IN: usize = 4;
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
@@ -96,6 +119,7 @@ impl Default for SchedulerOptions {
             smoothing: 0.3,
             speculate_after: 3.0,
             max_strikes: 3,
+            move_early: true,
         }
     }
 }
@@ -228,6 +252,12 @@ pub struct Scheduler {
     /// Workers that died while running each task.
     strikes: FastMap<TaskId, u32>,
     recomputed: usize,
+    /// The gathering worker of each merge fed by many tasks (None for a task read by few), and how many such
+    /// merges not done each worker has.
+    gather_at: FastMap<TaskId, Option<WorkerId>>,
+    gathering: FastMap<WorkerId, usize>,
+    /// Bytes moved to gathering workers.
+    moved_bytes: u64,
     decisions: u64,
     /// Time of the latest event.
     now: f64,
@@ -258,6 +288,9 @@ impl Scheduler {
             copied: HashSet::new(),
             strikes: FastMap::default(),
             recomputed: 0,
+            gather_at: FastMap::default(),
+            gathering: FastMap::default(),
+            moved_bytes: 0,
             decisions: 0,
             now: 0.0,
             finished_at: None,
@@ -282,6 +315,7 @@ impl Scheduler {
         w.cores = cores.max(1);
         self.update_room(worker);
         self.wake.insert(worker);
+        self.share_gathering(worker);
         for task in std::mem::take(&mut self.unplaced) {
             self.place(task, false);
         }
@@ -317,6 +351,11 @@ impl Scheduler {
                     self.unqueue(task);
                 }
                 self.observe_duration(task, worker, seconds);
+                if let Some(Some(w)) = self.gather_at.remove(&task)
+                    && let Some(n) = self.gathering.get_mut(&w)
+                {
+                    *n = n.saturating_sub(1);
+                }
                 self.record_outputs(worker, outputs, &mut actions);
                 self.forget_read_inputs(task, &mut actions);
                 if self.tracker.finished() {
@@ -402,6 +441,29 @@ impl Scheduler {
         self.dispatch()
     }
 
+    /// `to` holds a copy of `key`, moved from `from` ([`Action::Move`]), reported at `now`: the key is now
+    /// where its merge runs, and `from` drops its copy. A copy nobody needs (its merge is done, or the key was
+    /// rebuilt elsewhere since) is dropped instead.
+    pub fn key_moved(
+        &mut self,
+        key: DataKey,
+        from: WorkerId,
+        to: WorkerId,
+        now: f64,
+    ) -> Vec<Action> {
+        self.now = now;
+        let alive = self.workers.contains_key(&to);
+        match self.locations.get_mut(&key) {
+            Some(l) if l.worker == to => Vec::new(),
+            Some(l) if l.worker == from && alive => {
+                l.worker = to;
+                self.moved_bytes += l.bytes;
+                vec![Action::Release { worker: from, key }]
+            }
+            _ => vec![Action::Release { worker: to, key }],
+        }
+    }
+
     /// Time passed without events (the coordinator calls this on every heartbeat): overdue tasks may get
     /// copies on idle workers, and idle workers take waiting tasks it now pays to move.
     pub fn tick(&mut self, now: f64) -> Vec<Action> {
@@ -453,6 +515,11 @@ impl Scheduler {
     /// Done tasks run again because keys they wrote were lost with a worker.
     pub fn recomputed(&self) -> usize {
         self.recomputed
+    }
+
+    /// Bytes moved to gathering workers ahead of their merges.
+    pub fn moved_bytes(&self) -> u64 {
+        self.moved_bytes
     }
 
     /// Takes `task` off `worker`'s sent list; false when the worker is not known.
@@ -512,7 +579,86 @@ impl Scheduler {
                     readers_left,
                 },
             );
+            if let Some(to) = self.gathering_worker(key, worker)
+                && to != worker
+            {
+                actions.push(Action::Move {
+                    key,
+                    from: worker,
+                    to,
+                });
+            }
         }
+    }
+
+    /// Gives `joiner` its share of the merges still waiting for pieces: those of the workers gathering most
+    /// per core move to it (in task order) until it gathers as many per core as they do. Pieces already
+    /// moved stay where they are; the merge fetches them when it runs.
+    fn share_gathering(&mut self, joiner: WorkerId) {
+        let share = |s: &Scheduler, id: WorkerId| {
+            let cores = s.workers.get(&id).map_or(1, |w| w.cores) as f64;
+            s.gathering.get(&id).copied().unwrap_or(0) as f64 / cores
+        };
+        let mut waiting: Vec<(TaskId, WorkerId)> = self
+            .gather_at
+            .iter()
+            .filter_map(|(&t, &w)| Some((t, w?)))
+            .filter(|&(t, w)| w != joiner && self.tracker.state(t) == TaskState::Waiting)
+            .collect();
+        waiting.sort_unstable();
+        let step = 1.0 / self.workers.get(&joiner).map_or(1, |w| w.cores) as f64;
+        for (task, from) in waiting {
+            if !self.workers.contains_key(&from) || share(self, from) > share(self, joiner) + step {
+                if let Some(n) = self.gathering.get_mut(&from) {
+                    *n = n.saturating_sub(1);
+                }
+                self.gather_at.insert(task, Some(joiner));
+                *self.gathering.entry(joiner).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The gathering worker of the merge reading `key` (just written on `producer`), chosen now if it has
+    /// none (or lost it); None unless the key's one reader is a merge fed by many tasks.
+    fn gathering_worker(&mut self, key: DataKey, producer: WorkerId) -> Option<WorkerId> {
+        if !self.opts.move_early {
+            return None;
+        }
+        let &[merge] = self.graph.consumers(key) else {
+            return None;
+        };
+        match self.gather_at.get(&merge) {
+            Some(Some(w)) if self.workers.contains_key(w) => return Some(*w),
+            Some(None) => return None,
+            _ => {}
+        }
+        let task = self.graph.task(merge);
+        let producers: BTreeSet<TaskId> = task
+            .inputs
+            .iter()
+            .filter_map(|&k| self.graph.producer(k))
+            .collect();
+        if !matches!(task.kind, TaskKind::Merge { .. }) || producers.len() < MOVE_FAN_IN {
+            self.gather_at.insert(merge, None);
+            return None;
+        }
+        // The producer (its pieces stay where they are) unless it would gather more than one merge per core
+        // beyond the worker with fewest; else that worker (ties: the lowest id).
+        let share = |id: &WorkerId, w: &Worker| {
+            self.gathering.get(id).copied().unwrap_or(0) as f64 / w.cores as f64
+        };
+        let (&fewest, w) = self
+            .workers
+            .iter()
+            .min_by(|(a, wa), (b, wb)| share(a, wa).total_cmp(&share(b, wb)).then(a.cmp(b)))?;
+        let least = share(&fewest, w);
+        let to = match self.workers.get(&producer) {
+            Some(p) if share(&producer, p) + 1.0 / p.cores as f64 <= least + 1.0 => producer,
+            _ => fewest,
+        };
+        self.gather_at.insert(merge, Some(to));
+        *self.gathering.entry(to).or_insert(0) += 1;
+        Some(to)
     }
 
     /// Consumers of `key` not done.
@@ -562,6 +708,8 @@ impl Scheduler {
         self.links.retain(|&(a, b), _| a != worker && b != worker);
         self.probing.retain(|&(a, b)| a != worker && b != worker);
         self.durations.retain(|_, s| s.forget(worker));
+        // Its merges get another gathering worker when their next piece is written.
+        self.gathering.remove(&worker);
     }
 
     /// Strikes the tasks the lost worker `w` was running, and returns those sent to it that no other worker
@@ -685,8 +833,8 @@ impl Scheduler {
         }
     }
 
-    /// The worker holding most bytes of `task`'s inputs (ties: fewest tasks, then the highest id); without
-    /// bytes held anywhere, the least loaded worker. A struck task avoids, if it can, the workers running or
+    /// A merge's gathering worker while it lives; else the worker holding most bytes of `task`'s inputs
+    /// (ties: fewest tasks, then the highest id); without bytes held anywhere, the least loaded worker. A struck task avoids, if it can, the workers running or
     /// holding another struck task: tasks that ran beside a task that kills workers are struck with it, and
     /// only apart can the culprit be told from them. None without workers.
     fn best_worker(&self, task: TaskId) -> Option<WorkerId> {
@@ -696,6 +844,12 @@ impl Scheduler {
     }
 
     fn best_worker_avoiding(&self, task: TaskId, avoid: &BTreeSet<WorkerId>) -> Option<WorkerId> {
+        if let Some(Some(w)) = self.gather_at.get(&task)
+            && self.workers.contains_key(w)
+            && !avoid.contains(w)
+        {
+            return Some(*w);
+        }
         let mut held: Vec<(WorkerId, u64)> = Vec::new();
         for key in &self.graph.task(task).inputs {
             let Some(l) = self.locations.get(key) else {
@@ -1025,6 +1179,73 @@ mod tests {
     const W1: WorkerId = WorkerId(1);
     const LOAD: [TaskId; 2] = [TaskId(0), TaskId(1)];
     const MERGE: [TaskId; 2] = [TaskId(2), TaskId(3)];
+
+    /// `loads` loads, each writing a piece for each of two merges (a rechunk's exchange).
+    fn exchange(loads: usize) -> TaskGraph {
+        let mut tasks: Vec<Task> = (0..loads)
+            .map(|part| Task {
+                kind: TaskKind::Load { chunk: part },
+                inputs: vec![],
+                outputs: vec![piece(0, part), piece(1, part)],
+            })
+            .collect();
+        tasks.extend((0..2).map(|group| Task {
+            kind: TaskKind::Merge { node: 1, group },
+            inputs: (0..loads).map(|part| piece(group, part)).collect(),
+            outputs: vec![],
+        }));
+        TaskGraph::from_tasks(tasks).expect("graph")
+    }
+
+    fn moves(actions: &[Action]) -> Vec<(DataKey, WorkerId, WorkerId)> {
+        actions
+            .iter()
+            .filter_map(|a| match *a {
+                Action::Move { key, from, to } => Some((key, from, to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_of_a_wide_merge_move_to_its_gathering_worker_as_they_are_written() {
+        let mut s = Scheduler::new(exchange(4), SchedulerOptions::default());
+        s.add_worker(W0, 1, 0.0);
+        let l = |i| TaskId(i);
+        // Alone, worker 0 gathers both merges: nothing moves.
+        let a = s.task_done(W0, l(0), &written(&s, l(0)), 1.0, 1.0);
+        assert_eq!(moves(&a), vec![]);
+        // A joiner takes one of them (the first in task order); the next pieces of that merge written on
+        // worker 0 move to it at once.
+        s.add_worker(W1, 1, 1.0);
+        let a = s.task_done(W0, l(1), &written(&s, l(1)), 1.0, 2.0);
+        assert_eq!(moves(&a), vec![(piece(0, 1), W0, W1)]);
+        // Once it has the copy, worker 0 drops its own and the key is located at worker 1.
+        let a = s.key_moved(piece(0, 1), W0, W1, 2.5);
+        assert_eq!(releases(&a), vec![(W0, piece(0, 1))]);
+        assert_eq!(s.location(piece(0, 1)), Some((W1, 8)));
+        // A piece written by the gathering worker stays; one of the other merge moves to worker 0.
+        let a = s.task_done(W1, l(2), &written(&s, l(2)), 1.0, 3.0);
+        assert_eq!(moves(&a), vec![(piece(1, 2), W1, W0)]);
+        // The merge runs on its gathering worker even before its last piece arrives...
+        let a = s.task_done(W0, l(3), &written(&s, l(3)), 1.0, 4.0);
+        let merge0 = TaskId(4);
+        assert!(runs(&a).contains(&(W1, merge0)), "{a:?}");
+        // ...and a copy that lands after it is done is dropped where it landed.
+        s.task_done(W1, merge0, &[], 1.0, 5.0);
+        let a = s.key_moved(piece(0, 3), W0, W1, 5.5);
+        assert_eq!(releases(&a), vec![(W1, piece(0, 3))]);
+        assert_eq!(s.moved_bytes(), 8);
+    }
+
+    #[test]
+    fn a_merge_fed_by_few_tasks_moves_nothing_early() {
+        let mut s = scheduler();
+        s.add_worker(W0, 1, 0.0);
+        s.add_worker(W1, 1, 0.0);
+        let a = s.task_done(W0, LOAD[0], &written(&s, LOAD[0]), 1.0, 1.0);
+        assert_eq!(moves(&a), vec![]);
+    }
 
     #[test]
     fn keys_are_released_after_their_last_reader_and_duplicate_copies_at_once() {

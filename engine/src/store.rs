@@ -474,6 +474,11 @@ impl ChunkStore {
         }
     }
 
+    /// Whether `key` is stored (in memory or spilled).
+    pub fn contains(&self, key: DataKey) -> bool {
+        self.lock().entries.contains_key(&key)
+    }
+
     /// Forgets `key` (and its spilled frame); true when it was stored.
     ///
     /// # Errors

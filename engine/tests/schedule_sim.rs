@@ -3,8 +3,8 @@
 //!
 //! Model: a worker runs up to `cores` tasks at once, in the order it received them; a task first fetches its
 //! inputs held elsewhere (bytes / link rate, one input after another, links never contended), then computes
-//! (its cost / the worker's speed). Probes take `probe_bytes / rate` and do not delay tasks. A worker keeps
-//! what its tasks write until the scheduler releases it.
+//! (its cost / the worker's speed). Probes and early moves of pieces take `bytes / rate` and do not delay
+//! tasks. A worker keeps what its tasks write (or what was moved to it) until the scheduler releases it.
 //!
 //! Workers can die: what runs there never reports, what it holds vanishes, and the coordinator notices a
 //! heartbeat timeout later (`worker_lost`). A task whose input vanished before the coordinator knew fails to
@@ -62,6 +62,8 @@ enum Event {
     Lost(u32),
     /// The worker reports it could not fetch an input of the task.
     FetchFailed(u32, usize),
+    /// A key moved ahead of its merge arrives: sender, receiver, key.
+    Moved(u32, u32, DataKey),
 }
 
 /// One finished run of a task.
@@ -89,6 +91,9 @@ struct Outcome {
     held_at_end: Vec<DataKey>,
     /// Tasks struck by worker deaths, and how often.
     struck: Vec<(TaskKind, u32)>,
+    /// Bytes moved ahead of the merges, and bytes merges fetched when they started.
+    moved_bytes: u64,
+    merge_fetched_bytes: u64,
 }
 
 /// What to simulate.
@@ -99,6 +104,7 @@ struct Setup<'a> {
     link_rate: f64,
     cost: fn(&TaskKind) -> f64,
     steal: bool,
+    move_early: bool,
     /// A task that kills whatever worker starts it.
     poison: Option<TaskId>,
 }
@@ -166,6 +172,7 @@ fn simulate(
         link_rate,
         cost,
         steal,
+        move_early: true,
         poison: None,
     };
     Sim::new(graph, &setup).run()
@@ -207,12 +214,16 @@ struct Sim<'a> {
     fetch_failures: usize,
     runs: Vec<Run>,
     failure: Option<TaskFailure>,
+    merge_fetched_bytes: u64,
+    /// Keys on their way to a merge's gathering worker: the receiver, and when they arrive.
+    moving: BTreeMap<DataKey, (u32, u64)>,
 }
 
 impl<'a> Sim<'a> {
     fn new(graph: TaskGraph, setup: &'a Setup<'a>) -> Sim<'a> {
         let opts = SchedulerOptions {
             steal: setup.steal,
+            move_early: setup.move_early,
             ..SchedulerOptions::default()
         };
         let probe_bytes = opts.probe_bytes;
@@ -236,6 +247,8 @@ impl<'a> Sim<'a> {
             fetch_failures: 0,
             runs: Vec::new(),
             failure: None,
+            merge_fetched_bytes: 0,
+            moving: BTreeMap::new(),
         };
         for w in setup.workers {
             sim.push(ns(w.joins_at), Event::Join(w.id));
@@ -299,6 +312,8 @@ impl<'a> Sim<'a> {
                 .filter(|&(id, _)| self.s.strikes(id) > 0)
                 .map(|(id, t)| (t.kind, self.s.strikes(id)))
                 .collect(),
+            moved_bytes: self.s.moved_bytes(),
+            merge_fetched_bytes: self.merge_fetched_bytes,
         }
     }
 
@@ -344,6 +359,17 @@ impl<'a> Sim<'a> {
                 self.s.task_failed(WorkerId(w), TaskId(t), now)
             }
             Event::FetchFailed(..) => Vec::new(),
+            Event::Moved(from, to, key) => {
+                self.moving.remove(&key);
+                let copied = self.alive.contains(&to)
+                    && self.held.get(&key).is_some_and(|h| h.contains(&from));
+                if !copied {
+                    // The sender died or dropped it first: the receiver has nothing to report.
+                    return Vec::new();
+                }
+                self.held.entry(key).or_default().insert(to);
+                self.s.key_moved(key, WorkerId(from), WorkerId(to), now)
+            }
         }
     }
 
@@ -436,6 +462,11 @@ impl<'a> Sim<'a> {
                     let at = self.now + ns(self.probe_bytes as f64 / self.setup.link_rate);
                     self.push(at, Event::Probe(from.0, to.0));
                 }
+                Action::Move { key, from, to } => {
+                    let at = self.now + ns(self.size(&key) as f64 / self.setup.link_rate);
+                    self.moving.insert(key, (to.0, at));
+                    self.push(at, Event::Moved(from.0, to.0, key));
+                }
                 Action::Release { worker, key } => self.release(worker.0, key),
             }
         }
@@ -480,21 +511,29 @@ impl<'a> Sim<'a> {
             return;
         }
         let task = self.s.graph().task(t).clone();
-        let (mut remote, mut sender) = (0, w);
+        let (mut remote, mut sender, mut arrivals) = (0, w, self.now);
         for k in &task.inputs {
             let Some(holders) = self.held.get(k).filter(|h| !h.is_empty()) else {
                 self.fetch_failed(w, t, *k, sent);
                 return;
             };
-            if !holders.contains(&w) {
-                remote += self.size(k);
-                sender = *holders.iter().next().expect("a holder");
+            match self.moving.get(k) {
+                // On its way here: the task waits for it, as a worker does.
+                Some(&(to, at)) if to == w => arrivals = arrivals.max(at),
+                _ if !holders.contains(&w) => {
+                    remote += self.size(k);
+                    sender = *holders.iter().next().expect("a holder");
+                }
+                _ => {}
             }
+        }
+        if matches!(task.kind, TaskKind::Merge { .. }) {
+            self.merge_fetched_bytes += remote;
         }
         let fetch = remote as f64 / self.setup.link_rate;
         let compute = (self.setup.cost)(&task.kind) / self.spec[&w].speed;
         self.push(
-            self.now + ns(fetch + compute),
+            arrivals + ns(fetch + compute),
             Event::Finish(w, t.0, ns(fetch), remote, sender),
         );
     }
@@ -721,6 +760,10 @@ fn pipeline_cost(k: &TaskKind) -> f64 {
 
 /// The pipeline of 4 bands of 5 loads and 3 groups on `workers` at 100 MB/s, with stealing, maybe a poison.
 fn run_pipeline(workers: &[SimWorker], poison: Option<TaskKind>) -> Outcome {
+    run_pipeline_with(workers, poison, true)
+}
+
+fn run_pipeline_with(workers: &[SimWorker], poison: Option<TaskKind>, move_early: bool) -> Outcome {
     let (g, sizes) = pipeline(4, 5, 3);
     let poison = poison.map(|kind| g.tasks().find(|(_, t)| t.kind == kind).expect("task").0);
     let setup = Setup {
@@ -729,6 +772,7 @@ fn run_pipeline(workers: &[SimWorker], poison: Option<TaskKind>) -> Outcome {
         link_rate: 100.0 * MB as f64,
         cost: pipeline_cost,
         steal: true,
+        move_early,
         poison,
     };
     Sim::new(g, &setup).run()
@@ -758,6 +802,44 @@ fn assert_recovered(out: &Outcome, healthy: &Outcome) {
 
 fn four_workers() -> Vec<SimWorker> {
     (0..4).map(|id| worker(id, 2)).collect()
+}
+
+#[test]
+fn pieces_move_to_their_merge_while_the_loads_run() {
+    let early = run_pipeline_with(&four_workers(), None, true);
+    let late = run_pipeline_with(&four_workers(), None, false);
+    let pieces = 4 * 5 * 3 * 8 * MB;
+    eprintln!(
+        "moved early: {} MB, fetched by merges {} MB, {:.2} s; without: fetched {} MB, {:.2} s",
+        early.moved_bytes / MB,
+        early.merge_fetched_bytes / MB,
+        early.makespan,
+        late.merge_fetched_bytes / MB,
+        late.makespan
+    );
+    assert_eq!(late.moved_bytes, 0);
+    // Each band's pieces come from 5 loads spread over 4 workers: most must travel, either way.
+    assert!(
+        late.merge_fetched_bytes >= pieces / 2,
+        "{}",
+        late.merge_fetched_bytes
+    );
+    assert!(early.moved_bytes >= pieces / 2, "{}", early.moved_bytes);
+    // Moved as they were written: the merges find their pieces there, and hardly more bytes travel.
+    assert_eq!(early.merge_fetched_bytes, 0);
+    assert!(
+        early.moved_bytes <= late.merge_fetched_bytes * 5 / 4,
+        "{} vs {}",
+        early.moved_bytes,
+        late.merge_fetched_bytes
+    );
+    assert!(
+        early.makespan < late.makespan,
+        "{} vs {}",
+        early.makespan,
+        late.makespan
+    );
+    assert!(early.held_at_end.is_empty(), "{:?}", early.held_at_end);
 }
 
 #[test]

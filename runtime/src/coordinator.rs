@@ -111,6 +111,8 @@ pub struct DistributedReport {
     pub workers: Vec<WorkerProgress>,
     /// Bytes workers fetched from each other.
     pub bytes_moved: u64,
+    /// Of these, pieces moved to their merge's worker as soon as they were written.
+    pub bytes_moved_early: u64,
     /// Tasks moved to idle workers, and why.
     pub steals: Vec<Steal>,
     /// Tasks given a second copy.
@@ -673,6 +675,26 @@ fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
                     },
                 )
             }
+            Action::Move { key, from, to } => {
+                let Some(address) = g.workers.get(&from).map(|w| w.address.clone()) else {
+                    continue;
+                };
+                if let Some(Command::Move { from: f, keys, .. }) =
+                    g.workers.get_mut(&to).and_then(|w| w.mailbox.last_mut())
+                    && *f == from
+                {
+                    keys.push(key);
+                    continue;
+                }
+                (
+                    to,
+                    Command::Move {
+                        from,
+                        address,
+                        keys: vec![key],
+                    },
+                )
+            }
             Action::Release { worker, key } => {
                 if let Some(Command::Release { keys }) = g
                     .workers
@@ -753,6 +775,7 @@ fn final_report(shared: &CoordShared, url: &str) -> (DistributedReport, StoreSta
         coordinator: url.to_string(),
         workers,
         bytes_moved: g.bytes_moved,
+        bytes_moved_early: g.sched.moved_bytes(),
         steals: g.sched.steals().to_vec(),
         speculated: g.sched.speculated().len(),
         recomputed: g.sched.recomputed(),
@@ -967,24 +990,48 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             }
             Vec::new()
         }
+        Report::Moved {
+            from,
+            keys,
+            bytes,
+            seconds,
+        } => {
+            let mut actions = Vec::new();
+            for key in keys {
+                actions.extend(g.sched.key_moved(key, from, worker, now));
+            }
+            actions.extend(transfer(shared, g, from, worker, bytes, seconds));
+            actions
+        }
         Report::Transfer {
             from,
             bytes,
             seconds,
-        } => {
-            g.bytes_moved += bytes;
-            shared.metrics.bytes_moved.inc_by(bytes);
-            g.events.push(Event::Transfer {
-                from,
-                to: worker,
-                bytes,
-                at: now,
-                seconds,
-            });
-            g.sched.transfer_observed(from, worker, bytes, seconds, now)
-        }
+        } => transfer(shared, g, from, worker, bytes, seconds),
     };
     route(shared, g, actions);
+}
+
+/// Counts bytes `to` received from `from` and gives the scheduler the link's rate.
+fn transfer(
+    shared: &CoordShared,
+    g: &mut CoordState,
+    from: WorkerId,
+    to: WorkerId,
+    bytes: u64,
+    seconds: f64,
+) -> Vec<Action> {
+    let now = shared.now();
+    g.bytes_moved += bytes;
+    shared.metrics.bytes_moved.inc_by(bytes);
+    g.events.push(Event::Transfer {
+        from,
+        to,
+        bytes,
+        at: now,
+        seconds,
+    });
+    g.sched.transfer_observed(from, to, bytes, seconds, now)
 }
 
 /// The stage a task belongs to, by name (loads: the source).
@@ -1047,6 +1094,8 @@ pub struct ProgressSnapshot {
     pub workers: Vec<WorkerProgress>,
     /// Bytes workers fetched from each other.
     pub bytes_moved: u64,
+    /// Of these, pieces moved to their merge's worker as soon as they were written.
+    pub bytes_moved_early: u64,
     /// Bytes workers spilled to their disks.
     pub spilled_bytes: u64,
     /// Tasks moved to idle workers, and why.
@@ -1115,6 +1164,7 @@ fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
             .map(|(&id, w)| worker_progress(id, w, finished))
             .collect(),
         bytes_moved: g.bytes_moved,
+        bytes_moved_early: g.sched.moved_bytes(),
         spilled_bytes: g.workers.values().map(|w| w.store.spilled_bytes).sum(),
         steals: g.sched.steals().to_vec(),
         speculated: g.sched.speculated().len(),

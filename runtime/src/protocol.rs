@@ -102,6 +102,18 @@ pub enum Report {
         /// What went wrong, naming stage and chunk.
         error: String,
     },
+    /// Keys copied from a peer on a [`Command::Move`] and now in this worker's store (also a measure of the
+    /// link).
+    Moved {
+        /// The sender.
+        from: WorkerId,
+        /// The keys.
+        keys: Vec<DataKey>,
+        /// Bytes received.
+        bytes: u64,
+        /// Seconds it took.
+        seconds: f64,
+    },
     /// Bytes received from a peer (a task's inputs or a probe), to measure the link.
     Transfer {
         /// The sender.
@@ -169,6 +181,16 @@ pub enum Command {
         address: String,
         /// Bytes to fetch.
         bytes: u64,
+    },
+    /// Copy keys from a peer now, ahead of the merge that will read them here (one request per batch, one
+    /// batch at a time per peer), and report them [`Report::Moved`].
+    Move {
+        /// The peer.
+        from: WorkerId,
+        /// Its data address.
+        address: String,
+        /// The keys.
+        keys: Vec<DataKey>,
     },
     /// Forget data nobody will read.
     Release {

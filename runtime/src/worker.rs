@@ -5,9 +5,11 @@
 //!
 //! Threads: `threads` compute threads run tasks (fetching remote inputs first, as one batch per holder); a
 //! small tokio runtime serves peers and talks to the coordinator with two loops, one long-polling for work
-//! (which is also the heartbeat) and one sending reports as soon as a task ends.
+//! (which is also the heartbeat) and one sending reports as soon as a task ends. It also copies the pieces
+//! of the merges this worker gathers as soon as their holders have them ([`Command::Move`]): one batch in
+//! flight per holder, while the loads go on.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,6 +91,7 @@ struct Shared {
     sink: WorkerSink,
     queue: Mutex<VecDeque<Assignment>>,
     queued: Condvar,
+    moves: Moves,
     reports: Mutex<Vec<Report>>,
     report_ready: tokio::sync::Notify,
     stop: AtomicBool,
@@ -96,6 +99,121 @@ struct Shared {
     tasks_done: AtomicU64,
     metrics: Arc<WorkerMetrics>,
     abort_on_task: Option<usize>,
+}
+
+/// Keys being copied here from peers ahead of their merges ([`Command::Move`]): queued per peer, one batch in
+/// flight per peer. A task reading one of them waits for it rather than fetching it a second time.
+#[derive(Default)]
+struct Moves {
+    state: Mutex<MovesState>,
+    arrived: Condvar,
+}
+
+#[derive(Default)]
+struct MovesState {
+    /// Per peer: its address and the keys not asked for yet.
+    queued: BTreeMap<WorkerId, (String, Vec<DataKey>)>,
+    /// Peers with a batch in flight.
+    busy: BTreeSet<WorkerId>,
+    /// Keys queued or in flight.
+    pending: HashSet<DataKey>,
+}
+
+/// Keys asked for in one request of a move.
+const MOVE_BATCH: usize = 64;
+
+impl Moves {
+    /// Queues `keys` from `from`; true when nothing is being copied from it (the caller starts a mover).
+    fn queue(&self, from: WorkerId, address: String, keys: Vec<DataKey>) -> bool {
+        let mut st = lock(&self.state);
+        st.pending.extend(keys.iter().copied());
+        st.queued
+            .entry(from)
+            .or_insert_with(|| (address, Vec::new()))
+            .1
+            .extend(keys);
+        st.busy.insert(from)
+    }
+
+    /// The next batch from `from`, or None (and the peer no longer busy) when nothing is queued.
+    fn next_batch(&self, from: WorkerId) -> Option<(String, Vec<DataKey>)> {
+        let mut st = lock(&self.state);
+        let Some((address, keys)) = st.queued.get_mut(&from).filter(|(_, k)| !k.is_empty()) else {
+            st.queued.remove(&from);
+            st.busy.remove(&from);
+            return None;
+        };
+        let batch: Vec<DataKey> = keys.drain(..keys.len().min(MOVE_BATCH)).collect();
+        Some((address.clone(), batch))
+    }
+
+    /// `keys` arrived (or will not): tasks waiting for them go on.
+    fn settled(&self, keys: &[DataKey]) {
+        let mut st = lock(&self.state);
+        for k in keys {
+            st.pending.remove(k);
+        }
+        self.arrived.notify_all();
+    }
+
+    /// Waits until none of `keys` is on its way here (or the worker stops).
+    fn wait_for(&self, keys: &[DataKey], stop: &AtomicBool) {
+        let mut st = lock(&self.state);
+        while keys.iter().any(|k| st.pending.contains(k)) && !stop.load(Ordering::Relaxed) {
+            st = self
+                .arrived
+                .wait_timeout(st, Duration::from_millis(200))
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+    }
+}
+
+/// Copies what is queued from `from` into this worker's store, a batch at a time, and reports each batch.
+/// A failed batch is only logged: its keys stay where they were, and a task reading them fetches them
+/// itself (or finds their holder gone, as any fetch would).
+async fn move_from(shared: Arc<Shared>, from: WorkerId) {
+    while let Some((address, keys)) = shared.moves.next_batch(from) {
+        let wanted: Vec<DataKey> = keys
+            .iter()
+            .copied()
+            .filter(|&k| !shared.store.contains(k))
+            .collect();
+        if wanted.is_empty() {
+            shared.moves.settled(&keys);
+            continue;
+        }
+        let t0 = Instant::now();
+        let got = fetch_keys(&shared.http.client, &shared.http.token, &address, &wanted).await;
+        let stored = got.map_err(|e| e.to_string()).and_then(|(data, bytes)| {
+            for (&key, d) in wanted.iter().zip(data) {
+                shared
+                    .store
+                    .put(key, d, usize::MAX)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(bytes)
+        });
+        shared.moves.settled(&keys);
+        match stored {
+            Ok(bytes) => {
+                shared.metrics.bytes_fetched.inc_by(bytes);
+                push_report(
+                    &shared,
+                    Report::Moved {
+                        from,
+                        keys: wanted,
+                        bytes,
+                        seconds: t0.elapsed().as_secs_f64(),
+                    },
+                );
+            }
+            Err(e) => tracing::info!(
+                "moving {} key(s) from worker {} at {address}: {e}",
+                wanted.len(),
+                from.0
+            ),
+        }
+    }
 }
 
 /// The worker's HTTP client side: the coordinator's URL, the token, and a runtime handle to block on from
@@ -178,6 +296,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         sink,
         queue: Mutex::new(VecDeque::new()),
         queued: Condvar::new(),
+        moves: Moves::default(),
         reports: Mutex::new(Vec::new()),
         report_ready: tokio::sync::Notify::new(),
         stop: AtomicBool::new(false),
@@ -411,6 +530,15 @@ fn obey(shared: &Arc<Shared>, commands: Vec<Command>) {
                 });
                 shared.queued.notify_one();
             }
+            Command::Move {
+                from,
+                address,
+                keys,
+            } => {
+                if shared.moves.queue(from, address, keys) {
+                    tokio::spawn(move_from(shared.clone(), from));
+                }
+            }
             Command::Release { keys } => {
                 for key in keys {
                     if let Err(e) = shared.store.remove(key) {
@@ -566,8 +694,12 @@ fn fetch_inputs(
     shared: &Shared,
     inputs: &[InputLocation],
 ) -> Result<HashMap<DataKey, Arc<Data>>, String> {
+    let remote: Vec<&InputLocation> = inputs.iter().filter(|i| i.worker != shared.id).collect();
+    // Keys on their way here are waited for, then read from the store like local ones.
+    let keys: Vec<DataKey> = remote.iter().map(|i| i.key).collect();
+    shared.moves.wait_for(&keys, &shared.stop);
     let mut by_holder: BTreeMap<WorkerId, (String, Vec<DataKey>)> = BTreeMap::new();
-    for i in inputs.iter().filter(|i| i.worker != shared.id) {
+    for i in remote.into_iter().filter(|i| !shared.store.contains(i.key)) {
         by_holder
             .entry(i.worker)
             .or_insert_with(|| (i.address.clone(), Vec::new()))
