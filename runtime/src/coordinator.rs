@@ -679,11 +679,12 @@ fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
                 let Some(address) = g.workers.get(&from).map(|w| w.address.clone()) else {
                     continue;
                 };
+                let sized = (key, g.sched.location(key).map_or(0, |(_, b)| b));
                 if let Some(Command::Move { from: f, keys, .. }) =
                     g.workers.get_mut(&to).and_then(|w| w.mailbox.last_mut())
                     && *f == from
                 {
-                    keys.push(key);
+                    keys.push(sized);
                     continue;
                 }
                 (
@@ -691,7 +692,7 @@ fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
                     Command::Move {
                         from,
                         address,
-                        keys: vec![key],
+                        keys: vec![sized],
                     },
                 )
             }

@@ -189,8 +189,8 @@ pub enum Command {
         from: WorkerId,
         /// Its data address.
         address: String,
-        /// The keys.
-        keys: Vec<DataKey>,
+        /// The keys, with their sizes in bytes.
+        keys: Vec<(DataKey, u64)>,
     },
     /// Forget data nobody will read.
     Release {

@@ -111,25 +111,27 @@ struct Moves {
 
 #[derive(Default)]
 struct MovesState {
-    /// Per peer: its address and the keys not asked for yet.
-    queued: BTreeMap<WorkerId, (String, Vec<DataKey>)>,
+    /// Per peer: its address and the keys not asked for yet, with their sizes.
+    queued: BTreeMap<WorkerId, (String, VecDeque<(DataKey, u64)>)>,
     /// Peers with a batch in flight.
     busy: BTreeSet<WorkerId>,
     /// Keys queued or in flight.
     pending: HashSet<DataKey>,
 }
 
-/// Keys asked for in one request of a move.
+/// Keys and bytes asked for in one request of a move (at least one key), so a batch in flight stays small
+/// next to the worker's budget.
 const MOVE_BATCH: usize = 64;
+const MOVE_BATCH_BYTES: u64 = 64 << 20;
 
 impl Moves {
     /// Queues `keys` from `from`; true when nothing is being copied from it (the caller starts a mover).
-    fn queue(&self, from: WorkerId, address: String, keys: Vec<DataKey>) -> bool {
+    fn queue(&self, from: WorkerId, address: String, keys: Vec<(DataKey, u64)>) -> bool {
         let mut st = lock(&self.state);
-        st.pending.extend(keys.iter().copied());
+        st.pending.extend(keys.iter().map(|&(k, _)| k));
         st.queued
             .entry(from)
-            .or_insert_with(|| (address, Vec::new()))
+            .or_insert_with(|| (address, VecDeque::new()))
             .1
             .extend(keys);
         st.busy.insert(from)
@@ -143,7 +145,16 @@ impl Moves {
             st.busy.remove(&from);
             return None;
         };
-        let batch: Vec<DataKey> = keys.drain(..keys.len().min(MOVE_BATCH)).collect();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(&(key, size)) = keys.front() {
+            if !batch.is_empty() && (batch.len() == MOVE_BATCH || bytes + size > MOVE_BATCH_BYTES) {
+                break;
+            }
+            batch.push(key);
+            bytes += size;
+            keys.pop_front();
+        }
         Some((address.clone(), batch))
     }
 
