@@ -256,6 +256,8 @@ pub struct Scheduler {
     /// merges not done each worker has.
     gather_at: FastMap<TaskId, Option<WorkerId>>,
     gathering: FastMap<WorkerId, usize>,
+    /// Keys on their way to a gathering worker ([`Action::Move`] sent, not reported yet), and where to.
+    moving: FastMap<DataKey, WorkerId>,
     /// Bytes moved to gathering workers.
     moved_bytes: u64,
     decisions: u64,
@@ -290,6 +292,7 @@ impl Scheduler {
             recomputed: 0,
             gather_at: FastMap::default(),
             gathering: FastMap::default(),
+            moving: FastMap::default(),
             moved_bytes: 0,
             decisions: 0,
             now: 0.0,
@@ -452,6 +455,9 @@ impl Scheduler {
         now: f64,
     ) -> Vec<Action> {
         self.now = now;
+        if self.moving.get(&key) == Some(&to) {
+            self.moving.remove(&key);
+        }
         let alive = self.workers.contains_key(&to);
         match self.locations.get_mut(&key) {
             Some(l) if l.worker == to => Vec::new(),
@@ -561,7 +567,7 @@ impl Scheduler {
     ) {
         for &(key, bytes) in outputs {
             if let Some(l) = self.locations.get(&key) {
-                if l.worker != worker {
+                if l.worker != worker && !self.moving_to(key, worker) {
                     actions.push(Action::Release { worker, key });
                 }
                 continue;
@@ -582,6 +588,7 @@ impl Scheduler {
             if let Some(to) = self.gathering_worker(key, worker)
                 && to != worker
             {
+                self.moving.insert(key, to);
                 actions.push(Action::Move {
                     key,
                     from: worker,
@@ -678,10 +685,18 @@ impl Scheduler {
         actions: &mut Vec<Action>,
     ) {
         for &(key, _) in outputs {
-            if self.locations.get(&key).is_none_or(|l| l.worker != worker) {
+            if self.locations.get(&key).is_none_or(|l| l.worker != worker)
+                && !self.moving_to(key, worker)
+            {
                 actions.push(Action::Release { worker, key });
             }
         }
+    }
+
+    /// Whether `key` is on its way to `worker`: a copy written there by a duplicate is the one the move
+    /// lands on (the worker keeps one copy of a key), so it must not be released.
+    fn moving_to(&self, key: DataKey, worker: WorkerId) -> bool {
+        self.moving.get(&key) == Some(&worker)
     }
 
     /// Releases `task`'s inputs once their last reader is done.

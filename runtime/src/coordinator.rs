@@ -7,7 +7,7 @@
 //! It is a [`runner::Executor`], so a distributed run goes through the same staging and all-or-nothing
 //! commit as a local one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -255,7 +255,13 @@ struct CoordState {
     events: Vec<Event>,
     /// When the job last had a live worker.
     last_alive: Instant,
+    /// Per task: runs that could not get an input since the last worker loss.
+    unavailable: HashMap<arrayjob_engine::graph::TaskId, u32>,
 }
+
+/// A task that cannot get its inputs this many times with no worker lost meanwhile fails the job
+/// rather than being placed again forever (their holders answer but do not have them: a bookkeeping bug).
+const MAX_INPUT_RETRIES: u32 = 100;
 
 struct CoordShared {
     state: Mutex<CoordState>,
@@ -335,6 +341,7 @@ impl runner::Executor for Coordinator {
                 spans: Vec::new(),
                 events: Vec::new(),
                 last_alive: Instant::now(),
+                unavailable: HashMap::new(),
             }),
             desc,
             plan: job.plan.clone(),
@@ -585,6 +592,7 @@ fn lose_worker(shared: &CoordShared, g: &mut CoordState, id: WorkerId, now: f64)
     };
     w.lost = true;
     w.mailbox.clear();
+    g.unavailable.clear();
     tracing::warn!(worker = id.0, address = %w.address, "worker lost (exited, or no heartbeat)");
     g.workers_lost += 1;
     g.events.push(Event::Lost {
@@ -983,6 +991,15 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
                 task = task.0,
                 "input unavailable: {error}"
             );
+            let tries = g.unavailable.entry(task).or_insert(0);
+            *tries += 1;
+            if *tries >= MAX_INPUT_RETRIES && g.failure.is_none() {
+                let kind = g.sched.graph().task(task).kind;
+                g.failure = Some(format!(
+                    "{} could not get its inputs {MAX_INPUT_RETRIES} times with every worker alive; last: {error}",
+                    describe_task(&shared.plan, kind)
+                ));
+            }
             g.sched.task_failed(worker, task, now)
         }
         Report::Failed { error, .. } => {

@@ -189,12 +189,12 @@ async fn move_from(shared: Arc<Shared>, from: WorkerId) {
             .copied()
             .filter(|&k| !shared.store.contains(k))
             .collect();
-        if wanted.is_empty() {
-            shared.moves.settled(&keys);
-            continue;
-        }
         let t0 = Instant::now();
-        let got = fetch_keys(&shared.http.client, &shared.http.token, &address, &wanted).await;
+        let got = if wanted.is_empty() {
+            Ok((Vec::new(), 0))
+        } else {
+            fetch_keys(&shared.http.client, &shared.http.token, &address, &wanted).await
+        };
         let stored = got.map_err(|e| e.to_string()).and_then(|(data, bytes)| {
             for (&key, d) in wanted.iter().zip(data) {
                 shared
@@ -212,7 +212,8 @@ async fn move_from(shared: Arc<Shared>, from: WorkerId) {
                     &shared,
                     Report::Moved {
                         from,
-                        keys: wanted,
+                        // Those a duplicate task wrote here meanwhile included: this worker holds them.
+                        keys,
                         bytes,
                         seconds: t0.elapsed().as_secs_f64(),
                     },
