@@ -255,13 +255,14 @@ struct CoordState {
     events: Vec<Event>,
     /// When the job last had a live worker.
     last_alive: Instant,
-    /// Per task: runs that could not get an input since the last worker loss.
-    unavailable: HashMap<arrayjob_engine::graph::TaskId, u32>,
+    /// Per task: when a run of it first could not get an input since the last worker loss.
+    unavailable: HashMap<arrayjob_engine::graph::TaskId, Instant>,
 }
 
-/// A task that cannot get its inputs this many times with no worker lost meanwhile fails the job
-/// rather than being placed again forever (their holders answer but do not have them: a bookkeeping bug).
-const MAX_INPUT_RETRIES: u32 = 100;
+/// A task that keeps failing to get its inputs this long with no worker lost meanwhile fails the job rather
+/// than being placed again forever (their holders answer but do not have them: a bookkeeping bug). A dead
+/// holder is declared lost long before.
+const MAX_INPUT_WAIT: Duration = Duration::from_secs(30);
 
 struct CoordShared {
     state: Mutex<CoordState>,
@@ -991,13 +992,15 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
                 task = task.0,
                 "input unavailable: {error}"
             );
-            let tries = g.unavailable.entry(task).or_insert(0);
-            *tries += 1;
-            if *tries >= MAX_INPUT_RETRIES && g.failure.is_none() {
+            let since = *g.unavailable.entry(task).or_insert_with(Instant::now);
+            let limit =
+                MAX_INPUT_WAIT.max(Duration::from_millis(shared.desc.worker_timeout_ms) * 3);
+            if since.elapsed() > limit && g.failure.is_none() {
                 let kind = g.sched.graph().task(task).kind;
                 g.failure = Some(format!(
-                    "{} could not get its inputs {MAX_INPUT_RETRIES} times with every worker alive; last: {error}",
-                    describe_task(&shared.plan, kind)
+                    "{} could not get its inputs for {} s with every worker alive; last: {error}",
+                    describe_task(&shared.plan, kind),
+                    limit.as_secs()
                 ));
             }
             g.sched.task_failed(worker, task, now)
