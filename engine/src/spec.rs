@@ -203,7 +203,8 @@ pub struct S3Source {
     /// Last index (exclusive), with `keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<u64>,
-    /// Requests in flight at once, shared by every reader of the job's source. Default 8.
+    /// Requests in flight at once, shared by every reader of the source in a process (each worker of a
+    /// distributed run has its own). Default 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
     /// Retries of one request after a 5xx answer, throttling (`SlowDown`) or a timeout, with exponential backoff
