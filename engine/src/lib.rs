@@ -12,6 +12,7 @@ pub mod output;
 pub mod plan;
 pub mod resources;
 pub mod runner;
+pub mod s3;
 pub mod schedule;
 pub mod source;
 pub mod spec;

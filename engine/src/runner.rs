@@ -93,7 +93,7 @@ pub fn prepare(
     order: &[usize],
     base_dir: &Path,
 ) -> Result<Prepared, RunError> {
-    let source = crate::source::open(&manifest.spec.source, base_dir)?;
+    let source = crate::source::open_job(&manifest.spec, base_dir)?;
     let info = source.slice_info()?;
     let plan = Plan::build(&manifest.spec, order, source.len(), info)?;
     Ok(Prepared {

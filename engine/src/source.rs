@@ -4,55 +4,111 @@
 //! consecutive slices, each checked against the shape and type of the first slice, or against the spec's
 //! `sliceShape`/`dtype` when it declares them ([`Declared`]).
 //!
-//! Kinds: [`synthetic`] (recipe [`emstack`], generated in memory), [`files`] (index template or glob) and
-//! [`http`] (index template, bounded concurrency, retries); [`template`] parses index templates and [`decode`]
-//! turns PNG/TIFF/JPEG bytes into slices.
+//! Kinds: [`synthetic`] (recipe [`emstack`], generated in memory), [`files`] (index template or glob),
+//! [`http`] (index template, bounded concurrency, retries) and [`s3`] (key template or listed prefix, bounded
+//! concurrency, the SDK's retries); [`template`] parses index templates and [`decode`] turns PNG/TIFF/JPEG bytes
+//! into slices.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::array::{Chunk, DType};
-use crate::spec::SourceSpec;
+use crate::s3::S3Error;
+use crate::spec::{ArrayJobSpec, S3Storage, SourceSpec};
 
 pub mod decode;
 pub mod emstack;
 pub mod files;
 pub mod http;
 pub mod limits;
+pub mod s3;
 pub mod synthetic;
 pub mod template;
 
 pub use files::FilesSliceSource;
 pub use http::HttpSliceSource;
+pub use s3::S3SliceSource;
 pub use synthetic::SyntheticSliceSource;
 pub use template::IndexTemplate;
 
-/// Builds the source the spec describes. Relative file paths are taken from `base_dir` (locally, the manifest's
-/// directory) or from `files.baseDir`, itself relative to `base_dir`.
+/// Builds the source of a job: checks the job's bucket (`spec.storage.s3`, one ListObjectsV2 of at most one
+/// key) unless the source reads that bucket itself, then opens the source ([`open_with`]). Everything here
+/// happens before any work starts.
 ///
 /// # Errors
-/// [`SourceError::Config`] when not exactly one of `synthetic`, `files` or `http` is set, or the one set is
-/// invalid (bad template, empty range, no file matched...), or `sliceShape`/`dtype` are invalid.
+/// As [`open_with`]; [`SourceError::S3`] naming `ListObjectsV2` and the bucket when the job's bucket is
+/// missing or refuses the credentials.
+pub fn open_job(spec: &ArrayJobSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, SourceError> {
+    let storage = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    if let Some(st) = storage {
+        let source_bucket = spec
+            .source
+            .s3
+            .as_ref()
+            .map(|s| s.bucket.as_deref().unwrap_or(&st.bucket));
+        if source_bucket != Some(st.bucket.as_str()) {
+            probe_storage(st)?;
+        }
+    }
+    open_with(&spec.source, storage, base_dir)
+}
+
+/// Checks that the job's bucket exists and takes its credentials.
+fn probe_storage(storage: &S3Storage) -> Result<(), SourceError> {
+    use crate::s3::{RequestPolicy, S3Connection, S3Settings, probe_bucket, runtime};
+    let connection = S3Connection::connect(&S3Settings::from_spec(Some(storage)))?;
+    let policy = RequestPolicy::default();
+    let client = connection.client(policy);
+    runtime()?.block_on(probe_bucket(&client, &storage.bucket, policy))?;
+    Ok(())
+}
+
+/// [`open_with`] without `spec.storage.s3` (an `s3` source then takes its settings from the environment).
+///
+/// # Errors
+/// As [`open_with`].
 pub fn open(spec: &SourceSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, SourceError> {
-    match (&spec.synthetic, &spec.files, &spec.http) {
-        (Some(s), None, None) => Ok(Box::new(SyntheticSliceSource::new(
+    open_with(spec, None, base_dir)
+}
+
+/// Builds the source the spec describes. Relative file paths are taken from `base_dir` (locally, the manifest's
+/// directory) or from `files.baseDir`, itself relative to `base_dir`. An `s3` source connects with `storage`'s
+/// settings (then the environment's) and takes its bucket by default.
+///
+/// # Errors
+/// [`SourceError::Config`] when not exactly one of `synthetic`, `files`, `http` or `s3` is set, or the one set is
+/// invalid (bad template, empty range, no file matched...), or `sliceShape`/`dtype` are invalid;
+/// [`SourceError::S3`] when an `s3` source's bucket or first key cannot be read.
+pub fn open_with(
+    spec: &SourceSpec,
+    storage: Option<&S3Storage>,
+    base_dir: &Path,
+) -> Result<Box<dyn SliceSource>, SourceError> {
+    match (&spec.synthetic, &spec.files, &spec.http, &spec.s3) {
+        (Some(s), None, None, None) => Ok(Box::new(SyntheticSliceSource::new(
             s,
             Declared::from_spec(spec)?,
         )?)),
-        (None, Some(f), None) => Ok(Box::new(FilesSliceSource::new(
+        (None, Some(f), None, None) => Ok(Box::new(FilesSliceSource::new(
             f,
             base_dir,
             Declared::from_spec(spec)?,
         )?)),
-        (None, None, Some(h)) => Ok(Box::new(HttpSliceSource::new(
+        (None, None, Some(h), None) => Ok(Box::new(HttpSliceSource::new(
             h,
             Declared::from_spec(spec)?,
         )?)),
-        (s, f, h) => {
+        (None, None, None, Some(s)) => Ok(Box::new(S3SliceSource::new(
+            s,
+            storage,
+            Declared::from_spec(spec)?,
+        )?)),
+        (s, f, h, s3) => {
             let set: Vec<&str> = [
                 ("synthetic", s.is_some()),
                 ("files", f.is_some()),
                 ("http", h.is_some()),
+                ("s3", s3.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, on)| on.then_some(name))
@@ -64,7 +120,9 @@ pub fn open(spec: &SourceSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, 
             };
             Err(SourceError::Config {
                 field: "spec.source".into(),
-                message: format!("exactly one of synthetic, files or http must be set; {found}"),
+                message: format!(
+                    "exactly one of synthetic, files, http or s3 must be set; {found}"
+                ),
             })
         }
     }
@@ -143,6 +201,9 @@ pub enum SourceError {
         /// The transport error.
         message: String,
     },
+    /// An S3 request failed, or the S3 configuration cannot work; names the operation, bucket and key.
+    #[error(transparent)]
+    S3(#[from] S3Error),
     /// A local file could not be read.
     #[error("slice {index}: cannot read {path}: {source}")]
     Io {

@@ -58,9 +58,46 @@ pub struct ArrayJobSpec {
     pub source: SourceSpec,
     /// The stages, each reading the source or an earlier stage by name.
     pub stages: Vec<StageSpec>,
+    /// Object storage the job uses: its S3 bucket and how to reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
 }
 
-/// The source array. Exactly one of `synthetic`, `files` or `http` must be set.
+/// Object storage of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// An S3 (or S3-compatible: MinIO, SeaweedFS) bucket. Its connection settings (region, endpoint,
+    /// path-style) also serve the `s3` source. Credentials come from the AWS default chain: environment,
+    /// profile, web identity (IAM roles for service accounts), instance metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+/// The job's S3 bucket, checked (ListObjectsV2 of one key) before any work starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Storage {
+    /// Bucket name; also the default bucket of an `s3` source.
+    pub bucket: String,
+    /// Key prefix under which the job keeps its data, e.g. `arrayjob/` (no leading '/').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region to sign requests for. Default: `AWS_REGION` or the profile's, else `us-east-1` when an endpoint
+    /// is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible server, e.g. `http://minio.storage:9000`. Default: AWS S3 (or
+    /// `AWS_ENDPOINT_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Address buckets as `endpoint/bucket/key` instead of `bucket.endpoint/key` (MinIO and SeaweedFS usually
+    /// need it). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+}
+
+/// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
@@ -73,6 +110,9 @@ pub struct SourceSpec {
     /// Images fetched over HTTP(S), one URL per index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
+    /// Images in an S3 bucket, by key template or listed under a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Source>,
     /// Slices per source chunk (chunk length along axis 0). Each chunk is one load task. Default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices_per_chunk: Option<usize>,
@@ -139,6 +179,39 @@ pub struct HttpSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     /// Timeout of one request in seconds. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Images read from an S3 bucket (PNG, TIFF or JPEG; 8- or 16-bit grey). Exactly one of `keys` or `prefix`.
+/// Connection settings come from `spec.storage.s3`, or from the environment when it is not set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Source {
+    /// Bucket. Default: `spec.storage.s3.bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Key template with the slice index as `{index}`, `{index:05}`, `%d` or `%05d`; used with `start`/`stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
+    /// Key prefix, e.g. `slices/`: every object under it, sorted by key, becomes indices 0, 1, 2, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// First index (inclusive), with `keys`. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// Last index (exclusive), with `keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<u64>,
+    /// Requests in flight at once, shared by every reader of the source in a process (each worker of a
+    /// distributed run has its own). Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Retries of one request after a 5xx answer, throttling (`SlowDown`) or a timeout, with exponential backoff
+    /// and jitter. Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Timeout of one request attempt in seconds. Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }

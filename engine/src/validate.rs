@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use crate::array::DType;
+use crate::s3::S3Error;
 use crate::source::http::DEFAULT_CONCURRENCY;
 use crate::source::{IndexTemplate, SourceError, limits};
 use crate::spec::{
     API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, FilesSource, HttpSource, KIND,
-    OutputSpec, ReduceKind, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource, ZSTD_LEVELS,
+    OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource,
+    ZSTD_LEVELS,
 };
 
 /// Default slices per source chunk.
@@ -131,7 +133,13 @@ impl ShapeInfo {
 /// Every problem found, each with its field path.
 pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     let mut p = Vec::new();
-    let source = source_shape(spec, &mut p);
+    let storage = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    if let Some(st) = storage {
+        for e in crate::s3::check_storage(st) {
+            check::<()>(&mut p, Err(e.into()));
+        }
+    }
+    let source = source_shape(spec, storage, &mut p);
     let order = stage_order(&spec.stages, &mut p);
     let mut shapes: HashMap<&str, ShapeInfo> = HashMap::new();
     if let Some(s) = source {
@@ -160,17 +168,26 @@ pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     }
 }
 
-fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> {
+fn source_shape(
+    spec: &ArrayJobSpec,
+    storage: Option<&S3Storage>,
+    p: &mut Vec<Problem>,
+) -> Option<ShapeInfo> {
     let s = &spec.source;
-    let kinds = [s.synthetic.is_some(), s.files.is_some(), s.http.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let kinds = [
+        s.synthetic.is_some(),
+        s.files.is_some(),
+        s.http.is_some(),
+        s.s3.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if kinds != 1 {
         p.push(Problem {
             path: "spec.source".into(),
             message: format!(
-                "exactly one of 'synthetic', 'files' or 'http' must be set, found {kinds}"
+                "exactly one of 'synthetic', 'files', 'http' or 's3' must be set, found {kinds}"
             ),
         });
         return None;
@@ -213,6 +230,8 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
         files_len(f, p)
     } else if let Some(h) = &s.http {
         http_len(h, p)
+    } else if let Some(s3) = &s.s3 {
+        s3_len(s3, storage, p)
     } else {
         None
     };
@@ -228,7 +247,8 @@ fn source_shape(spec: &ArrayJobSpec, p: &mut Vec<Problem>) -> Option<ShapeInfo> 
 fn check<T>(p: &mut Vec<Problem>, r: Result<T, SourceError>) -> Option<T> {
     r.map_err(|e| {
         p.push(match e {
-            SourceError::Config { field, message } => Problem {
+            SourceError::Config { field, message }
+            | SourceError::S3(S3Error::Config { field, message }) => Problem {
                 path: field,
                 message,
             },
@@ -342,6 +362,19 @@ fn http_len(h: &HttpSource, p: &mut Vec<Problem>) -> Option<usize> {
         IndexTemplate::parse_url(&h.url_template, "spec.source.http.urlTemplate", start),
     );
     check(p, limits::slice_count("spec.source.http", start, h.stop))
+}
+
+/// Checks an s3 source; its number of slices when known without listing (a key template).
+fn s3_len(s3: &S3Source, storage: Option<&S3Storage>, p: &mut Vec<Problem>) -> Option<usize> {
+    match crate::source::s3::check_spec(s3, storage) {
+        Ok(plan) => plan.len,
+        Err(problems) => {
+            for e in problems {
+                check::<()>(p, Err(e));
+            }
+            None
+        }
+    }
 }
 
 /// Checks names and inputs, and orders the stages topologically (inputs first); `None` if that is impossible.
@@ -961,6 +994,64 @@ spec:
                 .to_string();
             assert_eq!(problems(&http(url)), vec![expected]);
         }
+    }
+
+    #[test]
+    fn s3_source_and_storage_fields_are_checked_with_their_path() {
+        let job = |source: &str, storage: &str| {
+            with_stages("  - {name: a, input: source, reduce: {op: sum, axes: [0]}}\n")
+                .replace(
+                    "synthetic: {slices: 4, height: 8, width: 8}",
+                    &format!("s3: {source}"),
+                )
+                .replace("  stages:", &format!("{storage}  stages:"))
+        };
+        let storage = "  storage: {s3: {bucket: jobs, endpoint: \"http://127.0.0.1:9000\"}}\n";
+        assert!(problems(&job("{keys: \"s/{index}.png\", stop: 3}", storage)).is_empty());
+        assert!(problems(&job("{bucket: data, prefix: s/}", "")).is_empty());
+        assert_eq!(
+            problems(&job("{keys: \"s/{index}.png\", stop: 3}", "")),
+            vec![
+                "spec.source.s3.bucket: required when spec.storage.s3 (whose bucket is the default) is not set"
+            ]
+        );
+        assert_eq!(
+            problems(&job(
+                "{bucket: Data_1, keys: s.png, prefix: s/, concurrency: 0, retries: 21, timeoutSeconds: 0}",
+                ""
+            )),
+            vec![
+                "spec.source.s3.bucket: \"Data_1\" is not a valid bucket name (3 to 63 lowercase letters, digits, \
+                 '.' and '-', starting and ending with a letter or digit)",
+                "spec.source.s3: exactly one of 'keys' or 'prefix' must be set",
+                "spec.source.s3.concurrency: must be at least 1",
+                "spec.source.s3.retries: 21 is more than the limit of 20",
+                "spec.source.s3.timeoutSeconds: must be at least 1",
+            ]
+        );
+        assert_eq!(
+            problems(&job("{keys: s.png, stop: 3}", "")),
+            vec![
+                "spec.source.s3.bucket: required when spec.storage.s3 (whose bucket is the default) is not set",
+                "spec.source.s3.keys: template \"s.png\" has no index placeholder: put {index}, {index:05}, %d or \
+                 %05d where the slice index goes",
+            ]
+        );
+        assert_eq!(
+            problems(&job(
+                "{prefix: /s, start: 1}",
+                "  storage: {s3: {bucket: ab, endpoint: \"minio:9000\", region: \"\", prefix: /x}}\n"
+            )),
+            vec![
+                "spec.storage.s3.bucket: \"ab\" is not a valid bucket name (3 to 63 lowercase letters, digits, '.' \
+                 and '-', starting and ending with a letter or digit)",
+                "spec.storage.s3.endpoint: expected an http:// or https:// URL, found \"minio:9000\"",
+                "spec.storage.s3.region: must not be empty",
+                "spec.storage.s3.prefix: must not start with '/' (keys are relative to the bucket)",
+                "spec.source.s3: 'start'/'stop' go with 'keys', not with 'prefix'",
+                "spec.source.s3.prefix: must not start with '/' (keys are relative to the bucket)",
+            ]
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod s3;
 pub use agent::{CHAOS_TAINT_KEY, NodeSpec, TaintSpec, default_nodes};
 pub use env::{EnvOptions, TestEnv, TestNamespace};
 pub use error::Error;
-pub use s3::S3Endpoint;
+pub use s3::{S3Endpoint, S3Server};
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

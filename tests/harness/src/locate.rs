@@ -113,6 +113,12 @@ impl Binaries {
     }
 }
 
+/// Locates SeaweedFS (`weed`) alone, for tests that need only S3 ([`crate::S3Server`]).
+pub fn weed() -> Result<PathBuf> {
+    let tools = var("ARRAYJOB_TOOLS_BIN", &setup_file_vars())?;
+    must_exist("weed (SeaweedFS)", tools.join("weed"))
+}
+
 /// Finds the `arrayjob-node-agent` binary: `$ARRAYJOB_NODE_AGENT`, else next to the running test
 /// executable (`target/<profile>/arrayjob-node-agent`, which cargo builds for this crate's tests).
 pub fn node_agent() -> Result<PathBuf> {

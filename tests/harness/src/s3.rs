@@ -1,16 +1,21 @@
 //! The S3 side of the environment: SeaweedFS (`weed mini`) on loopback, with SigV4 identities
-//! from a config file, and `aws-sdk-s3` clients for it.
+//! from a config file, and `aws-sdk-s3` clients for it; [`S3Server`] runs it alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use serde_json::json;
 
-use crate::proc::free_ports;
+use crate::locate;
+use crate::proc::{ProcessGroup, free_ports, prune_stale_runs};
 use crate::{Error, Result};
+
+/// How long [`S3Server::start`] waits for SeaweedFS to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the S3 server listens and the credentials of its one identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,4 +125,83 @@ pub(crate) fn weed_mini(weed: &Path, run_dir: &Path) -> Result<(Command, S3Endpo
             ..endpoint
         },
     ))
+}
+
+/// SeaweedFS alone (no Kubernetes), for tests that need only S3: started in a few seconds, stopped when
+/// dropped, and killed by the same watchdog as a [`crate::TestEnv`] when the test process ends.
+#[derive(Debug)]
+pub struct S3Server {
+    endpoint: S3Endpoint,
+    run_dir: PathBuf,
+    group: ProcessGroup,
+}
+
+impl S3Server {
+    /// Starts `weed mini` on loopback ports and waits until its S3 API answers (blocking; call it from any
+    /// context).
+    pub fn start() -> Result<S3Server> {
+        let weed = locate::weed()?;
+        let runs = locate::cache_dir().join("run");
+        std::fs::create_dir_all(&runs).map_err(|e| Error::io("create run dir", e))?;
+        prune_stale_runs(&runs, 4);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let run_dir = runs.join(format!("{}-{stamp}-s3", std::process::id()));
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("create run dir", e))?;
+        let mut group = ProcessGroup::start(&run_dir)?;
+        let (cmd, endpoint) = weed_mini(&weed, &run_dir)?;
+        group.spawn("seaweedfs", cmd)?;
+        let client = endpoint.client();
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("build a tokio runtime", e))?;
+                loop {
+                    if rt.block_on(client.list_buckets().send()).is_ok() {
+                        return Ok(());
+                    }
+                    group.check_alive()?;
+                    if started.elapsed() > READY_TIMEOUT {
+                        return Err(Error::Timeout {
+                            what: "SeaweedFS S3".into(),
+                            secs: READY_TIMEOUT.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .join()
+            .map_err(|_| Error::Invalid("the start-up thread panicked".into()))?
+        })?;
+        tracing::info!(
+            "SeaweedFS ready in {:.1} s at {}",
+            started.elapsed().as_secs_f64(),
+            endpoint.endpoint
+        );
+        Ok(S3Server {
+            endpoint,
+            run_dir,
+            group,
+        })
+    }
+
+    /// Its endpoint and credentials.
+    pub fn endpoint(&self) -> &S3Endpoint {
+        &self.endpoint
+    }
+
+    /// Its run folder (logs in `logs/seaweedfs.log`).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Stops it now (also done when dropped, and by the watchdog at exit).
+    pub fn stop(&mut self) {
+        self.group.shutdown();
+    }
 }

@@ -1,0 +1,388 @@
+//! S3 connections: settings from `spec.storage.s3` and the AWS default credential chain, clients with the SDK's
+//! retry and timeout configuration, one tokio runtime for the whole process, and errors that name the
+//! operation, the bucket and the key.
+//!
+//! Retries are the SDK's (standard mode: exponential backoff with jitter). It retries HTTP 500, 502, 503 and
+//! 504, the throttling codes (`SlowDown`, `Throttling`, ...), `RequestTimeout`, attempt timeouts and
+//! connection failures; it never retries 403 or 404.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use tokio::runtime::Runtime;
+
+use crate::spec::S3Storage;
+
+/// Retries of one request when the spec does not say.
+pub const DEFAULT_RETRIES: u32 = 4;
+/// Most retries a spec may ask for.
+pub const MAX_RETRIES: u32 = 20;
+/// Timeout of one request attempt when the spec does not say.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+/// Delay before the first retry (the SDK doubles it on each further retry, with jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest time to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Region signed for when none is configured but an endpoint is (S3-compatible servers accept any).
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// Where the credentials come from.
+///
+/// The seam for the operator: a Kubernetes Secret reference will be a second variant, resolved into keys here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// The AWS default chain: environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`), shared profile files (`AWS_PROFILE`), web identity token (IAM roles for service
+    /// accounts), ECS container and EC2 instance metadata.
+    #[default]
+    DefaultChain,
+}
+
+/// How to reach S3: from `spec.storage.s3`, anything unset taken from the environment (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL`, profile files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Region to sign for.
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible server.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`).
+    pub force_path_style: bool,
+    /// Credentials.
+    pub credentials: S3Credentials,
+}
+
+impl S3Settings {
+    /// The settings of `spec.storage.s3`, or the environment's alone when it is not set.
+    pub fn from_spec(storage: Option<&S3Storage>) -> S3Settings {
+        S3Settings {
+            region: storage.and_then(|s| s.region.clone()),
+            endpoint: storage.and_then(|s| s.endpoint.clone()),
+            force_path_style: storage.and_then(|s| s.force_path_style).unwrap_or(false),
+            credentials: S3Credentials::DefaultChain,
+        }
+    }
+}
+
+/// Retries and timeout of the requests of one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        RequestPolicy {
+            retries: DEFAULT_RETRIES,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECONDS),
+        }
+    }
+}
+
+/// What went wrong talking to S3.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// The configuration cannot work (no region, bad endpoint...).
+    #[error("{field}: {message}")]
+    Config {
+        /// Spec field path, e.g. `spec.storage.s3.region`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request failed for good (after the SDK's retries where they apply).
+    #[error("{}{operation} {location} failed: {message}", index.map(|i| format!("slice {i}: ")).unwrap_or_default())]
+    Request {
+        /// Slice index, when the request was for one slice.
+        index: Option<usize>,
+        /// S3 operation, e.g. `GetObject`.
+        operation: &'static str,
+        /// `s3://bucket` or `s3://bucket/key`.
+        location: String,
+        /// What the answer means (`no such key (HTTP 404 NoSuchKey)`, ...).
+        message: String,
+    },
+}
+
+impl S3Error {
+    /// The failure of `operation` on `location`.
+    pub fn request(
+        index: Option<usize>,
+        operation: &'static str,
+        location: &str,
+        message: String,
+    ) -> S3Error {
+        S3Error::Request {
+            index,
+            operation,
+            location: location.to_owned(),
+            message,
+        }
+    }
+}
+
+/// The runtime that moves S3 bytes for the whole process (one worker thread; callers decode on their own
+/// threads). Never dropped, so it can never be dropped from async code.
+///
+/// # Errors
+/// When the runtime cannot be started.
+pub fn runtime() -> Result<&'static Runtime, S3Error> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("arrayjob-s3")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| S3Error::Config {
+            field: "spec.storage.s3".into(),
+            message: format!("cannot start the S3 runtime: {e}"),
+        })
+}
+
+/// Loaded configuration (region, endpoint, credential provider) from which clients are made.
+#[derive(Debug, Clone)]
+pub struct S3Connection {
+    sdk: aws_config::SdkConfig,
+    force_path_style: bool,
+}
+
+impl S3Connection {
+    /// Loads the configuration: `settings`, then the environment and profile files. Credentials are resolved
+    /// by the first request.
+    ///
+    /// # Errors
+    /// [`S3Error::Config`] when no region is configured and no endpoint is set (AWS S3 needs the region).
+    pub fn connect(settings: &S3Settings) -> Result<S3Connection, S3Error> {
+        let S3Credentials::DefaultChain = settings.credentials;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let mut sdk = runtime()?.block_on(loader.load());
+        if sdk.region().is_none() {
+            if sdk.endpoint_url().is_none() {
+                return Err(S3Error::Config {
+                    field: "spec.storage.s3.region".into(),
+                    message:
+                        "no region configured: set it here, or AWS_REGION, or a profile's region"
+                            .into(),
+                });
+            }
+            sdk = sdk
+                .into_builder()
+                .region(Region::new(FALLBACK_REGION))
+                .build();
+        }
+        Ok(S3Connection {
+            sdk,
+            force_path_style: settings.force_path_style,
+        })
+    }
+
+    /// A client whose requests follow `policy`.
+    pub fn client(&self, policy: RequestPolicy) -> aws_sdk_s3::Client {
+        let retry = RetryConfig::standard()
+            .with_max_attempts(policy.retries.saturating_add(1))
+            .with_initial_backoff(BACKOFF_BASE)
+            .with_max_backoff(BACKOFF_MAX);
+        let timeout = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(policy.timeout))
+            .operation_attempt_timeout(policy.timeout)
+            .build();
+        let config = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(self.force_path_style)
+            .retry_config(retry)
+            .timeout_config(timeout)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+}
+
+/// Checks that `bucket` exists and the credentials may list it, with one ListObjectsV2 of at most one key
+/// (whose error answers, unlike HeadBucket's, say why: `NoSuchBucket`, `SignatureDoesNotMatch`...).
+///
+/// # Errors
+/// [`S3Error::Request`] naming `ListObjectsV2` and the bucket.
+pub async fn probe_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    policy: RequestPolicy,
+) -> Result<(), S3Error> {
+    client
+        .list_objects_v2()
+        .bucket(bucket)
+        .max_keys(1)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            S3Error::request(
+                None,
+                "ListObjectsV2",
+                &format!("s3://{bucket}"),
+                explain(&e, Missing::Bucket, policy),
+            )
+        })
+}
+
+/// What a bare 404 (`NotFound`: the answer to a HEAD request has no body, hence no precise code) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// The bucket does not exist.
+    Bucket,
+    /// The key does not exist.
+    Key,
+}
+
+/// What the failure `e` of a request means, for a message: the error code and HTTP status when S3 answered,
+/// the transport error otherwise.
+pub fn explain<E>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    missing: Missing,
+    policy: RequestPolicy,
+) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let retried = format!("still failing after {} attempt(s)", policy.retries + 1);
+    let SdkError::ServiceError(service) = e else {
+        return match e {
+            SdkError::TimeoutError(_) => format!(
+                "no answer within {} s, {retried}",
+                policy.timeout.as_secs_f64()
+            ),
+            SdkError::DispatchFailure(_) => format!("{}, {retried}", error_chain(e)),
+            _ => error_chain(e),
+        };
+    };
+    let status = service.raw().status().as_u16();
+    let code = service.err().code();
+    let meaning = match (code, status) {
+        (Some("NoSuchKey"), _) => "no such key".to_owned(),
+        (Some("NoSuchBucket"), _) => "no such bucket".to_owned(),
+        (Some("SignatureDoesNotMatch"), _) => {
+            "the request signature was refused: wrong secret access key".to_owned()
+        }
+        (Some("InvalidAccessKeyId"), _) => "unknown access key id".to_owned(),
+        (Some("AccessDenied"), _) => "access denied".to_owned(),
+        (Some("PermanentRedirect" | "AuthorizationHeaderMalformed"), _) | (None, 301) => {
+            "the bucket is in another region: set spec.storage.s3.region".to_owned()
+        }
+        (Some("NotFound"), _) | (None, 404) => match missing {
+            Missing::Bucket => "no such bucket".to_owned(),
+            Missing::Key => "no such key".to_owned(),
+        },
+        (None, 403) => "access denied: wrong credentials, or no permission".to_owned(),
+        (_, 500..) => format!(
+            "{}, {retried}",
+            service.err().message().unwrap_or("server error")
+        ),
+        _ => service
+            .err()
+            .message()
+            .unwrap_or("unexpected answer")
+            .to_owned(),
+    };
+    match code {
+        Some(code) => format!("{meaning} (HTTP {status} {code})"),
+        None => format!("{meaning} (HTTP {status})"),
+    }
+}
+
+/// An error and its causes, `: `-separated (the SDK's own message is only `dispatch failure`...).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
+/// Checks a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or
+/// digit.
+///
+/// # Errors
+/// [`S3Error::Config`] naming `field`.
+pub fn check_bucket(field: &str, name: &str) -> Result<(), S3Error> {
+    let valid = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(S3Error::Config {
+            field: field.to_owned(),
+            message: format!(
+                "{name:?} is not a valid bucket name (3 to 63 lowercase letters, digits, '.' and '-', starting and \
+                 ending with a letter or digit)"
+            ),
+        })
+    }
+}
+
+/// Checks the fields of `spec.storage.s3` other than the bucket: an http(s) endpoint URL, a non-empty region,
+/// a prefix without a leading '/'.
+///
+/// # Errors
+/// Every problem, each naming its field.
+pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
+    let config = |field: &str, message: String| S3Error::Config {
+        field: format!("spec.storage.s3.{field}"),
+        message,
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = check_bucket("spec.storage.s3.bucket", &storage.bucket) {
+        problems.push(e);
+    }
+    if let Some(endpoint) = &storage.endpoint {
+        let ok = reqwest::Url::parse(endpoint).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            problems.push(config(
+                "endpoint",
+                format!("expected an http:// or https:// URL, found {endpoint:?}"),
+            ));
+        }
+    }
+    if storage.region.as_deref().is_some_and(str::is_empty) {
+        problems.push(config("region", "must not be empty".into()));
+    }
+    if storage
+        .prefix
+        .as_deref()
+        .is_some_and(|p| p.starts_with('/'))
+    {
+        problems.push(config(
+            "prefix",
+            "must not start with '/' (keys are relative to the bucket)".into(),
+        ));
+    }
+    problems
+}
