@@ -306,7 +306,8 @@ where
     }
 }
 
-/// An error and its causes, `: `-separated (the SDK's own message is only `dispatch failure`...).
+/// An error and its causes, `: `-separated: the SDK's own message is only `dispatch failure`, reqwest's hides
+/// the cause ("connection reset"). The `http` source uses it too.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut cause = e.source();

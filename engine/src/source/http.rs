@@ -17,6 +17,7 @@ use super::decode::{SliceStack, decode_into, probe};
 use super::template::IndexTemplate;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
+use crate::s3::error_chain;
 use crate::spec::HttpSource;
 
 /// Requests in flight at once when the spec does not say.
@@ -249,21 +250,6 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
             },
             limits::BodyError::Transport(e) => transport(e),
         })
-}
-
-/// An error and its causes, `: `-separated (reqwest's own message hides the cause, e.g. "connection reset").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    message
 }
 
 impl Drop for HttpSliceSource {
