@@ -42,28 +42,15 @@ spec:
 
 /// Files of a run's output directory (relative path -> bytes), without the run's own reports.
 fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).expect("read dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                walk(root, &p, out);
-                continue;
-            }
-            let rel = p.strip_prefix(root).expect("inside").display().to_string();
-            if ![
-                "summary.json",
-                "workers.json",
-                "timeline.html",
-                "timeline.png",
-            ]
-            .contains(&rel.as_str())
-            {
-                out.insert(rel, std::fs::read(&p).expect("read"));
-            }
-        }
+    let mut out = files_under(dir);
+    for report in [
+        "summary.json",
+        "workers.json",
+        "timeline.html",
+        "timeline.png",
+    ] {
+        out.remove(report);
     }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
     out
 }
 

@@ -19,20 +19,8 @@ const SMALL: &str = "{synthetic: {slices: 6, height: 8, width: 8}}";
 
 /// Every file under `dir` (relative path -> bytes).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).expect("prefix").display().to_string();
-                out.insert(rel, std::fs::read(&p).expect("read"));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
+    assert!(dir.exists(), "{} exists", dir.display());
+    files_under(dir)
 }
 
 /// A first run writing `a.csv`, `b.csv` and `m.zarr` into `out`; returns its manifest path.

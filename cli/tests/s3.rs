@@ -139,21 +139,7 @@ fn credentials(s3: &S3Endpoint) -> Vec<(String, String)> {
 
 /// Every output file under `dir` except `summary.json` (timings), relative path -> bytes.
 fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).expect("prefix").display().to_string();
-                out.insert(rel, std::fs::read(&p).expect("read"));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if dir.exists() {
-        walk(dir, dir, &mut out);
-    }
+    let mut out = files_under(dir);
     out.remove("summary.json");
     out.remove(".arrayjob.lock");
     out
