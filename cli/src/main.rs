@@ -43,9 +43,10 @@ enum Command {
     Run {
         /// The ArrayJob manifest (YAML).
         file: PathBuf,
-        /// Output directory (default: ./out/<job name>).
+        /// Output directory, or `s3://bucket/prefix` (default: ./out/<job name>). On S3 the connection settings
+        /// are `spec.storage.s3`'s, else the environment's.
         #[arg(long, env = "ARRAYJOB_OUT")]
-        out: Option<PathBuf>,
+        out: Option<String>,
         /// Worker threads (default: all cores).
         #[arg(long, env = "ARRAYJOB_THREADS")]
         threads: Option<usize>,
@@ -68,6 +69,15 @@ enum Command {
     Worker {
         #[command(flatten)]
         args: arrayjob_runtime::cli::WorkerArgs,
+    },
+    /// Remove what runs that did not finish left at an S3 output location (staging prefixes, an interrupted
+    /// publish, which it completes). Refused while a run holds the location.
+    Gc {
+        /// The output location, `s3://bucket/prefix`.
+        location: String,
+        /// A manifest whose `spec.storage.s3` says how to reach S3 (default: the environment).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
     },
     /// Check a manifest and report every problem.
     Validate {
@@ -182,6 +192,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Gc { location, file } => {
+            let out = arrayjob_engine::s3::objects::S3Location::parse("location", &location)?;
+            let manifest = file.as_deref().map(load).transpose()?;
+            let storage = manifest
+                .as_ref()
+                .and_then(|(m, _)| m.spec.storage.as_ref())
+                .and_then(|s| s.s3.as_ref());
+            let bucket = arrayjob_engine::s3::bucket(storage, &out.bucket)?;
+            bucket.probe()?;
+            let removed = arrayjob_engine::s3::publish::gc(&bucket, &out)?;
+            for p in &removed {
+                println!("removed s3://{}/{p}", out.bucket);
+            }
+            println!(
+                "{}: {} leftover staging prefix(es) removed",
+                out,
+                removed.len()
+            );
+            Ok(())
+        }
         Command::Worker { args } => {
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
             tracing::info!(
@@ -201,7 +231,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dist,
         } => {
             let (m, order) = load(&file)?;
-            let out = out.unwrap_or_else(|| PathBuf::from("out").join(&m.metadata.name));
+            let out = match out {
+                Some(o) => runner::OutLocation::parse("--out", &o)?,
+                None => runner::OutLocation::Dir(PathBuf::from("out").join(&m.metadata.name)),
+            };
             let manifest_text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let job = runner::prepare(m, &order, &base_dir(&file))?;
@@ -209,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let memory_budget =
                 memory_limit.map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize);
             let opts = RunOptions {
-                out_dir: out.clone(),
+                out: out.clone(),
                 threads,
                 memory_budget,
             };
@@ -245,8 +278,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let summary = match result {
                 Err(runner::RunError::Exec(ExecError::Cancelled)) => anyhow::bail!(
-                    "interrupted (Ctrl-C or SIGTERM): run cancelled, the outputs in {}/ are as they were",
-                    out.display()
+                    "interrupted (Ctrl-C or SIGTERM): run cancelled, the outputs in {} are as they were",
+                    with_slash(&out)
                 ),
                 r => r?,
             };
@@ -254,9 +287,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(r) = coordinator.as_ref().and_then(|c| c.report()) {
                 print!("{}", report::distributed_table(r));
             }
-            println!("outputs in {}/", out.display());
+            println!("outputs in {}", with_slash(&out));
             Ok(())
         }
+    }
+}
+
+/// The output location as printed: a directory with a trailing `/`, an S3 prefix as it is.
+fn with_slash(out: &runner::OutLocation) -> String {
+    match out {
+        runner::OutLocation::Dir(d) => format!("{}/", d.display()),
+        runner::OutLocation::S3(l) => l.to_string(),
     }
 }
 

@@ -86,3 +86,31 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Runs `arrayjob` with `env` (AWS variables) and nothing from this machine's AWS configuration (no profile,
+/// endpoint, config files or instance metadata; `scratch` holds an empty config file); returns (success,
+/// stdout, stderr).
+pub fn arrayjob_aws(
+    scratch: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> (bool, String, String) {
+    let empty = write(scratch, "empty-aws-file", "");
+    let o = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(args)
+        .env("ARRAYJOB_QUIET", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env("AWS_CONFIG_FILE", &empty)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &empty)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run arrayjob");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}

@@ -10,7 +10,6 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use arrayjob_testenv::{S3Endpoint, S3Server};
@@ -102,30 +101,9 @@ fn storage(s3: &S3Endpoint, bucket: &str) -> String {
 /// configuration; returns (success, stderr).
 fn run(dir: &Path, manifest: &str, out: &Path, env: &[(String, String)]) -> (bool, String) {
     let m = write(dir, "job.yaml", manifest);
-    let empty = write(dir, "empty-aws-file", "");
-    let o = Command::new(env!("CARGO_BIN_EXE_arrayjob"))
-        .args([
-            "run",
-            &m,
-            "--out",
-            &out.display().to_string(),
-            "--threads",
-            "3",
-        ])
-        .env("ARRAYJOB_QUIET", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_S3")
-        .env("AWS_CONFIG_FILE", &empty)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &empty)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("run arrayjob");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    let out = out.display().to_string();
+    let (ok, _, stderr) = arrayjob_aws(dir, &["run", &m, "--out", &out, "--threads", "3"], env);
+    (ok, stderr)
 }
 
 /// The credentials (and region) of the test identity, as environment variables.

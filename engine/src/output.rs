@@ -10,6 +10,7 @@ pub mod csv;
 pub mod direct;
 pub mod image;
 pub mod plot;
+pub mod s3store;
 pub mod timeline;
 pub mod zarr;
 

@@ -14,8 +14,10 @@ use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, 
 use crate::outdir;
 use crate::output::OutputError;
 use crate::output::plot::PlotSpec;
-use crate::output::zarr::{ZarrOptions, ZarrWriter};
+use crate::output::zarr::{ArrayPlace, ZarrOptions, ZarrWriter};
 use crate::plan::{Plan, PlanError};
+use crate::s3::objects::S3Location;
+use crate::s3::publish;
 use crate::source::{SliceSource, SourceError};
 use crate::spec::ArrayJobManifest;
 use crate::store::StoreStats;
@@ -35,6 +37,9 @@ pub enum RunError {
     /// An output file could not be written or moved into place.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// An S3 request failed (output location, lock, publish).
+    #[error(transparent)]
+    S3(#[from] crate::s3::S3Error),
     /// Another run is using the output directory.
     #[error(
         "output directory {dir} is in use by another arrayjob run ({holder} holds {dir}/{lock}); wait for it to \
@@ -103,11 +108,42 @@ pub fn prepare(
     })
 }
 
+/// Where a run's outputs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutLocation {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An S3 prefix (`s3://bucket/prefix`).
+    S3(S3Location),
+}
+
+impl OutLocation {
+    /// `s3://bucket/prefix` as [`OutLocation::S3`], anything else as a directory.
+    ///
+    /// # Errors
+    /// When an `s3://` URI is not valid (named as `field`).
+    pub fn parse(field: &str, text: &str) -> Result<OutLocation, RunError> {
+        if text.starts_with("s3://") {
+            return Ok(OutLocation::S3(S3Location::parse(field, text)?));
+        }
+        Ok(OutLocation::Dir(PathBuf::from(text)))
+    }
+}
+
+impl std::fmt::Display for OutLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutLocation::Dir(d) => write!(f, "{}", d.display()),
+            OutLocation::S3(l) => write!(f, "{l}"),
+        }
+    }
+}
+
 /// Local run settings.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Where outputs and `summary.json` go.
-    pub out_dir: PathBuf,
+    pub out: OutLocation,
     /// Worker threads.
     pub threads: usize,
     /// Bytes of chunks kept in memory before spilling to disk.
@@ -137,6 +173,9 @@ pub struct RunSummary {
     pub stages: Vec<NodeSnapshot>,
     /// Files written, relative to the output directory.
     pub outputs: Vec<OutputRecord>,
+    /// S3 requests and bytes of this process, when the run used S3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::s3::objects::S3Counters>,
 }
 
 /// One output file of a run.
@@ -169,7 +208,10 @@ type PixelSeries = (Vec<[usize; 2]>, Mutex<Vec<Vec<f64>>>);
 pub struct Outputs {
     nodes: Vec<Option<NodeSinks>>,
     records: Vec<OutputRecord>,
+    /// Where the small outputs are written.
     staging: PathBuf,
+    /// Where the Zarr arrays are: `staging`, or the run's staging prefix on S3.
+    zarr_root: ArrayPlace,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -450,13 +492,12 @@ pub fn run(
     run_with(job, opts, &mut local, progress, cancel)
 }
 
-/// Runs a prepared job with `executor`: locks `opts.out_dir` (removing what killed runs left there), executes
-/// the plan, writes every output into a staging directory and, when everything succeeded, replaces the
-/// previous outputs with them as a whole, `summary.json` last ([`outdir::commit`]).
+/// Runs a prepared job with `executor` into `opts.out`: a local directory ([`run_to_dir`]) or an S3 prefix
+/// ([`run_to_s3`]). Either way the outputs appear as a whole, `summary.json` last, or not at all.
 ///
 /// # Errors
-/// The first failure ([`RunError::Busy`] at once when another run holds the directory); the staging directory
-/// is removed and the previous outputs are kept.
+/// The first failure ([`RunError::Busy`] at once when another run holds the location); the previous outputs
+/// are kept.
 pub fn run_with(
     job: &Prepared,
     opts: &RunOptions,
@@ -464,18 +505,140 @@ pub fn run_with(
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
+    match &opts.out {
+        OutLocation::Dir(dir) => run_to_dir(dir, job, opts, executor, progress, cancel),
+        OutLocation::S3(out) => run_to_s3(out, job, opts, executor, progress, cancel),
+    }
+}
+
+/// Locks `dir` (removing what killed runs left there), executes the plan, writes every output into a staging
+/// directory and, when everything succeeded, replaces the previous outputs with them as a whole,
+/// `summary.json` last ([`outdir::commit`]). On failure the staging directory is removed.
+fn run_to_dir(
+    dir: &Path,
+    job: &Prepared,
+    opts: &RunOptions,
+    executor: &mut dyn Executor,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+) -> Result<RunSummary, RunError> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
-    let lock = outdir::OutDirLock::acquire(&opts.out_dir)?;
-    outdir::clean(&opts.out_dir, &lock)?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let lock = outdir::OutDirLock::acquire(dir)?;
+    outdir::clean(dir, &lock)?;
     let staging = tempfile::Builder::new()
         .prefix(outdir::STAGING_PREFIX)
-        .tempdir_in(&opts.out_dir)
-        .map_err(io_err(&opts.out_dir))?;
-    let outputs = Outputs::create(job, staging.path())?;
-    let store = executor.execute(job, &outputs, staging.path(), progress, cancel)?;
+        .tempdir_in(dir)
+        .map_err(io_err(dir))?;
+    let root = ArrayPlace::Dir(staging.path().to_path_buf());
+    let summary = execute_into(
+        job,
+        opts,
+        executor,
+        progress,
+        cancel,
+        root,
+        staging.path(),
+        started,
+    )?;
+    let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
+    outdir::commit(dir, staging.path(), &paths)?;
+    // `staging` is dropped (removed) before `lock`, which was made first: no run sees a staging dir of ours.
+    Ok(summary)
+}
+
+/// Checks the bucket, locks the location (finishing what an interrupted run left), executes the plan with the
+/// Zarr arrays written under the run's staging prefix by whoever computes their chunks and the small outputs
+/// in a local temporary directory, then publishes ([`publish::publish`]). On failure the staging prefix is
+/// deleted and the previous outputs are untouched.
+fn run_to_s3(
+    out: &S3Location,
+    job: &Prepared,
+    opts: &RunOptions,
+    executor: &mut dyn Executor,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+) -> Result<RunSummary, RunError> {
+    let started = std::time::Instant::now();
+    let storage = job
+        .manifest
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.s3.as_ref());
+    let bucket = crate::s3::bucket(storage, &out.bucket)?;
+    bucket.probe()?;
+    let run = run_id();
+    let lock = publish::S3OutLock::acquire(&bucket, out, &run)?;
+    publish::clean(&bucket, out, &lock)?;
+    let staged = out.join(&format!("{}{run}", outdir::STAGING_PREFIX));
+    let local = tempfile::Builder::new()
+        .prefix("arrayjob-run-")
+        .tempdir()
+        .map_err(io_err(&std::env::temp_dir()))?;
+    let root = ArrayPlace::S3 {
+        bucket: bucket.clone(),
+        prefix: staged.prefix.clone(),
+    };
+    let result = execute_into(
+        job,
+        opts,
+        executor,
+        progress,
+        cancel,
+        root,
+        local.path(),
+        started,
+    )
+    .and_then(|mut summary| {
+        summary.s3 = Some(crate::s3::objects::counters());
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        let path = local.path().join(outdir::SUMMARY);
+        std::fs::write(&path, text + "\n").map_err(io_err(&path))?;
+        let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
+        publish::publish(&bucket, out, &staged, local.path(), &paths, &lock)?;
+        Ok(summary)
+    });
+    if result.is_err() {
+        let b = bucket.clone();
+        let prefix = staged.prefix.clone();
+        if let Err(e) = crate::s3::objects::block(async move { b.delete_prefix(&prefix).await }) {
+            tracing::warn!(error = %e, "cannot remove the staging prefix of the failed run; the next run or `arrayjob gc` does");
+        }
+    }
+    result
+}
+
+/// A fresh run id: 16 hex digits (std's randomly seeded hasher keys as the entropy source, and the time).
+fn run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// Executes the plan with the Zarr arrays under `root` and the other outputs in `staging`, then writes
+/// `summary.json` into `staging`; returns the summary.
+#[allow(clippy::too_many_arguments)]
+fn execute_into(
+    job: &Prepared,
+    opts: &RunOptions,
+    executor: &mut dyn Executor,
+    progress: &JobProgress,
+    cancel: &AtomicBool,
+    root: ArrayPlace,
+    staging: &Path,
+    started: std::time::Instant,
+) -> Result<RunSummary, RunError> {
+    let outputs = Outputs::create(job, root, staging)?;
+    let store = executor.execute(job, &outputs, staging, progress, cancel)?;
     let mut records = outputs.finish(&job.plan)?;
-    records.extend(executor.extra_outputs(staging.path())?);
+    records.extend(executor.extra_outputs(staging)?);
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
         plan_hash: job.plan.hash,
@@ -486,24 +649,27 @@ pub fn run_with(
         load_end_seconds: progress.load_end_seconds(),
         stages: progress.snapshot(),
         outputs: records,
+        s3: None,
     };
-    let tmp = staging.path().join(outdir::SUMMARY);
+    let tmp = staging.join(outdir::SUMMARY);
     let text = serde_json::to_string_pretty(&summary)
         .map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-    let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
-    outdir::commit(&opts.out_dir, staging.path(), &paths)?;
-    // `staging` is dropped (removed) before `lock`, which was made first: no run sees a staging dir of ours.
     Ok(summary)
 }
 
 impl Outputs {
-    /// Creates the outputs of every node of `job`'s plan in `staging`: Zarr arrays (with their `zarr.json`)
-    /// and the in-memory assemblies of small outputs.
+    /// Creates the outputs of every node of `job`'s plan: Zarr arrays (with their `zarr.json`) under
+    /// `zarr_root`, and the in-memory assemblies of the small outputs, written into `staging` by
+    /// [`Outputs::finish`].
     ///
     /// # Errors
     /// When an array cannot be created.
-    pub fn create(job: &Prepared, staging: &Path) -> Result<Outputs, RunError> {
+    pub fn create(
+        job: &Prepared,
+        zarr_root: ArrayPlace,
+        staging: &Path,
+    ) -> Result<Outputs, RunError> {
         let plan = &job.plan;
         let mut nodes = Vec::new();
         let mut records = Vec::new();
@@ -520,7 +686,7 @@ impl Outputs {
                     serde_json::json!({"job": job.manifest.metadata.name, "stage": n.name}),
                 );
                 zarr = Some(ZarrWriter::create_with(
-                    &staging.join(z),
+                    &zarr_root.join(z),
                     &n.meta,
                     &zarr_options(n, o),
                     attrs,
@@ -549,7 +715,13 @@ impl Outputs {
             nodes,
             records,
             staging: staging.to_path_buf(),
+            zarr_root,
         })
+    }
+
+    /// Where the Zarr arrays are written (workers open them there).
+    pub fn zarr_root(&self) -> &ArrayPlace {
+        &self.zarr_root
     }
 
     /// Waits for the Zarr writes and writes the small outputs, once every block has arrived; returns every

@@ -17,6 +17,9 @@ use tokio::runtime::Runtime;
 
 use crate::spec::S3Storage;
 
+pub mod objects;
+pub mod publish;
+
 /// Retries of one request when the spec does not say.
 pub const DEFAULT_RETRIES: u32 = 4;
 /// Most retries a spec may ask for.
@@ -215,6 +218,24 @@ impl S3Connection {
     }
 }
 
+/// A [`objects::Bucket`] named `name` with the connection settings and part size of `storage` (or the
+/// environment's when it is not set), default request policy.
+///
+/// # Errors
+/// As [`S3Connection::connect`].
+pub fn bucket(storage: Option<&S3Storage>, name: &str) -> Result<objects::Bucket, S3Error> {
+    let conn = S3Connection::connect(&S3Settings::from_spec(storage))?;
+    let part = storage
+        .and_then(|s| s.part_size_mib)
+        .map_or(objects::DEFAULT_PART_BYTES, |m| m as usize * (1 << 20));
+    Ok(objects::Bucket::new(
+        &conn,
+        name,
+        RequestPolicy::default(),
+        part,
+    ))
+}
+
 /// Checks that `bucket` exists and the credentials may list it, with one ListObjectsV2 of at most one key
 /// (whose error answers, unlike HeadBucket's, say why: `NoSuchBucket`, `SignatureDoesNotMatch`...).
 ///
@@ -371,6 +392,15 @@ pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
                 format!("expected an http:// or https:// URL, found {endpoint:?}"),
             ));
         }
+    }
+    if storage
+        .part_size_mib
+        .is_some_and(|m| !(5..=5120).contains(&m))
+    {
+        problems.push(config(
+            "partSizeMiB",
+            "must be from 5 (the smallest part S3 accepts) to 5120".into(),
+        ));
     }
     if storage.region.as_deref().is_some_and(str::is_empty) {
         problems.push(config("region", "must not be empty".into()));

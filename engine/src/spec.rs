@@ -95,6 +95,14 @@ pub struct S3Storage {
     /// need it). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
+    /// Size of one part of a multipart upload, MiB (5 to 5120): outputs written to S3 that are larger go up in
+    /// parts. Default 16.
+    #[serde(
+        default,
+        rename = "partSizeMiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub part_size_mib: Option<u32>,
 }
 
 /// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.

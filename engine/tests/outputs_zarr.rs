@@ -206,3 +206,47 @@ fn bad_chunks_and_directories_are_named_in_errors() {
     assert_eq!(back[[3, 3]], 513.0);
     assert_eq!(back.sum(), 513.0 * 8.0);
 }
+
+#[test]
+fn many_shards_of_fill_value_do_not_exhaust_the_shard_buffers() {
+    // Shards whose chunks are all fill value store nothing; each must still give its buffer back, or the
+    // fifth such shard waits forever for one.
+    use arrayjob_engine::output::zarr::{ArrayPlace, ZarrOptions};
+    let d = tempfile::tempdir().expect("tmp");
+    let dir = d.path().join("a.zarr");
+    let meta = ArrayMeta {
+        shape: vec![4, 40],
+        chunks: vec![4, 2],
+        dtype: DType::Uint8,
+    };
+    let options = ZarrOptions {
+        shard: Some(vec![4, 4]),
+        zstd_level: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let place = ArrayPlace::Dir(dir.clone());
+    std::thread::spawn(move || {
+        let w = ZarrWriter::create_with(&place, &meta, &options, serde_json::Map::new())
+            .expect("create");
+        for s in 0..9 {
+            w.write_chunk(&[0, s], &Chunk::zeros(DType::Uint8, &[4, 4]))
+                .expect("write zeros");
+        }
+        let mut last = ArrayD::<u8>::zeros(IxDyn(&[4, 4]));
+        last[[3, 3]] = 7;
+        w.write_chunk(&[0, 9], &Chunk::U8(last)).expect("write");
+        tx.send(w.finish()).expect("send");
+    });
+    let done = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the writer hung after shards of fill value");
+    done.expect("finish");
+    let back = read_all(&dir).expect("read back").to_f64();
+    assert_eq!(back.iter().sum::<f64>(), 7.0);
+    assert_eq!(back[[3, 39]], 7.0);
+    let shards: Vec<_> = std::fs::read_dir(dir.join("c/0"))
+        .expect("shard dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+        .collect();
+    assert_eq!(shards, ["9"], "only the shard with data is stored");
+}

@@ -308,6 +308,7 @@ impl runner::Executor for Coordinator {
                 .display()
                 .to_string(),
             staging_dir: staging.display().to_string(),
+            zarr_root: outputs.zarr_root().s3_uri(),
             plan_hash: job.plan.hash.to_string(),
             heartbeat_ms: self.opts.heartbeat.as_millis() as u64,
             worker_timeout_ms: self.opts.worker_timeout.as_millis() as u64,

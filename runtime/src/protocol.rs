@@ -40,6 +40,10 @@ pub struct JobDescription {
     pub base_dir: String,
     /// Where the outputs are staged (a directory every worker can write to).
     pub staging_dir: String,
+    /// Where the Zarr arrays are staged when it is not `staging_dir`: the run's `s3://bucket/prefix/`, where each
+    /// worker writes the chunks it computes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zarr_root: Option<String>,
     /// The coordinator's plan hash (hex).
     pub plan_hash: String,
     /// How often a worker must be heard from, in milliseconds (it is declared lost after

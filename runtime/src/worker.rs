@@ -21,8 +21,9 @@ use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, KeepingIo, TaskRunner};
 use arrayjob_engine::graph::{TaskGraph, TaskId};
-use arrayjob_engine::output::zarr::ZarrWriter;
+use arrayjob_engine::output::zarr::{ArrayPlace, ZarrWriter};
 use arrayjob_engine::runner::{self, Prepared};
+use arrayjob_engine::s3::objects::S3Location;
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
@@ -753,6 +754,25 @@ fn fetch_inputs(
     Ok(out)
 }
 
+/// Where the coordinator created the job's Zarr arrays: the shared staging directory, or the run's prefix on
+/// S3 (reached with the job's own S3 settings).
+fn zarr_root(job: &Prepared, desc: &JobDescription) -> anyhow::Result<ArrayPlace> {
+    let Some(uri) = &desc.zarr_root else {
+        return Ok(ArrayPlace::Dir(desc.staging_dir.clone().into()));
+    };
+    let location = S3Location::parse("zarrRoot", uri)?;
+    let storage = job
+        .manifest
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.s3.as_ref());
+    Ok(ArrayPlace::S3 {
+        bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
+        prefix: location.prefix,
+    })
+}
+
 /// Where a worker's finished blocks go: Zarr chunks into the arrays the coordinator created (written here,
 /// by the worker that made them); blocks of small outputs (images, plots, CSVs) to the coordinator.
 struct WorkerSink {
@@ -765,7 +785,7 @@ struct WorkerSink {
 
 impl WorkerSink {
     fn open(job: &Prepared, desc: &JobDescription, http: Http) -> anyhow::Result<WorkerSink> {
-        let staging = std::path::Path::new(&desc.staging_dir);
+        let root = zarr_root(job, desc)?;
         let mut zarr = Vec::new();
         for n in &job.plan.nodes {
             let z = match n
@@ -774,7 +794,7 @@ impl WorkerSink {
                 .and_then(|o| o.zarr.as_ref().map(|z| (o, z)))
             {
                 Some((o, z)) => Some(ZarrWriter::open_existing(
-                    &staging.join(z),
+                    &root.join(z),
                     &n.meta,
                     &runner::zarr_options(n, o),
                 )?),

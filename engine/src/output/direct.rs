@@ -130,6 +130,8 @@ const MAX_BUFFERS: usize = 4;
 pub struct FileWriter {
     jobs: Option<std::sync::mpsc::SyncSender<(std::path::PathBuf, PageBuf)>>,
     free: std::sync::Mutex<std::sync::mpsc::Receiver<PageBuf>>,
+    /// Where [`FileWriter::recycle`] puts back a buffer that was not submitted.
+    unused: std::sync::mpsc::SyncSender<PageBuf>,
     lent: std::sync::atomic::AtomicUsize,
     failed: std::sync::Arc<std::sync::Mutex<Option<(std::path::PathBuf, std::io::Error)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -150,6 +152,7 @@ impl FileWriter {
         let (jobs, rx) =
             std::sync::mpsc::sync_channel::<(std::path::PathBuf, PageBuf)>(MAX_BUFFERS);
         let (back, free) = std::sync::mpsc::sync_channel(MAX_BUFFERS);
+        let unused = back.clone();
         let failed: Failure = Default::default();
         let seen = failed.clone();
         let written = std::sync::Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
@@ -175,6 +178,7 @@ impl FileWriter {
         Ok(FileWriter {
             jobs: Some(jobs),
             free: std::sync::Mutex::new(free),
+            unused,
             lent: std::sync::atomic::AtomicUsize::new(0),
             failed,
             thread: Some(thread),
@@ -198,6 +202,14 @@ impl FileWriter {
         };
         buf.clear();
         buf
+    }
+
+    /// Gives back a buffer from [`FileWriter::buffer`] that is not to be written (e.g. nothing to store):
+    /// every lent buffer must come back, by this or by [`FileWriter::submit`], or later callers of
+    /// [`FileWriter::buffer`] wait for it forever.
+    pub fn recycle(&self, buf: PageBuf) {
+        // Never blocks: at most MAX_BUFFERS exist.
+        let _ = self.unused.try_send(buf);
     }
 
     /// Queues `buf` to be written as the file `path` (whose directory must exist).

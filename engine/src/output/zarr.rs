@@ -1,6 +1,9 @@
 //! Zarr v3 arrays on the local filesystem (zstd-compressed chunks), written chunk by chunk (or shard by shard)
 //! from many threads.
 //!
+//! The same writer writes under an S3 prefix ([`ArrayPlace::S3`]): metadata and unsharded chunks through zarrs'
+//! storage trait, shards uploaded in the background ([`super::s3store`]).
+//!
 //! A stage whose results arrive in blocks of several chunks (a rechunk's merge group and the FFT fused into it)
 //! is written as *shards* of that block's shape (`sharding_indexed`, inner chunks = the stage's chunks): one file
 //! per block instead of one per chunk, the same logical chunks for readers.
@@ -12,10 +15,13 @@ use ndarray::ArrayD;
 use zarrs::array::codec::bytes_to_bytes::zstd::ZstdCodec;
 use zarrs::array::{Array, ArrayBuilder, ArraySubset, CodecOptions, data_type};
 use zarrs::filesystem::FilesystemStore;
+use zarrs::storage::WritableStorageTraits;
 
 use super::OutputError;
 use super::direct::{FileWriter, PageBuf};
+use super::s3store::{S3Store, Uploads};
 use crate::array::{ArrayMeta, Chunk, DType};
+use crate::s3::objects::Bucket;
 
 /// zstd level of the chunks: level 1 compresses ~2x faster than 3 on spectra (1 GB of float32 power: ~0.58
 /// of the raw size either way), and writing is on the critical path of the last stage.
@@ -40,24 +46,94 @@ impl Default for ZarrOptions {
     }
 }
 
+/// Where an array is written.
+#[derive(Debug, Clone)]
+pub enum ArrayPlace {
+    /// A local directory.
+    Dir(PathBuf),
+    /// The keys under `prefix` (empty or ending in `/`) in `bucket`.
+    S3 {
+        /// The bucket.
+        bucket: Bucket,
+        /// Key prefix of the array (its `zarr.json` is `prefix` + `zarr.json`).
+        prefix: String,
+    },
+}
+
+impl ArrayPlace {
+    /// The place of `rel` inside this one (an array inside a staging directory or prefix).
+    pub fn join(&self, rel: &str) -> ArrayPlace {
+        match self {
+            ArrayPlace::Dir(d) => ArrayPlace::Dir(d.join(rel)),
+            ArrayPlace::S3 { bucket, prefix } => ArrayPlace::S3 {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{}/", rel.trim_matches('/')),
+            },
+        }
+    }
+
+    /// `s3://bucket/prefix` of a place on S3.
+    pub fn s3_uri(&self) -> Option<String> {
+        match self {
+            ArrayPlace::S3 { bucket, prefix } => Some(format!("s3://{}/{prefix}", bucket.name())),
+            ArrayPlace::Dir(_) => None,
+        }
+    }
+
+    /// The directory, or `s3://bucket/prefix`, as a path for messages.
+    fn name(&self) -> PathBuf {
+        match self {
+            ArrayPlace::Dir(d) => d.clone(),
+            ArrayPlace::S3 { bucket, prefix } => PathBuf::from(format!(
+                "s3://{}/{}",
+                bucket.name(),
+                prefix.trim_end_matches('/')
+            )),
+        }
+    }
+}
+
+/// Where the shards of a sharded array go.
+#[derive(Debug)]
+enum ShardSink {
+    Files(FileWriter),
+    S3(Uploads),
+}
+
 /// A Zarr v3 array being written: one call of [`ZarrWriter::write_chunk`] per unit of its write grid (a chunk,
 /// or a shard when sharded), from any thread.
-#[derive(Debug)]
 pub struct ZarrWriter {
     dir: PathBuf,
     meta: ArrayMeta,
     /// Shape of one write: the chunk shape, or the shard shape.
     unit: Vec<usize>,
     zstd_level: Option<i32>,
-    array: Array<FilesystemStore>,
+    array: Array<dyn WritableStorageTraits>,
     /// Writes the shards (sharded arrays only).
-    files: Option<FileWriter>,
+    files: Option<ShardSink>,
+    /// The array's key prefix when it is on S3 (shard keys are this + the chunk key).
+    s3_prefix: Option<String>,
 }
 
-fn open_store(dir: &Path) -> Result<Arc<FilesystemStore>, OutputError> {
-    FilesystemStore::new(dir)
-        .map(Arc::new)
-        .map_err(|e| OutputError::write(dir, "open Zarr store", e))
+impl std::fmt::Debug for ZarrWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZarrWriter")
+            .field("dir", &self.dir)
+            .field("meta", &self.meta)
+            .field("unit", &self.unit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_store(place: &ArrayPlace) -> Result<Arc<dyn WritableStorageTraits>, OutputError> {
+    match place {
+        ArrayPlace::Dir(dir) => FilesystemStore::new(dir)
+            .map(|s| Arc::new(s) as Arc<dyn WritableStorageTraits>)
+            .map_err(|e| OutputError::write(dir, "open Zarr store", e)),
+        ArrayPlace::S3 { bucket, prefix } => {
+            Ok(Arc::new(S3Store::new(bucket.clone(), prefix.clone())))
+        }
+    }
 }
 
 impl ZarrWriter {
@@ -72,7 +148,12 @@ impl ZarrWriter {
         meta: &ArrayMeta,
         attributes: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, OutputError> {
-        Self::create_with(dir, meta, &ZarrOptions::default(), attributes)
+        Self::create_with(
+            &ArrayPlace::Dir(dir.to_path_buf()),
+            meta,
+            &ZarrOptions::default(),
+            attributes,
+        )
     }
 
     /// Like [`ZarrWriter::create`] with the layout and compression of `options`. Sharded, each write is one
@@ -81,12 +162,12 @@ impl ZarrWriter {
     /// # Errors
     /// As [`ZarrWriter::create`], and when the shard shape is not a multiple of the chunk shape.
     pub fn create_with(
-        dir: &Path,
+        place: &ArrayPlace,
         meta: &ArrayMeta,
         options: &ZarrOptions,
         attributes: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, OutputError> {
-        Self::build(dir, meta, options, attributes, true)
+        Self::build(place, meta, options, attributes, true)
     }
 
     /// Opens the array another process created at `dir` with the same `meta` and `options` (its `zarr.json`
@@ -95,30 +176,32 @@ impl ZarrWriter {
     /// the ones written so far are in their files (a worker reports a task done only then).
     ///
     /// # Errors
-    /// When `dir` has no `zarr.json`, or as [`ZarrWriter::create_with`].
+    /// When a local `place` has no `zarr.json`, or as [`ZarrWriter::create_with`].
     pub fn open_existing(
-        dir: &Path,
+        place: &ArrayPlace,
         meta: &ArrayMeta,
         options: &ZarrOptions,
     ) -> Result<Self, OutputError> {
-        let meta_path = dir.join("zarr.json");
-        if !meta_path.is_file() {
+        if let ArrayPlace::Dir(dir) = place
+            && !dir.join("zarr.json").is_file()
+        {
             return Err(OutputError::invalid(
                 dir,
                 "dir",
                 "no zarr.json: the coordinator creates the array before workers write to it",
             ));
         }
-        Self::build(dir, meta, options, serde_json::Map::new(), false)
+        Self::build(place, meta, options, serde_json::Map::new(), false)
     }
 
     fn build(
-        dir: &Path,
+        place: &ArrayPlace,
         meta: &ArrayMeta,
         options: &ZarrOptions,
         attributes: serde_json::Map<String, serde_json::Value>,
         create: bool,
     ) -> Result<Self, OutputError> {
+        let dir = &place.name();
         let chunks: Vec<usize> = meta.chunks.iter().map(|&c| c.max(1)).collect();
         let unit = options.shard.clone().unwrap_or_else(|| chunks.clone());
         if unit.len() != chunks.len()
@@ -140,18 +223,21 @@ impl ZarrWriter {
                 ),
             ));
         }
-        if create
-            && let Ok(mut entries) = std::fs::read_dir(dir)
-            && entries.next().is_some()
-        {
-            return Err(OutputError::invalid(
-                dir,
-                "dir",
-                "the directory exists and is not empty",
-            ));
+        if let ArrayPlace::Dir(dir) = place {
+            if create
+                && let Ok(mut entries) = std::fs::read_dir(dir)
+                && entries.next().is_some()
+            {
+                return Err(OutputError::invalid(
+                    dir,
+                    "dir",
+                    "the directory exists and is not empty",
+                ));
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| OutputError::io(dir, "create directory", e))?;
         }
-        std::fs::create_dir_all(dir).map_err(|e| OutputError::io(dir, "create directory", e))?;
-        let store = open_store(dir)?;
+        let store = open_store(place)?;
         let shape: Vec<u64> = meta.shape.iter().map(|&n| n as u64).collect();
         let outer: Vec<u64> = unit.iter().map(|&c| c as u64).collect();
         let mut builder = match meta.dtype {
@@ -176,10 +262,18 @@ impl ZarrWriter {
                 .store_metadata()
                 .map_err(|e| OutputError::write(dir, "write zarr.json", e))?;
         }
-        let files = if unit != chunks {
-            Some(FileWriter::new().map_err(|e| OutputError::io(dir, "start the shard writer", e))?)
-        } else {
-            None
+        let files = match place {
+            _ if unit == chunks => None,
+            ArrayPlace::Dir(_) => {
+                Some(ShardSink::Files(FileWriter::new().map_err(|e| {
+                    OutputError::io(dir, "start the shard writer", e)
+                })?))
+            }
+            ArrayPlace::S3 { bucket, .. } => Some(ShardSink::S3(Uploads::new(bucket.clone()))),
+        };
+        let s3_prefix = match place {
+            ArrayPlace::S3 { prefix, .. } => Some(prefix.clone()),
+            ArrayPlace::Dir(_) => None,
         };
         Ok(ZarrWriter {
             dir: dir.to_path_buf(),
@@ -188,10 +282,11 @@ impl ZarrWriter {
             zstd_level: options.zstd_level,
             array,
             files,
+            s3_prefix,
         })
     }
 
-    /// The array's directory.
+    /// The array's directory (`s3://bucket/prefix` for an array on S3).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -290,17 +385,25 @@ impl ZarrWriter {
     /// The shard is assembled in a page-aligned buffer and written with direct I/O by the array's writing
     /// thread ([`super::direct::FileWriter`]), while the calling thread goes back to computing.
     fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
-        let Some(writer) = &self.files else {
-            return Err(OutputError::invalid(
-                &self.dir,
-                "shard",
-                "the array is not sharded",
-            ));
+        let writer = match &self.files {
+            Some(ShardSink::Files(w)) => w,
+            Some(ShardSink::S3(uploads)) => return self.upload_shard(uploads, shard, block),
+            None => {
+                return Err(OutputError::invalid(
+                    &self.dir,
+                    "shard",
+                    "the array is not sharded",
+                ));
+            }
         };
         let mut body = writer.buffer();
-        self.encode_shard(block, &mut body)?;
+        if let Err(e) = self.encode_shard(block, &mut body) {
+            writer.recycle(body);
+            return Err(e);
+        }
         let path = self.dir.join(self.array.chunk_key(shard).as_str());
         if body.is_empty() {
+            writer.recycle(body);
             // Every chunk is fill value: like zarrs, store nothing (and no stale shard of an earlier attempt).
             return match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -318,21 +421,51 @@ impl ZarrWriter {
             .map_err(|(p, e)| OutputError::io(&p, "write shard", e))
     }
 
+    /// Uploads one shard to S3 in the background. A shard whose chunks are all fill value is not stored (the
+    /// run's prefix is new, so there is no stale object to remove).
+    fn upload_shard(
+        &self,
+        uploads: &Uploads,
+        shard: &[u64],
+        block: &Chunk,
+    ) -> Result<(), OutputError> {
+        let mut body = PageBuf::default();
+        self.encode_shard(block, &mut body)?;
+        if body.is_empty() {
+            return Ok(());
+        }
+        let key = format!(
+            "{}{}",
+            self.s3_prefix.as_deref().unwrap_or_default(),
+            self.array.chunk_key(shard).as_str()
+        );
+        uploads
+            .submit(key, bytes::Bytes::copy_from_slice(body.as_bytes()))
+            .map_err(|(k, e)| OutputError::write(Path::new(&k), "upload shard", e))
+    }
+
     /// A mark of the writes submitted so far, for [`ZarrWriter::wait_written`] (0 for unsharded arrays, whose
     /// chunks are in their files when [`ZarrWriter::write_chunk`] returns).
     pub fn write_mark(&self) -> u64 {
-        self.files.as_ref().map_or(0, FileWriter::submitted)
+        match &self.files {
+            Some(ShardSink::Files(w)) => w.submitted(),
+            Some(ShardSink::S3(u)) => u.submitted(),
+            None => 0,
+        }
     }
 
-    /// Waits until the shards submitted before `mark` are in their files.
+    /// Waits until the shards submitted before `mark` are in their files (or objects).
     ///
     /// # Errors
     /// The first shard that could not be written.
     pub fn wait_written(&self, mark: u64) -> Result<(), OutputError> {
         match &self.files {
-            Some(w) => w
+            Some(ShardSink::Files(w)) => w
                 .wait_written(mark)
                 .map_err(|(p, e)| OutputError::io(&p, "write shard", e)),
+            Some(ShardSink::S3(u)) => u
+                .wait_written(mark)
+                .map_err(|(k, e)| OutputError::write(Path::new(&k), "upload shard", e)),
             None => Ok(()),
         }
     }
@@ -344,9 +477,12 @@ impl ZarrWriter {
     /// The first shard that could not be written.
     pub fn finish(mut self) -> Result<(), OutputError> {
         match self.files.take() {
-            Some(w) => w
+            Some(ShardSink::Files(w)) => w
                 .finish()
                 .map_err(|(p, e)| OutputError::io(&p, "write shard", e)),
+            Some(ShardSink::S3(u)) => u
+                .finish()
+                .map_err(|(k, e)| OutputError::write(Path::new(&k), "upload shard", e)),
             None => Ok(()),
         }
     }
@@ -479,7 +615,9 @@ pub fn read_all(dir: &Path) -> Result<Chunk, OutputError> {
         .and_then(|v| v.as_str())
         .unwrap_or("")
         .to_string();
-    let store = open_store(dir)?;
+    let store = FilesystemStore::new(dir)
+        .map(Arc::new)
+        .map_err(|e| OutputError::write(dir, "open Zarr store", e))?;
     let array =
         Array::open(store, "/").map_err(|e| OutputError::write(dir, "open Zarr array", e))?;
     let all: ArraySubset = array.subset_all();

@@ -1,0 +1,378 @@
+//! Outputs written to S3 (`--out s3://bucket/prefix`) against a real SeaweedFS server: the same bytes as a
+//! local run (on one process and on 3 worker processes, which upload their own Zarr chunks), zarr-python reads
+//! the arrays from S3 equal to the local ones, a rerun replaces the previous outputs as a whole, a failed run
+//! leaves them untouched, the location's lock refuses a second run and is taken over when expired, and
+//! `arrayjob gc` finishes an interrupted publish.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use arrayjob_testenv::{S3Endpoint, S3Server};
+use aws_sdk_s3::primitives::ByteStream;
+
+const BUCKET: &str = "results";
+
+/// The server of this test binary, with the bucket made once.
+fn server() -> &'static S3Endpoint {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let server = S3Server::start().unwrap_or_else(|e| panic!("start SeaweedFS: {e}"));
+            let client = server.endpoint().client();
+            block(async move {
+                client
+                    .create_bucket()
+                    .bucket(BUCKET)
+                    .send()
+                    .await
+                    .expect("create bucket");
+            });
+            server
+        })
+        .endpoint()
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Every object under `prefix` (relative key -> bytes).
+fn objects(s3: &S3Endpoint, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let client = s3.client();
+    let prefix = prefix.to_owned();
+    block(async move {
+        let mut out = BTreeMap::new();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for o in page.expect("list").contents() {
+                let key = o.key().expect("key").to_owned();
+                let body = client
+                    .get_object()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .send()
+                    .await
+                    .expect("get")
+                    .body
+                    .collect()
+                    .await
+                    .expect("body")
+                    .into_bytes()
+                    .to_vec();
+                out.insert(key[prefix.len()..].to_owned(), body);
+            }
+        }
+        out
+    })
+}
+
+fn put(s3: &S3Endpoint, key: &str, body: &[u8]) {
+    let (client, key, body) = (s3.client(), key.to_owned(), body.to_vec());
+    block(async move {
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .expect("put");
+    });
+}
+
+/// `storage.s3` pointing at the test server, parts of 5 MiB.
+fn storage(s3: &S3Endpoint) -> String {
+    format!(
+        "  storage: {{s3: {{bucket: {BUCKET}, endpoint: \"{}\", region: {}, forcePathStyle: true, partSizeMiB: 5}}}}\n",
+        s3.endpoint, s3.region
+    )
+}
+
+/// A synthetic stack of 96 slices of 256 x 256 with: a mean image and its unsharded Zarr array, a brightness
+/// CSV and plot, the whole stack as one uncompressed 6 MiB chunk (a multipart upload), and the power spectrum
+/// along axis 0 as a sharded array.
+fn full_job(storage: &str) -> String {
+    format!(
+        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: outs}}\nspec:\n{storage}  source: \
+         {{synthetic: {{slices: 96, height: 256, width: 256}}, slicesPerChunk: 16}}\n  stages:\n  \
+         - {{name: mean, input: source, reduce: {{op: mean, axes: [0]}}, output: {{image: mean.png, zarr: mean.zarr}}}}\n  \
+         - {{name: brightness, input: source, reduce: {{op: mean, axes: [1, 2]}}, output: {{csv: brightness.csv, plot: {{file: brightness.png}}}}}}\n  \
+         - {{name: raw, input: source, rechunk: {{chunks: [-1, 256, 256]}}, output: {{zarr: raw.zarr, zarrCompression: {{codec: none}}}}}}\n  \
+         - {{name: series, input: source, rechunk: {{chunks: [-1, 16, 16]}}}}\n  \
+         - {{name: power, input: series, fft: {{axis: 0, power: true, dtype: float32}}, output: {{zarr: power.zarr}}}}\n"
+    )
+}
+
+/// A smaller job with other outputs, to replace the full one's.
+fn small_job(storage: &str, slices: usize) -> String {
+    format!(
+        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: outs}}\nspec:\n{storage}  source: \
+         {{synthetic: {{slices: {slices}, height: 64, width: 64}}, slicesPerChunk: 4}}\n  stages:\n  \
+         - {{name: mean, input: source, reduce: {{op: mean, axes: [0]}}, output: {{zarr: mean.zarr}}}}\n  \
+         - {{name: brightness, input: source, reduce: {{op: mean, axes: [1, 2]}}, output: {{csv: brightness.csv}}}}\n"
+    )
+}
+
+/// The test identity's credentials and region.
+fn credentials(s3: &S3Endpoint) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
+        ("AWS_REGION".into(), s3.region.clone()),
+    ]
+}
+
+/// `arrayjob run` of `manifest` into `out` with extra `args`; (success, stdout, stderr).
+fn run(dir: &Path, manifest: &str, out: &str, args: &[&str]) -> (bool, String, String) {
+    let m = write(dir, "job.yaml", manifest);
+    let mut all = vec!["run", &m, "--out", out, "--threads", "2"];
+    all.extend_from_slice(args);
+    arrayjob_aws(dir, &all, &credentials(server()))
+}
+
+/// The outputs of a local run of `manifest` (without `summary.json`, whose timings differ).
+fn local_outputs(dir: &Path, manifest: &str) -> BTreeMap<String, Vec<u8>> {
+    let out = dir.join("local");
+    let (ok, _, err) = run(dir, manifest, &out.display().to_string(), &[]);
+    assert!(ok, "local run failed: {err}");
+    let mut files = files_under(&out);
+    files.remove("summary.json");
+    files
+}
+
+/// Objects of the distributed runtime's own reports, which a local run does not write.
+const DISTRIBUTED_REPORTS: [&str; 3] = ["workers.json", "timeline.html", "timeline.png"];
+
+/// Splits `summary.json` off the objects and returns its JSON.
+fn take_summary(objects: &mut BTreeMap<String, Vec<u8>>) -> serde_json::Value {
+    let text = objects
+        .remove("summary.json")
+        .expect("no summary.json on S3");
+    serde_json::from_slice(&text).expect("summary.json is JSON")
+}
+
+#[test]
+fn outputs_on_s3_from_three_workers_equal_the_local_run_and_zarr_python_reads_them() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let manifest = full_job(&storage(s3));
+    let local = local_outputs(d.path(), &manifest);
+    let (ok, stdout, err) = run(
+        d.path(),
+        &manifest,
+        &format!("s3://{BUCKET}/dist"),
+        &["--workers", "3"],
+    );
+    assert!(ok, "s3 run failed: {err}");
+    assert!(
+        stdout.contains(&format!("outputs in s3://{BUCKET}/dist/")),
+        "{stdout}"
+    );
+    let mut remote = objects(s3, "dist/");
+    let summary = take_summary(&mut remote);
+    for name in DISTRIBUTED_REPORTS {
+        assert!(remote.remove(name).is_some(), "no {name} in the outputs");
+    }
+    assert_eq!(
+        remote.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>(),
+        "other objects than the local run's files (a lock, staging or journal left behind?)"
+    );
+    for (k, v) in &local {
+        assert!(remote[k] == *v, "{k} differs from the local run's file");
+    }
+    assert!(
+        local.keys().any(|k| k.starts_with("power.zarr/c/")),
+        "power.zarr has no shard: {:?}",
+        local.keys()
+    );
+    let paths: Vec<&str> = summary["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o["path"].as_str().expect("path"))
+        .collect();
+    assert!(
+        paths.contains(&"power.zarr") && paths.contains(&"brightness.png"),
+        "{paths:?}"
+    );
+
+    let mut py = std::process::Command::new(python());
+    py.arg(repo_root().join("tests/oracle/zarr_s3_equal.py"))
+        .args([
+            &s3.endpoint,
+            BUCKET,
+            "dist",
+            &d.path().join("local").display().to_string(),
+        ])
+        .args(["mean.zarr", "raw.zarr", "power.zarr"])
+        .envs(credentials(s3));
+    let o = py.output().expect("run python");
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "zarr-python over S3:\n{text}");
+    assert_eq!(text.matches(" equal").count(), 3, "{text}");
+}
+
+#[test]
+fn a_rerun_replaces_the_outputs_as_a_whole_and_large_objects_go_in_parts() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let out = format!("s3://{BUCKET}/rerun");
+    let (ok, _, err) = run(d.path(), &full_job(&storage(s3)), &out, &[]);
+    assert!(ok, "first run failed: {err}");
+    let mut first = objects(s3, "rerun/");
+    let summary = take_summary(&mut first);
+    let counters = &summary["s3"];
+    assert!(
+        counters["multipartUploads"].as_u64() >= Some(1),
+        "the 6 MiB chunk did not go in parts: {counters}"
+    );
+    assert!(counters["bytesPut"].as_u64() > Some(6 << 20), "{counters}");
+    assert!(first.contains_key("raw.zarr/c/0/0/0"), "{:?}", first.keys());
+
+    let manifest = small_job(&storage(s3), 12);
+    let local = local_outputs(d.path(), &manifest);
+    let (ok, _, err) = run(d.path(), &manifest, &out, &[]);
+    assert!(ok, "second run failed: {err}");
+    let mut second = objects(s3, "rerun/");
+    take_summary(&mut second);
+    assert_eq!(
+        second, local,
+        "the rerun's outputs are not exactly the local run's (leftovers of the first run?)"
+    );
+}
+
+#[test]
+fn a_failed_run_leaves_the_previous_outputs_untouched_and_no_staging() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let out = format!("s3://{BUCKET}/failed");
+    let (ok, _, err) = run(d.path(), &small_job(&storage(s3), 12), &out, &[]);
+    assert!(ok, "first run failed: {err}");
+    let before = objects(s3, "failed/");
+
+    // Slices 0-2 exist, 3 does not: the run fails while loading, after chunks were written to staging.
+    let slices = d.path().join("slices");
+    std::fs::create_dir_all(&slices).expect("mkdir");
+    for i in 0..3u8 {
+        let img = image::GrayImage::from_pixel(16, 16, image::Luma([i * 40 + 1]));
+        img.save(slices.join(format!("{i}.png"))).expect("png");
+    }
+    let failing = small_job(&storage(s3), 12).replace(
+        "{synthetic: {slices: 12, height: 64, width: 64}, slicesPerChunk: 4}",
+        "{files: {pattern: \"slices/{index}.png\", stop: 8}, slicesPerChunk: 1}",
+    );
+    let (ok, _, err) = run(d.path(), &failing, &out, &["--workers", "2"]);
+    assert!(!ok, "the run succeeded");
+    assert!(err.contains("slices/3.png"), "{err}");
+    assert_eq!(
+        objects(s3, "failed/"),
+        before,
+        "a failed run changed the outputs or left staging, journal or lock objects"
+    );
+}
+
+#[test]
+fn a_held_lock_refuses_a_run_and_an_expired_one_is_taken_over() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let out = format!("s3://{BUCKET}/locked");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let lock = |expires: u64| {
+        format!(r#"{{"holder":"pid 7 on elsewhere","run":"r1","expires":{expires}}}"#).into_bytes()
+    };
+    put(s3, "locked/.arrayjob.lock", &lock(now + 600));
+    let (ok, _, err) = run(d.path(), &small_job(&storage(s3), 8), &out, &[]);
+    assert!(!ok, "the run succeeded under another run's lock");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: output directory s3://{BUCKET}/locked is in use by another arrayjob run (pid 7 on elsewhere \
+             (run r1) holds s3://{BUCKET}/locked/.arrayjob.lock); wait for it to finish or choose another --out"
+        )
+    );
+    assert_eq!(
+        objects(s3, "locked/").keys().collect::<Vec<_>>(),
+        [".arrayjob.lock"],
+        "the refused run wrote something"
+    );
+
+    put(s3, "locked/.arrayjob.lock", &lock(now - 1));
+    let (ok, _, err) = run(d.path(), &small_job(&storage(s3), 8), &out, &[]);
+    assert!(ok, "the run did not take over an expired lock: {err}");
+    let left = objects(s3, "locked/");
+    assert!(
+        left.contains_key("summary.json") && !left.contains_key(".arrayjob.lock"),
+        "{:?}",
+        left.keys()
+    );
+}
+
+#[test]
+fn gc_finishes_an_interrupted_publish_and_removes_leftover_staging() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    // The state a publish killed half way leaves: old outputs and summary in place, the new run's objects in
+    // its staging prefix, the journal naming both; and the staging of a run killed before its publish.
+    put(s3, "gc/old.csv", b"old\n");
+    put(s3, "gc/keep.csv", b"old keep\n");
+    put(
+        s3,
+        "gc/summary.json",
+        br#"{"outputs":[{"path":"old.csv"},{"path":"keep.csv"}]}"#,
+    );
+    put(s3, "gc/.arrayjob-staging-a/keep.csv", b"new keep\n");
+    put(s3, "gc/.arrayjob-staging-a/new.zarr/zarr.json", b"{}");
+    put(s3, "gc/.arrayjob-staging-a/new.zarr/c/0", b"chunk");
+    put(
+        s3,
+        "gc/.arrayjob-staging-a/summary.json",
+        br#"{"outputs":[{"path":"keep.csv"},{"path":"new.zarr"}]}"#,
+    );
+    put(
+        s3,
+        "gc/.arrayjob-publish.json",
+        br#"{"staging":"gc/.arrayjob-staging-a/","outputs":["keep.csv","new.zarr"],"previous":["old.csv","keep.csv"]}"#,
+    );
+    put(s3, "gc/.arrayjob-staging-b/x.csv", b"killed run\n");
+
+    let m = write(d.path(), "job.yaml", &small_job(&storage(s3), 8));
+    let location = format!("s3://{BUCKET}/gc");
+    let (ok, stdout, err) =
+        arrayjob_aws(d.path(), &["gc", &location, "--file", &m], &credentials(s3));
+    assert!(ok, "gc failed: {err}");
+    assert!(
+        stdout.contains("2 leftover staging prefix(es) removed"),
+        "{stdout}"
+    );
+    let left = objects(s3, "gc/");
+    let expected: BTreeMap<String, Vec<u8>> = [
+        ("keep.csv", &b"new keep\n"[..]),
+        ("new.zarr/c/0", b"chunk"),
+        ("new.zarr/zarr.json", b"{}"),
+        (
+            "summary.json",
+            br#"{"outputs":[{"path":"keep.csv"},{"path":"new.zarr"}]}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+    .collect();
+    assert_eq!(left, expected);
+}

@@ -1,0 +1,616 @@
+//! Object operations on one bucket, as the outputs and the commit protocol need them: PUT (multipart above
+//! one part), conditional PUT, GET, server-side copy, listing and deletion, each error naming the operation and
+//! the object. Every request is counted ([`counters`]), for the run's summary and the benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Missing, RequestPolicy, S3Connection, S3Error, explain};
+
+/// Default size of one part of a multipart upload (objects up to this size go in one PUT).
+pub const DEFAULT_PART_BYTES: usize = 16 << 20;
+/// Smallest part S3 accepts (all but the last).
+pub const MIN_PART_BYTES: usize = 5 << 20;
+/// Parts of one object uploaded at once.
+const PART_CONCURRENCY: usize = 4;
+/// Keys per DeleteObjects request (the S3 limit).
+const DELETE_BATCH: usize = 1000;
+
+/// An `s3://bucket/prefix/` location: keys under it are `prefix` + a relative path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket` or `s3://bucket/some/prefix` (a trailing `/` is added to a non-empty prefix).
+    ///
+    /// # Errors
+    /// [`S3Error::Config`] naming `field` when it is not an `s3://` URI with a valid bucket name.
+    pub fn parse(field: &str, uri: &str) -> Result<S3Location, S3Error> {
+        let Some(rest) = uri.strip_prefix("s3://") else {
+            return Err(S3Error::Config {
+                field: field.to_owned(),
+                message: format!("expected s3://bucket/prefix, found {uri:?}"),
+            });
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        super::check_bucket(field, bucket)?;
+        let prefix = prefix.trim_start_matches('/');
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}/")
+        };
+        Ok(S3Location {
+            bucket: bucket.to_owned(),
+            prefix,
+        })
+    }
+
+    /// The key of `rel` under this location.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel.trim_start_matches('/'))
+    }
+
+    /// The location of the sub-prefix `rel/`.
+    pub fn join(&self, rel: &str) -> S3Location {
+        S3Location {
+            bucket: self.bucket.clone(),
+            prefix: format!("{}{}/", self.prefix, rel.trim_matches('/')),
+        }
+    }
+
+    /// `s3://bucket/prefix` + `rel`.
+    pub fn uri(&self, rel: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(rel))
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Requests and bytes of this process, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Counters {
+    /// Requests sent (each SDK retry is not counted again).
+    pub requests: u64,
+    /// Objects written (PUT or multipart upload).
+    pub objects_put: u64,
+    /// Of which multipart uploads.
+    pub multipart_uploads: u64,
+    /// Bytes written.
+    pub bytes_put: u64,
+    /// Bytes read.
+    pub bytes_got: u64,
+    /// Server-side copies.
+    pub copies: u64,
+    /// Objects deleted.
+    pub deleted: u64,
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static OBJECTS_PUT: AtomicU64 = AtomicU64::new(0);
+static MULTIPART: AtomicU64 = AtomicU64::new(0);
+static BYTES_PUT: AtomicU64 = AtomicU64::new(0);
+static BYTES_GOT: AtomicU64 = AtomicU64::new(0);
+static COPIES: AtomicU64 = AtomicU64::new(0);
+static DELETED: AtomicU64 = AtomicU64::new(0);
+
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The S3 counters of this process so far.
+pub fn counters() -> S3Counters {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    S3Counters {
+        requests: get(&REQUESTS),
+        objects_put: get(&OBJECTS_PUT),
+        multipart_uploads: get(&MULTIPART),
+        bytes_put: get(&BYTES_PUT),
+        bytes_got: get(&BYTES_GOT),
+        copies: get(&COPIES),
+        deleted: get(&DELETED),
+    }
+}
+
+/// A bucket and a client for it: what every operation of this module runs on. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    client: Client,
+    name: String,
+    policy: RequestPolicy,
+    part_bytes: usize,
+}
+
+/// The answer to a conditional PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CondPut {
+    /// Written; the new ETag.
+    Written(String),
+    /// The condition did not hold (HTTP 412): someone else's object is there (or not there).
+    Refused,
+}
+
+impl Bucket {
+    /// `name` on `conn`, with `policy` for every request and uploads in parts of `part_bytes` (at least
+    /// [`MIN_PART_BYTES`]) above one part.
+    pub fn new(
+        conn: &S3Connection,
+        name: &str,
+        policy: RequestPolicy,
+        part_bytes: usize,
+    ) -> Bucket {
+        Bucket {
+            client: conn.client(policy),
+            name: name.to_owned(),
+            policy,
+            part_bytes: part_bytes.max(MIN_PART_BYTES),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks that the bucket exists and may be listed ([`super::probe_bucket`]), before any work.
+    ///
+    /// # Errors
+    /// The probe's error, naming `ListObjectsV2` and the bucket.
+    pub fn probe(&self) -> Result<(), S3Error> {
+        let b = self.clone();
+        count(&REQUESTS, 1);
+        block(async move { super::probe_bucket(&b.client, &b.name, b.policy).await })
+    }
+
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.name)
+    }
+
+    fn fail<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> S3Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        S3Error::request(
+            None,
+            operation,
+            &self.uri(key),
+            explain(e, Missing::Key, self.policy),
+        )
+    }
+
+    /// Writes `body` at `key`: one PUT, or a multipart upload when it is larger than one part.
+    ///
+    /// # Errors
+    /// The first request that failed (an unfinished multipart upload is aborted).
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
+        let len = body.len() as u64;
+        if body.len() > self.part_bytes {
+            self.put_multipart(key, body).await?;
+            count(&MULTIPART, 1);
+        } else {
+            count(&REQUESTS, 1);
+            self.client
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| self.fail("PutObject", key, &e))?;
+        }
+        count(&OBJECTS_PUT, 1);
+        count(&BYTES_PUT, len);
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
+        count(&REQUESTS, 1);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.fail("CreateMultipartUpload", key, &e))?;
+        let Some(upload) = created.upload_id().map(str::to_owned) else {
+            return Err(S3Error::request(
+                None,
+                "CreateMultipartUpload",
+                &self.uri(key),
+                "the answer has no upload id".into(),
+            ));
+        };
+        let parts = self.upload_parts(key, &upload, &body).await;
+        let done = match parts {
+            Ok(parts) => {
+                count(&REQUESTS, 1);
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.name)
+                    .key(key)
+                    .upload_id(&upload)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.fail("CompleteMultipartUpload", key, &e))
+            }
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            count(&REQUESTS, 1);
+            // Best effort: a bucket lifecycle rule reaps what this cannot.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .upload_id(&upload)
+                .send()
+                .await;
+        }
+        done
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload: &str,
+        body: &Bytes,
+    ) -> Result<Vec<CompletedPart>, S3Error> {
+        let ranges: Vec<(i32, Bytes)> = (0..body.len())
+            .step_by(self.part_bytes)
+            .enumerate()
+            .map(|(i, at)| {
+                let end = (at + self.part_bytes).min(body.len());
+                (i as i32 + 1, body.slice(at..end))
+            })
+            .collect();
+        futures::stream::iter(ranges)
+            .map(|(number, part)| async move {
+                count(&REQUESTS, 1);
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.name)
+                    .key(key)
+                    .upload_id(upload)
+                    .part_number(number)
+                    .body(ByteStream::from(part))
+                    .send()
+                    .await
+                    .map_err(|e| self.fail("UploadPart", key, &e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build())
+            })
+            .buffered(PART_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Writes `body` at `key` only if no object is there (`If-None-Match: *`) or only if the object there has
+    /// ETag `etag` (`If-Match`).
+    ///
+    /// # Errors
+    /// When the request fails for another reason than the condition.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        etag: Option<&str>,
+    ) -> Result<CondPut, S3Error> {
+        count(&REQUESTS, 1);
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body));
+        let req = match etag {
+            Some(etag) => req.if_match(etag),
+            None => req.if_none_match("*"),
+        };
+        match req.send().await {
+            Ok(out) => {
+                count(&OBJECTS_PUT, 1);
+                Ok(CondPut::Written(out.e_tag().unwrap_or_default().to_owned()))
+            }
+            Err(e) if precondition_failed(&e) => Ok(CondPut::Refused),
+            Err(e) => Err(self.fail("PutObject", key, &e)),
+        }
+    }
+
+    /// The object at `key` and its ETag; `None` when there is none.
+    ///
+    /// # Errors
+    /// When the request fails (other than 404).
+    pub async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
+        count(&REQUESTS, 1);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.fail("GetObject", key, &e)),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        let body = out.body.collect().await.map_err(|e| {
+            S3Error::request(
+                None,
+                "GetObject",
+                &self.uri(key),
+                format!("reading the body: {}", super::error_chain(&e)),
+            )
+        })?;
+        let bytes = body.into_bytes();
+        count(&BYTES_GOT, bytes.len() as u64);
+        Ok(Some((bytes, etag)))
+    }
+
+    /// Every key under `prefix` with its size, in key order (all pages).
+    ///
+    /// # Errors
+    /// When a page cannot be listed.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            count(&REQUESTS, 1);
+            let page = page.map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    keys.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// The sub-prefixes right under `prefix` whose names start with `start` (ListObjectsV2 with a `/`
+    /// delimiter), e.g. the staging prefixes of an output location.
+    ///
+    /// # Errors
+    /// When a page cannot be listed.
+    pub async fn list_dirs(&self, prefix: &str, start: &str) -> Result<Vec<String>, S3Error> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(format!("{prefix}{start}"))
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut dirs = Vec::new();
+        while let Some(page) = pages.next().await {
+            count(&REQUESTS, 1);
+            let page = page.map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
+            dirs.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+        }
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Copies `from` to `to` inside the bucket, server-side (objects up to 5 GiB, the CopyObject limit).
+    ///
+    /// # Errors
+    /// When the copy fails.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
+        count(&REQUESTS, 1);
+        self.client
+            .copy_object()
+            .bucket(&self.name)
+            .key(to)
+            .copy_source(copy_source(&self.name, from))
+            .send()
+            .await
+            .map_err(|e| self.fail("CopyObject", to, &e))?;
+        count(&COPIES, 1);
+        Ok(())
+    }
+
+    /// Deletes `keys` (DeleteObjects, 1000 at a time); keys that are already gone are fine.
+    ///
+    /// # Errors
+    /// When a request fails or S3 reports a key it could not delete.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), S3Error> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let ids = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    S3Error::request(None, "DeleteObjects", &self.uri(""), e.to_string())
+                })?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| {
+                    S3Error::request(None, "DeleteObjects", &self.uri(""), e.to_string())
+                })?;
+            count(&REQUESTS, 1);
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.name)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.fail("DeleteObjects", &batch[0], &e))?;
+            if let Some(err) = out.errors().first() {
+                return Err(S3Error::request(
+                    None,
+                    "DeleteObjects",
+                    &self.uri(err.key().unwrap_or_default()),
+                    format!(
+                        "{} ({})",
+                        err.message().unwrap_or("not deleted"),
+                        err.code().unwrap_or("no code")
+                    ),
+                ));
+            }
+            count(&DELETED, batch.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Deletes every object under `prefix`; returns how many there were.
+    ///
+    /// # Errors
+    /// As [`Bucket::list`] and [`Bucket::delete`].
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, S3Error> {
+        let keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.delete(&keys).await?;
+        Ok(keys.len())
+    }
+}
+
+/// `bucket/key` for CopyObject's `x-amz-copy-source`, the key URL-encoded but for its `/`.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn precondition_failed<E: ProvideErrorMetadata>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            s.raw().status().as_u16() == 412 || s.err().code() == Some("PreconditionFailed")
+        }
+        _ => false,
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            s.raw().status().as_u16() == 404 || s.err().code() == Some("NoSuchKey")
+        }
+        _ => false,
+    }
+}
+
+/// Runs `fut` on the S3 runtime and waits for it from this (non-async) thread. Unlike `block_on`, it also works
+/// from a thread that is inside another runtime's context.
+///
+/// # Errors
+/// `fut`'s error, or [`S3Error::Config`] when the runtime cannot start.
+pub fn block<T, F>(fut: F) -> Result<T, S3Error>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, S3Error>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    super::runtime()?.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().unwrap_or_else(|_| {
+        Err(S3Error::Config {
+            field: "spec.storage.s3".into(),
+            message: "the S3 runtime stopped".into(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_name_keys() {
+        let l = S3Location::parse("--out", "s3://em-jobs/results/run1").expect("valid");
+        assert_eq!(l.prefix, "results/run1/");
+        assert_eq!(
+            l.key("power.zarr/zarr.json"),
+            "results/run1/power.zarr/zarr.json"
+        );
+        assert_eq!(
+            l.join("power.zarr").uri("c/0"),
+            "s3://em-jobs/results/run1/power.zarr/c/0"
+        );
+        assert_eq!(
+            S3Location::parse("--out", "s3://em-jobs")
+                .expect("valid")
+                .prefix,
+            ""
+        );
+        let e = S3Location::parse("--out", "s3://Em_Jobs/x")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            e.starts_with("--out: \"Em_Jobs\" is not a valid bucket name"),
+            "{e}"
+        );
+        let e = S3Location::parse("--out", "/tmp/x")
+            .expect_err("invalid")
+            .to_string();
+        assert_eq!(e, "--out: expected s3://bucket/prefix, found \"/tmp/x\"");
+    }
+
+    #[test]
+    fn copy_sources_encode_what_a_header_cannot_carry() {
+        assert_eq!(
+            copy_source("b", "a/b c/ü+.zarr"),
+            "b/a/b%20c/%C3%BC%2B.zarr"
+        );
+    }
+}
