@@ -73,13 +73,24 @@ impl S3Settings {
     }
 }
 
+/// How long a request that keeps failing for a transient reason is tried again when the spec does not say.
+pub const DEFAULT_OUTAGE_SECONDS: u64 = 120;
+/// First wait between two rounds of attempts during an outage (doubling up to [`OUTAGE_BACKOFF_MAX`]).
+const OUTAGE_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two rounds of attempts during an outage.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Retries and timeout of the requests of one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt (the SDK's, quick).
     pub retries: u32,
     /// Timeout of one attempt.
     pub timeout: Duration,
+    /// How long after its first failure a request that keeps failing for a transient reason (no answer,
+    /// connection refused or reset, 5xx, throttling) is tried again, in further rounds of `retries + 1`
+    /// attempts, before the job fails: what a job outlasts of an S3 outage.
+    pub outage: Duration,
 }
 
 impl Default for RequestPolicy {
@@ -87,7 +98,85 @@ impl Default for RequestPolicy {
         RequestPolicy {
             retries: DEFAULT_RETRIES,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECONDS),
+            outage: Duration::from_secs(DEFAULT_OUTAGE_SECONDS),
         }
+    }
+}
+
+impl RequestPolicy {
+    /// The default policy with the outage budget of `storage` (`outageSeconds`).
+    pub fn of_storage(storage: Option<&S3Storage>) -> RequestPolicy {
+        RequestPolicy {
+            outage: outage_of(storage),
+            ..RequestPolicy::default()
+        }
+    }
+}
+
+/// The outage budget of `storage` (`outageSeconds`), or the default.
+pub fn outage_of(storage: Option<&S3Storage>) -> Duration {
+    Duration::from_secs(
+        storage
+            .and_then(|s| s.outage_seconds)
+            .unwrap_or(DEFAULT_OUTAGE_SECONDS),
+    )
+}
+
+/// Whether a failure may go away by itself: no answer, a connection refused or reset, HTTP 5xx or 429, a
+/// throttling code.
+pub fn transient<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            status >= 500
+                || status == 429
+                || matches!(
+                    s.err().code(),
+                    Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
+                )
+        }
+        _ => false,
+    }
+}
+
+/// Sends a request (`attempt` makes and sends it, the SDK retrying quickly) and, while it fails for a
+/// [`transient`] reason, sends it again after 0.5 s, 1 s, 2 s... (5 s at most) until `policy.outage` has passed
+/// since the first failure: a server restarting or a network cut of that long is outlasted. The last answer is
+/// returned.
+pub async fn outlast<T, E, F, Fut>(
+    policy: RequestPolicy,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>>,
+{
+    let mut first_failure: Option<std::time::Instant> = None;
+    let mut wait = OUTAGE_BACKOFF;
+    loop {
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+        if !transient(&e) || since.elapsed() + wait > policy.outage {
+            return Err(e);
+        }
+        tracing::warn!(
+            request = what,
+            error = %error_chain(&e),
+            retry_in_s = wait.as_secs_f64(),
+            "S3 unavailable; trying again"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(OUTAGE_BACKOFF_MAX);
     }
 }
 
@@ -231,7 +320,7 @@ pub fn bucket(storage: Option<&S3Storage>, name: &str) -> Result<objects::Bucket
     Ok(objects::Bucket::new(
         &conn,
         name,
-        RequestPolicy::default(),
+        RequestPolicy::of_storage(storage),
         part,
     ))
 }
@@ -246,21 +335,19 @@ pub async fn probe_bucket(
     bucket: &str,
     policy: RequestPolicy,
 ) -> Result<(), S3Error> {
-    client
-        .list_objects_v2()
-        .bucket(bucket)
-        .max_keys(1)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            S3Error::request(
-                None,
-                "ListObjectsV2",
-                &format!("s3://{bucket}"),
-                explain(&e, Missing::Bucket, policy),
-            )
-        })
+    outlast(policy, bucket, || {
+        client.list_objects_v2().bucket(bucket).max_keys(1).send()
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        S3Error::request(
+            None,
+            "ListObjectsV2",
+            &format!("s3://{bucket}"),
+            explain(&e, Missing::Bucket, policy),
+        )
+    })
 }
 
 /// What a bare 404 (`NotFound`: the answer to a HEAD request has no body, hence no precise code) means.
@@ -400,6 +487,12 @@ pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
         problems.push(config(
             "partSizeMiB",
             "must be from 5 (the smallest part S3 accepts) to 5120".into(),
+        ));
+    }
+    if storage.outage_seconds.is_some_and(|s| s > 3600) {
+        problems.push(config(
+            "outageSeconds",
+            "must be at most 3600 (an hour)".into(),
         ));
     }
     if storage.region.as_deref().is_some_and(str::is_empty) {

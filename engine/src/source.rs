@@ -57,7 +57,7 @@ pub fn open_job(spec: &ArrayJobSpec, base_dir: &Path) -> Result<Box<dyn SliceSou
 fn probe_storage(storage: &S3Storage) -> Result<(), SourceError> {
     use crate::s3::{RequestPolicy, S3Connection, S3Settings, probe_bucket, runtime};
     let connection = S3Connection::connect(&S3Settings::from_spec(Some(storage)))?;
-    let policy = RequestPolicy::default();
+    let policy = RequestPolicy::of_storage(Some(storage));
     let client = connection.client(policy);
     runtime()?.block_on(probe_bucket(&client, &storage.bucket, policy))?;
     Ok(())

@@ -103,6 +103,10 @@ pub struct S3Storage {
         skip_serializing_if = "Option::is_none"
     )]
     pub part_size_mib: Option<u32>,
+    /// Seconds a request that keeps failing for a transient reason (no answer, connection refused, 5xx,
+    /// throttling) is tried again before the job fails: the S3 outage a job outlasts (0 to 3600). Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_seconds: Option<u64>,
 }
 
 /// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.

@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Missing, RequestPolicy, S3Connection, S3Error, explain};
+use super::{Missing, RequestPolicy, S3Connection, S3Error, explain, outlast};
 
 /// Default size of one part of a multipart upload (objects up to this size go in one PUT).
 pub const DEFAULT_PART_BYTES: usize = 16 << 20;
@@ -209,15 +209,17 @@ impl Bucket {
             self.put_multipart(key, body).await?;
             count(&MULTIPART, 1);
         } else {
-            count(&REQUESTS, 1);
-            self.client
-                .put_object()
-                .bucket(&self.name)
-                .key(key)
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|e| self.fail("PutObject", key, &e))?;
+            outlast(self.policy, key, || {
+                count(&REQUESTS, 1);
+                self.client
+                    .put_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("PutObject", key, &e))?;
         }
         count(&OBJECTS_PUT, 1);
         count(&BYTES_PUT, len);
@@ -225,15 +227,16 @@ impl Bucket {
     }
 
     async fn put_multipart(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
-        count(&REQUESTS, 1);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.name)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.fail("CreateMultipartUpload", key, &e))?;
+        let created = outlast(self.policy, key, || {
+            count(&REQUESTS, 1);
+            self.client
+                .create_multipart_upload()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+        })
+        .await
+        .map_err(|e| self.fail("CreateMultipartUpload", key, &e))?;
         let Some(upload) = created.upload_id().map(str::to_owned) else {
             return Err(S3Error::request(
                 None,
@@ -244,7 +247,7 @@ impl Bucket {
         };
         let parts = self.upload_parts(key, &upload, &body).await;
         let done = match parts {
-            Ok(parts) => {
+            Ok(parts) => outlast(self.policy, key, || {
                 count(&REQUESTS, 1);
                 self.client
                     .complete_multipart_upload()
@@ -253,14 +256,14 @@ impl Bucket {
                     .upload_id(&upload)
                     .multipart_upload(
                         CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
+                            .set_parts(Some(parts.clone()))
                             .build(),
                     )
                     .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.fail("CompleteMultipartUpload", key, &e))
-            }
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("CompleteMultipartUpload", key, &e)),
             Err(e) => Err(e),
         };
         if done.is_err() {
@@ -294,18 +297,19 @@ impl Bucket {
             .collect();
         futures::stream::iter(ranges)
             .map(|(number, part)| async move {
-                count(&REQUESTS, 1);
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.name)
-                    .key(key)
-                    .upload_id(upload)
-                    .part_number(number)
-                    .body(ByteStream::from(part))
-                    .send()
-                    .await
-                    .map_err(|e| self.fail("UploadPart", key, &e))?;
+                let out = outlast(self.policy, key, || {
+                    count(&REQUESTS, 1);
+                    self.client
+                        .upload_part()
+                        .bucket(&self.name)
+                        .key(key)
+                        .upload_id(upload)
+                        .part_number(number)
+                        .body(ByteStream::from(part.clone()))
+                        .send()
+                })
+                .await
+                .map_err(|e| self.fail("UploadPart", key, &e))?;
                 Ok(CompletedPart::builder()
                     .part_number(number)
                     .set_e_tag(out.e_tag().map(str::to_owned))
@@ -327,18 +331,22 @@ impl Bucket {
         body: Bytes,
         etag: Option<&str>,
     ) -> Result<CondPut, S3Error> {
-        count(&REQUESTS, 1);
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.name)
-            .key(key)
-            .body(ByteStream::from(body));
-        let req = match etag {
-            Some(etag) => req.if_match(etag),
-            None => req.if_none_match("*"),
-        };
-        match req.send().await {
+        let answer = outlast(self.policy, key, || {
+            count(&REQUESTS, 1);
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(ByteStream::from(body.clone()));
+            match etag {
+                Some(etag) => req.if_match(etag),
+                None => req.if_none_match("*"),
+            }
+            .send()
+        })
+        .await;
+        match answer {
             Ok(out) => {
                 count(&OBJECTS_PUT, 1);
                 Ok(CondPut::Written(out.e_tag().unwrap_or_default().to_owned()))
@@ -353,15 +361,12 @@ impl Bucket {
     /// # Errors
     /// When the request fails (other than 404).
     pub async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
-        count(&REQUESTS, 1);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.name)
-            .key(key)
-            .send()
-            .await
-        {
+        let answer = outlast(self.policy, key, || {
+            count(&REQUESTS, 1);
+            self.client.get_object().bucket(&self.name).key(key).send()
+        })
+        .await;
+        let out = match answer {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(self.fail("GetObject", key, &e)),
@@ -385,21 +390,28 @@ impl Bucket {
     /// # Errors
     /// When a page cannot be listed.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.name)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
         let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            count(&REQUESTS, 1);
-            let page = page.map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
+        let mut token: Option<String> = None;
+        loop {
+            let page = outlast(self.policy, prefix, || {
+                count(&REQUESTS, 1);
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.name)
+                    .prefix(prefix)
+                    .set_continuation_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     keys.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
                 }
+            }
+            token = page.next_continuation_token().map(str::to_owned);
+            if token.is_none() || page.is_truncated() != Some(true) {
+                break;
             }
         }
         keys.sort();
@@ -412,23 +424,30 @@ impl Bucket {
     /// # Errors
     /// When a page cannot be listed.
     pub async fn list_dirs(&self, prefix: &str, start: &str) -> Result<Vec<String>, S3Error> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.name)
-            .prefix(format!("{prefix}{start}"))
-            .delimiter("/")
-            .into_paginator()
-            .send();
         let mut dirs = Vec::new();
-        while let Some(page) = pages.next().await {
-            count(&REQUESTS, 1);
-            let page = page.map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
+        let mut token: Option<String> = None;
+        loop {
+            let page = outlast(self.policy, prefix, || {
+                count(&REQUESTS, 1);
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.name)
+                    .prefix(format!("{prefix}{start}"))
+                    .delimiter("/")
+                    .set_continuation_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
             dirs.extend(
                 page.common_prefixes()
                     .iter()
                     .filter_map(|p| p.prefix().map(str::to_owned)),
             );
+            token = page.next_continuation_token().map(str::to_owned);
+            if token.is_none() || page.is_truncated() != Some(true) {
+                break;
+            }
         }
         dirs.sort();
         Ok(dirs)
@@ -439,15 +458,17 @@ impl Bucket {
     /// # Errors
     /// When the copy fails.
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
-        count(&REQUESTS, 1);
-        self.client
-            .copy_object()
-            .bucket(&self.name)
-            .key(to)
-            .copy_source(copy_source(&self.name, from))
-            .send()
-            .await
-            .map_err(|e| self.fail("CopyObject", to, &e))?;
+        outlast(self.policy, to, || {
+            count(&REQUESTS, 1);
+            self.client
+                .copy_object()
+                .bucket(&self.name)
+                .key(to)
+                .copy_source(copy_source(&self.name, from))
+                .send()
+        })
+        .await
+        .map_err(|e| self.fail("CopyObject", to, &e))?;
         count(&COPIES, 1);
         Ok(())
     }
@@ -472,15 +493,16 @@ impl Bucket {
                 .map_err(|e| {
                     S3Error::request(None, "DeleteObjects", &self.uri(""), e.to_string())
                 })?;
-            count(&REQUESTS, 1);
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.name)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.fail("DeleteObjects", &batch[0], &e))?;
+            let out = outlast(self.policy, &batch[0], || {
+                count(&REQUESTS, 1);
+                self.client
+                    .delete_objects()
+                    .bucket(&self.name)
+                    .delete(delete.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail("DeleteObjects", &batch[0], &e))?;
             if let Some(err) = out.errors().first() {
                 return Err(S3Error::request(
                     None,

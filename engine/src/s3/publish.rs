@@ -189,6 +189,8 @@ async fn take(bucket: &Bucket, key: &str, run: &str) -> Result<Result<String, St
         };
         let holder: Option<LockBody> = serde_json::from_slice(&body).ok();
         match holder {
+            // Ours: a retried create whose first attempt had in fact succeeded.
+            Some(h) if h.run == run => return Ok(Ok(etag)),
             Some(h) if h.expires > now_unix() => {
                 return Ok(Err(format!("{} (run {})", h.holder, h.run)));
             }

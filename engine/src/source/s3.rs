@@ -145,6 +145,7 @@ pub fn check_spec(
         policy: RequestPolicy {
             retries,
             timeout: Duration::from_secs(timeout),
+            outage: s3c::outage_of(storage),
         },
     })
 }
@@ -271,20 +272,18 @@ async fn head(
     key: &str,
     policy: RequestPolicy,
 ) -> Result<(), SourceError> {
-    client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| {
-            S3Error::request(
-                Some(0),
-                "HeadObject",
-                &format!("s3://{bucket}/{key}"),
-                explain(&e, Missing::Key, policy),
-            )
-        })?;
+    s3c::outlast(policy, key, || {
+        client.head_object().bucket(bucket).key(key).send()
+    })
+    .await
+    .map_err(|e| {
+        S3Error::request(
+            Some(0),
+            "HeadObject",
+            &format!("s3://{bucket}/{key}"),
+            explain(&e, Missing::Key, policy),
+        )
+    })?;
     Ok(())
 }
 
@@ -352,13 +351,11 @@ async fn get_object(
     let location = format!("s3://{bucket}/{key}");
     let fail = |message: String| S3Error::request(Some(index), "GetObject", &location, message);
     let _permit = permits.acquire().await.map_err(|e| fail(e.to_string()))?;
-    let answer = client
-        .get_object()
-        .bucket(&bucket)
-        .key(&key)
-        .send()
-        .await
-        .map_err(|e| fail(explain(&e, Missing::Key, policy)))?;
+    let answer = s3c::outlast(policy, &location, || {
+        client.get_object().bucket(&bucket).key(&key).send()
+    })
+    .await
+    .map_err(|e| fail(explain(&e, Missing::Key, policy)))?;
     let announced = answer.content_length().and_then(|n| u64::try_from(n).ok());
     if let Some(n) = announced.filter(|&n| n > limits::MAX_SLICE_BYTES) {
         return Err(fail(format!(

@@ -173,6 +173,18 @@ impl ProcessGroup {
         Ok(pid)
     }
 
+    /// Kills the child `name` (SIGKILL, as a crash) and waits for it to end.
+    pub(crate) fn kill(&mut self, name: &str) {
+        for (n, child) in &mut self.children {
+            if n == name && matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(self.pid_dir.join(child.id().to_string()));
+            }
+        }
+        self.children.retain(|(n, _)| n != name);
+    }
+
     /// Fails if any child has exited.
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         for (name, child) in &mut self.children {

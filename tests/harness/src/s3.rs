@@ -134,6 +134,8 @@ pub struct S3Server {
     endpoint: S3Endpoint,
     run_dir: PathBuf,
     group: ProcessGroup,
+    /// Program, arguments and directory of `weed mini`, to start it again.
+    command: (PathBuf, Vec<std::ffi::OsString>, PathBuf),
 }
 
 impl S3Server {
@@ -152,7 +154,25 @@ impl S3Server {
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("create run dir", e))?;
         let mut group = ProcessGroup::start(&run_dir)?;
         let (cmd, endpoint) = weed_mini(&weed, &run_dir)?;
+        let command = (
+            weed.clone(),
+            cmd.get_args().map(std::ffi::OsStr::to_owned).collect(),
+            run_dir.clone(),
+        );
         group.spawn("seaweedfs", cmd)?;
+        let mut server = S3Server {
+            endpoint,
+            run_dir,
+            group,
+            command,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Waits until the S3 API answers.
+    fn wait_ready(&mut self) -> Result<()> {
+        let (endpoint, group) = (&self.endpoint, &mut self.group);
         let client = endpoint.client();
         let started = Instant::now();
         std::thread::scope(|s| {
@@ -183,11 +203,19 @@ impl S3Server {
             started.elapsed().as_secs_f64(),
             endpoint.endpoint
         );
-        Ok(S3Server {
-            endpoint,
-            run_dir,
-            group,
-        })
+        Ok(())
+    }
+
+    /// An outage: kills the server (SIGKILL), keeps it down for `down`, starts it again on the same ports and
+    /// data, and waits until it answers. Blocks for all that time.
+    pub fn outage(&mut self, down: Duration) -> Result<()> {
+        self.group.kill("seaweedfs");
+        std::thread::sleep(down);
+        let (program, args, dir) = &self.command;
+        let mut cmd = Command::new(program);
+        cmd.args(args).current_dir(dir);
+        self.group.spawn("seaweedfs", cmd)?;
+        self.wait_ready()
     }
 
     /// Its endpoint and credentials.
