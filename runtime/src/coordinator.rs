@@ -21,6 +21,7 @@ use arrayjob_engine::output::timeline;
 use arrayjob_engine::plan::{Plan, unlinear};
 use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
 use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
+use arrayjob_engine::s3::objects::S3Counters;
 use arrayjob_engine::store::StoreStats;
 use axum::Router;
 use axum::body::Bytes;
@@ -197,6 +198,8 @@ pub struct WorkerProgress {
     pub resident_bytes: u64,
     /// Its store counters.
     pub store: StoreStats,
+    /// Its S3 requests and bytes (Zarr chunks and shards it uploaded, slices it read).
+    pub s3: S3Counters,
 }
 
 /// The coordinator as an executor of [`runner::run_with`].
@@ -241,6 +244,7 @@ struct WorkerInfo {
     store: StoreStats,
     resident: u64,
     tasks_done: usize,
+    s3: S3Counters,
 }
 
 struct CoordState {
@@ -817,6 +821,7 @@ fn worker_progress(id: WorkerId, w: &WorkerInfo, finished: bool) -> WorkerProgre
         tasks_done: w.tasks_done,
         resident_bytes: w.resident,
         store: w.store,
+        s3: w.s3,
     }
 }
 
@@ -888,6 +893,7 @@ async fn register_handler(
             store: StoreStats::default(),
             resident: 0,
             tasks_done: 0,
+            s3: S3Counters::default(),
         },
     );
     tracing::info!(worker = id.0, address = %req.address, cores = req.cores, "worker joined");
@@ -922,6 +928,7 @@ async fn sync_handler(
                 w.load_end = req.load_end_seconds;
                 w.store = req.store;
                 w.resident = req.resident_bytes;
+                w.s3 = req.s3;
             }
         }
         for r in req.reports {

@@ -141,6 +141,9 @@ pub struct SyncRequest {
     pub store: StoreStats,
     /// Bytes resident in its store now.
     pub resident_bytes: u64,
+    /// Its S3 requests and bytes so far (cumulative).
+    #[serde(default)]
+    pub s3: arrayjob_engine::s3::objects::S3Counters,
     /// Its per-stage counters (cumulative).
     pub stages: Vec<NodeSnapshot>,
     /// When its last load task ended, seconds after it joined.

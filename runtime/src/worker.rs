@@ -498,6 +498,7 @@ fn sync_request(
         reports,
         store: shared.store.stats(),
         resident_bytes: shared.store.resident_bytes() as u64,
+        s3: arrayjob_engine::s3::objects::counters(),
         stages: shared.progress.snapshot(),
         load_end_seconds: shared.progress.load_end_seconds(),
         wait_ms,
