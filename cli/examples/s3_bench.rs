@@ -38,7 +38,10 @@ fn main() -> anyhow::Result<()> {
         let status = Command::new(std::env::current_exe()?)
             .args(&args)
             .envs(s3.env_vars())
-            .env(CHILD, serde_json::to_string(&(&s3.endpoint, &s3.access_key, &s3.secret_key, &s3.region))?)
+            .env(
+                CHILD,
+                serde_json::to_string(&(&s3.endpoint, &s3.access_key, &s3.secret_key, &s3.region))?,
+            )
             .status()?;
         std::process::exit(status.code().unwrap_or(1));
     };
@@ -63,7 +66,9 @@ fn main() -> anyhow::Result<()> {
             .bucket(BUCKET)
             .send()
             .await
-            .map_err(|e| arrayjob_engine::s3::S3Error::request(None, "CreateBucket", BUCKET, e.to_string()))?;
+            .map_err(|e| {
+                arrayjob_engine::s3::S3Error::request(None, "CreateBucket", BUCKET, e.to_string())
+            })?;
         Ok(())
     })?;
 
@@ -85,7 +90,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("\n## {} on --workers 2, outputs local vs on S3 (median of {reps})\n", job.display());
+    println!(
+        "\n## {} on --workers 2, outputs local vs on S3 (median of {reps})\n",
+        job.display()
+    );
     let exe = std::env::current_exe()?
         .parent()
         .and_then(|p| p.parent())
@@ -98,12 +106,23 @@ fn main() -> anyhow::Result<()> {
         let mut last = serde_json::Value::Null;
         for rep in 0..reps {
             let out = match target {
-                "local" => scratch.path().join(format!("out-{rep}")).display().to_string(),
+                "local" => scratch
+                    .path()
+                    .join(format!("out-{rep}"))
+                    .display()
+                    .to_string(),
                 _ => format!("s3://{BUCKET}/runs/{rep}"),
             };
             let t0 = Instant::now();
             let o = Command::new(&exe)
-                .args(["run", &job.display().to_string(), "--out", &out, "--workers", "2"])
+                .args([
+                    "run",
+                    &job.display().to_string(),
+                    "--out",
+                    &out,
+                    "--workers",
+                    "2",
+                ])
                 .env("ARRAYJOB_QUIET", "true")
                 .output()?;
             anyhow::ensure!(
@@ -119,7 +138,9 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         rows.push((target, times[times.len() / 2], times, last));
     }
-    println!("| outputs | median s | runs (s) | S3 objects published | bytes put by workers | bytes put by the coordinator | requests (workers + coordinator) |");
+    println!(
+        "| outputs | median s | runs (s) | S3 objects published | bytes put by workers | bytes put by the coordinator | requests (workers + coordinator) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (target, median, times, counts) in rows {
         let runs: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
@@ -164,7 +185,11 @@ fn throughput(
         futures::stream::iter(k)
             .map(|key| {
                 let b = b.clone();
-                async move { b.get(&key).await.map(|o| o.map_or(0, |(bytes, _)| bytes.len())) }
+                async move {
+                    b.get(&key)
+                        .await
+                        .map(|o| o.map_or(0, |(bytes, _)| bytes.len()))
+                }
             })
             .buffer_unordered(concurrency)
             .try_collect::<Vec<usize>>()

@@ -54,6 +54,10 @@ enum Command {
         /// (default: half of the memory this process may use: RAM, or its cgroup's limit when lower).
         #[arg(long, env = "ARRAYJOB_MEMORY_LIMIT")]
         memory_limit: Option<bytesize::ByteSize>,
+        /// Bytes spilled to local disk (per process) before the rest goes to the job's S3 scratch, e.g. `20GiB`
+        /// (only for jobs with `spec.storage.s3`; default: no limit).
+        #[arg(long, env = "ARRAYJOB_SPILL_DISK_LIMIT")]
+        spill_disk_limit: Option<bytesize::ByteSize>,
         /// No progress bars (the summary table is still printed).
         #[arg(long, short, env = "ARRAYJOB_QUIET")]
         quiet: bool,
@@ -74,10 +78,14 @@ enum Command {
     /// publish, which it completes). Refused while a run holds the location.
     Gc {
         /// The output location, `s3://bucket/prefix`.
-        location: String,
+        location: Option<String>,
         /// A manifest whose `spec.storage.s3` says how to reach S3 (default: the environment).
         #[arg(long, short)]
         file: Option<PathBuf>,
+        /// Also remove the scratch of every run of the manifest's job (`{storage prefix}scratch/{job}/`: what
+        /// failed runs kept). Needs `--file`. Do not use while the job runs.
+        #[arg(long, requires = "file")]
+        scratch: bool,
     },
     /// Check a manifest and report every problem.
     Validate {
@@ -192,26 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gc { location, file } => {
-            let out = arrayjob_engine::s3::objects::S3Location::parse("location", &location)?;
-            let manifest = file.as_deref().map(load).transpose()?;
-            let storage = manifest
-                .as_ref()
-                .and_then(|(m, _)| m.spec.storage.as_ref())
-                .and_then(|s| s.s3.as_ref());
-            let bucket = arrayjob_engine::s3::bucket(storage, &out.bucket)?;
-            bucket.probe()?;
-            let removed = arrayjob_engine::s3::publish::gc(&bucket, &out)?;
-            for p in &removed {
-                println!("removed s3://{}/{p}", out.bucket);
-            }
-            println!(
-                "{}: {} leftover staging prefix(es) removed",
-                out,
-                removed.len()
-            );
-            Ok(())
-        }
+        Command::Gc {
+            location,
+            file,
+            scratch,
+        } => gc(location.as_deref(), file.as_deref(), scratch),
         Command::Worker { args } => {
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
             tracing::info!(
@@ -226,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             threads,
             memory_limit,
+            spill_disk_limit,
             quiet,
             workers,
             dist,
@@ -245,10 +239,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: out.clone(),
                 threads,
                 memory_budget,
+                spill_disk_limit: spill_disk_limit.map(|b| b.as_u64()),
             };
             let mut coordinator = (workers > 0 || dist.listen.is_some())
                 .then(|| coordinator(&dist, workers, threads, memory_budget, manifest_text, &file))
-                .transpose()?;
+                .transpose()?
+                .map(|mut c| {
+                    c.set_worker_spill_disk_limit(opts.spill_disk_limit);
+                    c
+                });
             let progress = JobProgress::new(&job.plan);
             // Ctrl-C and SIGTERM (what Kubernetes sends a pod) stop the run cleanly: workers stop, the staging
             // directory is removed, old outputs stay.
@@ -291,6 +290,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `arrayjob gc`: the leftovers at an output location, and with `scratch` the scratch of the manifest's job.
+fn gc(location: Option<&str>, file: Option<&Path>, scratch: bool) -> anyhow::Result<()> {
+    use arrayjob_engine::s3::objects::{S3Location, block};
+    anyhow::ensure!(
+        location.is_some() || scratch,
+        "nothing to do: give an output location (s3://bucket/prefix), --scratch, or both"
+    );
+    let manifest = file.map(load).transpose()?;
+    let storage = manifest
+        .as_ref()
+        .and_then(|(m, _)| m.spec.storage.as_ref())
+        .and_then(|s| s.s3.as_ref());
+    if let Some(location) = location {
+        let out = S3Location::parse("location", location)?;
+        let bucket = arrayjob_engine::s3::bucket(storage, &out.bucket)?;
+        bucket.probe()?;
+        let removed = arrayjob_engine::s3::publish::gc(&bucket, &out)?;
+        for p in &removed {
+            println!("removed s3://{}/{p}", out.bucket);
+        }
+        println!(
+            "{out}: {} leftover staging prefix(es) removed",
+            removed.len()
+        );
+    }
+    if scratch {
+        let (Some((m, _)), Some(storage)) = (&manifest, storage) else {
+            anyhow::bail!(
+                "--scratch: the manifest has no spec.storage.s3, so its jobs have no scratch"
+            );
+        };
+        let place = arrayjob_engine::s3::spill::job_scratch(storage, &m.metadata.name);
+        let bucket = arrayjob_engine::s3::bucket(Some(storage), &place.bucket)?;
+        let prefix = place.prefix.clone();
+        let n = block(async move { bucket.delete_prefix(&prefix).await })?;
+        println!("{place}: {n} scratch object(s) removed");
+    }
+    Ok(())
 }
 
 /// The output location as printed: a directory with a trailing `/`, an S3 prefix as it is.

@@ -376,3 +376,106 @@ fn gc_finishes_an_interrupted_publish_and_removes_leftover_staging() {
     .collect();
     assert_eq!(left, expected);
 }
+
+/// The sum over workers of a store counter in `workers.json`.
+fn workers_store_sum(report: &[u8], field: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(report).expect("workers.json");
+    v["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["store"][field].as_u64().expect(field))
+        .sum()
+}
+
+#[test]
+fn spill_beyond_the_disk_limit_goes_to_s3_and_a_successful_run_leaves_no_scratch() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let manifest = full_job(&storage(s3)).replace("name: outs", "name: spilly");
+    let expected = local_outputs(d.path(), &manifest);
+    let out = d.path().join("spilled");
+    let (ok, _, err) = run(
+        d.path(),
+        &manifest,
+        &out.display().to_string(),
+        &[
+            "--workers",
+            "2",
+            "--memory-limit",
+            "2MiB",
+            "--spill-disk-limit",
+            "1MiB",
+        ],
+    );
+    assert!(ok, "spilling run failed: {err}");
+    let mut got = files_under(&out);
+    got.remove("summary.json");
+    let report = got.remove("workers.json").expect("workers.json");
+    got.remove("timeline.html");
+    got.remove("timeline.png");
+    assert!(got == expected, "outputs of the spilling run differ");
+    let to_s3 = workers_store_sum(&report, "spilledToS3Bytes");
+    let spilled = workers_store_sum(&report, "spilledBytes");
+    assert!(
+        to_s3 > 0 && to_s3 < spilled,
+        "spilled {spilled} bytes, {to_s3} of them to S3"
+    );
+    assert!(
+        objects(s3, "scratch/spilly/").is_empty(),
+        "the successful run left scratch objects"
+    );
+}
+
+#[test]
+fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    // Slices 0-2 exist, 3 does not: the pieces of 0-2 wait for the merges, spilled straight to S3 (no disk
+    // allowed), when loading 3 fails.
+    let slices = d.path().join("slices");
+    std::fs::create_dir_all(&slices).expect("mkdir");
+    for i in 0..3u8 {
+        let img = image::GrayImage::from_fn(64, 64, |c, r| {
+            image::Luma([(r * 3 + c + u32::from(i)) as u8])
+        });
+        img.save(slices.join(format!("{i}.png"))).expect("png");
+    }
+    let manifest = format!(
+        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: kept}}\nspec:\n{}  source: \
+         {{files: {{pattern: \"slices/{{index}}.png\", stop: 8}}, slicesPerChunk: 1}}\n  stages:\n  \
+         - {{name: cols, input: source, rechunk: {{chunks: [-1, 8, 8]}}, output: {{zarr: cols.zarr}}}}\n",
+        storage(s3)
+    );
+    let out = d.path().join("kept-out").display().to_string();
+    let (ok, _, err) = run(
+        d.path(),
+        &manifest,
+        &out,
+        &["--memory-limit", "1KiB", "--spill-disk-limit", "0B"],
+    );
+    assert!(!ok, "the run succeeded");
+    assert!(err.contains("slices/3.png"), "{err}");
+    let kept = objects(s3, "scratch/kept/");
+    assert!(
+        kept.keys().any(|k| k.contains("/spill/local/")),
+        "the failed run kept no spilled object: {:?}",
+        kept.keys()
+    );
+
+    let m = write(d.path(), "job.yaml", &manifest);
+    let (ok, stdout, err) = arrayjob_aws(
+        d.path(),
+        &["gc", "--file", &m, "--scratch"],
+        &credentials(s3),
+    );
+    assert!(ok, "gc failed: {err}");
+    assert!(
+        stdout.contains(&format!(
+            "s3://{BUCKET}/scratch/kept/: {} scratch object(s) removed",
+            kept.len()
+        )),
+        "{stdout}"
+    );
+    assert!(objects(s3, "scratch/kept/").is_empty());
+}

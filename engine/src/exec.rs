@@ -85,6 +85,8 @@ pub struct ExecOptions {
     pub memory_budget: usize,
     /// Directory for the spill file.
     pub spill_dir: std::path::PathBuf,
+    /// Where spilling goes beyond a disk limit (the job's S3 scratch); `None`: disk only, unbounded.
+    pub spill_tier: Option<crate::s3::spill::SpillTier>,
 }
 
 /// Live counters of one node, readable while the run goes on.
@@ -395,7 +397,11 @@ pub fn execute(
         message: format!("cannot create the spill file: {e}"),
     })?;
     let graph = TaskGraph::build(plan).map_err(|e| ExecError::Internal(e.to_string()))?;
-    let store = ChunkStore::new(opts.memory_budget, Box::new(spill));
+    let spill: Box<dyn crate::store::SpillBackend> = match &opts.spill_tier {
+        Some(tier) => Box::new(crate::s3::spill::TieredSpill::new(spill, tier.clone())),
+        None => Box::new(spill),
+    };
+    let store = ChunkStore::new(opts.memory_budget, spill);
     // Set on the first failure or on cancel, so every thread stops at its next block.
     let halt = AtomicBool::new(false);
     let mut sched = Scheduler::new(

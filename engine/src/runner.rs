@@ -18,6 +18,7 @@ use crate::output::zarr::{ArrayPlace, ZarrOptions, ZarrWriter};
 use crate::plan::{Plan, PlanError};
 use crate::s3::objects::S3Location;
 use crate::s3::publish;
+use crate::s3::spill::Scratch;
 use crate::source::{SliceSource, SourceError};
 use crate::spec::ArrayJobManifest;
 use crate::store::StoreStats;
@@ -148,6 +149,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Bytes of chunks kept in memory before spilling to disk.
     pub memory_budget: usize,
+    /// Bytes spilled to local disk before the rest goes to the job's S3 scratch (with `spec.storage.s3`);
+    /// `None`: disk only.
+    pub spill_disk_limit: Option<u64>,
 }
 
 /// What `summary.json` holds.
@@ -212,6 +216,8 @@ pub struct Outputs {
     staging: PathBuf,
     /// Where the Zarr arrays are: `staging`, or the run's staging prefix on S3.
     zarr_root: ArrayPlace,
+    /// The run's scratch prefix on S3 (with `spec.storage.s3`).
+    scratch: Option<Scratch>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -448,6 +454,8 @@ pub struct LocalExecutor {
     pub threads: usize,
     /// Bytes of chunks kept in memory before spilling.
     pub memory_budget: usize,
+    /// Bytes spilled to disk before the run's S3 scratch takes the rest.
+    pub spill_disk_limit: Option<u64>,
 }
 
 impl Executor for LocalExecutor {
@@ -463,6 +471,10 @@ impl Executor for LocalExecutor {
             threads: self.threads,
             memory_budget: self.memory_budget,
             spill_dir: staging.join(".spill"),
+            spill_tier: outputs
+                .scratch()
+                .zip(self.spill_disk_limit)
+                .map(|(s, limit)| s.spill_tier("local", limit)),
         };
         Ok(execute(
             &job.plan,
@@ -488,6 +500,7 @@ pub fn run(
     let mut local = LocalExecutor {
         threads: opts.threads,
         memory_budget: opts.memory_budget,
+        spill_disk_limit: opts.spill_disk_limit,
     };
     run_with(job, opts, &mut local, progress, cancel)
 }
@@ -505,10 +518,39 @@ pub fn run_with(
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
-    match &opts.out {
-        OutLocation::Dir(dir) => run_to_dir(dir, job, opts, executor, progress, cancel),
-        OutLocation::S3(out) => run_to_s3(out, job, opts, executor, progress, cancel),
+    let run = run_id();
+    let storage = job
+        .manifest
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.s3.as_ref());
+    let scratch = storage
+        .map(|s| Scratch::of(s, &job.manifest.metadata.name, &run))
+        .transpose()?;
+    let places = RunPlaces {
+        run: &run,
+        scratch: scratch.as_ref(),
+    };
+    let result = match &opts.out {
+        OutLocation::Dir(dir) => run_to_dir(dir, places, job, opts, executor, progress, cancel),
+        OutLocation::S3(out) => run_to_s3(out, places, job, opts, executor, progress, cancel),
+    };
+    let keep = result.is_err() && storage.and_then(|s| s.keep_failed_scratch) != Some(false);
+    if let Some(s) = &scratch
+        && !keep
+        && let Err(e) = s.remove()
+    {
+        tracing::warn!(error = %e, "cannot remove the run's scratch prefix; `arrayjob gc --scratch` does");
     }
+    result
+}
+
+/// The run's id and scratch prefix.
+#[derive(Debug, Clone, Copy)]
+struct RunPlaces<'a> {
+    run: &'a str,
+    scratch: Option<&'a Scratch>,
 }
 
 /// Locks `dir` (removing what killed runs left there), executes the plan, writes every output into a staging
@@ -516,6 +558,7 @@ pub fn run_with(
 /// `summary.json` last ([`outdir::commit`]). On failure the staging directory is removed.
 fn run_to_dir(
     dir: &Path,
+    places: RunPlaces<'_>,
     job: &Prepared,
     opts: &RunOptions,
     executor: &mut dyn Executor,
@@ -531,13 +574,14 @@ fn run_to_dir(
         .tempdir_in(dir)
         .map_err(io_err(dir))?;
     let root = ArrayPlace::Dir(staging.path().to_path_buf());
+    let outputs = Outputs::create(job, root, staging.path(), places.scratch.cloned())?;
     let summary = execute_into(
         job,
         opts,
         executor,
         progress,
         cancel,
-        root,
+        outputs,
         staging.path(),
         started,
     )?;
@@ -553,6 +597,7 @@ fn run_to_dir(
 /// deleted and the previous outputs are untouched.
 fn run_to_s3(
     out: &S3Location,
+    places: RunPlaces<'_>,
     job: &Prepared,
     opts: &RunOptions,
     executor: &mut dyn Executor,
@@ -568,8 +613,8 @@ fn run_to_s3(
         .and_then(|s| s.s3.as_ref());
     let bucket = crate::s3::bucket(storage, &out.bucket)?;
     bucket.probe()?;
-    let run = run_id();
-    let lock = publish::S3OutLock::acquire(&bucket, out, &run)?;
+    let run = places.run;
+    let lock = publish::S3OutLock::acquire(&bucket, out, run)?;
     publish::clean(&bucket, out, &lock)?;
     let staged = out.join(&format!("{}{run}", outdir::STAGING_PREFIX));
     let local = tempfile::Builder::new()
@@ -580,13 +625,14 @@ fn run_to_s3(
         bucket: bucket.clone(),
         prefix: staged.prefix.clone(),
     };
+    let outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
     let result = execute_into(
         job,
         opts,
         executor,
         progress,
         cancel,
-        root,
+        outputs,
         local.path(),
         started,
     )
@@ -622,7 +668,7 @@ fn run_id() -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Executes the plan with the Zarr arrays under `root` and the other outputs in `staging`, then writes
+/// Executes the plan into `outputs` (the small ones written in `staging`), then writes
 /// `summary.json` into `staging`; returns the summary.
 #[allow(clippy::too_many_arguments)]
 fn execute_into(
@@ -631,11 +677,10 @@ fn execute_into(
     executor: &mut dyn Executor,
     progress: &JobProgress,
     cancel: &AtomicBool,
-    root: ArrayPlace,
+    outputs: Outputs,
     staging: &Path,
     started: std::time::Instant,
 ) -> Result<RunSummary, RunError> {
-    let outputs = Outputs::create(job, root, staging)?;
     let store = executor.execute(job, &outputs, staging, progress, cancel)?;
     let mut records = outputs.finish(&job.plan)?;
     records.extend(executor.extra_outputs(staging)?);
@@ -669,6 +714,7 @@ impl Outputs {
         job: &Prepared,
         zarr_root: ArrayPlace,
         staging: &Path,
+        scratch: Option<Scratch>,
     ) -> Result<Outputs, RunError> {
         let plan = &job.plan;
         let mut nodes = Vec::new();
@@ -716,7 +762,13 @@ impl Outputs {
             records,
             staging: staging.to_path_buf(),
             zarr_root,
+            scratch,
         })
+    }
+
+    /// The run's scratch prefix on S3, when the job has `spec.storage.s3`.
+    pub fn scratch(&self) -> Option<&Scratch> {
+        self.scratch.as_ref()
     }
 
     /// Where the Zarr arrays are written (workers open them there).

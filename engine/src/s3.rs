@@ -19,6 +19,7 @@ use crate::spec::S3Storage;
 
 pub mod objects;
 pub mod publish;
+pub mod spill;
 
 /// Retries of one request when the spec does not say.
 pub const DEFAULT_RETRIES: u32 = 4;

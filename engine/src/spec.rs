@@ -107,6 +107,10 @@ pub struct S3Storage {
     /// throttling) is tried again before the job fails: the S3 outage a job outlasts (0 to 3600). Default 120.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage_seconds: Option<u64>,
+    /// Keep a failed run's scratch prefix (`{prefix}scratch/{job}/{run}/`) for a look or a resume; a successful
+    /// run's is always deleted. Default true; `arrayjob gc --scratch` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_failed_scratch: Option<bool>,
 }
 
 /// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.

@@ -28,6 +28,10 @@ pub trait SpillBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When the backend cannot free the space.
     fn delete(&self, key: DataKey) -> std::io::Result<()>;
+    /// Bytes written so far to S3 (the third tier, [`crate::s3::spill::TieredSpill`]); 0 for local backends.
+    fn s3_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Where each key's frame is in a [`FileSpill`]'s file (offset, length), and the end of the file.
@@ -150,6 +154,9 @@ impl<B: SpillBackend> SpillBackend for Arc<B> {
     fn delete(&self, key: DataKey) -> std::io::Result<()> {
         (**self).delete(key)
     }
+    fn s3_bytes(&self) -> u64 {
+        (**self).s3_bytes()
+    }
 }
 
 /// Failure of the store.
@@ -230,6 +237,9 @@ pub struct StoreStats {
     pub spilled_bytes: u64,
     /// Bytes read back from it.
     pub unspilled_bytes: u64,
+    /// Of the bytes spilled, those that went to S3 (beyond the local disk's limit); the rest went to disk.
+    #[serde(default)]
+    pub spilled_to_s3_bytes: u64,
 }
 
 /// Chunks waiting for consumers, bounded by a byte budget.
@@ -528,6 +538,7 @@ impl ChunkStore {
             peak_resident_bytes: self.peak.load(Ordering::Relaxed),
             spilled_bytes: self.spilled.load(Ordering::Relaxed),
             unspilled_bytes: self.unspilled.load(Ordering::Relaxed),
+            spilled_to_s3_bytes: self.spill.s3_bytes(),
         }
     }
 

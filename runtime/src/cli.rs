@@ -28,6 +28,10 @@ pub struct WorkerArgs {
     /// Where spill files go (default: the system's temporary directory).
     #[arg(long, env = "ARRAYJOB_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// Bytes spilled to local disk before the rest goes to the job's S3 scratch, e.g. `20GiB` (only for jobs
+    /// with `spec.storage.s3`; default: no limit).
+    #[arg(long, env = "ARRAYJOB_SPILL_DISK_LIMIT")]
+    pub spill_disk_limit: Option<bytesize::ByteSize>,
     /// Refuse to join a job with another plan hash.
     #[arg(long, env = "ARRAYJOB_PLAN_HASH")]
     pub expect_plan_hash: Option<String>,
@@ -55,6 +59,7 @@ impl WorkerArgs {
                     b.as_u64() as usize
                 }),
             spill_dir: self.spill_dir.unwrap_or_else(std::env::temp_dir),
+            spill_disk_limit: self.spill_disk_limit.map(|b| b.as_u64()),
             expect_plan_hash: self.expect_plan_hash,
             abort_on_task: std::env::var("ARRAYJOB_FAULT_ABORT_TASK")
                 .ok()

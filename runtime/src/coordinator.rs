@@ -20,8 +20,8 @@ use arrayjob_engine::graph::{TaskGraph, TaskKind};
 use arrayjob_engine::output::timeline;
 use arrayjob_engine::plan::{Plan, unlinear};
 use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
-use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
 use arrayjob_engine::s3::objects::S3Counters;
+use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
 use arrayjob_engine::store::StoreStats;
 use axum::Router;
 use axum::body::Bytes;
@@ -59,6 +59,8 @@ pub struct CoordinatorOptions {
     pub worker_threads: usize,
     /// Memory budget of each local worker, bytes.
     pub worker_memory: usize,
+    /// Bytes each local worker spills to its disk before the job's S3 scratch takes the rest.
+    pub worker_spill_disk_limit: Option<u64>,
     /// How often workers must be heard from.
     pub heartbeat: Duration,
     /// Silence after which a worker is lost.
@@ -93,6 +95,7 @@ impl CoordinatorOptions {
             worker_command,
             worker_threads: 1,
             worker_memory: 1 << 30,
+            worker_spill_disk_limit: None,
             heartbeat: Duration::from_millis(500),
             worker_timeout: Duration::from_secs(3),
             no_worker_timeout: Duration::from_secs(60),
@@ -215,6 +218,11 @@ impl Coordinator {
         Coordinator { opts, report: None }
     }
 
+    /// Bytes each local worker spills to its disk before the job's S3 scratch takes the rest.
+    pub fn set_worker_spill_disk_limit(&mut self, limit: Option<u64>) {
+        self.opts.worker_spill_disk_limit = limit;
+    }
+
     /// What the last run did (after [`runner::Executor::execute`]).
     pub fn report(&self) -> Option<&DistributedReport> {
         self.report.as_ref()
@@ -313,6 +321,7 @@ impl runner::Executor for Coordinator {
                 .to_string(),
             staging_dir: staging.display().to_string(),
             zarr_root: outputs.zarr_root().s3_uri(),
+            scratch: outputs.scratch().map(|s| s.location.to_string()),
             plan_hash: job.plan.hash.to_string(),
             heartbeat_ms: self.opts.heartbeat.as_millis() as u64,
             worker_timeout_ms: self.opts.worker_timeout.as_millis() as u64,
@@ -783,6 +792,7 @@ fn final_report(shared: &CoordShared, url: &str) -> (DistributedReport, StoreSta
             stats.peak_resident_bytes += w.store.peak_resident_bytes;
             stats.spilled_bytes += w.store.spilled_bytes;
             stats.unspilled_bytes += w.store.unspilled_bytes;
+            stats.spilled_to_s3_bytes += w.store.spilled_to_s3_bytes;
             worker_progress(id, w, g.finished)
         })
         .collect();
@@ -1238,16 +1248,19 @@ impl LocalWorkers {
             // 127.0.0.2, 127.0.0.3, ...: every worker has its own address, as on separate machines.
             let host = format!("127.0.0.{}", 2 + i.min(252));
             let listen = format!("{host}:0");
-            let child = std::process::Command::new(program)
-                .args(lead)
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(lead)
                 .args(["--coordinator", url, "--listen", &listen])
                 .args(["--threads", &opts.worker_threads.to_string()])
                 .args(["--memory-limit", &format!("{}B", opts.worker_memory)])
                 .arg("--spill-dir")
                 .arg(staging.join(format!(".spill-w{i}")))
                 .env("ARRAYJOB_TOKEN", opts.token.expose())
-                .stdin(std::process::Stdio::null())
-                .spawn()?;
+                .stdin(std::process::Stdio::null());
+            if let Some(limit) = opts.worker_spill_disk_limit {
+                cmd.args(["--spill-disk-limit", &format!("{limit}B")]);
+            }
+            let child = cmd.spawn()?;
             workers.children.push(child);
             workers.hosts.push(host);
             workers.seen_exit.push(false);

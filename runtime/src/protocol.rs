@@ -44,6 +44,10 @@ pub struct JobDescription {
     /// worker writes the chunks it computes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zarr_root: Option<String>,
+    /// The run's scratch prefix on S3 (`s3://bucket/prefix/`), when the job has `spec.storage.s3`: workers
+    /// spill there beyond their disk limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
     /// The coordinator's plan hash (hex).
     pub plan_hash: String,
     /// How often a worker must be heard from, in milliseconds (it is declared lost after

@@ -58,6 +58,8 @@ pub struct WorkerOptions {
     pub memory_budget: usize,
     /// Where spill files go.
     pub spill_dir: PathBuf,
+    /// Bytes spilled to `spill_dir` before the rest goes to the run's S3 scratch (when the job has one).
+    pub spill_disk_limit: Option<u64>,
     /// Refuse to join a job whose plan hash is not this one (set by whoever starts workers for one job).
     pub expect_plan_hash: Option<String>,
     /// Fault injection for recovery tests (`ARRAYJOB_FAULT_ABORT_TASK`): abort the process when this task
@@ -298,6 +300,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
     tracing::info!(worker = id.0, %address, "joined the job");
     let spill = FileSpill::new(&opts.spill_dir)
         .with_context(|| format!("cannot create a spill file in {}", opts.spill_dir.display()))?;
+    let spill = spill_backend(spill, &job, &desc, id, opts.spill_disk_limit)?;
     let graph = TaskGraph::build(&job.plan).map_err(|e| anyhow::anyhow!("task graph: {e}"))?;
     let sink = WorkerSink::open(&job, &desc, http.clone())?;
     let shared = Arc::new(Shared {
@@ -305,7 +308,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         progress: JobProgress::new(&job.plan),
         job,
         graph,
-        store: Arc::new(ChunkStore::new(opts.memory_budget, Box::new(spill))),
+        store: Arc::new(ChunkStore::new(opts.memory_budget, spill)),
         sink,
         queue: Mutex::new(VecDeque::new()),
         queued: Condvar::new(),
@@ -753,6 +756,35 @@ fn fetch_inputs(
         );
     }
     Ok(out)
+}
+
+/// The worker's spill: its disk, then (beyond `disk_limit`, when the job has a scratch prefix on S3)
+/// `{scratch}spill/w{id}/`.
+fn spill_backend(
+    disk: FileSpill,
+    job: &Prepared,
+    desc: &JobDescription,
+    id: WorkerId,
+    disk_limit: Option<u64>,
+) -> anyhow::Result<Box<dyn arrayjob_engine::store::SpillBackend>> {
+    let (Some(uri), Some(limit)) = (&desc.scratch, disk_limit) else {
+        return Ok(Box::new(disk));
+    };
+    let location = S3Location::parse("scratch", uri)?;
+    let storage = job
+        .manifest
+        .spec
+        .storage
+        .as_ref()
+        .and_then(|s| s.s3.as_ref());
+    let scratch = arrayjob_engine::s3::spill::Scratch {
+        bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
+        location,
+    };
+    Ok(Box::new(arrayjob_engine::s3::spill::TieredSpill::new(
+        disk,
+        scratch.spill_tier(&format!("w{}", id.0), limit),
+    )))
 }
 
 /// Where the coordinator created the job's Zarr arrays: the shared staging directory, or the run's prefix on
