@@ -300,10 +300,7 @@ fn gc(location: Option<&str>, file: Option<&Path>, scratch: bool) -> anyhow::Res
         "nothing to do: give an output location (s3://bucket/prefix), --scratch, or both"
     );
     let manifest = file.map(load).transpose()?;
-    let storage = manifest
-        .as_ref()
-        .and_then(|(m, _)| m.spec.storage.as_ref())
-        .and_then(|s| s.s3.as_ref());
+    let storage = manifest.as_ref().and_then(|(m, _)| m.spec.s3_storage());
     if let Some(location) = location {
         let out = S3Location::parse("location", location)?;
         let bucket = arrayjob_engine::s3::bucket(storage, &out.bucket)?;

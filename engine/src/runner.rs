@@ -519,12 +519,7 @@ pub fn run_with(
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let run = run_id();
-    let storage = job
-        .manifest
-        .spec
-        .storage
-        .as_ref()
-        .and_then(|s| s.s3.as_ref());
+    let storage = job.manifest.spec.s3_storage();
     let scratch = storage
         .map(|s| Scratch::of(s, &job.manifest.metadata.name, &run))
         .transpose()?;
@@ -605,12 +600,7 @@ fn run_to_s3(
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let started = std::time::Instant::now();
-    let storage = job
-        .manifest
-        .spec
-        .storage
-        .as_ref()
-        .and_then(|s| s.s3.as_ref());
+    let storage = job.manifest.spec.s3_storage();
     let bucket = crate::s3::bucket(storage, &out.bucket)?;
     bucket.probe()?;
     let run = places.run;

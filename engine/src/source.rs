@@ -39,7 +39,7 @@ pub use template::IndexTemplate;
 /// As [`open_with`]; [`SourceError::S3`] naming `ListObjectsV2` and the bucket when the job's bucket is
 /// missing or refuses the credentials.
 pub fn open_job(spec: &ArrayJobSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, SourceError> {
-    let storage = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    let storage = spec.s3_storage();
     if let Some(st) = storage {
         let source_bucket = spec
             .source

@@ -63,6 +63,13 @@ pub struct ArrayJobSpec {
     pub storage: Option<StorageSpec>,
 }
 
+impl ArrayJobSpec {
+    /// `storage.s3`, when set.
+    pub fn s3_storage(&self) -> Option<&S3Storage> {
+        self.storage.as_ref().and_then(|s| s.s3.as_ref())
+    }
+}
+
 /// Object storage of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -133,7 +133,7 @@ impl ShapeInfo {
 /// Every problem found, each with its field path.
 pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     let mut p = Vec::new();
-    let storage = spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    let storage = spec.s3_storage();
     if let Some(st) = storage {
         for e in crate::s3::check_storage(st) {
             check::<()>(&mut p, Err(e.into()));

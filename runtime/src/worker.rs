@@ -771,12 +771,7 @@ fn spill_backend(
         return Ok(Box::new(disk));
     };
     let location = S3Location::parse("scratch", uri)?;
-    let storage = job
-        .manifest
-        .spec
-        .storage
-        .as_ref()
-        .and_then(|s| s.s3.as_ref());
+    let storage = job.manifest.spec.s3_storage();
     let scratch = arrayjob_engine::s3::spill::Scratch {
         bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
         location,
@@ -794,12 +789,7 @@ fn zarr_root(job: &Prepared, desc: &JobDescription) -> anyhow::Result<ArrayPlace
         return Ok(ArrayPlace::Dir(desc.staging_dir.clone().into()));
     };
     let location = S3Location::parse("zarrRoot", uri)?;
-    let storage = job
-        .manifest
-        .spec
-        .storage
-        .as_ref()
-        .and_then(|s| s.s3.as_ref());
+    let storage = job.manifest.spec.s3_storage();
     Ok(ArrayPlace::S3 {
         bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
         prefix: location.prefix,

@@ -390,30 +390,7 @@ impl Bucket {
     /// # Errors
     /// When a page cannot be listed.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = outlast(self.policy, prefix, || {
-                count(&REQUESTS, 1);
-                self.client
-                    .list_objects_v2()
-                    .bucket(&self.name)
-                    .prefix(prefix)
-                    .set_continuation_token(token.clone())
-                    .send()
-            })
-            .await
-            .map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
-            for o in page.contents() {
-                if let Some(k) = o.key() {
-                    keys.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
-                }
-            }
-            token = page.next_continuation_token().map(str::to_owned);
-            if token.is_none() || page.is_truncated() != Some(true) {
-                break;
-            }
-        }
+        let (mut keys, _) = self.list_pages(prefix, None).await?;
         keys.sort();
         Ok(keys)
     }
@@ -424,7 +401,20 @@ impl Bucket {
     /// # Errors
     /// When a page cannot be listed.
     pub async fn list_dirs(&self, prefix: &str, start: &str) -> Result<Vec<String>, S3Error> {
-        let mut dirs = Vec::new();
+        let (_, mut dirs) = self
+            .list_pages(&format!("{prefix}{start}"), Some("/"))
+            .await?;
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Keys (with sizes) and, with a delimiter, common prefixes under `prefix`: every page of ListObjectsV2.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, Vec<String>), S3Error> {
+        let (mut keys, mut dirs) = (Vec::new(), Vec::new());
         let mut token: Option<String> = None;
         loop {
             let page = outlast(self.policy, prefix, || {
@@ -432,13 +422,18 @@ impl Bucket {
                 self.client
                     .list_objects_v2()
                     .bucket(&self.name)
-                    .prefix(format!("{prefix}{start}"))
-                    .delimiter("/")
+                    .prefix(prefix)
+                    .set_delimiter(delimiter.map(str::to_owned))
                     .set_continuation_token(token.clone())
                     .send()
             })
             .await
             .map_err(|e| self.fail("ListObjectsV2", prefix, &e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    keys.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
             dirs.extend(
                 page.common_prefixes()
                     .iter()
@@ -446,11 +441,9 @@ impl Bucket {
             );
             token = page.next_continuation_token().map(str::to_owned);
             if token.is_none() || page.is_truncated() != Some(true) {
-                break;
+                return Ok((keys, dirs));
             }
         }
-        dirs.sort();
-        Ok(dirs)
     }
 
     /// Copies `from` to `to` inside the bucket, server-side (objects up to 5 GiB, the CopyObject limit).

@@ -225,11 +225,16 @@ struct Journal {
 }
 
 /// Prepares a locked location for a run: finishes a publish that a killed run left half done and removes the
-/// staging prefixes of killed runs.
+/// staging prefixes of killed runs; returns those that held objects. (A server with real directories, such as
+/// SeaweedFS, may go on listing a prefix whose objects are all gone: such an empty one is not counted.)
 ///
 /// # Errors
 /// When a request fails.
-pub fn clean(bucket: &Bucket, out: &S3Location, _lock: &S3OutLock) -> Result<(), RunError> {
+pub fn clean(
+    bucket: &Bucket,
+    out: &S3Location,
+    _lock: &S3OutLock,
+) -> Result<Vec<String>, RunError> {
     let (b, o) = (bucket.clone(), out.clone());
     block(async move {
         if let Some((body, _)) = b.get(&o.key(JOURNAL)).await? {
@@ -243,11 +248,14 @@ pub fn clean(bucket: &Bucket, out: &S3Location, _lock: &S3OutLock) -> Result<(),
                 }
             }
         }
+        let mut removed = Vec::new();
         for dir in b.list_dirs(&o.prefix, STAGING_PREFIX).await? {
-            warn!(prefix = %dir, "removing the staging prefix of a run that did not finish");
-            b.delete_prefix(&dir).await?;
+            if b.delete_prefix(&dir).await? > 0 {
+                warn!(prefix = %dir, "removed the staging prefix of a run that did not finish");
+                removed.push(dir);
+            }
         }
-        Ok(())
+        Ok(removed)
     })
     .map_err(RunError::S3)
 }
@@ -416,8 +424,5 @@ async fn roll_forward(b: &Bucket, out: &S3Location, j: &Journal) -> Result<(), S
 pub fn gc(bucket: &Bucket, out: &S3Location) -> Result<Vec<String>, RunError> {
     let run = format!("gc-{}", std::process::id());
     let lock = S3OutLock::acquire(bucket, out, &run)?;
-    let (b, o) = (bucket.clone(), out.clone());
-    let before = block(async move { b.list_dirs(&o.prefix, STAGING_PREFIX).await })?;
-    clean(bucket, out, &lock)?;
-    Ok(before)
+    clean(bucket, out, &lock)
 }
