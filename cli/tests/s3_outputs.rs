@@ -488,3 +488,36 @@ fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
     );
     assert!(objects(s3, "scratch/kept/").is_empty());
 }
+
+#[test]
+fn keep_failed_scratch_false_removes_a_failed_run_s_spill() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let slices = d.path().join("slices");
+    std::fs::create_dir_all(&slices).expect("mkdir");
+    for i in 0..3u8 {
+        let img = image::GrayImage::from_fn(64, 64, |c, r| {
+            image::Luma([(r + c * 5 + u32::from(i)) as u8])
+        });
+        img.save(slices.join(format!("{i}.png"))).expect("png");
+    }
+    let manifest = format!(
+        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: unkept}}\nspec:\n{}  source: \
+         {{files: {{pattern: \"slices/{{index}}.png\", stop: 8}}, slicesPerChunk: 1}}\n  stages:\n  \
+         - {{name: cols, input: source, rechunk: {{chunks: [-1, 8, 8]}}, output: {{zarr: cols.zarr}}}}\n",
+        storage(s3).replace("partSizeMiB: 5", "partSizeMiB: 5, keepFailedScratch: false")
+    );
+    let out = d.path().join("unkept-out").display().to_string();
+    let (ok, _, err) = run(
+        d.path(),
+        &manifest,
+        &out,
+        &["--memory-limit", "1KiB", "--spill-disk-limit", "0B"],
+    );
+    assert!(!ok, "the run succeeded");
+    assert!(err.contains("No such file"), "{err}");
+    assert!(
+        objects(s3, "scratch/unkept/").is_empty(),
+        "a failed run with keepFailedScratch: false kept its scratch"
+    );
+}

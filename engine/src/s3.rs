@@ -511,3 +511,98 @@ pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use aws_sdk_s3::error::{ErrorMetadata, SdkError};
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+
+    use super::{RequestPolicy, outlast, transient};
+
+    type Failure = SdkError<GetObjectError, aws_sdk_s3::config::http::HttpResponse>;
+
+    /// An S3 error answer: HTTP `status` with error `code`.
+    fn answer(status: u16, code: &str) -> Failure {
+        let raw = aws_sdk_s3::config::http::HttpResponse::new(
+            status.try_into().expect("status"),
+            aws_sdk_s3::primitives::SdkBody::empty(),
+        );
+        SdkError::service_error(
+            GetObjectError::generic(ErrorMetadata::builder().code(code).build()),
+            raw,
+        )
+    }
+
+    fn policy(outage_ms: u64) -> RequestPolicy {
+        RequestPolicy {
+            outage: Duration::from_millis(outage_ms),
+            ..RequestPolicy::default()
+        }
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn what_may_go_away_by_itself_is_transient() {
+        assert!(transient(&answer(503, "SlowDown")));
+        assert!(transient(&answer(500, "InternalError")));
+        assert!(transient(&answer(429, "TooManyRequests")));
+        assert!(transient(&answer(400, "RequestTimeout")));
+        assert!(transient(&Failure::timeout_error("no answer")));
+        assert!(!transient(&answer(403, "AccessDenied")));
+        assert!(!transient(&answer(404, "NoSuchKey")));
+        assert!(!transient(&answer(412, "PreconditionFailed")));
+        assert!(!transient(&Failure::construction_failure("bad request")));
+    }
+
+    #[test]
+    fn an_outage_shorter_than_the_budget_is_outlasted() {
+        let calls = AtomicU32::new(0);
+        let got = block(outlast(policy(10_000), "k", || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(answer(503, "SlowDown"))
+                } else {
+                    Ok(n)
+                }
+            }
+        }));
+        assert_eq!(got.expect("outlasted"), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_final_answer_is_not_retried_and_a_long_outage_gives_up_within_its_budget() {
+        let calls = AtomicU32::new(0);
+        let got: Result<(), _> = block(outlast(policy(10_000), "k", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(answer(403, "AccessDenied")) }
+        }));
+        assert!(got.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "403 was retried");
+
+        let (calls, t0) = (AtomicU32::new(0), Instant::now());
+        let got: Result<(), _> = block(outlast(policy(1_200), "k", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(answer(500, "InternalError")) }
+        }));
+        assert!(got.is_err());
+        // Waits of 0.5 s then 1 s: the second would end past the 1.2 s budget, so two attempts in 0.5 s.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let spent = t0.elapsed();
+        assert!(
+            spent >= Duration::from_millis(500) && spent < Duration::from_millis(1_200),
+            "{spent:?}"
+        );
+    }
+}
