@@ -295,15 +295,19 @@ async fn list(
     policy: RequestPolicy,
 ) -> Result<Vec<String>, SourceError> {
     let location = format!("s3://{bucket}/{prefix}");
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
     let mut keys = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
+    let mut token: Option<String> = None;
+    loop {
+        let page = s3c::outlast(policy, &location, || {
+            client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+        })
+        .await
+        .map_err(|e| {
             S3Error::request(
                 None,
                 "ListObjectsV2",
@@ -326,6 +330,10 @@ async fn list(
                     limits::MAX_SLICES
                 ),
             });
+        }
+        token = page.next_continuation_token().map(str::to_owned);
+        if token.is_none() || page.is_truncated() != Some(true) {
+            break;
         }
     }
     if keys.is_empty() {
