@@ -521,3 +521,48 @@ fn keep_failed_scratch_false_removes_a_failed_run_s_spill() {
         "a failed run with keepFailedScratch: false kept its scratch"
     );
 }
+
+#[test]
+fn objects_beyond_one_copy_request_are_copied_in_ranged_parts() {
+    use arrayjob_engine::s3::objects::{Bucket, block as on_s3};
+    use arrayjob_engine::s3::{RequestPolicy, S3Connection, S3Credentials, S3Settings};
+    let s3 = server();
+    let body: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    put(s3, "copies/big", &body);
+    let conn = S3Connection::connect(&S3Settings {
+        region: Some(s3.region.clone()),
+        endpoint: Some(s3.endpoint.clone()),
+        force_path_style: true,
+        credentials: S3Credentials::Static {
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.clone(),
+        },
+    })
+    .expect("connect");
+    let bucket = Bucket::new(&conn, BUCKET, RequestPolicy::default(), 5 << 20);
+    on_s3(async move {
+        bucket
+            .copy_in_parts("copies/big", "copies/big-copy", 12 << 20, 5 << 20)
+            .await
+    })
+    .expect("copy in parts");
+    let got = objects(s3, "copies/");
+    assert!(got["big-copy"] == body, "the copy differs");
+    let client = s3.client();
+    let etag = block(async move {
+        client
+            .head_object()
+            .bucket(BUCKET)
+            .key("copies/big-copy")
+            .send()
+            .await
+            .expect("head")
+            .e_tag()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "not a 3-part upload: {etag}"
+    );
+}

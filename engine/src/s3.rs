@@ -38,14 +38,35 @@ const FALLBACK_REGION: &str = "us-east-1";
 
 /// Where the credentials come from.
 ///
-/// The seam for the operator: a Kubernetes Secret reference will be a second variant, resolved into keys here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The operator resolves a Kubernetes Secret reference into [`S3Credentials::Static`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum S3Credentials {
     /// The AWS default chain: environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`), shared profile files (`AWS_PROFILE`), web identity token (IAM roles for service
     /// accounts), ECS container and EC2 instance metadata.
     #[default]
     DefaultChain,
+    /// An access key and its secret given by the caller (what the operator reads from a Kubernetes Secret).
+    Static {
+        /// Access key id.
+        access_key: String,
+        /// Secret access key.
+        secret_key: String,
+    },
+}
+
+/// The secret never appears in logs or error messages.
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Credentials::DefaultChain => f.write_str("DefaultChain"),
+            S3Credentials::Static { access_key, .. } => f
+                .debug_struct("Static")
+                .field("access_key", access_key)
+                .field("secret_key", &"<redacted>")
+                .finish(),
+        }
+    }
 }
 
 /// How to reach S3: from `spec.storage.s3`, anything unset taken from the environment (`AWS_REGION`,
@@ -260,8 +281,20 @@ impl S3Connection {
     /// # Errors
     /// [`S3Error::Config`] when no region is configured and no endpoint is set (AWS S3 needs the region).
     pub fn connect(settings: &S3Settings) -> Result<S3Connection, S3Error> {
-        let S3Credentials::DefaultChain = settings.credentials;
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let S3Credentials::Static {
+            access_key,
+            secret_key,
+        } = &settings.credentials
+        {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "arrayjob-static",
+            ));
+        }
         if let Some(region) = &settings.region {
             loader = loader.region(Region::new(region.clone()));
         }

@@ -19,6 +19,10 @@ pub const DEFAULT_PART_BYTES: usize = 16 << 20;
 pub const MIN_PART_BYTES: usize = 5 << 20;
 /// Parts of one object uploaded at once.
 const PART_CONCURRENCY: usize = 4;
+/// Largest object one CopyObject copies (the S3 limit).
+pub const MAX_SINGLE_COPY_BYTES: u64 = 5 << 30;
+/// Part size of a multipart copy of a larger object.
+const COPY_PART_BYTES: u64 = 1 << 30;
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
 
@@ -227,6 +231,19 @@ impl Bucket {
     }
 
     async fn put_multipart(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
+        self.multipart(key, |upload| async move {
+            self.upload_parts(key, &upload, &body).await
+        })
+        .await
+    }
+
+    /// A multipart upload to `key` whose parts `parts` sends, given the upload id: created, then completed, or
+    /// aborted when a part failed.
+    async fn multipart<F, Fut>(&self, key: &str, parts: F) -> Result<(), S3Error>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<CompletedPart>, S3Error>>,
+    {
         let created = outlast(self.policy, key, || {
             count(&REQUESTS, 1);
             self.client
@@ -245,8 +262,7 @@ impl Bucket {
                 "the answer has no upload id".into(),
             ));
         };
-        let parts = self.upload_parts(key, &upload, &body).await;
-        let done = match parts {
+        let done = match parts(upload.clone()).await {
             Ok(parts) => outlast(self.policy, key, || {
                 count(&REQUESTS, 1);
                 self.client
@@ -444,6 +460,75 @@ impl Bucket {
                 return Ok((keys, dirs));
             }
         }
+    }
+
+    /// Copies `from` (of `size` bytes) to `to` inside the bucket, server-side: one CopyObject up to 5 GiB (its
+    /// limit), a multipart copy of 1 GiB parts beyond.
+    ///
+    /// # Errors
+    /// When a request fails.
+    pub async fn copy_sized(&self, from: &str, to: &str, size: u64) -> Result<(), S3Error> {
+        if size <= MAX_SINGLE_COPY_BYTES {
+            self.copy(from, to).await
+        } else {
+            self.copy_in_parts(from, to, size, COPY_PART_BYTES).await
+        }
+    }
+
+    /// Copies `from` (of `size` bytes) to `to` server-side as a multipart upload of `part`-byte ranges
+    /// (UploadPartCopy), [`PART_CONCURRENCY`] at a time.
+    ///
+    /// # Errors
+    /// When a request fails (the multipart upload is then aborted).
+    pub async fn copy_in_parts(
+        &self,
+        from: &str,
+        to: &str,
+        size: u64,
+        part: u64,
+    ) -> Result<(), S3Error> {
+        let source = copy_source(&self.name, from);
+        self.multipart(to, |upload| async move {
+            let ranges: Vec<(i32, u64, u64)> = (0..size)
+                .step_by(part.max(1) as usize)
+                .enumerate()
+                .map(|(i, at)| (i as i32 + 1, at, (at + part).min(size) - 1))
+                .collect();
+            futures::stream::iter(ranges)
+                .map(|(number, first, last)| {
+                    let (upload, source) = (&upload, &source);
+                    async move {
+                        let out = outlast(self.policy, to, || {
+                            count(&REQUESTS, 1);
+                            self.client
+                                .upload_part_copy()
+                                .bucket(&self.name)
+                                .key(to)
+                                .upload_id(upload)
+                                .part_number(number)
+                                .copy_source(source)
+                                .copy_source_range(format!("bytes={first}-{last}"))
+                                .send()
+                        })
+                        .await
+                        .map_err(|e| self.fail("UploadPartCopy", to, &e))?;
+                        Ok(CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(
+                                out.copy_part_result()
+                                    .and_then(|r| r.e_tag())
+                                    .map(str::to_owned),
+                            )
+                            .build())
+                    }
+                })
+                .buffered(PART_CONCURRENCY)
+                .try_collect()
+                .await
+        })
+        .await?;
+        count(&COPIES, 1);
+        Ok(())
     }
 
     /// Copies `from` to `to` inside the bucket, server-side (objects up to 5 GiB, the CopyObject limit).

@@ -11,7 +11,6 @@
 //! A location holds a committed result when `summary.json` is there: it is deleted first and written last by
 //! every publish, and readers that check it never see a mix of two runs.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -352,13 +351,25 @@ fn local_files(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, RunError
 /// Keys of output `path` under `prefix`: the object `prefix/path` itself, or the objects under `prefix/path/`
 /// (an array).
 async fn output_keys(b: &Bucket, prefix: &str, path: &str) -> Result<Vec<String>, S3Error> {
+    Ok(output_objects(b, prefix, path)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// [`output_keys`] with their sizes.
+async fn output_objects(
+    b: &Bucket,
+    prefix: &str,
+    path: &str,
+) -> Result<Vec<(String, u64)>, S3Error> {
     let exact = format!("{prefix}{path}");
     let dir = format!("{exact}/");
     Ok(b.list(&exact)
         .await?
         .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| *k == exact || k.starts_with(&dir))
+        .filter(|(k, _)| *k == exact || k.starts_with(&dir))
         .collect())
 }
 
@@ -369,23 +380,25 @@ async fn output_keys(b: &Bucket, prefix: &str, path: &str) -> Result<Vec<String>
 async fn roll_forward(b: &Bucket, out: &S3Location, j: &Journal) -> Result<(), S3Error> {
     b.delete(&[out.key(SUMMARY)]).await?;
     for path in &j.outputs {
-        let staged = output_keys(b, &j.staging, path).await?;
-        let rel: BTreeSet<String> = staged
+        let staged = output_objects(b, &j.staging, path).await?;
+        let rel: std::collections::BTreeMap<String, u64> = staged
             .iter()
-            .filter_map(|k| k.strip_prefix(&j.staging).map(str::to_owned))
+            .filter_map(|(k, size)| k.strip_prefix(&j.staging).map(|r| (r.to_owned(), *size)))
             .collect();
         if rel.is_empty() {
             // Published before the crash that left this journal (the staging copy is gone): nothing to redo.
             continue;
         }
-        let (meta, data): (Vec<&String>, Vec<&String>) =
-            rel.iter().partition(|k| k.ends_with("zarr.json"));
+        type Objects = Vec<(String, u64)>;
+        let (meta, data): (Objects, Objects) = rel
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .partition(|(k, _)| k.ends_with("zarr.json"));
         for batch in [data, meta] {
-            let batch: Vec<String> = batch.into_iter().cloned().collect();
             futures::stream::iter(batch)
-                .map(|k| {
+                .map(|(k, size)| {
                     let (b, from, to) = (b.clone(), format!("{}{k}", j.staging), out.key(&k));
-                    async move { b.copy(&from, &to).await }
+                    async move { b.copy_sized(&from, &to, size).await }
                 })
                 .buffer_unordered(PUBLISH_CONCURRENCY)
                 .try_collect::<Vec<()>>()
@@ -396,7 +409,7 @@ async fn roll_forward(b: &Bucket, out: &S3Location, j: &Journal) -> Result<(), S
             .into_iter()
             .filter(|k| {
                 k.strip_prefix(&out.prefix)
-                    .is_some_and(|r| !rel.contains(r))
+                    .is_some_and(|r| !rel.contains_key(r))
             })
             .collect();
         b.delete(&stale).await?;
