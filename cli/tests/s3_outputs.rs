@@ -433,13 +433,11 @@ fn spill_beyond_the_disk_limit_goes_to_s3_and_a_successful_run_leaves_no_scratch
     );
 }
 
-#[test]
-fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
-    let s3 = server();
-    let d = tempfile::tempdir().expect("tmp");
-    // Slices 0-2 exist, 3 does not: the pieces of 0-2 wait for the merges, spilled straight to S3 (no disk
-    // allowed), when loading 3 fails.
-    let slices = d.path().join("slices");
+/// Runs job `name` (with `storage`) that fails while its chunks are spilled to S3: slices 0-2 exist, 3-7 do
+/// not, so the pieces of 0-2 wait for the merges, spilled straight to S3 (1 KiB of memory, no disk), when
+/// loading a missing slice fails. Asserts the failure and returns the manifest.
+fn fail_while_spilling(dir: &Path, name: &str, storage: &str) -> String {
+    let slices = dir.join("slices");
     std::fs::create_dir_all(&slices).expect("mkdir");
     for i in 0..3u8 {
         let img = image::GrayImage::from_fn(64, 64, |c, r| {
@@ -448,14 +446,13 @@ fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
         img.save(slices.join(format!("{i}.png"))).expect("png");
     }
     let manifest = format!(
-        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: kept}}\nspec:\n{}  source: \
+        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: {name}}}\nspec:\n{storage}  source: \
          {{files: {{pattern: \"slices/{{index}}.png\", stop: 8}}, slicesPerChunk: 1}}\n  stages:\n  \
-         - {{name: cols, input: source, rechunk: {{chunks: [-1, 8, 8]}}, output: {{zarr: cols.zarr}}}}\n",
-        storage(s3)
+         - {{name: cols, input: source, rechunk: {{chunks: [-1, 8, 8]}}, output: {{zarr: cols.zarr}}}}\n"
     );
-    let out = d.path().join("kept-out").display().to_string();
+    let out = dir.join(format!("{name}-out")).display().to_string();
     let (ok, _, err) = run(
-        d.path(),
+        dir,
         &manifest,
         &out,
         &["--memory-limit", "1KiB", "--spill-disk-limit", "0B"],
@@ -465,6 +462,14 @@ fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
         (3..8).any(|i| err.contains(&format!("slices/{i}.png: No such file"))),
         "{err}"
     );
+    manifest
+}
+
+#[test]
+fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let manifest = fail_while_spilling(d.path(), "kept", &storage(s3));
     let kept = objects(s3, "scratch/kept/");
     assert!(
         kept.keys().any(|k| k.contains("/spill/local/")),
@@ -493,29 +498,8 @@ fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
 fn keep_failed_scratch_false_removes_a_failed_run_s_spill() {
     let s3 = server();
     let d = tempfile::tempdir().expect("tmp");
-    let slices = d.path().join("slices");
-    std::fs::create_dir_all(&slices).expect("mkdir");
-    for i in 0..3u8 {
-        let img = image::GrayImage::from_fn(64, 64, |c, r| {
-            image::Luma([(r + c * 5 + u32::from(i)) as u8])
-        });
-        img.save(slices.join(format!("{i}.png"))).expect("png");
-    }
-    let manifest = format!(
-        "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: unkept}}\nspec:\n{}  source: \
-         {{files: {{pattern: \"slices/{{index}}.png\", stop: 8}}, slicesPerChunk: 1}}\n  stages:\n  \
-         - {{name: cols, input: source, rechunk: {{chunks: [-1, 8, 8]}}, output: {{zarr: cols.zarr}}}}\n",
-        storage(s3).replace("partSizeMiB: 5", "partSizeMiB: 5, keepFailedScratch: false")
-    );
-    let out = d.path().join("unkept-out").display().to_string();
-    let (ok, _, err) = run(
-        d.path(),
-        &manifest,
-        &out,
-        &["--memory-limit", "1KiB", "--spill-disk-limit", "0B"],
-    );
-    assert!(!ok, "the run succeeded");
-    assert!(err.contains("No such file"), "{err}");
+    let storage = storage(s3).replace("partSizeMiB: 5", "partSizeMiB: 5, keepFailedScratch: false");
+    fail_while_spilling(d.path(), "unkept", &storage);
     assert!(
         objects(s3, "scratch/unkept/").is_empty(),
         "a failed run with keepFailedScratch: false kept its scratch"
