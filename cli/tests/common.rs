@@ -114,3 +114,84 @@ pub fn arrayjob_aws(
         String::from_utf8_lossy(&o.stderr).into(),
     )
 }
+
+/// Runs `f` to its end on a fresh single-thread tokio runtime (for the S3 client of the test environment).
+pub fn on_tokio<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// The test identity's credentials and region, as environment variables for `arrayjob`.
+pub fn s3_credentials(s3: &arrayjob_testenv::S3Endpoint) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
+        ("AWS_REGION".into(), s3.region.clone()),
+    ]
+}
+
+/// Creates `bucket` on the test server.
+pub fn s3_create_bucket(s3: &arrayjob_testenv::S3Endpoint, bucket: &str) {
+    let (client, bucket) = (s3.client(), bucket.to_owned());
+    on_tokio(async move {
+        client
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("create bucket");
+    });
+}
+
+/// Writes `body` at `key` in `bucket`.
+pub fn s3_put(s3: &arrayjob_testenv::S3Endpoint, bucket: &str, key: &str, body: &[u8]) {
+    let (client, bucket, key) = (s3.client(), bucket.to_owned(), key.to_owned());
+    let body = aws_sdk_s3::primitives::ByteStream::from(body.to_vec());
+    on_tokio(async move {
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .expect("put");
+    });
+}
+
+/// Every object under `prefix` in `bucket` (key relative to `prefix` -> bytes, all pages); `None` when the
+/// server does not answer.
+pub fn s3_objects(
+    s3: &arrayjob_testenv::S3Endpoint,
+    bucket: &str,
+    prefix: &str,
+) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+    let (client, bucket, prefix) = (s3.client(), bucket.to_owned(), prefix.to_owned());
+    on_tokio(async move {
+        let mut out = std::collections::BTreeMap::new();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for o in page.ok()?.contents() {
+                let key = o.key()?.to_owned();
+                let answer = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .ok()?;
+                let bytes = answer.body.collect().await.ok()?.into_bytes().to_vec();
+                out.insert(key[prefix.len()..].to_owned(), bytes);
+            }
+        }
+        Some(out)
+    })
+}

@@ -106,15 +106,6 @@ fn run(dir: &Path, manifest: &str, out: &Path, env: &[(String, String)]) -> (boo
     (ok, stderr)
 }
 
-/// The credentials (and region) of the test identity, as environment variables.
-fn credentials(s3: &S3Endpoint) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
-        ("AWS_REGION".into(), s3.region.clone()),
-    ]
-}
-
 /// Every output file under `dir` except `summary.json` (timings), relative path -> bytes.
 fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = files_under(dir);
@@ -176,7 +167,7 @@ fn key_template_and_prefix_give_the_outputs_of_the_files_source() {
         d.path(),
         &job(&source, &storage(s3, BUCKET)),
         &out,
-        &credentials(s3),
+        &s3_credentials(s3),
     );
     assert!(ok, "s3 keys run failed: {err}");
     assert_eq!(
@@ -189,7 +180,7 @@ fn key_template_and_prefix_give_the_outputs_of_the_files_source() {
     // addressed path-style).
     let out = d.path().join("out-prefix");
     let source = format!("s3: {{bucket: {BUCKET}, prefix: slices/}}");
-    let mut env = credentials(s3);
+    let mut env = s3_credentials(s3);
     env.push(("AWS_ENDPOINT_URL".into(), s3.endpoint.clone()));
     let (ok, err) = run(d.path(), &job(&source, ""), &out, &env);
     assert!(ok, "s3 prefix run failed: {err}");
@@ -212,7 +203,7 @@ fn missing_source_bucket_is_one_error_naming_bucket_and_operation() {
         d.path(),
         &job(&source, &storage(s3, BUCKET)),
         &out,
-        &credentials(s3),
+        &s3_credentials(s3),
     );
     assert!(!ok, "the run succeeded");
     assert_one_error(
@@ -232,7 +223,7 @@ fn missing_storage_bucket_is_refused_before_any_work() {
         d.path(),
         &job(&source, &storage(s3, "no-job-bucket")),
         &out,
-        &credentials(s3),
+        &s3_credentials(s3),
     );
     assert!(!ok, "the run succeeded");
     assert_one_error(
@@ -248,7 +239,7 @@ fn wrong_secret_is_refused_by_sigv4_with_one_clear_error() {
     let d = tempfile::tempdir().expect("tmp");
     let out = d.path().join("out");
     let source = format!("s3: {{keys: \"slices/{{index:05}}.png\", stop: {SLICES}}}");
-    let mut env = credentials(s3);
+    let mut env = s3_credentials(s3);
     env[1].1 = format!("{}x", s3.secret_key);
     let (ok, err) = run(d.path(), &job(&source, &storage(s3, BUCKET)), &out, &env);
     assert!(!ok, "the run succeeded with a wrong secret");
@@ -266,7 +257,7 @@ fn wrong_secret_is_refused_by_sigv4_with_one_clear_error() {
 fn missing_key_is_named_with_its_index_and_no_output_is_written() {
     let s3 = server();
     let d = tempfile::tempdir().expect("tmp");
-    let env = credentials(s3);
+    let env = s3_credentials(s3);
 
     // Slice 12 does not exist: found while reading, after slices 0..12 were read.
     let out = d.path().join("out-last");
@@ -358,7 +349,7 @@ fn prefix_listing_reads_every_page_in_key_order() {
          - {{name: v, input: source, reduce: {{op: sum, axes: [1, 2]}}, output: {{csv: v.csv}}}}\n",
         storage(s3, BUCKET)
     );
-    let (ok, err) = run(d.path(), &manifest, &out, &credentials(s3));
+    let (ok, err) = run(d.path(), &manifest, &out, &s3_credentials(s3));
     assert!(ok, "{err}");
     let mut keys: Vec<(String, usize)> = (0..N).map(|i| (format!("s/{i}.png"), i)).collect();
     keys.sort();

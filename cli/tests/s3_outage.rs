@@ -10,18 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use arrayjob_testenv::{S3Endpoint, S3Server};
-use aws_sdk_s3::primitives::ByteStream;
 
 const BUCKET: &str = "outage";
 const SLICES: usize = 40;
-
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 /// Slice `i`: 8-bit, 96 x 80, different in every slice.
 fn png(i: usize) -> Vec<u8> {
@@ -38,53 +29,15 @@ fn png(i: usize) -> Vec<u8> {
 }
 
 fn setup(s3: &S3Endpoint) {
-    let client = s3.client();
-    block(async move {
-        client
-            .create_bucket()
-            .bucket(BUCKET)
-            .send()
-            .await
-            .expect("create bucket");
-        for i in 0..SLICES {
-            client
-                .put_object()
-                .bucket(BUCKET)
-                .key(format!("slices/{i:03}.png"))
-                .body(ByteStream::from(png(i)))
-                .send()
-                .await
-                .expect("put slice");
-        }
-    });
+    s3_create_bucket(s3, BUCKET);
+    for i in 0..SLICES {
+        s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &png(i));
+    }
 }
 
 /// Keys (relative) and bytes of the objects under `prefix`; `None` when the server does not answer.
 fn objects(s3: &S3Endpoint, prefix: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-    let (client, prefix) = (s3.client(), prefix.to_owned());
-    block(async move {
-        let list = client
-            .list_objects_v2()
-            .bucket(BUCKET)
-            .prefix(&prefix)
-            .send()
-            .await
-            .ok()?;
-        let mut out = BTreeMap::new();
-        for o in list.contents() {
-            let key = o.key()?.to_owned();
-            let body = client
-                .get_object()
-                .bucket(BUCKET)
-                .key(&key)
-                .send()
-                .await
-                .ok()?;
-            let bytes = body.body.collect().await.ok()?.into_bytes().to_vec();
-            out.insert(key[prefix.len()..].to_owned(), bytes);
-        }
-        Some(out)
-    })
+    s3_objects(s3, BUCKET, prefix)
 }
 
 fn manifest(s3: &S3Endpoint) -> String {
@@ -97,14 +50,6 @@ fn manifest(s3: &S3Endpoint) -> String {
          - {{name: power, input: series, fft: {{axis: 0, power: true, dtype: float32}}, output: {{zarr: power.zarr}}}}\n",
         s3.endpoint, s3.region
     )
-}
-
-fn credentials(s3: &S3Endpoint) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
-        ("AWS_REGION".into(), s3.region.clone()),
-    ]
 }
 
 #[test]
@@ -126,7 +71,7 @@ fn a_job_outlasts_thirty_seconds_of_s3_outage_with_identical_outputs() {
             "--workers",
             "2",
         ],
-        &credentials(&s3),
+        &s3_credentials(&s3),
     );
     assert!(ok, "reference run failed: {err}");
     let mut expected = objects(&s3, "calm/").expect("list");
@@ -134,7 +79,7 @@ fn a_job_outlasts_thirty_seconds_of_s3_outage_with_identical_outputs() {
 
     // The run under test, in the background; the outage starts once its arrays are staged (work has begun).
     let scratch = d.path().to_path_buf();
-    let (m2, env) = (m.clone(), credentials(&s3));
+    let (m2, env) = (m.clone(), s3_credentials(&s3));
     let run = std::thread::spawn(move || {
         arrayjob_aws(
             &scratch,

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use arrayjob_testenv::{S3Endpoint, S3Server};
-use aws_sdk_s3::primitives::ByteStream;
 
 const BUCKET: &str = "results";
 
@@ -22,75 +21,19 @@ fn server() -> &'static S3Endpoint {
     SERVER
         .get_or_init(|| {
             let server = S3Server::start().unwrap_or_else(|e| panic!("start SeaweedFS: {e}"));
-            let client = server.endpoint().client();
-            block(async move {
-                client
-                    .create_bucket()
-                    .bucket(BUCKET)
-                    .send()
-                    .await
-                    .expect("create bucket");
-            });
+            s3_create_bucket(server.endpoint(), BUCKET);
             server
         })
         .endpoint()
 }
 
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
 /// Every object under `prefix` (relative key -> bytes).
 fn objects(s3: &S3Endpoint, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    let client = s3.client();
-    let prefix = prefix.to_owned();
-    block(async move {
-        let mut out = BTreeMap::new();
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(BUCKET)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            for o in page.expect("list").contents() {
-                let key = o.key().expect("key").to_owned();
-                let body = client
-                    .get_object()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .send()
-                    .await
-                    .expect("get")
-                    .body
-                    .collect()
-                    .await
-                    .expect("body")
-                    .into_bytes()
-                    .to_vec();
-                out.insert(key[prefix.len()..].to_owned(), body);
-            }
-        }
-        out
-    })
+    s3_objects(s3, BUCKET, prefix).expect("list the objects")
 }
 
 fn put(s3: &S3Endpoint, key: &str, body: &[u8]) {
-    let (client, key, body) = (s3.client(), key.to_owned(), body.to_vec());
-    block(async move {
-        client
-            .put_object()
-            .bucket(BUCKET)
-            .key(key)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .expect("put");
-    });
+    s3_put(s3, BUCKET, key, body);
 }
 
 /// `storage.s3` pointing at the test server, parts of 5 MiB.
@@ -126,21 +69,12 @@ fn small_job(storage: &str, slices: usize) -> String {
     )
 }
 
-/// The test identity's credentials and region.
-fn credentials(s3: &S3Endpoint) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), s3.access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key.clone()),
-        ("AWS_REGION".into(), s3.region.clone()),
-    ]
-}
-
 /// `arrayjob run` of `manifest` into `out` with extra `args`; (success, stdout, stderr).
 fn run(dir: &Path, manifest: &str, out: &str, args: &[&str]) -> (bool, String, String) {
     let m = write(dir, "job.yaml", manifest);
     let mut all = vec!["run", &m, "--out", out, "--threads", "2"];
     all.extend_from_slice(args);
-    arrayjob_aws(dir, &all, &credentials(server()))
+    arrayjob_aws(dir, &all, &s3_credentials(server()))
 }
 
 /// The outputs of a local run of `manifest` (without `summary.json`, whose timings differ).
@@ -219,7 +153,7 @@ fn outputs_on_s3_from_three_workers_equal_the_local_run_and_zarr_python_reads_th
             &d.path().join("local").display().to_string(),
         ])
         .args(["mean.zarr", "raw.zarr", "power.zarr"])
-        .envs(credentials(s3));
+        .envs(s3_credentials(s3));
     let o = py.output().expect("run python");
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "zarr-python over S3:\n{text}");
@@ -358,8 +292,11 @@ fn gc_finishes_an_interrupted_publish_and_removes_leftover_staging() {
 
     let m = write(d.path(), "job.yaml", &small_job(&storage(s3), 8));
     let location = format!("s3://{BUCKET}/gc");
-    let (ok, stdout, err) =
-        arrayjob_aws(d.path(), &["gc", &location, "--file", &m], &credentials(s3));
+    let (ok, stdout, err) = arrayjob_aws(
+        d.path(),
+        &["gc", &location, "--file", &m],
+        &s3_credentials(s3),
+    );
     assert!(ok, "gc failed: {err}");
     // The published run's staging is gone with its publish; the killed run's is the leftover.
     assert!(
@@ -481,7 +418,7 @@ fn a_failed_run_keeps_its_scratch_and_gc_removes_it() {
     let (ok, stdout, err) = arrayjob_aws(
         d.path(),
         &["gc", "--file", &m, "--scratch"],
-        &credentials(s3),
+        &s3_credentials(s3),
     );
     assert!(ok, "gc failed: {err}");
     assert!(
@@ -533,7 +470,7 @@ fn objects_beyond_one_copy_request_are_copied_in_ranged_parts() {
     let got = objects(s3, "copies/");
     assert!(got["big-copy"] == body, "the copy differs");
     let client = s3.client();
-    let etag = block(async move {
+    let etag = on_tokio(async move {
         client
             .head_object()
             .bucket(BUCKET)
