@@ -65,6 +65,12 @@ enum Command {
         /// (127.0.0.2, 127.0.0.3, ...), talking over the network as on separate machines. 0: in this process.
         #[arg(long, env = "ARRAYJOB_WORKERS", default_value_t = 0)]
         workers: usize,
+        /// A stable id for this run (1-63 of a-z, 0-9, '-'). With `spec.storage.s3`, outputs on S3 and workers,
+        /// the coordinator keeps a ledger in the job's scratch prefix, and a run started again with the same id
+        /// (after the coordinator was killed, or the run failed) resumes: tasks whose results are durable are
+        /// not run again. Default: a fresh id per run.
+        #[arg(long, env = "ARRAYJOB_JOB_ID", value_parser = parse_job_id)]
+        job_id: Option<String>,
         #[command(flatten)]
         dist: DistArgs,
     },
@@ -222,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spill_disk_limit,
             quiet,
             workers,
+            job_id,
             dist,
         } => {
             let (m, order) = load(&file)?;
@@ -240,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 threads,
                 memory_budget,
                 spill_disk_limit: spill_disk_limit.map(|b| b.as_u64()),
+                job_id,
             };
             let mut coordinator = (workers > 0 || dist.listen.is_some())
                 .then(|| coordinator(&dist, workers, threads, memory_budget, manifest_text, &file))
@@ -376,4 +384,9 @@ fn coordinator(
         );
     }
     Ok(Coordinator::new(o))
+}
+
+/// `--job-id`, checked as [`runner::check_job_id`] does.
+fn parse_job_id(s: &str) -> Result<String, String> {
+    runner::check_job_id(s).map(|()| s.to_owned())
 }

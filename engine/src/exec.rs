@@ -489,8 +489,9 @@ impl Exec<'_> {
                 Action::Release { key, .. } => {
                     self.runner.store.remove(key)?;
                 }
-                // One worker: no links to measure, and every merge gathers where its pieces are.
-                Action::Probe { .. } | Action::Move { .. } => {}
+                // One worker: no links to measure, every merge gathers where its pieces are, and nothing is
+                // exchanged through the store (`exchange_store` is off here).
+                Action::Probe { .. } | Action::Move { .. } | Action::Ship { .. } => {}
             }
         }
         Ok(())

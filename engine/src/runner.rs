@@ -152,6 +152,27 @@ pub struct RunOptions {
     /// Bytes spilled to local disk before the rest goes to the job's S3 scratch (with `spec.storage.s3`);
     /// `None`: disk only.
     pub spill_disk_limit: Option<u64>,
+    /// A stable id for the run (`--job-id`): its scratch and staging prefixes are named by it, so a run
+    /// started again with the same id resumes from the ledger of the one that was killed (outputs on S3,
+    /// distributed runs; `docs/s3.md`, "Resume"). `None`: a fresh id per run.
+    pub job_id: Option<String>,
+}
+
+/// Checks a `--job-id`: 1 to 63 lowercase letters, digits and '-', starting with a letter or digit (it names
+/// S3 prefixes and, on Kubernetes, objects).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_job_id(id: &str) -> Result<(), String> {
+    let ok_chars = id
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if id.is_empty() || id.len() > 63 || !ok_chars || id.starts_with('-') {
+        return Err(format!(
+            "job id {id:?}: expected 1 to 63 lowercase letters, digits and '-', not starting with '-'"
+        ));
+    }
+    Ok(())
 }
 
 /// What `summary.json` holds.
@@ -218,6 +239,8 @@ pub struct Outputs {
     zarr_root: ArrayPlace,
     /// The run's scratch prefix on S3 (with `spec.storage.s3`).
     scratch: Option<Scratch>,
+    /// The run's ledger, when it can resume (`--job-id` with outputs on S3).
+    ledger: Option<std::sync::Arc<crate::s3::ledger::Ledger>>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -518,7 +541,7 @@ pub fn run_with(
     progress: &JobProgress,
     cancel: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
-    let run = run_id();
+    let run = opts.job_id.clone().unwrap_or_else(run_id);
     let storage = job.manifest.spec.s3_storage();
     let scratch = storage
         .map(|s| Scratch::of(s, &job.manifest.metadata.name, &run))
@@ -604,9 +627,16 @@ fn run_to_s3(
     let bucket = crate::s3::bucket(storage, &out.bucket)?;
     bucket.probe()?;
     let run = places.run;
-    let lock = publish::S3OutLock::acquire(&bucket, out, run)?;
-    publish::clean(&bucket, out, &lock)?;
+    let lease = publish::lease_of(storage);
     let staged = out.join(&format!("{}{run}", outdir::STAGING_PREFIX));
+    // A resumable run owns its job's ledger before anything else: then a lock of its own run id on the
+    // location is a killed predecessor's, taken over at once.
+    let ledger = match (&opts.job_id, places.scratch) {
+        (Some(_), Some(scratch)) => Some(open_ledger(job, scratch, &bucket, &staged, lease)?),
+        _ => None,
+    };
+    let lock = publish::S3OutLock::acquire(&bucket, out, run, lease)?;
+    publish::clean(&bucket, out, &lock, Some(&staged.prefix))?;
     let local = tempfile::Builder::new()
         .prefix("arrayjob-run-")
         .tempdir()
@@ -615,7 +645,9 @@ fn run_to_s3(
         bucket: bucket.clone(),
         prefix: staged.prefix.clone(),
     };
-    let outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
+    let mut outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
+    outputs.ledger = ledger.map(std::sync::Arc::new);
+    let resumable = outputs.ledger.is_some();
     let result = execute_into(
         job,
         opts,
@@ -635,7 +667,9 @@ fn run_to_s3(
         publish::publish(&bucket, out, &staged, local.path(), &paths, &lock)?;
         Ok(summary)
     });
-    if result.is_err() {
+    // A resumable run's staging stays with its ledger (unless its scratch goes too), for the run that resumes.
+    let keep_staging = resumable && storage.and_then(|s| s.keep_failed_scratch) != Some(false);
+    if result.is_err() && !keep_staging {
         let b = bucket.clone();
         let prefix = staged.prefix.clone();
         if let Err(e) = crate::s3::objects::block(async move { b.delete_prefix(&prefix).await }) {
@@ -645,8 +679,43 @@ fn run_to_s3(
     result
 }
 
+/// Marks a staging prefix as the one a ledger describes: a ledger whose staging lost it (deleted by a failed
+/// run's cleanup or by `arrayjob gc`) is not used.
+const LEDGER_MARKER: &str = ".arrayjob-ledger";
+
+/// Takes the job's ledger (waiting for a killed coordinator's lease to run out) and reads it. A ledger of
+/// another plan, or whose staging prefix is gone, is reset and the staging prefix emptied: the run starts
+/// over.
+fn open_ledger(
+    job: &Prepared,
+    scratch: &Scratch,
+    bucket: &crate::s3::objects::Bucket,
+    staged: &crate::s3::objects::S3Location,
+    lease: std::time::Duration,
+) -> Result<crate::s3::ledger::Ledger, RunError> {
+    use crate::s3::objects::block;
+    let owner = format!("coordinator-{}", run_id());
+    let mut ledger =
+        crate::s3::ledger::Ledger::open(scratch, &job.plan.hash.to_string(), &owner, lease)?;
+    let state = ledger.found();
+    let marker = staged.key(LEDGER_MARKER);
+    let (b, m) = (bucket.clone(), marker.clone());
+    let marked = block(async move { b.get(&m).await })?.is_some();
+    if state.segments > 0 && (state.other_plan || !marked) {
+        tracing::warn!(ledger = %ledger.uri(), other_plan = state.other_plan, "the job's ledger cannot be used; starting over");
+        ledger.reset()?;
+        let (b, p) = (bucket.clone(), staged.prefix.clone());
+        block(async move { b.delete_prefix(&p).await })?;
+        let (b, p) = (bucket.clone(), scratch.location.key("exchange/"));
+        block(async move { b.delete_prefix(&p).await })?;
+    }
+    let (b, body) = (bucket.clone(), bytes::Bytes::from_static(b"{}\n"));
+    block(async move { b.put(&marker, body).await })?;
+    Ok(ledger)
+}
+
 /// A fresh run id: 16 hex digits (std's randomly seeded hasher keys as the entropy source, and the time).
-fn run_id() -> String {
+pub fn run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
@@ -753,7 +822,13 @@ impl Outputs {
             staging: staging.to_path_buf(),
             zarr_root,
             scratch,
+            ledger: None,
         })
+    }
+
+    /// The run's ledger, when it can resume.
+    pub fn ledger(&self) -> Option<&std::sync::Arc<crate::s3::ledger::Ledger>> {
+        self.ledger.as_ref()
     }
 
     /// The run's scratch prefix on S3, when the job has `spec.storage.s3`.

@@ -17,6 +17,7 @@ use tokio::runtime::Runtime;
 
 use crate::spec::S3Storage;
 
+pub mod ledger;
 pub mod objects;
 pub mod publish;
 pub mod spill;
@@ -528,6 +529,12 @@ pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
             "outageSeconds",
             "must be at most 3600 (an hour)".into(),
         ));
+    }
+    if storage
+        .lease_seconds
+        .is_some_and(|s| !(5..=3600).contains(&s))
+    {
+        problems.push(config("leaseSeconds", "must be from 5 to 3600".into()));
     }
     if storage.region.as_deref().is_some_and(str::is_empty) {
         problems.push(config("region", "must not be empty".into()));

@@ -48,6 +48,12 @@ use crate::tracker::{Attempt, Completion, TaskState, TaskTracker};
 )]
 pub struct WorkerId(pub u32);
 
+impl WorkerId {
+    /// The job's object store (the S3 scratch prefix) as a holder of keys: never lost, never sent tasks.
+    /// Pieces shipped there under `exchange: s3`, and keys a resumed job finds durable, are held by it.
+    pub const STORE: WorkerId = WorkerId(u32::MAX);
+}
+
 /// What the coordinator must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -77,7 +83,18 @@ pub enum Action {
         /// The merge's gathering worker.
         to: WorkerId,
     },
-    /// Have `worker` drop its copy of `key`: nobody will read it there.
+    /// Have `worker` upload `keys` (all read by `merge`) to the job's object store as one object, and report
+    /// it ([`Scheduler::keys_shipped`]); under `exchange: s3`, when the merge is ready.
+    Ship {
+        /// The holder.
+        worker: WorkerId,
+        /// The merge that reads them.
+        merge: TaskId,
+        /// The keys, with their sizes in bytes.
+        keys: Vec<(DataKey, u64)>,
+    },
+    /// Have `worker` drop its copy of `key`: nobody will read it there. For [`WorkerId::STORE`], the
+    /// coordinator deletes the key's object once none of its keys is read any more.
     Release {
         /// The holder.
         worker: WorkerId,
@@ -104,6 +121,9 @@ pub struct SchedulerOptions {
     /// Whether pieces of merges fed by many tasks move to their gathering worker as soon as they are
     /// written (see the module's *Exchange*).
     pub move_early: bool,
+    /// `exchange: s3`: the pieces of a merge fed by many tasks go through the object store
+    /// ([`Action::Ship`] when the merge is ready) instead of from worker to worker; `move_early` is then off.
+    pub exchange_store: bool,
 }
 
 /// A merge reading keys written by at least this many tasks gets a gathering worker (see the module's
@@ -120,8 +140,27 @@ impl Default for SchedulerOptions {
             speculate_after: 3.0,
             max_strikes: 3,
             move_early: true,
+            exchange_store: false,
         }
     }
+}
+
+/// What went through the object store ([`WorkerId::STORE`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCounts {
+    /// Keys shipped to the store, and their bytes.
+    pub shipped_keys: u64,
+    /// See `shipped_keys`.
+    pub shipped_bytes: u64,
+    /// Keys a lost worker had shipped that were read back from the store rather than recomputed.
+    pub read_back_after_loss: u64,
+    /// Keys found unreadable in the store (a damaged or missing object), whose producers ran again.
+    pub unreadable: u64,
+    /// Tasks a resumed run found done in the ledger and did not run again.
+    pub restored_tasks: u64,
+    /// Tasks of the ledger run again on resume, because outputs still needed were not durable.
+    pub restored_reopened: u64,
 }
 
 /// A task moved from one worker's pending queue to an idle worker, and why.
@@ -260,6 +299,14 @@ pub struct Scheduler {
     moving: FastMap<DataKey, WorkerId>,
     /// Bytes moved to gathering workers.
     moved_bytes: u64,
+    /// `exchange: s3`: keys being uploaded by their holder ([`Action::Ship`] sent, not reported yet), merges
+    /// waiting for their pieces to be in the store, and shipments decided but not yet returned as actions.
+    shipping: FastMap<DataKey, WorkerId>,
+    awaiting_store: BTreeSet<TaskId>,
+    ships: Vec<Action>,
+    /// Who shipped each key held by the store, and the counts reported in the run's summary.
+    shipped_from: FastMap<DataKey, WorkerId>,
+    store_counts: StoreCounts,
     decisions: u64,
     /// Time of the latest event.
     now: f64,
@@ -294,6 +341,11 @@ impl Scheduler {
             gathering: FastMap::default(),
             moving: FastMap::default(),
             moved_bytes: 0,
+            shipping: FastMap::default(),
+            awaiting_store: BTreeSet::new(),
+            ships: Vec::new(),
+            shipped_from: FastMap::default(),
+            store_counts: StoreCounts::default(),
             decisions: 0,
             now: 0.0,
             finished_at: None,
@@ -403,6 +455,7 @@ impl Scheduler {
             return Ok(Vec::new());
         };
         self.forget_worker(worker);
+        self.count_read_back(worker);
         let struck = self.strike(&w)?;
         let mut again = Vec::new();
         for p in self.lose_keys(worker) {
@@ -468,6 +521,144 @@ impl Scheduler {
             }
             _ => vec![Action::Release { worker: to, key }],
         }
+    }
+
+    /// `worker` uploaded `keys` to the object store ([`Action::Ship`]), reported at `now`. Returns the keys
+    /// whose store copy is now the one on record (the caller keeps their object; the others — shipped twice, or
+    /// no longer needed — it may delete) and what to do: the sender drops its copies, and merges whose pieces
+    /// are all in the store are placed.
+    pub fn keys_shipped(
+        &mut self,
+        worker: WorkerId,
+        keys: &[DataKey],
+        now: f64,
+    ) -> (Vec<DataKey>, Vec<Action>) {
+        self.now = now;
+        let mut accepted = Vec::new();
+        let mut actions = Vec::new();
+        let mut merges = BTreeSet::new();
+        for &key in keys {
+            if self.shipping.get(&key) == Some(&worker) {
+                self.shipping.remove(&key);
+            }
+            let Some(l) = self.locations.get_mut(&key) else {
+                continue;
+            };
+            if l.worker != worker {
+                continue;
+            }
+            l.worker = WorkerId::STORE;
+            self.store_counts.shipped_keys += 1;
+            self.store_counts.shipped_bytes += l.bytes;
+            self.shipped_from.insert(key, worker);
+            accepted.push(key);
+            actions.push(Action::Release { worker, key });
+            merges.extend(self.graph.consumers(key).iter().copied());
+        }
+        for m in merges {
+            if self.awaiting_store.remove(&m) {
+                self.place(m, false);
+            }
+        }
+        actions.extend(self.dispatch());
+        (accepted, actions)
+    }
+
+    /// A worker could not read `keys` from the object store (their object is damaged or gone), reported at
+    /// `now`: they are forgotten and rebuilt from lineage, never used. (The task that needed them is
+    /// reported failed separately, with [`Scheduler::task_failed`].)
+    pub fn store_keys_unreadable(&mut self, keys: &[DataKey], now: f64) -> Vec<Action> {
+        self.now = now;
+        let mut producers = BTreeSet::new();
+        for key in keys {
+            if self
+                .locations
+                .get(key)
+                .is_some_and(|l| l.worker == WorkerId::STORE)
+            {
+                self.locations.remove(key);
+                self.shipped_from.remove(key);
+                self.store_counts.unreadable += 1;
+                producers.extend(self.graph.producer(*key));
+            }
+        }
+        let mut again = Vec::new();
+        for p in producers {
+            self.reopen_lineage(p, &mut again);
+        }
+        for &task in again.iter().rev() {
+            self.place(task, true);
+        }
+        self.dispatch()
+    }
+
+    /// Before any worker joins, takes over the state a ledger recorded (see `docs/s3.md`, "Resume"): `done`
+    /// tasks are done, `durable` keys are in the store. A done task whose outputs are still read by a task not
+    /// done but are not durable is reopened (with whatever it needs in turn, down to loads), so the run gives
+    /// the same results whatever the ledger holds. Returns the tasks left done.
+    pub fn restore(&mut self, done: &[TaskId], durable: &[(DataKey, u64)]) -> usize {
+        let n = self.graph.len();
+        let mut done: Vec<TaskId> = done.iter().copied().filter(|t| t.0 < n).collect();
+        done.sort_unstable();
+        done.dedup();
+        for &t in &done {
+            let _ = self.tracker.complete(&self.graph, t);
+        }
+        for &(key, bytes) in durable {
+            let readers_left = self.readers_left(key);
+            let produced = self
+                .graph
+                .producer(key)
+                .is_some_and(|p| self.tracker.state(p) == TaskState::Done);
+            if produced && readers_left > 0 {
+                self.locations.insert(
+                    key,
+                    Location {
+                        worker: WorkerId::STORE,
+                        bytes,
+                        readers_left,
+                    },
+                );
+            }
+        }
+        let missing: BTreeSet<TaskId> = self
+            .graph
+            .tasks()
+            .filter(|&(t, _)| self.tracker.state(t) != TaskState::Done)
+            .flat_map(|(_, task)| task.inputs.iter())
+            .filter(|k| !self.locations.contains_key(k))
+            .filter_map(|&k| self.graph.producer(k))
+            .filter(|&p| self.tracker.state(p) == TaskState::Done)
+            .collect();
+        let mut again = Vec::new();
+        for p in missing {
+            self.reopen_lineage(p, &mut again);
+        }
+        // Reopened here is not recomputed after a loss.
+        self.recomputed = 0;
+        let left = self.tracker.done();
+        self.store_counts.restored_tasks = left as u64;
+        self.store_counts.restored_reopened = (done.len() - left) as u64;
+        let ready: Vec<TaskId> = self
+            .graph
+            .tasks()
+            .filter(|(t, task)| {
+                !task.inputs.is_empty() && self.tracker.state(*t) == TaskState::Ready
+            })
+            .map(|(t, _)| t)
+            .collect();
+        for t in ready {
+            self.place(t, false);
+        }
+        if self.tracker.finished() {
+            self.finished_at = Some(self.now);
+        }
+        left
+    }
+
+    /// What went through the object store so far.
+    pub fn store_counts(&self) -> StoreCounts {
+        self.store_counts
     }
 
     /// Time passed without events (the coordinator calls this on every heartbeat): overdue tasks may get
@@ -628,7 +819,7 @@ impl Scheduler {
     /// The gathering worker of the merge reading `key` (just written on `producer`), chosen now if it has
     /// none (or lost it); None unless the key's one reader is a merge fed by many tasks.
     fn gathering_worker(&mut self, key: DataKey, producer: WorkerId) -> Option<WorkerId> {
-        if !self.opts.move_early {
+        if !self.opts.move_early || self.opts.exchange_store {
             return None;
         }
         let &[merge] = self.graph.consumers(key) else {
@@ -712,6 +903,7 @@ impl Scheduler {
                     key,
                 });
                 self.locations.remove(&key);
+                self.shipped_from.remove(&key);
             }
         }
     }
@@ -778,6 +970,8 @@ impl Scheduler {
             self.locations.remove(&key);
             producers.extend(self.graph.producer(key));
         }
+        // Its uploads under way will not be reported: the keys are rebuilt and shipped again.
+        self.shipping.retain(|_, w| *w != worker);
         producers.into_iter().collect()
     }
 
@@ -805,6 +999,7 @@ impl Scheduler {
 
     /// Takes a task that is no longer ready out of the queue it waits in.
     fn unqueue(&mut self, task: TaskId) {
+        self.awaiting_store.remove(&task);
         if self.graph.task(task).inputs.is_empty() {
             self.ready_loads.retain(|&t| t != task);
         }
@@ -820,6 +1015,9 @@ impl Scheduler {
     /// since lost) goes to the front of its queue. Tasks that are not ready are not placed.
     fn place(&mut self, task: TaskId, again: bool) {
         if self.tracker.state(task) != TaskState::Ready {
+            return;
+        }
+        if self.opts.exchange_store && self.is_exchange_merge(task) && !self.ship_inputs(task) {
             return;
         }
         let load = self.graph.task(task).inputs.is_empty();
@@ -904,10 +1102,71 @@ impl Scheduler {
             .collect()
     }
 
+    /// Whether `task` is a merge fed by many tasks (one whose pieces are exchanged, not read where they are).
+    fn is_exchange_merge(&self, task: TaskId) -> bool {
+        let t = self.graph.task(task);
+        if !matches!(t.kind, TaskKind::Merge { .. }) {
+            return false;
+        }
+        let producers: BTreeSet<TaskId> = t
+            .inputs
+            .iter()
+            .filter_map(|&k| self.graph.producer(k))
+            .collect();
+        producers.len() >= MOVE_FAN_IN
+    }
+
+    /// `exchange: s3`: true when every input of the ready merge `task` is in the store; otherwise has each
+    /// holder ship the merge's keys it holds (one [`Action::Ship`] per holder, once) and keeps the merge
+    /// waiting for them.
+    fn ship_inputs(&mut self, task: TaskId) -> bool {
+        let mut by_holder: BTreeMap<WorkerId, Vec<(DataKey, u64)>> = BTreeMap::new();
+        let mut all_there = true;
+        for &key in &self.graph.task(task).inputs {
+            let Some(l) = self.locations.get(&key) else {
+                continue;
+            };
+            if l.worker == WorkerId::STORE {
+                continue;
+            }
+            all_there = false;
+            if !self.shipping.contains_key(&key) && self.workers.contains_key(&l.worker) {
+                by_holder.entry(l.worker).or_default().push((key, l.bytes));
+            }
+        }
+        for (worker, keys) in by_holder {
+            for &(k, _) in &keys {
+                self.shipping.insert(k, worker);
+            }
+            self.ships.push(Action::Ship {
+                worker,
+                merge: task,
+                keys,
+            });
+        }
+        if !all_there {
+            self.awaiting_store.insert(task);
+        }
+        all_there
+    }
+
+    /// Counts the keys `worker` (just lost) had shipped that some task still reads: they are read back from
+    /// the store, not rebuilt.
+    fn count_read_back(&mut self, worker: WorkerId) {
+        let n = self
+            .shipped_from
+            .iter()
+            .filter(|&(k, &w)| {
+                w == worker && self.locations.get(k).is_some_and(|l| l.readers_left > 0)
+            })
+            .count();
+        self.store_counts.read_back_after_loss += n as u64;
+    }
+
     /// Fills the room of the workers this event concerns: those woken, or, when loads wait or idle workers
     /// are to look around, every worker with room.
     fn dispatch(&mut self) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.ships);
         let visit: Vec<WorkerId> = if self.scout || !self.ready_loads.is_empty() {
             self.room.iter().copied().collect()
         } else {
@@ -1092,7 +1351,8 @@ impl Scheduler {
             let Some(l) = self.locations.get(key) else {
                 continue;
             };
-            if l.worker == to {
+            // Store inputs cost every worker the same: they do not make a steal better or worse.
+            if l.worker == to || l.worker == WorkerId::STORE {
                 continue;
             }
             match self.links.get(&(l.worker, to)) {
@@ -1251,6 +1511,95 @@ mod tests {
         let a = s.key_moved(piece(0, 3), W0, W1, 5.5);
         assert_eq!(releases(&a), vec![(W1, piece(0, 3))]);
         assert_eq!(s.moved_bytes(), 8);
+    }
+
+    fn ships(actions: &[Action]) -> Vec<(WorkerId, TaskId, Vec<DataKey>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Ship {
+                    worker,
+                    merge,
+                    keys,
+                } => Some((*worker, *merge, keys.iter().map(|k| k.0).collect())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn through_the_store_a_ready_merge_has_each_holder_ship_its_pieces_once_then_runs_anywhere() {
+        let opts = SchedulerOptions {
+            exchange_store: true,
+            ..SchedulerOptions::default()
+        };
+        let mut s = Scheduler::new(exchange(4), opts);
+        s.add_worker(W0, 1, 0.0);
+        s.add_worker(W1, 1, 0.0);
+        let l = |i| TaskId(i);
+        let mut a = Vec::new();
+        for (i, w) in [(0, W0), (1, W1), (2, W0), (3, W1)] {
+            a = s.task_done(w, l(i), &written(&s, l(i)), 1.0, 1.0 + i as f64);
+            assert_eq!(moves(&a), vec![], "nothing moves from worker to worker");
+        }
+        // Both merges are ready: each holder ships, per merge, the pieces it holds; nothing runs yet.
+        let (m0, m1) = (TaskId(4), TaskId(5));
+        assert_eq!(
+            ships(&a),
+            vec![
+                (W0, m0, vec![piece(0, 0), piece(0, 2)]),
+                (W1, m0, vec![piece(0, 1), piece(0, 3)]),
+                (W0, m1, vec![piece(1, 0), piece(1, 2)]),
+                (W1, m1, vec![piece(1, 1), piece(1, 3)]),
+            ]
+        );
+        assert_eq!(runs(&a), vec![]);
+        // A report naming a key the worker does not hold is not taken on record.
+        let (ok, a) = s.keys_shipped(W0, &[piece(0, 0), piece(0, 2), piece(0, 1)], 5.0);
+        assert_eq!(ok, vec![piece(0, 0), piece(0, 2)]);
+        assert_eq!(releases(&a), vec![(W0, piece(0, 0)), (W0, piece(0, 2))]);
+        assert_eq!(s.location(piece(0, 0)), Some((WorkerId::STORE, 8)));
+        assert_eq!(runs(&a), vec![]);
+        let (_, a) = s.keys_shipped(W1, &[piece(0, 1), piece(0, 3)], 5.5);
+        assert_eq!(runs(&a).len(), 1, "{a:?}");
+        assert_eq!(runs(&a)[0].1, m0);
+        // A worker lost after shipping: its shipped pieces are read back (counted), nothing is recomputed,
+        // and what it had not shipped yet is rebuilt.
+        let a = s.worker_lost(W1, 6.0).expect("no strike limit");
+        assert_eq!(s.store_counts().read_back_after_loss, 2);
+        assert_eq!(
+            s.recomputed(),
+            2,
+            "loads 1 and 3 held unshipped pieces of merge 1"
+        );
+        assert!(runs(&a).iter().all(|&(w, _)| w == W0), "{a:?}");
+        assert_eq!(s.store_counts().shipped_keys, 4);
+    }
+
+    #[test]
+    fn a_restored_ledger_keeps_what_is_durable_and_reopens_what_is_not() {
+        let opts = SchedulerOptions {
+            exchange_store: true,
+            ..SchedulerOptions::default()
+        };
+        // Loads 0-3 and merge 0 done; merge 1's pieces durable except the one of load 3.
+        let mut s = Scheduler::new(exchange(4), opts);
+        let done = [TaskId(0), TaskId(1), TaskId(2), TaskId(3), TaskId(4)];
+        let durable: Vec<(DataKey, u64)> = (0..3).map(|p| (piece(1, p), 8)).collect();
+        assert_eq!(s.restore(&done, &durable), 4);
+        let c = s.store_counts();
+        assert_eq!((c.restored_tasks, c.restored_reopened), (4, 1));
+        assert!(s.is_done(TaskId(4)) && !s.is_done(TaskId(3)));
+        assert_eq!(s.location(piece(1, 0)), Some((WorkerId::STORE, 8)));
+        // The reopened load runs first; once its piece is shipped, merge 1 runs.
+        let a = s.add_worker(W0, 1, 0.0);
+        assert_eq!(runs(&a), vec![(W0, TaskId(3))]);
+        let a = s.task_done(W0, TaskId(3), &written(&s, TaskId(3)), 1.0, 1.0);
+        assert_eq!(ships(&a), vec![(W0, TaskId(5), vec![piece(1, 3)])]);
+        let (_, a) = s.keys_shipped(W0, &[piece(1, 3)], 2.0);
+        assert_eq!(runs(&a), vec![(W0, TaskId(5))]);
+        s.task_done(W0, TaskId(5), &[], 1.0, 3.0);
+        assert!(s.finished());
     }
 
     #[test]

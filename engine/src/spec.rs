@@ -61,6 +61,23 @@ pub struct ArrayJobSpec {
     /// Object storage the job uses: its S3 bucket and how to reach it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+    /// How a distributed run moves rechunk pieces to the worker that merges them: `direct` (worker to
+    /// worker, the default) or `s3` (through the job's scratch prefix on `storage.s3`, one object per sending
+    /// worker and merge, so workers may come and go and a restarted coordinator can resume). Both give
+    /// identical outputs; a run in one process has nothing to exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<Exchange>,
+}
+
+/// How rechunk pieces travel between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Exchange {
+    /// From the producing worker's memory to the merging worker, over the network.
+    #[default]
+    Direct,
+    /// Through objects in the job's S3 scratch prefix.
+    S3,
 }
 
 impl ArrayJobSpec {
@@ -118,6 +135,11 @@ pub struct S3Storage {
     /// run's is always deleted. Default true; `arrayjob gc --scratch` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_failed_scratch: Option<bool>,
+    /// Seconds a lock on S3 (an output location's, a job ledger's) stays valid without renewal (5 to 3600): a
+    /// run killed without releasing it blocks the location, or the resume of its job, this long at most.
+    /// Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
 }
 
 /// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.

@@ -139,6 +139,14 @@ pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
             check::<()>(&mut p, Err(e.into()));
         }
     }
+    if spec.exchange == Some(crate::spec::Exchange::S3) && storage.is_none() {
+        p.push(Problem {
+            path: "spec.exchange".into(),
+            message:
+                "`s3` needs spec.storage.s3 (the bucket whose scratch prefix carries the pieces)"
+                    .into(),
+        });
+    }
     let source = source_shape(spec, storage, &mut p);
     let order = stage_order(&spec.stages, &mut p);
     let mut shapes: HashMap<&str, ShapeInfo> = HashMap::new();
@@ -1051,6 +1059,31 @@ spec:
                 "spec.source.s3: 'start'/'stop' go with 'keys', not with 'prefix'",
                 "spec.source.s3.prefix: must not start with '/' (keys are relative to the bucket)",
             ]
+        );
+    }
+
+    #[test]
+    fn exchange_through_s3_needs_storage_and_leases_are_bounded() {
+        let base = with_stages("  - {name: a, input: source, reduce: {op: sum, axes: [0]}}\n");
+        let exchange = base.replace("  stages:", "  exchange: s3\n  stages:");
+        assert_eq!(
+            problems(&exchange),
+            vec![
+                "spec.exchange: `s3` needs spec.storage.s3 (the bucket whose scratch prefix carries the pieces)"
+            ]
+        );
+        let storage = |lease: u64| {
+            exchange.replace(
+                "  exchange: s3\n",
+                &format!(
+                    "  exchange: s3\n  storage: {{s3: {{bucket: jobs, leaseSeconds: {lease}}}}}\n"
+                ),
+            )
+        };
+        assert!(problems(&storage(60)).is_empty());
+        assert_eq!(
+            problems(&storage(4)),
+            vec!["spec.storage.s3.leaseSeconds: must be from 5 to 3600"]
         );
     }
 

@@ -468,6 +468,7 @@ impl<'a> Sim<'a> {
                     self.push(at, Event::Moved(from.0, to.0, key));
                 }
                 Action::Release { worker, key } => self.release(worker.0, key),
+                Action::Ship { .. } => panic!("the simulation runs the direct exchange"),
             }
         }
     }

@@ -20,8 +20,12 @@ use arrayjob_engine::graph::{TaskGraph, TaskKind};
 use arrayjob_engine::output::timeline;
 use arrayjob_engine::plan::{Plan, unlinear};
 use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
+use arrayjob_engine::s3::ledger::{GatheredBlock, Ledger, StoredObject};
+use arrayjob_engine::s3::objects::Bucket;
 use arrayjob_engine::s3::objects::S3Counters;
-use arrayjob_engine::schedule::{Action, Scheduler, SchedulerOptions, Steal, WorkerId};
+use arrayjob_engine::schedule::{
+    Action, Scheduler, SchedulerOptions, Steal, StoreCounts, WorkerId,
+};
 use arrayjob_engine::store::StoreStats;
 use axum::Router;
 use axum::body::Bytes;
@@ -31,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::auth::{Guard, Token};
+use crate::exchange::{self, StoreBook};
 use crate::metrics::CoordinatorMetrics;
 use crate::protocol::{
     self, Command, InputLocation, JobDescription, RegisterRequest, RegisterResponse, Report,
@@ -131,6 +136,10 @@ pub struct DistributedReport {
     pub plan_hash_refused: u64,
     /// Scheduling decisions made.
     pub decisions: u64,
+    /// Tasks of the job's graph.
+    pub tasks: usize,
+    /// What went through the job's object store (`exchange: s3`, a resumed run).
+    pub store: StoreCounts,
     /// Every task run: who, when (seconds after the start), how long.
     #[serde(skip)]
     pub spans: Vec<Span>,
@@ -269,6 +278,8 @@ struct CoordState {
     last_alive: Instant,
     /// Per task: when a run of it first could not get an input since the last worker loss.
     unavailable: HashMap<arrayjob_engine::graph::TaskId, Instant>,
+    /// Which object holds each key in the job's object store, and what the ledger is to be told.
+    book: StoreBook,
 }
 
 /// A task that keeps failing to get its inputs this long with no worker lost meanwhile fails the job rather
@@ -286,6 +297,9 @@ struct CoordShared {
     metrics: CoordinatorMetrics,
     probe_bytes: u64,
     hash_refused: AtomicU64,
+    /// The run's ledger (a resumable run) and the scratch bucket (exchange objects).
+    ledger: Option<Arc<Ledger>>,
+    store_bucket: Option<Bucket>,
 }
 
 impl CoordShared {
@@ -344,9 +358,24 @@ impl runner::Executor for Coordinator {
                 .unwrap_or_else(|| bound.to_string())
         );
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut sched_opts = self.opts.scheduler.clone();
+        sched_opts.exchange_store =
+            job.manifest.spec.exchange == Some(arrayjob_engine::spec::Exchange::S3);
+        let mut sched = Scheduler::new(graph, sched_opts);
+        let ledger = outputs.ledger().cloned();
+        let scratch = outputs.scratch();
+        let mut book = StoreBook::new(
+            scratch.map_or_else(String::new, |s| {
+                s.location.key(&format!("exchange/{}/", runner::run_id()))
+            }),
+            ledger.is_some(),
+        );
+        if let Some(l) = &ledger {
+            resume(l, &mut sched, &mut book, outputs, &job.plan)?;
+        }
         let shared = Arc::new(CoordShared {
             state: Mutex::new(CoordState {
-                sched: Scheduler::new(graph, self.opts.scheduler.clone()),
+                sched,
                 workers: BTreeMap::new(),
                 next_id: 0,
                 failure: None,
@@ -357,6 +386,7 @@ impl runner::Executor for Coordinator {
                 events: Vec::new(),
                 last_alive: Instant::now(),
                 unavailable: HashMap::new(),
+                book,
             }),
             desc,
             plan: job.plan.clone(),
@@ -369,6 +399,8 @@ impl runner::Executor for Coordinator {
             metrics: CoordinatorMetrics::new(),
             probe_bytes: self.opts.scheduler.probe_bytes,
             hash_refused: AtomicU64::new(0),
+            ledger,
+            store_bucket: scratch.map(|s| s.bucket.clone()),
         });
         let server = rt.spawn(serve(listener, shared.clone()));
         if self.opts.announce {
@@ -508,6 +540,54 @@ const MAX_GATHERED_BYTES: usize = 1 << 30;
 /// The distributed run's report, published with the outputs.
 pub const WORKERS_FILE: &str = "workers.json";
 
+/// Takes over what the run's ledger holds: the scheduler restores the tasks done whose outputs are durable
+/// (and reopens the others), the book learns the stored objects, and the small outputs' blocks are delivered.
+fn resume(
+    ledger: &Ledger,
+    sched: &mut Scheduler,
+    book: &mut StoreBook,
+    outputs: &Outputs,
+    plan: &Plan,
+) -> Result<(), RunError> {
+    let found = ledger.found();
+    if found.segments == 0 {
+        return Ok(());
+    }
+    book.load(&found.stored);
+    let restored = sched.restore(&found.done, &found.durable());
+    for b in ledger.gathered()? {
+        deliver(
+            outputs,
+            plan,
+            Gathered {
+                node: b.node,
+                start: b.start,
+                pixel: b.pixel,
+                frame: b.frame,
+            },
+        )?;
+    }
+    let counts = sched.store_counts();
+    tracing::warn!(
+        ledger = %ledger.uri(),
+        restored,
+        reopened = counts.restored_reopened,
+        "resuming the job from its ledger"
+    );
+    Ok(())
+}
+
+/// Writes what the ledger has not been told yet, then deletes the exchange objects nobody reads.
+fn flush_book(shared: &CoordShared) -> Result<(), RunError> {
+    let (seg, deletes) = shared.lock().book.take();
+    exchange::flush(
+        shared.ledger.as_deref(),
+        shared.store_bucket.as_ref(),
+        seg,
+        deletes,
+    )
+}
+
 /// The coordinator's own loop: delivers gathered blocks, watches heartbeats and local processes, lets the
 /// scheduler look for stragglers, and ends when every task is done (or the job failed or was cancelled).
 fn drive(
@@ -531,6 +611,8 @@ fn drive(
         if cancel.load(Ordering::Relaxed) {
             return Err(ExecError::Cancelled.into());
         }
+        // The ledger hears of what is durable within about 50 ms (a write only when there is news).
+        flush_book(shared)?;
         if last_tick.elapsed() < Duration::from_millis(200) {
             continue;
         }
@@ -547,6 +629,7 @@ fn drive(
             while let Ok(g) = rx.try_recv() {
                 deliver(outputs, &shared.plan, g)?;
             }
+            flush_book(shared)?;
             return Ok(());
         }
     }
@@ -668,11 +751,21 @@ fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
                     .iter()
                     .filter_map(|&key| {
                         let (holder, _) = g.sched.location(key)?;
+                        if holder == WorkerId::STORE {
+                            let (object, position) = g.book.location(key)?;
+                            return Some(InputLocation {
+                                key,
+                                worker: holder,
+                                address: object.to_owned(),
+                                position: Some(position),
+                            });
+                        }
                         let address = g.workers.get(&holder)?.address.clone();
                         Some(InputLocation {
                             key,
                             worker: holder,
                             address,
+                            position: None,
                         })
                     })
                     .collect();
@@ -718,6 +811,22 @@ fn route(shared: &CoordShared, g: &mut CoordState, actions: Vec<Action>) {
                         keys: vec![sized],
                     },
                 )
+            }
+            Action::Ship {
+                worker,
+                merge,
+                keys,
+            } => {
+                let object = g.book.object_name(merge, worker);
+                let keys = keys.into_iter().map(|(k, _)| k).collect();
+                (worker, Command::Ship { object, keys })
+            }
+            Action::Release {
+                worker: WorkerId::STORE,
+                key,
+            } => {
+                g.book.released(key);
+                continue;
             }
             Action::Release { worker, key } => {
                 if let Some(Command::Release { keys }) = g
@@ -808,6 +917,8 @@ fn final_report(shared: &CoordShared, url: &str) -> (DistributedReport, StoreSta
         auth_refused: shared.guard.refused.load(Ordering::Relaxed),
         plan_hash_refused: shared.hash_refused.load(Ordering::Relaxed),
         decisions: g.sched.decisions(),
+        tasks: g.sched.graph().len(),
+        store: g.sched.store_counts(),
         spans: g.spans.clone(),
         events: g.events.clone(),
     };
@@ -997,7 +1108,55 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             if let Some(w) = g.workers.get_mut(&worker) {
                 w.tasks_done += 1;
             }
+            if !g.sched.is_done(task) {
+                g.book.done(task);
+            }
             g.sched.task_done(worker, task, &outputs, seconds, now)
+        }
+        Report::Shipped {
+            object,
+            keys,
+            bytes,
+            crc32c,
+            ..
+        } => {
+            let names: Vec<_> = keys.iter().map(|&(k, _)| k).collect();
+            let (accepted, actions) = g.sched.keys_shipped(worker, &names, now);
+            g.book.shipped(
+                StoredObject {
+                    object,
+                    keys,
+                    bytes,
+                    crc32c,
+                },
+                &accepted,
+            );
+            actions
+        }
+        Report::ShipFailed { error } => {
+            if g.failure.is_none() {
+                g.failure = Some(format!("worker {}: {error}", worker.0));
+            }
+            Vec::new()
+        }
+        Report::Failed {
+            task,
+            input_unavailable: true,
+            error,
+            unreadable,
+            ..
+        } if !unreadable.is_empty() => {
+            tracing::warn!(
+                worker = worker.0,
+                task = task.0,
+                "inputs unreadable in the object store, rebuilding them: {error}"
+            );
+            for &k in &unreadable {
+                g.book.forget(k);
+            }
+            let mut actions = g.sched.store_keys_unreadable(&unreadable, now);
+            actions.extend(g.sched.task_failed(worker, task, now));
+            actions
         }
         Report::Failed {
             task,
@@ -1101,6 +1260,22 @@ async fn gather_handler(
     if q.node >= shared.plan.nodes.len() {
         return (StatusCode::BAD_REQUEST, format!("no node {}", q.node)).into_response();
     }
+    // A resumable run keeps the block before acknowledging it: the task reported done after this has its
+    // small outputs in the ledger.
+    if let Some(ledger) = shared.ledger.clone() {
+        let block = GatheredBlock {
+            node: q.node,
+            start: start.clone(),
+            pixel: q.pixel,
+            frame: body.clone(),
+        };
+        let stored = tokio::task::spawn_blocking(move || ledger.put_gathered(&block)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
     let sent = shared
         .gather
         .lock()
@@ -1147,6 +1322,8 @@ pub struct ProgressSnapshot {
     pub workers_lost: usize,
     /// Requests refused for a missing or wrong token.
     pub auth_refused: u64,
+    /// What went through the job's object store.
+    pub store: StoreCounts,
 }
 
 /// One stage's tasks.
@@ -1210,6 +1387,7 @@ fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
         recomputed: g.sched.recomputed(),
         workers_lost: g.workers_lost,
         auth_refused: shared.guard.refused.load(Ordering::Relaxed),
+        store: g.sched.store_counts(),
     }
 }
 

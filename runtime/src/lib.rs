@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod cli;
 pub mod coordinator;
+pub mod exchange;
 pub mod metrics;
 pub mod protocol;
 pub mod worker;

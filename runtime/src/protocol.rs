@@ -109,6 +109,27 @@ pub enum Report {
         input_unavailable: bool,
         /// What went wrong, naming stage and chunk.
         error: String,
+        /// Inputs read from the job's object store that were damaged or missing there: they are rebuilt.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreadable: Vec<DataKey>,
+    },
+    /// Keys uploaded to the job's object store on a [`Command::Ship`], as one object.
+    Shipped {
+        /// The object's key in the scratch bucket.
+        object: String,
+        /// The keys whose frames it holds, in order, with their sizes in memory.
+        keys: Vec<(DataKey, u64)>,
+        /// Its length.
+        bytes: u64,
+        /// crc32c of its bytes.
+        crc32c: u32,
+        /// Seconds the upload took.
+        seconds: f64,
+    },
+    /// An upload of [`Command::Ship`] failed for good (after the S3 retries and outage budget): the job fails.
+    ShipFailed {
+        /// What went wrong, naming the object.
+        error: String,
     },
     /// Keys copied from a peer on a [`Command::Move`] and now in this worker's store (also a measure of the
     /// link).
@@ -167,8 +188,11 @@ pub struct InputLocation {
     pub key: DataKey,
     /// Its holder.
     pub worker: WorkerId,
-    /// The holder's data address.
+    /// The holder's data address; for [`WorkerId::STORE`], the key of the object in the scratch bucket.
     pub address: String,
+    /// For [`WorkerId::STORE`]: the position of the key's frame in the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
 }
 
 /// What the coordinator tells a worker to do.
@@ -202,6 +226,14 @@ pub enum Command {
         address: String,
         /// The keys, with their sizes in bytes.
         keys: Vec<(DataKey, u64)>,
+    },
+    /// Upload keys of this worker's store to the job's object store as one object at `object` (the frames in
+    /// order, as a fetch answer), and report it [`Report::Shipped`].
+    Ship {
+        /// The object's key in the scratch bucket.
+        object: String,
+        /// The keys.
+        keys: Vec<DataKey>,
     },
     /// Forget data nobody will read.
     Release {

@@ -23,7 +23,7 @@ use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, KeepingIo, TaskRu
 use arrayjob_engine::graph::{TaskGraph, TaskId};
 use arrayjob_engine::output::zarr::{ArrayPlace, ZarrWriter};
 use arrayjob_engine::runner::{self, Prepared};
-use arrayjob_engine::s3::objects::S3Location;
+use arrayjob_engine::s3::objects::{Bucket, S3Location};
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
@@ -102,7 +102,13 @@ struct Shared {
     tasks_done: AtomicU64,
     metrics: Arc<WorkerMetrics>,
     abort_on_task: Option<usize>,
+    /// The job's scratch bucket (`exchange: s3` ships and reads pieces there), and uploads in flight.
+    store_bucket: Option<Bucket>,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads of [`Command::Ship`] in flight at once.
+const SHIP_CONCURRENCY: usize = 8;
 
 /// Keys being copied here from peers ahead of their merges ([`Command::Move`]): queued per peer, one batch in
 /// flight per peer. A task reading one of them waits for it rather than fetching it a second time.
@@ -303,6 +309,17 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
     let spill = spill_backend(spill, &job, &desc, id, opts.spill_disk_limit)?;
     let graph = TaskGraph::build(&job.plan).map_err(|e| anyhow::anyhow!("task graph: {e}"))?;
     let sink = WorkerSink::open(&job, &desc, http.clone())?;
+    let store_bucket = desc
+        .scratch
+        .as_deref()
+        .map(|uri| -> anyhow::Result<Bucket> {
+            let location = S3Location::parse("scratch", uri)?;
+            Ok(arrayjob_engine::s3::bucket(
+                job.manifest.spec.s3_storage(),
+                &location.bucket,
+            )?)
+        })
+        .transpose()?;
     let shared = Arc::new(Shared {
         id,
         progress: JobProgress::new(&job.plan),
@@ -320,6 +337,8 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         tasks_done: AtomicU64::new(0),
         metrics: Arc::new(WorkerMetrics::new()),
         abort_on_task: opts.abort_on_task,
+        store_bucket,
+        uploads: Arc::new(tokio::sync::Semaphore::new(SHIP_CONCURRENCY)),
     });
     let guard = Guard {
         token: opts.token.clone(),
@@ -556,6 +575,9 @@ fn obey(shared: &Arc<Shared>, commands: Vec<Command>) {
                     tokio::spawn(move_from(shared.clone(), from));
                 }
             }
+            Command::Ship { object, keys } => {
+                tokio::spawn(ship(shared.clone(), object, keys));
+            }
             Command::Release { keys } => {
                 for key in keys {
                     if let Err(e) = shared.store.remove(key) {
@@ -597,6 +619,65 @@ fn obey(shared: &Arc<Shared>, commands: Vec<Command>) {
     }
 }
 
+/// Uploads `keys` from the store as one object at `object` (their frames in order, as a fetch answer) and
+/// reports it; a failed upload (after the S3 retries and outage budget) fails the job.
+async fn ship(shared: Arc<Shared>, object: String, keys: Vec<DataKey>) {
+    let Ok(_permit) = shared.uploads.clone().acquire_owned().await else {
+        return;
+    };
+    let s = shared.clone();
+    let report = tokio::task::spawn_blocking(move || ship_now(&s, &object, &keys))
+        .await
+        .unwrap_or_else(|e| Report::ShipFailed {
+            error: format!("the upload task stopped: {e}"),
+        });
+    push_report(&shared, report);
+}
+
+fn ship_now(shared: &Shared, object: &str, keys: &[DataKey]) -> Report {
+    let t0 = Instant::now();
+    let Some(bucket) = shared.store_bucket.clone() else {
+        return Report::ShipFailed {
+            error: "exchange through S3 without a scratch bucket".into(),
+        };
+    };
+    let mut body = Vec::new();
+    let mut sized = Vec::with_capacity(keys.len());
+    for &key in keys {
+        match shared.store.get(key) {
+            Ok(d) => {
+                sized.push((key, d.nbytes() as u64));
+                for part in protocol::answer_parts(&d) {
+                    body.extend_from_slice(&part);
+                }
+            }
+            Err(e) => {
+                return Report::ShipFailed {
+                    error: format!("worker {} cannot ship {key}: {e}", shared.id.0),
+                };
+            }
+        }
+    }
+    let crc32c = crc32c::crc32c(&body);
+    let bytes = body.len() as u64;
+    let key = object.to_owned();
+    let put = arrayjob_engine::s3::objects::block(async move {
+        bucket.put(&key, bytes::Bytes::from(body)).await
+    });
+    match put {
+        Ok(()) => Report::Shipped {
+            object: object.to_owned(),
+            keys: sized,
+            bytes,
+            crc32c,
+            seconds: t0.elapsed().as_secs_f64(),
+        },
+        Err(e) => Report::ShipFailed {
+            error: e.to_string(),
+        },
+    }
+}
+
 fn push_report(shared: &Shared, r: Report) {
     lock(&shared.reports).push(r);
     shared.report_ready.notify_one();
@@ -618,6 +699,7 @@ fn report_when_written(shared: &Shared, done: &std::sync::mpsc::Receiver<(Report
                 attempt,
                 input_unavailable: false,
                 error: e.to_string(),
+                unreadable: Vec::new(),
             },
             (Err(_), r) => r,
         };
@@ -660,12 +742,13 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
     let kind = shared.graph.task(a.task).kind;
     let fetched = match fetch_inputs(shared, &a.inputs) {
         Ok(f) => f,
-        Err(error) => {
+        Err(f) => {
             return Report::Failed {
                 task: a.task,
                 attempt: a.attempt,
-                input_unavailable: true,
-                error,
+                input_unavailable: f.unreadable.is_empty() || !f.fatal,
+                error: f.error,
+                unreadable: f.unreadable,
             };
         }
     };
@@ -702,16 +785,114 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
             // A local input released meanwhile: a copy of this task finished elsewhere first.
             input_unavailable: matches!(e, ExecError::Store(StoreError::Missing(_))),
             error: format!("{} {}: {e}", kind.name(), a.task.0),
+            unreadable: Vec::new(),
         },
     }
 }
 
-/// Fetches the inputs not held here, one request per holder; reports each transfer.
+/// Why a task's inputs could not be fetched.
+struct FetchFailure {
+    error: String,
+    /// Inputs whose object in the store is damaged or gone (rebuilt by the coordinator).
+    unreadable: Vec<DataKey>,
+    /// The store could not be reached at all (beyond the outage budget): the job fails.
+    fatal: bool,
+}
+
+impl From<String> for FetchFailure {
+    fn from(error: String) -> Self {
+        FetchFailure {
+            error,
+            unreadable: Vec::new(),
+            fatal: false,
+        }
+    }
+}
+
+/// Fetches the inputs not held here: from the job's object store, one GET per object; from peers, one
+/// request per holder (each transfer reported).
 fn fetch_inputs(
     shared: &Shared,
     inputs: &[InputLocation],
+) -> Result<HashMap<DataKey, Arc<Data>>, FetchFailure> {
+    let (stored, inputs): (Vec<&InputLocation>, Vec<&InputLocation>) =
+        inputs.iter().partition(|i| i.worker == WorkerId::STORE);
+    let mut out = read_stored(shared, &stored)?;
+    out.extend(fetch_from_peers(shared, &inputs)?);
+    Ok(out)
+}
+
+/// Reads inputs held by the job's object store: each object once, its frames decoded and checked; an object
+/// missing or damaged names the keys it should have held.
+fn read_stored(
+    shared: &Shared,
+    stored: &[&InputLocation],
+) -> Result<HashMap<DataKey, Arc<Data>>, FetchFailure> {
+    let mut out = HashMap::new();
+    if stored.is_empty() {
+        return Ok(out);
+    }
+    let Some(bucket) = shared.store_bucket.clone() else {
+        return Err("inputs in the object store but no scratch bucket"
+            .to_string()
+            .into());
+    };
+    let mut by_object: BTreeMap<&str, Vec<&InputLocation>> = BTreeMap::new();
+    for i in stored {
+        by_object.entry(i.address.as_str()).or_default().push(i);
+    }
+    for (object, wanted) in by_object {
+        let keys: Vec<DataKey> = wanted.iter().map(|i| i.key).collect();
+        let (b, k) = (bucket.clone(), object.to_owned());
+        let got = arrayjob_engine::s3::objects::block(async move { b.get(&k).await });
+        let unreadable = |error: String| FetchFailure {
+            error: format!("s3://{}/{object}: {error}", bucket.name()),
+            unreadable: keys.clone(),
+            fatal: false,
+        };
+        let body = match got {
+            Ok(Some((body, _))) => body,
+            Ok(None) => return Err(unreadable("not found".into())),
+            Err(e) => {
+                return Err(FetchFailure {
+                    error: e.to_string(),
+                    unreadable: keys.clone(),
+                    fatal: true,
+                });
+            }
+        };
+        let mut reader = protocol::FrameReader::default();
+        let decoded = match reader.push(&body) {
+            Ok(()) => reader.finish(),
+            Err(e) => Err(e),
+        };
+        let mut frames: Vec<Option<Data>> = decoded
+            .map_err(|e| unreadable(format!("damaged: {e}")))?
+            .into_iter()
+            .map(Some)
+            .collect();
+        shared.metrics.bytes_fetched.inc_by(body.len() as u64);
+        for i in wanted {
+            let d = i
+                .position
+                .and_then(|p| frames.get_mut(p)?.take())
+                .ok_or_else(|| unreadable(format!("has no frame {:?}", i.position)))?;
+            out.insert(i.key, Arc::new(d));
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches the inputs held by other workers, one request per holder; reports each transfer.
+fn fetch_from_peers(
+    shared: &Shared,
+    inputs: &[&InputLocation],
 ) -> Result<HashMap<DataKey, Arc<Data>>, String> {
-    let remote: Vec<&InputLocation> = inputs.iter().filter(|i| i.worker != shared.id).collect();
+    let remote: Vec<&InputLocation> = inputs
+        .iter()
+        .copied()
+        .filter(|i| i.worker != shared.id)
+        .collect();
     // Keys on their way here are waited for, then read from the store like local ones.
     let keys: Vec<DataKey> = remote.iter().map(|i| i.key).collect();
     shared.moves.wait_for(&keys, &shared.stop);

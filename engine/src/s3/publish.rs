@@ -28,9 +28,16 @@ use crate::runner::RunError;
 
 /// The journal of a publish under way.
 pub const JOURNAL: &str = ".arrayjob-publish.json";
-/// How long a lock stays valid without renewal: a run killed without releasing it blocks the location this
-/// long at most.
+/// How long a lock stays valid without renewal unless `storage.s3.leaseSeconds` says otherwise: a run killed
+/// without releasing it blocks the location this long at most.
 pub const LEASE: Duration = Duration::from_secs(60);
+
+/// The lease of `storage` (`leaseSeconds`, default [`LEASE`]).
+pub fn lease_of(storage: Option<&crate::spec::S3Storage>) -> Duration {
+    storage
+        .and_then(|s| s.lease_seconds)
+        .map_or(LEASE, Duration::from_secs)
+}
 /// Copies or uploads in flight during a publish.
 const PUBLISH_CONCURRENCY: usize = 16;
 
@@ -50,20 +57,22 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn lock_body(run: &str) -> Bytes {
+fn lock_body(run: &str, lease: Duration) -> Bytes {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let body = LockBody {
         holder: format!("pid {} on {}", std::process::id(), host.trim()),
         run: run.to_owned(),
-        expires: now_unix() + LEASE.as_secs(),
+        expires: now_unix() + lease.as_secs(),
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// The lock of an S3 output location, renewed in the background until dropped (which deletes it).
+/// The lock of an S3 output location (or of a job's ledger), renewed in the background until dropped (which
+/// deletes it).
 #[derive(Debug)]
 pub struct S3OutLock {
     bucket: Bucket,
+    lease: Duration,
     key: String,
     uri: String,
     etag: Arc<std::sync::Mutex<String>>,
@@ -77,25 +86,45 @@ impl S3OutLock {
     ///
     /// # Errors
     /// [`RunError::Busy`] when another run holds it; the S3 error when a request fails.
-    pub fn acquire(bucket: &Bucket, out: &S3Location, run: &str) -> Result<S3OutLock, RunError> {
-        let key = out.key(LOCK_FILE);
+    pub fn acquire(
+        bucket: &Bucket,
+        out: &S3Location,
+        run: &str,
+        lease: Duration,
+    ) -> Result<S3OutLock, RunError> {
+        let dir = out.to_string().trim_end_matches('/').to_owned();
+        S3OutLock::acquire_key(bucket, &out.key(LOCK_FILE), &dir, run, lease)
+    }
+
+    /// Takes the lock object `key` (of `what`, for messages) for `run`, as [`S3OutLock::acquire`].
+    ///
+    /// # Errors
+    /// As [`S3OutLock::acquire`].
+    pub fn acquire_key(
+        bucket: &Bucket,
+        key: &str,
+        what: &str,
+        run: &str,
+        lease: Duration,
+    ) -> Result<S3OutLock, RunError> {
         let etag = {
-            let (b, k, r) = (bucket.clone(), key.clone(), run.to_owned());
-            block(async move { take(&b, &k, &r).await })?
+            let (b, k, r) = (bucket.clone(), key.to_owned(), run.to_owned());
+            block(async move { take(&b, &k, &r, lease).await })?
         };
         let etag = match etag {
             Ok(etag) => etag,
             Err(holder) => {
                 return Err(RunError::Busy {
-                    dir: out.to_string().trim_end_matches('/').to_owned(),
+                    dir: what.to_owned(),
                     holder,
                 });
             }
         };
         let mut lock = S3OutLock {
             bucket: bucket.clone(),
-            uri: out.uri(LOCK_FILE),
-            key,
+            lease,
+            uri: format!("s3://{}/{key}", bucket.name()),
+            key: key.to_owned(),
             etag: Arc::new(std::sync::Mutex::new(etag)),
             lost: Arc::default(),
             stop: Arc::default(),
@@ -106,6 +135,7 @@ impl S3OutLock {
     }
 
     fn start_renewing(&self, run: String) -> std::thread::JoinHandle<()> {
+        let lease = self.lease;
         let (bucket, key, etag, lost, stop) = (
             self.bucket.clone(),
             self.key.clone(),
@@ -118,14 +148,14 @@ impl S3OutLock {
                 let stopped = stop.0.lock().unwrap_or_else(|e| e.into_inner());
                 let (stopped, _) = stop
                     .1
-                    .wait_timeout_while(stopped, LEASE / 3, |s| !*s)
+                    .wait_timeout_while(stopped, lease / 3, |s| !*s)
                     .unwrap_or_else(|e| e.into_inner());
                 if *stopped {
                     return;
                 }
                 drop(stopped);
                 let current = etag.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let (b, k, body) = (bucket.clone(), key.clone(), lock_body(&run));
+                let (b, k, body) = (bucket.clone(), key.clone(), lock_body(&run, lease));
                 match block(async move { b.put_if(&k, body, Some(&current)).await }) {
                     Ok(CondPut::Written(new)) => {
                         *etag.lock().unwrap_or_else(|e| e.into_inner()) = new;
@@ -178,9 +208,14 @@ impl Drop for S3OutLock {
 }
 
 /// Creates the lock object at `key`, or takes over an expired one; `Err(holder)` when someone holds it.
-async fn take(bucket: &Bucket, key: &str, run: &str) -> Result<Result<String, String>, S3Error> {
+async fn take(
+    bucket: &Bucket,
+    key: &str,
+    run: &str,
+    lease: Duration,
+) -> Result<Result<String, String>, S3Error> {
     for _ in 0..3 {
-        if let CondPut::Written(etag) = bucket.put_if(key, lock_body(run), None).await? {
+        if let CondPut::Written(etag) = bucket.put_if(key, lock_body(run, lease), None).await? {
             return Ok(Ok(etag));
         }
         let Some((body, etag)) = bucket.get(key).await? else {
@@ -194,8 +229,9 @@ async fn take(bucket: &Bucket, key: &str, run: &str) -> Result<Result<String, St
                 return Ok(Err(format!("{} (run {})", h.holder, h.run)));
             }
             _ => {
-                if let CondPut::Written(etag) =
-                    bucket.put_if(key, lock_body(run), Some(&etag)).await?
+                if let CondPut::Written(etag) = bucket
+                    .put_if(key, lock_body(run, lease), Some(&etag))
+                    .await?
                 {
                     warn!(
                         key,
@@ -233,7 +269,9 @@ pub fn clean(
     bucket: &Bucket,
     out: &S3Location,
     _lock: &S3OutLock,
+    keep: Option<&str>,
 ) -> Result<Vec<String>, RunError> {
+    let keep = keep.map(str::to_owned);
     let (b, o) = (bucket.clone(), out.clone());
     block(async move {
         if let Some((body, _)) = b.get(&o.key(JOURNAL)).await? {
@@ -249,6 +287,9 @@ pub fn clean(
         }
         let mut removed = Vec::new();
         for dir in b.list_dirs(&o.prefix, STAGING_PREFIX).await? {
+            if keep.as_deref() == Some(dir.as_str()) {
+                continue;
+            }
             if b.delete_prefix(&dir).await? > 0 {
                 warn!(prefix = %dir, "removed the staging prefix of a run that did not finish");
                 removed.push(dir);
@@ -436,6 +477,6 @@ async fn roll_forward(b: &Bucket, out: &S3Location, j: &Journal) -> Result<(), S
 /// [`RunError::Busy`] when a run holds the location; the S3 error when a request fails.
 pub fn gc(bucket: &Bucket, out: &S3Location) -> Result<Vec<String>, RunError> {
     let run = format!("gc-{}", std::process::id());
-    let lock = S3OutLock::acquire(bucket, out, &run)?;
-    clean(bucket, out, &lock)
+    let lock = S3OutLock::acquire(bucket, out, &run, LEASE)?;
+    clean(bucket, out, &lock, None)
 }
