@@ -216,10 +216,54 @@ async fn service_routes_to_ready_pods_only() -> Result<()> {
 }
 
 #[tokio::test]
+async fn tcp_probe_waits_for_the_port_to_open() -> Result<()> {
+    let env = env()?;
+    let ns = env.namespace("tcpprobe").await?;
+    let client = env.client().await?;
+    let spec = json!({"containers": [{
+        "name": "web", "image": TEST_POD_IMAGE,
+        "command": ["test-pod", "serve", "--addr", "$(POD_IP):8080", "--body", "late",
+                    "--ready-file", "/nonexistent", "--listen-after-ms", "3000"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}
+    }]});
+    create(&client, &ns, &pod("late", json!({}), spec)?).await?;
+    let t = Duration::from_secs(30);
+    let running = env
+        .wait_pod(&client, &ns, "late", t, "Running", |p| {
+            phase(p) == "Running"
+        })
+        .await?;
+    let seen_running = Instant::now();
+    assert_eq!(condition(&running, "Ready").as_deref(), Some("False"));
+    let ready = env
+        .wait_pod(&client, &ns, "late", t, "Ready", is_ready)
+        .await?;
+    let waited = seen_running.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "ready {waited:?} after start, before the port opened (3 s)"
+    );
+    let ip = ready.status.and_then(|s| s.pod_ip).context("podIP")?;
+    assert_eq!(http_body(&format!("{ip}:8080")).await?, "late");
+    Ok(())
+}
+
+#[tokio::test]
 async fn pods_get_service_variables_of_earlier_services() -> Result<()> {
     let env = env()?;
     let ns = env.namespace("svcenv").await?;
     let client = env.client().await?;
+    // The API server's own Service takes the first address of the loopback range.
+    let kubernetes = Api::<Service>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await?;
+    let api_ip = cluster_ip(&kubernetes)?;
+    ensure!(
+        api_ip.starts_with("127.") && api_ip.ends_with(".1"),
+        "kubernetes Service at {api_ip}"
+    );
     let svc = create_service(
         &client,
         &ns,

@@ -596,6 +596,60 @@ impl PodRun {
         }
     }
 
+    fn set_waiting(&mut self, i: Option<usize>, nr: &NotReady) {
+        for (j, c) in self.containers.iter_mut().enumerate() {
+            if i.is_none_or(|i| i == j) {
+                c.state = CState::Waiting {
+                    reason: nr.reason.into(),
+                    message: nr.message.clone(),
+                };
+            }
+        }
+    }
+
+    /// Prepares the pod's volumes and every container; `None` (with waiting states set) when
+    /// something is missing.
+    async fn prepare_all(&mut self, pod: &Pod, containers: &[Container]) -> Option<PodVolumes> {
+        let ctx = self.ctx.clone();
+        let shared = async {
+            Ok::<_, NotReady>((
+                volumes::prepare(&ctx, pod, self.ip, self.node_ip).await?,
+                service_links(&ctx.client, pod).await?,
+            ))
+        };
+        let (vols, service_env) = match shared.await {
+            Ok(v) => v,
+            Err(nr) => {
+                self.set_waiting(None, &nr);
+                return None;
+            }
+        };
+        let setup = PodSetup {
+            pod_dir: &self.pod_dir,
+            ip: self.ip,
+            node_ip: self.node_ip,
+            volumes: &vols,
+            service_env: &service_env,
+        };
+        let mut prepared = Vec::new();
+        let mut missing = Vec::new();
+        for (i, c) in containers.iter().enumerate() {
+            match prepare(&ctx, pod, c, &setup).await {
+                Ok(p) => prepared.push((i, p)),
+                Err(nr) => missing.push((i, nr)),
+            }
+        }
+        for (i, p) in prepared {
+            if let Some(r) = self.containers.get_mut(i) {
+                r.prepared = Some(p);
+            }
+        }
+        for (i, nr) in &missing {
+            self.set_waiting(Some(*i), nr);
+        }
+        missing.is_empty().then_some(vols)
+    }
+
     fn signal_all(&self, sig: Signal) {
         for c in &self.containers {
             if let Some(pid) = c.pid {
@@ -788,64 +842,9 @@ pub(crate) async fn run_pod(
 
     // Prepare the volumes and every container (image mapping, environment, mounts); retry while
     // something is missing.
-    let mut pod_volumes;
-    loop {
-        let shared = async {
-            Ok::<_, NotReady>((
-                volumes::prepare(&ctx, &pod, ip, node_ip).await?,
-                service_links(&ctx.client, &pod).await?,
-            ))
-        };
-        let (vols, service_env) = match shared.await {
-            Ok(v) => v,
-            Err(nr) => {
-                for c in &mut run.containers {
-                    c.state = CState::Waiting {
-                        reason: nr.reason.into(),
-                        message: nr.message.clone(),
-                    };
-                }
-                run.publish(true).await;
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                    _ = stop.changed() => {
-                        if *stop.borrow() != Stop::Kill {
-                            force_delete(&ctx.client, &pod).await;
-                        }
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        pod_volumes = vols;
-        let setup = PodSetup {
-            pod_dir: &pod_dir,
-            ip,
-            node_ip,
-            volumes: &pod_volumes,
-            service_env: &service_env,
-        };
-        let mut missing = false;
-        for (i, c) in spec.containers.iter().enumerate() {
-            match prepare(&ctx, &pod, c, &setup).await {
-                Ok(p) => {
-                    if let Some(r) = run.containers.get_mut(i) {
-                        r.prepared = Some(p);
-                    }
-                }
-                Err(nr) => {
-                    missing = true;
-                    if let Some(r) = run.containers.get_mut(i) {
-                        r.state = CState::Waiting {
-                            reason: nr.reason.into(),
-                            message: nr.message,
-                        };
-                    }
-                }
-            }
-        }
-        if !missing {
-            break;
+    let mut pod_volumes = loop {
+        if let Some(v) = run.prepare_all(&pod, &spec.containers).await {
+            break v;
         }
         run.publish(true).await;
         tokio::select! {
@@ -857,7 +856,7 @@ pub(crate) async fn run_pod(
                 return Ok(());
             }
         }
-    }
+    };
 
     let shared_pod = Arc::new(pod.clone());
     let _refreshers = Tasks(

@@ -8,8 +8,9 @@
 //!
 //! The endpoints controller cannot help here (the API server refuses loopback addresses in
 //! Endpoints and EndpointSlices), so the proxy reads the pods themselves: a pod is a backend when
-//! its Ready condition is True, it is not being deleted and its IP is a loopback address. Only
-//! loopback addresses are ever listened on or connected to.
+//! its Ready condition is True (or the Service has `publishNotReadyAddresses`), it is not being
+//! deleted and its IP is a loopback address. Only loopback addresses are ever listened on or
+//! connected to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -95,6 +96,7 @@ fn backends(svc: &Service, port: u16, pods: &[Arc<Pod>]) -> Vec<SocketAddrV4> {
         return Vec::new();
     };
     let selector = spec.selector.clone().unwrap_or_default();
+    let any_pod = spec.publish_not_ready_addresses == Some(true);
     let Some(sp) = spec
         .ports
         .iter()
@@ -107,7 +109,7 @@ fn backends(svc: &Service, port: u16, pods: &[Arc<Pod>]) -> Vec<SocketAddrV4> {
     let mut chosen: Vec<(String, SocketAddrV4)> = pods
         .iter()
         .filter(|p| p.namespace() == ns && !selector.is_empty() && selected(p, &selector))
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && (any_pod || pod_ready(p)))
         .filter_map(|p| {
             let ip: Ipv4Addr = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
             let port = target_port(sp, p)?;

@@ -1,8 +1,9 @@
 //! `arrayjob-test-pod`: a small program the e2e tests run as a pod image.
 //!
 //! ```text
-//! arrayjob-test-pod serve --addr IP:PORT --body TEXT --ready-file PATH
+//! arrayjob-test-pod serve --addr IP:PORT --body TEXT --ready-file PATH [--listen-after-ms N]
 //!     HTTP: `GET /` answers TEXT; `GET /ready` answers 200 while PATH exists, else 503.
+//!     With --listen-after-ms, the port opens only after N ms.
 //! arrayjob-test-pod api-check --namespace NS
 //!     With the in-cluster configuration (service-account token files and
 //!     KUBERNETES_SERVICE_HOST/PORT), prints who the API server says we are, then the outcome of
@@ -39,6 +40,9 @@ enum Cmd {
         /// `GET /ready` answers 200 while this file exists.
         #[arg(long)]
         ready_file: PathBuf,
+        /// Wait this long before listening.
+        #[arg(long, default_value_t = 0)]
+        listen_after_ms: u64,
     },
     /// Use the in-cluster service-account configuration against the API server.
     ApiCheck {
@@ -73,7 +77,8 @@ async fn answer(mut s: TcpStream, body: String, ready_file: PathBuf) -> std::io:
     s.shutdown().await
 }
 
-async fn serve(addr: &str, body: String, ready_file: PathBuf) -> anyhow::Result<()> {
+async fn serve(addr: &str, body: String, ready_file: PathBuf, delay: u64) -> anyhow::Result<()> {
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     let l = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen on {addr}"))?;
@@ -133,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
             addr,
             body,
             ready_file,
-        } => serve(&addr, body, ready_file).await,
+            listen_after_ms,
+        } => serve(&addr, body, ready_file, listen_after_ms).await,
         Cmd::ApiCheck { namespace } => api_check(&namespace).await,
     }
 }
