@@ -216,7 +216,7 @@ async fn service_routes_to_ready_pods_only() -> Result<()> {
 }
 
 #[tokio::test]
-async fn tcp_probe_waits_for_the_port_to_open() -> Result<()> {
+async fn tcp_and_exec_probes_gate_readiness() -> Result<()> {
     let env = env()?;
     let ns = env.namespace("tcpprobe").await?;
     let client = env.client().await?;
@@ -247,6 +247,28 @@ async fn tcp_probe_waits_for_the_port_to_open() -> Result<()> {
     );
     let ip = ready.status.and_then(|s| s.pod_ip).context("podIP")?;
     assert_eq!(http_body(&format!("{ip}:8080")).await?, "late");
+
+    // An exec probe in a pod without mounts (no token either) runs on the host's programs.
+    let dir = tempfile::tempdir()?;
+    let flag = dir.path().join("flag");
+    let spec = json!({"automountServiceAccountToken": false, "containers": [{
+        "name": "main", "image": "busybox", "command": ["sh", "-c", "while true; do sleep 0.1; done"],
+        "readinessProbe": {"exec": {"command": ["test", "-e", flag.display().to_string()]},
+                           "periodSeconds": 1}
+    }]});
+    create(&client, &ns, &pod("plain", json!({}), spec)?).await?;
+    env.wait_pod(&client, &ns, "plain", t, "Running", |p| {
+        phase(p) == "Running"
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("plain")
+        .await?;
+    assert_eq!(condition(&p, "Ready").as_deref(), Some("False"));
+    std::fs::write(&flag, b"")?;
+    env.wait_pod(&client, &ns, "plain", t, "Ready", is_ready)
+        .await?;
     Ok(())
 }
 

@@ -552,7 +552,7 @@ impl PodRun {
                 if let (Some(spec), Some(pid)) = (&p.readiness, pid) {
                     let exec = ExecTarget {
                         agent_exe: self.ctx.agent_exe.clone(),
-                        pid,
+                        mount_ns_of: (!p.mounts.is_empty()).then_some(pid),
                         env: p.env.clone(),
                         workdir: p.workdir.clone(),
                     };

@@ -186,8 +186,8 @@ impl Tally {
 pub(crate) struct ExecTarget {
     /// The agent binary (for `sandbox`).
     pub(crate) agent_exe: PathBuf,
-    /// The container's main process (its mount namespace is joined).
-    pub(crate) pid: i32,
+    /// The container's main process, when it has a mount namespace of its own to join.
+    pub(crate) mount_ns_of: Option<i32>,
     /// The container's environment.
     pub(crate) env: Vec<(String, String)>,
     /// The container's working directory.
@@ -228,7 +228,7 @@ async fn http_ok(
 
 async fn exec_ok(command: &[String], t: &ExecTarget) -> std::io::Result<bool> {
     let plan = SandboxPlan {
-        join_mount_ns_of: Some(t.pid),
+        join_mount_ns_of: t.mount_ns_of,
         workdir: Some(t.workdir.clone()),
         ..SandboxPlan::default()
     };
