@@ -11,11 +11,11 @@
 //!   `<state>/pods/<namespace>/<pod>/<container>.log`.
 //! * Pod status (phase, podIP, container states, exit codes, restart counts) is reported, the
 //!   restart policy honoured, and a deleted pod gets SIGTERM, then SIGKILL after its grace period.
-//! * Readiness probes (httpGet, tcpSocket, exec) drive the Ready conditions ([`probes`]).
+//! * Readiness probes (httpGet, tcpSocket, exec) drive the Ready conditions (`probes`).
 //! * Volumes (emptyDir, projected service-account tokens, configMap, secret) are bind-mounted in
-//!   a mount namespace per pod ([`volumes`], [`sandbox`]).
+//!   a mount namespace per pod (`volumes`, [`sandbox`]).
 //! * Services with a selector are proxied on their loopback ClusterIPs to ready pods, and pods get
-//!   the kubelet-style `{NAME}_SERVICE_HOST/PORT` variables ([`proxy`]).
+//!   the kubelet-style `{NAME}_SERVICE_HOST/PORT` variables (`proxy`).
 //! * [`reclaim::reclaim_spot_node`] simulates a spot interruption.
 
 mod node;
