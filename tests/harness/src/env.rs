@@ -231,7 +231,10 @@ impl TestEnv {
                 "--service-account-signing-key-file={}",
                 pf("sa.key")
             ))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg(format!(
+                "--service-cluster-ip-range={}",
+                service_cidr(std::process::id())
+            ))
             .arg("--profiling=false");
         group.spawn("kube-apiserver", api)?;
 
@@ -641,6 +644,16 @@ impl Drop for TestNamespace {
     }
 }
 
+/// The Service ClusterIP range of the environment started by process `pid`: a loopback /24
+/// (`127.100-199.x.0/24`, chosen from the PID so that concurrent environments rarely share one),
+/// so that the node agent can listen on the ClusterIPs and nothing ever goes to a private-range
+/// address. The first address goes to the `kubernetes` Service.
+pub(crate) fn service_cidr(pid: u32) -> String {
+    let second = 100 + pid % 100;
+    let third = (pid / 100) % 256;
+    format!("127.{second}.{third}.0/24")
+}
+
 async fn wait_tcp(
     group: &mut ProcessGroup,
     port: u16,
@@ -687,5 +700,18 @@ where
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ranges_are_loopback_and_differ_between_processes() {
+        assert_eq!(service_cidr(0), "127.100.0.0/24");
+        assert_eq!(service_cidr(12_345), "127.145.123.0/24");
+        assert_ne!(service_cidr(12_345), service_cidr(12_346));
+        assert_ne!(service_cidr(12_345), service_cidr(12_445));
     }
 }

@@ -11,11 +11,20 @@
 //!   `<state>/pods/<namespace>/<pod>/<container>.log`.
 //! * Pod status (phase, podIP, container states, exit codes, restart counts) is reported, the
 //!   restart policy honoured, and a deleted pod gets SIGTERM, then SIGKILL after its grace period.
+//! * Readiness probes (httpGet, tcpSocket, exec) drive the Ready conditions (`probes`).
+//! * Volumes (emptyDir, projected service-account tokens, configMap, secret) are bind-mounted in
+//!   a mount namespace per pod (`volumes`, [`sandbox`]).
+//! * Services with a selector are proxied on their loopback ClusterIPs to ready pods, and pods get
+//!   the kubelet-style `{NAME}_SERVICE_HOST/PORT` variables (`proxy`).
 //! * [`reclaim::reclaim_spot_node`] simulates a spot interruption.
 
 mod node;
 mod pods;
+pub(crate) mod probes;
+pub(crate) mod proxy;
 pub mod reclaim;
+pub mod sandbox;
+pub(crate) mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -202,6 +211,8 @@ pub(crate) struct Ctx {
     pub(crate) cfg: AgentConfig,
     pub(crate) ips: Mutex<IpPool>,
     pub(crate) node_ips: HashMap<String, Ipv4Addr>,
+    /// This agent's own binary: containers with mounts start through its `sandbox` command.
+    pub(crate) agent_exe: PathBuf,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -240,11 +251,13 @@ pub async fn run(client: Client, cfg: AgentConfig) -> Result<()> {
             (n.name.clone(), Ipv4Addr::new(127, 1, 0, i))
         })
         .collect();
+    let agent_exe = std::env::current_exe().map_err(|e| Error::io("find the agent binary", e))?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         ips: Mutex::new(IpPool::new(cfg.pod_ip_start)),
         cfg,
         node_ips,
+        agent_exe,
     });
 
     for spec in &ctx.cfg.nodes {
@@ -255,6 +268,7 @@ pub async fn run(client: Client, cfg: AgentConfig) -> Result<()> {
         ctx.cfg.nodes.iter().map(|n| n.name.clone()).collect(),
     ));
     tokio::spawn(node::heartbeat_loop(ctx.clone(), live.clone()));
+    tokio::spawn(proxy::run(client.clone()));
 
     let mut running: HashMap<String, Running> = HashMap::new();
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -273,10 +287,11 @@ pub async fn run(client: Client, cfg: AgentConfig) -> Result<()> {
                     on_pod(&ctx, &live, &mut running, pod).await;
                 }
                 Ok(watcher::Event::Delete(pod)) => {
-                    if let Some(uid) = pod.uid()
-                        && let Some(r) = running.remove(&uid)
-                    {
-                        let _ = r.stop.send(Stop::Kill);
+                    if let Some(uid) = pod.uid() {
+                        if let Some(r) = running.remove(&uid) {
+                            let _ = r.stop.send(Stop::Kill);
+                        }
+                        volumes::remove(&ctx.cfg.state_dir, &uid);
                     }
                 }
                 Ok(_) => {}

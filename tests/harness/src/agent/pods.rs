@@ -9,17 +9,21 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::node::now_time;
-use super::{Ctx, Stop, force_delete, lock};
+use super::probes::{self, ExecTarget, ProbeSpec};
+use super::sandbox::{BindMount, SandboxPlan};
+use super::volumes::{self, PodVolumes};
+use super::{Ctx, Stop, force_delete, lock, proxy};
 use crate::{Error, Result};
 
 /// Finds the local binary for `image` in `map`: the exact image reference first, then the
@@ -77,12 +81,17 @@ fn expand(s: &str, vars: &HashMap<String, String>) -> String {
 }
 
 /// Why a container could not be prepared (shown as its waiting state).
-struct NotReady {
-    reason: &'static str,
-    message: String,
+pub(crate) struct NotReady {
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
 }
 
-fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr, node_ip: Ipv4Addr) -> Option<String> {
+pub(crate) fn field_value(
+    pod: &Pod,
+    path: &str,
+    ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let in_brackets = |prefix: &str| {
@@ -113,7 +122,11 @@ fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr, node_ip: Ipv4Addr) -> Option
     })
 }
 
-async fn secret_data(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>> {
     let s: Secret = Api::namespaced(client.clone(), ns).get(name).await?;
     Ok(s.data
         .unwrap_or_default()
@@ -122,7 +135,7 @@ async fn secret_data(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<S
         .collect())
 }
 
-async fn config_map_data(
+pub(crate) async fn config_map_data(
     client: &Client,
     ns: &str,
     name: &str,
@@ -139,21 +152,64 @@ fn config_error(what: String) -> NotReady {
 }
 
 /// A container ready to start.
+#[derive(Clone)]
 struct Prepared {
     program: PathBuf,
     argv: Vec<String>,
     env: Vec<(String, String)>,
     workdir: PathBuf,
+    mounts: Vec<BindMount>,
+    readiness: Option<ProbeSpec>,
+}
+
+/// What every container of a pod shares while being prepared.
+struct PodSetup<'a> {
+    pod_dir: &'a Path,
+    ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
+    volumes: &'a PodVolumes,
+    service_env: &'a [(String, String)],
+}
+
+/// The service variables for a pod (none when `enableServiceLinks: false`).
+async fn service_links(
+    client: &Client,
+    pod: &Pod,
+) -> std::result::Result<Vec<(String, String)>, NotReady> {
+    if pod.spec.as_ref().and_then(|s| s.enable_service_links) == Some(false) {
+        return Ok(Vec::new());
+    }
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    let list = Api::<Service>::namespaced(client.clone(), &ns)
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| config_error(format!("listing the services of {ns}: {e}")))?;
+    Ok(proxy::service_env(&list.items))
+}
+
+/// The working directory: `workingDir` when it is an existing directory or lies in a mount.
+fn working_dir(c: &Container, pod_dir: &Path, mounts: &[BindMount]) -> PathBuf {
+    c.working_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .filter(|p| {
+            p.is_absolute() && (p.is_dir() || mounts.iter().any(|m| p.starts_with(&m.target)))
+        })
+        .unwrap_or_else(|| pod_dir.to_path_buf())
 }
 
 async fn prepare(
     ctx: &Ctx,
     pod: &Pod,
     c: &Container,
-    pod_dir: &Path,
-    ip: Ipv4Addr,
-    node_ip: Ipv4Addr,
+    setup: &PodSetup<'_>,
 ) -> std::result::Result<Prepared, NotReady> {
+    let PodSetup {
+        pod_dir,
+        ip,
+        node_ip,
+        ..
+    } = *setup;
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let image = c.image.clone().unwrap_or_default();
     let map = read_image_map(&ctx.cfg.images_file);
@@ -173,6 +229,7 @@ async fn prepare(
         ("HOSTNAME".into(), pod.name_any()),
         ("HOME".into(), pod_dir.display().to_string()),
     ];
+    vars.extend(setup.service_env.iter().cloned());
     if let Some((h, p)) = &ctx.cfg.api_host_port {
         vars.push(("KUBERNETES_SERVICE_HOST".into(), h.clone()));
         vars.push(("KUBERNETES_SERVICE_PORT".into(), p.to_string()));
@@ -280,17 +337,20 @@ async fn prepare(
     let args = c.args.iter().flatten().map(|s| expand(s, &known));
     // command[0] names the program inside the image; the image map says which local binary that is.
     let argv: Vec<String> = command.into_iter().skip(1).chain(args).collect();
-    let workdir = c
-        .working_dir
+    let mounts = volumes::container_mounts(setup.volumes, c)?;
+    let readiness = c
+        .readiness_probe
         .as_ref()
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir())
-        .unwrap_or_else(|| pod_dir.to_path_buf());
+        .map(|p| ProbeSpec::from_k8s(p, c, ip))
+        .transpose()
+        .map_err(|e| config_error(format!("readinessProbe: {e}")))?;
     Ok(Prepared {
         program,
         argv,
         env: vars,
-        workdir,
+        workdir: working_dir(c, pod_dir, &mounts),
+        mounts,
+        readiness,
     })
 }
 
@@ -350,6 +410,83 @@ struct CRun {
     state: CState,
     last: Option<CState>,
     restart_at: Option<Instant>,
+    /// The readiness probe's verdict for the current run (`true` without a probe).
+    probe_ready: bool,
+    probe_task: Option<AbortHandle>,
+}
+
+impl CRun {
+    fn new(c: &Container) -> Self {
+        CRun {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            prepared: None,
+            pid: None,
+            generation: 0,
+            restarts: 0,
+            state: CState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+            last: None,
+            restart_at: None,
+            probe_ready: false,
+            probe_task: None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.state, CState::Running { .. })
+    }
+
+    fn ready(&self) -> bool {
+        self.running() && self.probe_ready
+    }
+
+    fn stop_probe(&mut self) {
+        if let Some(t) = self.probe_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for CRun {
+    fn drop(&mut self) {
+        self.stop_probe();
+    }
+}
+
+/// Aborts the pod's background tasks (token refreshes) when the pod runner ends.
+struct Tasks(Vec<AbortHandle>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The command that starts a prepared container: directly, or through the agent's sandbox when
+/// the container has mounts.
+fn command(agent_exe: &Path, p: &Prepared) -> std::io::Result<tokio::process::Command> {
+    if p.mounts.is_empty() {
+        let mut cmd = tokio::process::Command::new(&p.program);
+        cmd.args(&p.argv).current_dir(&p.workdir);
+        return Ok(cmd);
+    }
+    let plan = SandboxPlan {
+        mounts: p.mounts.clone(),
+        join_mount_ns_of: None,
+        workdir: Some(p.workdir.clone()),
+    };
+    let plan = serde_json::to_string(&plan).map_err(std::io::Error::other)?;
+    let mut cmd = tokio::process::Command::new(agent_exe);
+    cmd.args(["sandbox", "--plan", &plan, "--"])
+        .arg(&p.program)
+        .args(&p.argv)
+        .current_dir("/");
+    Ok(cmd)
 }
 
 struct PodRun {
@@ -363,6 +500,7 @@ struct PodRun {
     policy: String,
     containers: Vec<CRun>,
     exits: mpsc::UnboundedSender<(usize, u64, i32)>,
+    probes: mpsc::UnboundedSender<(usize, u64, bool)>,
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -384,7 +522,7 @@ impl PodRun {
         let Some(c) = self.containers.get_mut(i) else {
             return;
         };
-        let Some(p) = &c.prepared else { return };
+        let Some(p) = c.prepared.clone() else { return };
         c.generation += 1;
         let generation = c.generation;
         let started = now_time();
@@ -395,11 +533,9 @@ impl PodRun {
                 .append(true)
                 .open(&log_path)?;
             let log2 = log.try_clone()?;
-            tokio::process::Command::new(&p.program)
-                .args(&p.argv)
+            command(&self.ctx.agent_exe, &p)?
                 .env_clear()
                 .envs(p.env.iter().cloned())
-                .current_dir(&p.workdir)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -411,6 +547,23 @@ impl PodRun {
                 let pid = child.id().and_then(|p| i32::try_from(p).ok());
                 c.pid = pid;
                 c.state = CState::Running { started };
+                c.stop_probe();
+                c.probe_ready = p.readiness.is_none();
+                if let (Some(spec), Some(pid)) = (&p.readiness, pid) {
+                    let exec = ExecTarget {
+                        agent_exe: self.ctx.agent_exe.clone(),
+                        mount_ns_of: (!p.mounts.is_empty()).then_some(pid),
+                        env: p.env.clone(),
+                        workdir: p.workdir.clone(),
+                    };
+                    let task = probes::run(
+                        spec.clone(),
+                        Some(exec),
+                        (i, generation),
+                        self.probes.clone(),
+                    );
+                    c.probe_task = Some(tokio::spawn(task).abort_handle());
+                }
                 let pgid_file = pid.and_then(|pid| {
                     self.ctx
                         .cfg
@@ -441,6 +594,60 @@ impl PodRun {
                 let _ = self.exits.send((i, generation, -1));
             }
         }
+    }
+
+    fn set_waiting(&mut self, i: Option<usize>, nr: &NotReady) {
+        for (j, c) in self.containers.iter_mut().enumerate() {
+            if i.is_none_or(|i| i == j) {
+                c.state = CState::Waiting {
+                    reason: nr.reason.into(),
+                    message: nr.message.clone(),
+                };
+            }
+        }
+    }
+
+    /// Prepares the pod's volumes and every container; `None` (with waiting states set) when
+    /// something is missing.
+    async fn prepare_all(&mut self, pod: &Pod, containers: &[Container]) -> Option<PodVolumes> {
+        let ctx = self.ctx.clone();
+        let shared = async {
+            Ok::<_, NotReady>((
+                volumes::prepare(&ctx, pod, self.ip, self.node_ip).await?,
+                service_links(&ctx.client, pod).await?,
+            ))
+        };
+        let (vols, service_env) = match shared.await {
+            Ok(v) => v,
+            Err(nr) => {
+                self.set_waiting(None, &nr);
+                return None;
+            }
+        };
+        let setup = PodSetup {
+            pod_dir: &self.pod_dir,
+            ip: self.ip,
+            node_ip: self.node_ip,
+            volumes: &vols,
+            service_env: &service_env,
+        };
+        let mut prepared = Vec::new();
+        let mut missing = Vec::new();
+        for (i, c) in containers.iter().enumerate() {
+            match prepare(&ctx, pod, c, &setup).await {
+                Ok(p) => prepared.push((i, p)),
+                Err(nr) => missing.push((i, nr)),
+            }
+        }
+        for (i, p) in prepared {
+            if let Some(r) = self.containers.get_mut(i) {
+                r.prepared = Some(p);
+            }
+        }
+        for (i, nr) in &missing {
+            self.set_waiting(Some(*i), nr);
+        }
+        missing.is_empty().then_some(vols)
     }
 
     fn signal_all(&self, sig: Signal) {
@@ -476,11 +683,7 @@ impl PodRun {
     async fn publish(&self, preparing: bool) {
         let phase = self.phase(preparing);
         let now = now_time();
-        let ready = !preparing
-            && self
-                .containers
-                .iter()
-                .all(|c| matches!(c.state, CState::Running { .. }));
+        let ready = !preparing && self.containers.iter().all(CRun::ready);
         let mut statuses = Vec::new();
         for c in &self.containers {
             let cid = format!(
@@ -491,8 +694,8 @@ impl PodRun {
             let mut s = json!({
                 "name": c.name, "image": c.image, "imageID": "",
                 "containerID": cid,
-                "ready": matches!(c.state, CState::Running { .. }),
-                "started": matches!(c.state, CState::Running { .. }),
+                "ready": c.ready(),
+                "started": c.running(),
                 "restartCount": c.restarts,
                 "state": c.state.to_json(&cid),
             });
@@ -558,6 +761,8 @@ impl PodRun {
             return;
         };
         c.pid = None;
+        c.stop_probe();
+        c.probe_ready = false;
         if code >= 0 {
             let started = match &c.state {
                 CState::Running { started } => started.clone(),
@@ -616,6 +821,7 @@ pub(crate) async fn run_pod(
         .copied()
         .unwrap_or(Ipv4Addr::LOCALHOST);
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let (probes_tx, mut probe_results) = mpsc::unbounded_channel();
     let mut run = PodRun {
         api: Api::namespaced(ctx.client.clone(), &ns),
         ctx: ctx.clone(),
@@ -628,51 +834,17 @@ pub(crate) async fn run_pod(
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into()),
-        containers: spec
-            .containers
-            .iter()
-            .map(|c| CRun {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                prepared: None,
-                pid: None,
-                generation: 0,
-                restarts: 0,
-                state: CState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: String::new(),
-                },
-                last: None,
-                restart_at: None,
-            })
-            .collect(),
+        containers: spec.containers.iter().map(CRun::new).collect(),
         exits: exits_tx,
+        probes: probes_tx,
     };
     tracing::info!(pod = %format!("{ns}/{name}"), %node, %ip, "starting pod");
 
-    // Prepare every container (image mapping, environment); retry while something is missing.
-    loop {
-        let mut missing = false;
-        for (i, c) in spec.containers.iter().enumerate() {
-            match prepare(&ctx, &pod, c, &pod_dir, ip, node_ip).await {
-                Ok(p) => {
-                    if let Some(r) = run.containers.get_mut(i) {
-                        r.prepared = Some(p);
-                    }
-                }
-                Err(nr) => {
-                    missing = true;
-                    if let Some(r) = run.containers.get_mut(i) {
-                        r.state = CState::Waiting {
-                            reason: nr.reason.into(),
-                            message: nr.message,
-                        };
-                    }
-                }
-            }
-        }
-        if !missing {
-            break;
+    // Prepare the volumes and every container (image mapping, environment, mounts); retry while
+    // something is missing.
+    let mut pod_volumes = loop {
+        if let Some(v) = run.prepare_all(&pod, &spec.containers).await {
+            break v;
         }
         run.publish(true).await;
         tokio::select! {
@@ -684,8 +856,18 @@ pub(crate) async fn run_pod(
                 return Ok(());
             }
         }
-    }
+    };
 
+    let shared_pod = Arc::new(pod.clone());
+    let _refreshers = Tasks(
+        std::mem::take(&mut pod_volumes.tokens)
+            .into_iter()
+            .map(|t| {
+                let task = t.refresh_loop(ctx.client.clone(), shared_pod.clone());
+                tokio::spawn(task).abort_handle()
+            })
+            .collect(),
+    );
     for i in 0..run.containers.len() {
         run.spawn(i);
     }
@@ -713,6 +895,15 @@ pub(crate) async fn run_pod(
                     tracing::info!(pod = %format!("{ns}/{name}"), phase, "pod finished");
                     return Ok(());
                 }
+            }
+            Some((i, generation, ready)) = probe_results.recv() => {
+                let Some(c) = run.containers.get_mut(i) else { continue };
+                if c.generation != generation || !c.running() || terminating {
+                    continue;
+                }
+                c.probe_ready = ready;
+                tracing::info!(pod = %format!("{ns}/{name}"), container = %c.name, ready, "readiness changed");
+                run.publish(false).await;
             }
             () = async {
                 if let Some(t) = next_restart { tokio::time::sleep_until(t).await }

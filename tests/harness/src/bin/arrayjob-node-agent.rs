@@ -3,6 +3,7 @@
 //! ```text
 //! arrayjob-node-agent run --kubeconfig K --nodes nodes.json --images images.json --state-dir D
 //! arrayjob-node-agent reclaim --kubeconfig K --node spot-b --grace 5
+//! arrayjob-node-agent sandbox --plan JSON -- PROGRAM ARGS..   (used by the agent itself)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use arrayjob_testenv::agent::sandbox::{self, SandboxPlan};
 use arrayjob_testenv::agent::{self, AgentConfig, NodeSpec};
 use clap::{Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -63,6 +65,42 @@ enum Cmd {
         #[arg(long)]
         grace: Option<u32>,
     },
+    /// Run PROGRAM in a pod's mount namespace (how the agent starts containers with volumes and
+    /// exec probes; see `agent::sandbox`).
+    Sandbox {
+        /// The plan as JSON: mounts, the process whose mount namespace to join, workdir.
+        #[arg(long)]
+        plan: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Sets up the sandbox and execs the program; returns only on failure (exit status 127).
+fn run_sandbox(plan: &str, command: &[String]) -> anyhow::Result<()> {
+    let plan: SandboxPlan = serde_json::from_str(plan).context("parse the sandbox plan")?;
+    let (program, args) = command.split_first().context("no program to run")?;
+    match sandbox::enter(&plan, std::path::Path::new(program), args) {
+        Ok(never) => match never {},
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(127);
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The sandbox must stay single-threaded (mount namespaces), so it runs before any runtime.
+    if let Cmd::Sandbox { plan, command } = &cli.cmd {
+        return run_sandbox(plan, command);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?
+        .block_on(agent_main(cli))
 }
 
 async fn client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
@@ -76,8 +114,7 @@ async fn client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(cfg)?)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn agent_main(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -85,7 +122,6 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let client = client(cli.kubeconfig.as_ref()).await?;
     match cli.cmd {
         Cmd::Run {
@@ -139,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 }))?
             );
         }
+        Cmd::Sandbox { .. } => anyhow::bail!("the sandbox runs before the agent starts"),
     }
     Ok(())
 }
