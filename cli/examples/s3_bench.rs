@@ -3,7 +3,9 @@
 //! 1. PUT then GET throughput of objects of 1 MiB and 16 MiB at 1, 8 and 32 requests in flight (8 is what a
 //!    worker's shard uploads and an `s3` source use by default), through the engine's own `Bucket`;
 //! 2. a job (default `examples/quickstart.yaml`) on `--workers 2` with its outputs in a local directory and on
-//!    S3 (`--out s3://...`): median wall time of `REPS` fresh runs each, objects and bytes written, requests.
+//!    S3 (`--out s3://...`): median wall time of `REPS` fresh runs each, objects and bytes written, requests;
+//! 3. the same job with outputs on S3 and `spec.storage.s3` set, `exchange: direct` against `exchange: s3`:
+//!    median wall time, bytes and keys shipped through S3, requests.
 //!
 //! ```text
 //! cargo build --release -p arrayjob-cli --bin arrayjob --example s3_bench
@@ -138,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         times.sort_by(f64::total_cmp);
         rows.push((target, times[times.len() / 2], times, last));
     }
+    let exchange = exchange_rows(&exe, &job, &s3, reps, scratch.path())?;
     println!(
         "| outputs | median s | runs (s) | S3 objects published | bytes put by workers | bytes put by the coordinator | requests (workers + coordinator) |"
     );
@@ -153,7 +156,75 @@ fn main() -> anyhow::Result<()> {
             counts["requests"]
         );
     }
+    println!(
+        "\n## {} on --workers 2, outputs on S3, exchange direct vs s3 (median of {reps})\n",
+        job.display()
+    );
+    println!(
+        "| exchange | median s | runs (s) | pieces shipped | bytes shipped | bytes put by workers | bytes got by workers | requests |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (mode, median, times, c) in exchange {
+        let runs: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "| {mode} | {median:.2} | {} | {} | {} | {} | {} | {} |",
+            runs.join(", "),
+            c["shippedKeys"],
+            c["shippedBytes"],
+            c["workerBytes"],
+            c["bytesGot"],
+            c["requests"]
+        );
+    }
     Ok(())
+}
+
+type Row = (&'static str, f64, Vec<f64>, serde_json::Value);
+
+/// Runs `job` with `spec.storage.s3` on the bench server and `exchange: direct`, then `s3`, outputs on S3.
+fn exchange_rows(
+    exe: &std::path::Path,
+    job: &std::path::Path,
+    s3: &S3Endpoint,
+    reps: usize,
+    scratch: &std::path::Path,
+) -> anyhow::Result<Vec<Row>> {
+    let text = std::fs::read_to_string(job)?;
+    let mut rows = Vec::new();
+    for mode in ["direct", "s3"] {
+        let storage = format!(
+            "spec:\n  exchange: {mode}\n  storage: {{s3: {{bucket: {BUCKET}, endpoint: \"{}\", region: {}, forcePathStyle: true}}}}\n",
+            s3.endpoint, s3.region
+        );
+        let manifest = scratch.join(format!("exchange-{mode}.yaml"));
+        std::fs::write(&manifest, text.replacen("spec:\n", &storage, 1))?;
+        let mut times = Vec::new();
+        let mut last = serde_json::Value::Null;
+        for rep in 0..reps {
+            let prefix = format!("exchange-{mode}/{rep}/");
+            let t0 = Instant::now();
+            let o = Command::new(exe)
+                .args(["run", &manifest.display().to_string()])
+                .args([
+                    "--out",
+                    &format!("s3://{BUCKET}/{prefix}"),
+                    "--workers",
+                    "2",
+                ])
+                .env("ARRAYJOB_QUIET", "true")
+                .output()?;
+            anyhow::ensure!(
+                o.status.success(),
+                "run failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            times.push(t0.elapsed().as_secs_f64());
+            last = s3_counts(s3, &prefix)?;
+        }
+        times.sort_by(f64::total_cmp);
+        rows.push((mode, times[times.len() / 2], times, last));
+    }
+    Ok(rows)
 }
 
 /// Seconds to PUT `count` objects of `size` bytes with `concurrency` in flight, then to GET them.
@@ -240,6 +311,9 @@ fn s3_counts(s3: &S3Endpoint, prefix: &str) -> anyhow::Result<serde_json::Value>
             "workerBytes": sum("bytesPut"),
             "coordinatorBytes": summary["s3"]["bytesPut"],
             "requests": sum("requests") + summary["s3"]["requests"].as_u64().unwrap_or(0),
+            "shippedBytes": workers["store"]["shippedBytes"],
+            "shippedKeys": workers["store"]["shippedKeys"],
+            "bytesGot": sum("bytesGot"),
         }))
     })
 }

@@ -1,8 +1,15 @@
-//! arrayjob operator: the `ArrayJob` custom resource (and, with the operator issue, its controller).
+//! arrayjob operator: the `ArrayJob` custom resource and its controller.
 //!
-//! The spec type is the engine's [`arrayjob_engine::spec::ArrayJobSpec`]; this crate adds the Kubernetes
-//! envelope (group, version, status, printer columns). It knows nothing of how arrays are computed.
+//! The spec type wraps the engine's [`arrayjob_engine::spec::ArrayJobSpec`]; this crate adds the Kubernetes
+//! envelope (group, version, status, printer columns, what only a cluster needs: worker pods, credentials) and
+//! the reconciler that runs a job as a coordinator pod and worker pods. It knows nothing of how arrays are
+//! computed and never carries chunk bytes: it reads the coordinator's progress snapshot and the pods' states.
 
+pub mod controller;
+pub mod desired;
+pub mod metrics;
+pub mod scratch;
+pub mod status;
 pub mod v1alpha1;
 
 use kube::CustomResourceExt;

@@ -1,5 +1,11 @@
 //! `arrayjob-operator`: the Kubernetes side of arrayjob.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrayjob_operator::controller::{self, Context};
+use arrayjob_operator::desired::Settings;
+use arrayjob_operator::metrics::Metrics;
 use clap::{Parser, Subcommand};
 
 /// The arrayjob Kubernetes operator.
@@ -14,13 +20,112 @@ struct Cli {
 enum Command {
     /// Print the ArrayJob CustomResourceDefinition as YAML (committed as crds/arrayjob.yaml).
     Crd,
+    /// Run the controller (in the cluster with its service account, or with `KUBECONFIG`).
+    Run {
+        /// Image of the coordinator and worker pods (a job's `workers.image` overrides it).
+        #[arg(long, env = "ARRAYJOB_IMAGE")]
+        image: String,
+        /// Where `/metrics` (Prometheus) and `/healthz` are served.
+        #[arg(long, env = "ARRAYJOB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: SocketAddr,
+        /// Watch this namespace only (default: all).
+        #[arg(long, env = "ARRAYJOB_NAMESPACE")]
+        namespace: Option<String>,
+        /// Reconcile only while holding the Lease `arrayjob-operator` in `POD_NAMESPACE` (several replicas:
+        /// one leads, the others wait to take over).
+        #[arg(long, env = "ARRAYJOB_LEADER_ELECTION")]
+        leader_election: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARRAYJOB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", arrayjob_operator::crd_yaml()?);
             Ok(())
         }
+        Command::Run {
+            image,
+            metrics_addr,
+            namespace,
+            leader_election,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(image, metrics_addr, namespace, leader_election)),
     }
+}
+
+async fn run(
+    image: String,
+    metrics_addr: SocketAddr,
+    namespace: Option<String>,
+    leader_election: bool,
+) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    tracing::info!(%metrics_addr, ?namespace, "arrayjob operator starting");
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { m.encode() }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    let ctx = Arc::new(Context::new(client.clone(), Settings { image }, metrics)?);
+    if !leader_election {
+        controller::run(ctx, namespace).await;
+        return Ok(());
+    }
+    let mut leading = lead(client).await?;
+    tokio::select! {
+        () = controller::run(ctx, namespace) => Ok(()),
+        () = async {
+            while leading.changed().await.is_ok() && *leading.borrow_and_update() {}
+        } => {
+            // Another replica may take over at once: stop before reconciling anything more.
+            anyhow::bail!("lost the leader Lease; exiting so that a restart waits for it again")
+        }
+    }
+}
+
+/// Waits until this replica holds the Lease `arrayjob-operator` (in `POD_NAMESPACE`, as `POD_NAME`); the
+/// receiver turns false if it is lost.
+async fn lead(client: kube::Client) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let me = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("arrayjob-operator-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, "arrayjob-operator")
+        .with_namespace(&ns)
+        .with_identity(&me)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(arrayjob_operator::controller::MANAGER)
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    // Detached: the manager renews the Lease as long as the receiver lives.
+    drop(task);
+    tracing::info!(lease = %format!("{ns}/arrayjob-operator"), identity = %me, "waiting for the leader Lease");
+    while !*leading.borrow_and_update() {
+        leading.changed().await?;
+    }
+    tracing::info!(identity = %me, "leading");
+    Ok(leading)
 }

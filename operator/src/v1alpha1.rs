@@ -1,10 +1,12 @@
 //! `arrayjob.dev/v1alpha1`: the `ArrayJob` resource.
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// An array job: a source stack of 2-D images and the stages computed over it.
+/// An array job: a source stack of 2-D images, the stages computed over it, and the pods that compute them.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "arrayjob.dev",
@@ -17,28 +19,196 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.currentStage"}"#,
     printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.source.synthetic), has(self.source.files), has(self.source.http), has(self.source.s3)].filter(x, x).size() == 1",
+        "message": "spec.source: exactly one of synthetic, files, http, s3",
+        "fieldPath": ".source"
+    },
+    {
+        "rule": "has(self.storage) && has(self.storage.s3)",
+        "message": "spec.storage.s3: required on Kubernetes (outputs, scratch and the exchange live in S3)",
+        "fieldPath": ".storage"
+    }
+]))]
 pub struct ArrayJobResourceSpec {
-    /// The job: source and stages (the same fields `arrayjob run` reads from a manifest).
+    /// The job: source, stages, storage and exchange (the fields `arrayjob run` reads from a manifest).
     #[serde(flatten)]
     pub job: arrayjob_engine::spec::ArrayJobSpec,
+    /// The worker pods.
+    #[serde(default)]
+    pub workers: WorkersSpec,
+    /// Name of a Secret in the job's namespace holding `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
+    /// optionally `AWS_SESSION_TOKEN`, `AWS_REGION`), given to the coordinator and workers as environment.
+    /// Without it the pods use the AWS default chain (e.g. IAM roles for service accounts with
+    /// `workers.serviceAccountName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_credentials_secret: Option<String>,
+    /// Where the outputs are published, `s3://bucket/prefix`. Default:
+    /// `s3://{storage.s3.bucket}/{storage.s3.prefix}outputs/{namespace}/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
-/// Observed state of an ArrayJob, written by the operator.
+/// How many worker pods, and where and how they run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Worker pods (lost ones are replaced while the job runs).
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+    /// Compute threads per worker. Default: the cores the pod may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub threads: Option<i32>,
+    /// CPU of each worker pod (request and limit), e.g. `2` or `1500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory of each worker pod (request and limit), e.g. `8Gi`; the worker keeps half of it for chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Run on spot capacity: adds `karpenter.sh/capacity-type: spot` to the node selector (and tolerates the
+    /// `karpenter.sh/capacity-type=spot` taint some pools carry).
+    #[serde(default)]
+    pub spot: bool,
+    /// Node labels the worker pods require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the worker pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Container image of the coordinator and workers. Default: the operator's `--image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Service account of the coordinator and worker pods (for IAM roles for service accounts). Its API token
+    /// is not mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+impl Default for WorkersSpec {
+    fn default() -> Self {
+        WorkersSpec {
+            replicas: 2,
+            threads: None,
+            cpu: None,
+            memory: None,
+            spot: false,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            image: None,
+            service_account_name: None,
+        }
+    }
+}
+
+/// A toleration of a node taint (as in a pod spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Toleration {
+    /// Taint key; empty with `Exists` matches every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (default) or `Exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// Taint value, with `Equal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+/// Observed state of an ArrayJob, written by the operator. Its size does not grow with the number of chunks
+/// or tasks: one entry per stage and per condition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArrayJobStatus {
-    /// Pending, Running, Succeeded, Failed or Suspended.
+    /// Pending, Running, Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// Name of the stage currently running.
+    /// The first stage not finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
     /// Tasks done over tasks in total, e.g. `1200/2510`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// Worker pods ready over desired, e.g. `3/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<String>,
+    /// Worker pod counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pods: Option<WorkerCounts>,
+    /// Per stage: tasks done and in total.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// Where the outputs are published (`s3://...`); complete once the job is Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// When the job started running, and when it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// See `startTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Why the job is where it is, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Progressing, Complete, Failed, Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Worker pods of a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    /// Pods asked for.
+    pub desired: i32,
+    /// Pods running and ready.
+    pub ready: i32,
+    /// Pods lost so far (failed, evicted, deleted) and replaced.
+    pub lost: i32,
+    /// Pods created so far, replacements included.
+    pub created: i32,
+}
+
+/// One stage's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Stage name (`source` for the loads).
+    pub name: String,
+    /// Tasks done.
+    pub tasks_done: i64,
+    /// Tasks in total.
+    pub tasks_total: i64,
+}
+
+/// A standard condition (`kubectl wait --for=condition=Complete` reads these).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Progressing, Complete, Failed or Stalled.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word saying why.
+    pub reason: String,
+    /// The cause in words: the field path of an invalid spec, the scheduler's message, the failing task.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation it was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -368,6 +368,8 @@ enum CState {
         started: Value,
         finished: Value,
         message: Option<String>,
+        /// The end of its log, as `terminationMessagePolicy: FallbackToLogsOnError` reports a failed run.
+        log_tail: Option<String>,
     },
 }
 
@@ -383,6 +385,7 @@ impl CState {
                 started,
                 finished,
                 message,
+                log_tail,
             } => {
                 let reason = match (code, message) {
                     (_, Some(_)) => "StartError",
@@ -391,7 +394,9 @@ impl CState {
                 };
                 let mut t = json!({"exitCode": code, "reason": reason, "startedAt": started,
                                    "finishedAt": finished, "containerID": cid});
-                if let (Some(m), Some(obj)) = (message, t.as_object_mut()) {
+                if let (Some(m), Some(obj)) =
+                    (message.as_ref().or(log_tail.as_ref()), t.as_object_mut())
+                {
                     obj.insert("message".into(), Value::String(m.clone()));
                 }
                 json!({"terminated": t})
@@ -413,6 +418,8 @@ struct CRun {
     /// The readiness probe's verdict for the current run (`true` without a probe).
     probe_ready: bool,
     probe_task: Option<AbortHandle>,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: a failed run's message is the end of its log.
+    logs_on_error: bool,
 }
 
 impl CRun {
@@ -432,6 +439,7 @@ impl CRun {
             restart_at: None,
             probe_ready: false,
             probe_task: None,
+            logs_on_error: c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"),
         }
     }
 
@@ -501,6 +509,14 @@ struct PodRun {
     containers: Vec<CRun>,
     exits: mpsc::UnboundedSender<(usize, u64, i32)>,
     probes: mpsc::UnboundedSender<(usize, u64, bool)>,
+}
+
+/// The last 80 lines of a log, at most its last 2048 bytes (kubelet's limits for a message taken from logs).
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(2048)..]).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
@@ -590,6 +606,7 @@ impl PodRun {
                     started: started.clone(),
                     finished: started,
                     message: Some(format!("starting {}: {e}", p.program.display())),
+                    log_tail: None,
                 };
                 let _ = self.exits.send((i, generation, -1));
             }
@@ -768,11 +785,14 @@ impl PodRun {
                 CState::Running { started } => started.clone(),
                 _ => now_time(),
             };
+            let log_tail = (code != 0 && c.logs_on_error)
+                .then(|| log_tail(&self.pod_dir.join(format!("{}.log", c.name))));
             c.state = CState::Terminated {
                 code,
                 started,
                 finished: now_time(),
                 message: None,
+                log_tail,
             };
         }
         let failed = !matches!(c.state, CState::Terminated { code: 0, .. });

@@ -1,0 +1,459 @@
+//! The operator on the real control plane (tests/harness): `examples/quickstart-k8s.yaml` (slices and outputs
+//! on SeaweedFS, 3 worker pods, `exchange: s3`) runs to `Complete` with outputs byte-identical to `arrayjob
+//! run` of the same job; a deleted worker pod is replaced and counted; `kubectl get aj` shows the columns; a
+//! spec the operator refuses fails with its field path; an unschedulable worker stalls the job with the
+//! scheduler's message; deleting the ArrayJob removes its pods and S3 scratch and keeps its outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrayjob_testenv::TestEnv;
+
+const IMAGE: &str = "ghcr.io/arrayjob/arrayjob:dev";
+const BUCKET: &str = "arrayjob-quickstart";
+const SLICES: usize = 48;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A binary built next to this test's (`cargo test --workspace` builds every package's binaries).
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build --release -p arrayjob-cli)",
+        p.display()
+    );
+    p
+}
+
+fn png(i: usize) -> Vec<u8> {
+    let img = image::GrayImage::from_fn(256, 256, |c, r| {
+        let (dr, dc) = (r as i64 - 100 - i as i64, c as i64 - 90 - (i as i64) / 2);
+        let blob = if dr * dr + dc * dc < 900 { 120 } else { 0 };
+        image::Luma([(((r * 7 + c * 3 + i as u32 * 11) % 60) + blob) as u8])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("encode png");
+    bytes
+}
+
+async fn put(env: &TestEnv, key: &str, body: Vec<u8>) {
+    env.s3()
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .expect("put");
+}
+
+async fn objects(env: &TestEnv, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let c = env.s3().client();
+    let mut out = BTreeMap::new();
+    let mut pages = c
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page.expect("list").contents() {
+            let key = o.key().expect("key").to_owned();
+            let body = c
+                .get_object()
+                .bucket(BUCKET)
+                .key(&key)
+                .send()
+                .await
+                .expect("get")
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec();
+            out.insert(key[prefix.len()..].to_owned(), body);
+        }
+    }
+    out
+}
+
+/// The CRD (as `helm install` would put it) and the bucket with its slices.
+async fn setup(env: &TestEnv) {
+    env.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &repo("crds/arrayjob.yaml").display().to_string(),
+    ])
+    .expect("apply the CRD");
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/arrayjobs.arrayjob.dev",
+        "--timeout=30s",
+    ])
+    .expect("CRD established");
+    bucket(env).await;
+}
+
+/// Sets up the bucket and slices once per test binary.
+async fn bucket(env: &TestEnv) {
+    let c = env.s3().client();
+    if c.head_bucket().bucket(BUCKET).send().await.is_ok() {
+        return;
+    }
+    c.create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("bucket");
+    for i in 0..SLICES {
+        put(env, &format!("slices/{i:03}.png"), png(i)).await;
+    }
+}
+
+/// The example with this environment's S3 endpoint, under `name`, with `edit` applied to its text.
+fn example(env: &TestEnv, name: &str, edit: impl Fn(String) -> String) -> String {
+    let text = std::fs::read_to_string(repo("examples/quickstart-k8s.yaml")).expect("example");
+    edit(
+        text.replace("http://seaweedfs.storage:8333", &env.s3().endpoint)
+            .replace("name: quickstart-k8s", &format!("name: {name}")),
+    )
+}
+
+/// The operator as a process with the environment's kubeconfig (`helm install` runs it as a pod in the
+/// chart's test).
+fn start_operator(env: &TestEnv, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("operator.log"))
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_arrayjob-operator"))
+        .args(["run", "--image", IMAGE, "--metrics-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", env.kubeconfig())
+        .env("ARRAYJOB_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the operator")
+}
+
+fn get_job(env: &TestEnv, ns: &str, name: &str) -> serde_json::Value {
+    let text = env
+        .kubectl(&["get", "arrayjob", name, "-n", ns, "-o", "json"])
+        .expect("get");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Polls the job until `when` holds.
+fn wait_job(
+    env: &TestEnv,
+    ns: &str,
+    name: &str,
+    secs: u64,
+    when: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let j = get_job(env, ns, name);
+        if when(&j) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; job is {}",
+            j["status"]
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn condition<'a>(j: &'a serde_json::Value, t: &str) -> Option<&'a serde_json::Value> {
+    j["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+}
+
+/// `arrayjob run` of the same job on this machine, outputs to a local directory.
+fn local_run(env: &TestEnv, dir: &Path, manifest: &str) -> BTreeMap<String, Vec<u8>> {
+    let m = dir.join("local.yaml");
+    std::fs::write(&m, manifest).expect("write");
+    let out = dir.join("local");
+    let s3 = env.s3();
+    let o = Command::new(sibling_binary("arrayjob"))
+        .args([
+            "run",
+            &m.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--quiet",
+        ])
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_REGION", &s3.region)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("arrayjob run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut files = BTreeMap::new();
+    for e in walk(&out) {
+        let rel = e.strip_prefix(&out).expect("rel").display().to_string();
+        files.insert(rel, std::fs::read(&e).expect("read"));
+    }
+    files.remove("summary.json");
+    files
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn s3_secret(env: &TestEnv, ns: &str) {
+    let s3 = env.s3();
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        ns,
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", s3.access_key),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", s3.secret_key),
+        &format!("--from-literal=AWS_REGION={}", s3.region),
+    ])
+    .expect("secret");
+}
+
+fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<serde_json::Value> {
+    let text = env
+        .kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])
+        .expect("pods");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_runs_bytes()
+-> anyhow::Result<()> {
+    let env = TestEnv::shared()?;
+    env.map_image(IMAGE, &sibling_binary("arrayjob"))?;
+    setup(&env).await;
+    let d = tempfile::tempdir()?;
+    let mut operator = start_operator(&env, d.path());
+    let ns = env.namespace("aj-quick").await?;
+    s3_secret(&env, &ns).await;
+    let manifest = example(&env, "quick", |t| t);
+    let applied = env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest))?;
+    assert!(applied.contains("created"), "{applied}");
+
+    // A worker pod deleted while the job runs is replaced (and counted).
+    let running = wait_job(&env, &ns, "quick", 120, |j| {
+        j["status"]["phase"] == "Running" && j["status"]["workerPods"]["ready"] == 3
+    });
+    let table = env.kubectl(&["get", "aj", "-n", &ns])?;
+    for col in ["PHASE", "STAGE", "PROGRESS", "WORKERS", "AGE"] {
+        assert!(table.contains(col), "{table}");
+    }
+    let victim = pods(&env, &ns, "arrayjob.dev/role=worker")[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
+    // The operator stops and another starts: the job goes on meanwhile, and the new one catches up.
+    let _ = operator.kill();
+    let _ = operator.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut operator = start_operator(&env, d.path());
+
+    let wait = env.kubectl(&[
+        "wait",
+        "--for=condition=Complete",
+        "arrayjob/quick",
+        "-n",
+        &ns,
+        "--timeout=240s",
+    ]);
+    let j = get_job(&env, &ns, "quick");
+    let log = std::fs::read_to_string(d.path().join("operator.log")).unwrap_or_default();
+    assert!(
+        wait.is_ok(),
+        "not Complete: {}\n{wait:?}\noperator log:\n{log}",
+        j["status"]
+    );
+    let st = &j["status"];
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    let output = st["output"].as_str().expect("output");
+    assert_eq!(output, format!("s3://{BUCKET}/outputs/{}/quick", ns.name()));
+    assert_eq!(
+        st["workerPods"]["lost"].as_i64(),
+        Some(1),
+        "the replacement is counted: {st} (before: {})",
+        running["status"]
+    );
+    let (done, total) = st["progress"]
+        .as_str()
+        .expect("progress")
+        .split_once('/')
+        .expect("n/m");
+    assert_eq!(done, total);
+
+    let mut remote = objects(&env, &format!("outputs/{}/quick/", ns.name())).await;
+    assert!(remote.remove("summary.json").is_some());
+    for f in ["workers.json", "timeline.html", "timeline.png"] {
+        remote.remove(f);
+    }
+    // The manifest the coordinator ran (the engine's part of the spec), run by `arrayjob run` here.
+    let cm = env.kubectl(&[
+        "get",
+        "configmap",
+        "aj-quick-manifest",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.data.job\\.yaml}",
+    ])?;
+    let local = local_run(&env, d.path(), &cm);
+    assert_eq!(
+        remote.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &local {
+        assert!(remote[k] == *v, "{k} differs from `arrayjob run`'s");
+    }
+
+    // Deleting the job removes its pods and keeps its outputs.
+    env.kubectl(&["delete", "arrayjob", "quick", "-n", &ns, "--timeout=60s"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pods(&env, &ns, "arrayjob.dev/job=quick").is_empty() {
+        assert!(Instant::now() < deadline, "pods left behind");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        !objects(&env, &format!("outputs/{}/quick/", ns.name()))
+            .await
+            .is_empty(),
+        "outputs gone"
+    );
+    let _ = operator.kill();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<()> {
+    let env = TestEnv::shared()?;
+    env.map_image(IMAGE, &sibling_binary("arrayjob"))?;
+    setup(&env).await;
+    let d = tempfile::tempdir()?;
+    let mut operator = start_operator(&env, d.path());
+    let ns = env.namespace("aj-bad").await?;
+    s3_secret(&env, &ns).await;
+
+    // The API server refuses two sources (a CEL rule), naming the field.
+    let two = example(&env, "two", |t| {
+        t.replace(
+            "    slicesPerChunk: 4",
+            "    synthetic: {slices: 4, height: 8, width: 8}\n    slicesPerChunk: 4",
+        )
+    });
+    let refused = env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&two));
+    let msg = format!("{refused:?}");
+    assert!(
+        refused.is_err() && msg.contains("spec.source: exactly one of synthetic, files, http, s3"),
+        "{msg}"
+    );
+
+    // The operator refuses what only the engine checks: the job fails once, with the field path.
+    let axis = example(&env, "axis", |t| {
+        t.replace(
+            "reduce: {op: mean, axes: [0]},    output: {image",
+            "reduce: {op: mean, axes: [7]},    output: {image",
+        )
+    });
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&axis))?;
+    let j = wait_job(&env, &ns, "axis", 60, |j| j["status"]["phase"] == "Failed");
+    let c = condition(&j, "Failed").expect("Failed condition");
+    assert_eq!(c["reason"], "InvalidSpec");
+    assert!(
+        c["message"]
+            .as_str()
+            .expect("message")
+            .contains("spec.stages[0].reduce.axes"),
+        "{c}"
+    );
+    assert!(
+        pods(&env, &ns, "arrayjob.dev/job=axis").is_empty(),
+        "pods for an invalid job"
+    );
+
+    // A worker that fits no node: Stalled with the scheduler's reason, not an endless Running.
+    let stuck = example(&env, "stuck", |t| {
+        t.replace(
+            "workers: {replicas: 3,",
+            "workers: {replicas: 1, nodeSelector: {pool: nowhere},",
+        )
+    });
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
+    let j = wait_job(&env, &ns, "stuck", 60, |j| {
+        condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
+    });
+    let c = condition(&j, "Stalled").expect("Stalled");
+    assert_eq!(c["reason"], "Unschedulable");
+    assert!(
+        c["message"]
+            .as_str()
+            .expect("message")
+            .contains("node(s) didn't match"),
+        "{c}"
+    );
+    assert_eq!(
+        condition(&j, "Progressing").expect("Progressing")["status"],
+        "False"
+    );
+
+    // Its coordinator runs and holds the job's ledger in the S3 scratch; deleting the job (the finalizer)
+    // removes its pods and that scratch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while objects(&env, "scratch/stuck/").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator never wrote its scratch"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.kubectl(&["delete", "arrayjob", "stuck", "-n", &ns, "--timeout=60s"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pods(&env, &ns, "arrayjob.dev/job=stuck").is_empty() {
+        assert!(Instant::now() < deadline, "pods left behind");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        objects(&env, "scratch/stuck/").await.is_empty(),
+        "scratch left behind"
+    );
+    let _ = operator.kill();
+    Ok(())
+}
