@@ -471,18 +471,26 @@ fn hadolint_finds_nothing_in_the_dockerfile() -> Result<()> {
     }
     let last_user = text
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .next_back()
+        .rfind(|l| l.starts_with("USER "))
         .context("USER")?;
     assert_eq!(last_user, "USER 65532:65532");
     Ok(())
 }
 
-/// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as=SA`: true for "yes", false for "no".
+/// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE] [-n NS | -A] --as=SA`: true for "yes", false for "no".
 fn can_i(env: &TestEnv, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> Result<bool> {
+    // `kubectl auth can-i VERB TYPE/NAME` reads what follows a slash as an object name, so a
+    // subresource (`arrayjobs.arrayjob.dev/status`) goes to --subresource.
+    let (resource, sub) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
     let mut cmd = Command::new(&env.binaries().kubectl);
     cmd.arg(format!("--kubeconfig={}", env.kubeconfig().display()))
         .args(["auth", "can-i", verb, resource, &format!("--as={sa}")]);
+    if let Some(sub) = sub {
+        cmd.arg(format!("--subresource={sub}"));
+    }
     match ns {
         Some(ns) => cmd.args(["-n", ns]),
         None => cmd.arg("--all-namespaces"),
@@ -583,6 +591,10 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         ("create", "arrayjobs.arrayjob.dev", Some(jobs_ns)),
         ("update", "pods", Some(jobs_ns)),
         ("create", "pods/exec", Some(jobs_ns)),
+        ("get", "pods/log", Some(jobs_ns)),
+        ("create", "pods/eviction", Some(jobs_ns)),
+        ("patch", "pods/status", Some(jobs_ns)),
+        ("delete", "arrayjobs.arrayjob.dev/status", Some(jobs_ns)),
         ("create", "deployments.apps", Some(jobs_ns)),
         (
             "create",
