@@ -107,7 +107,7 @@ start=$(date +%s)
   go build -trimpath -ldflags "$ldflags" -o "$tmpbin/etcd" go.etcd.io/etcd/server/v3
 )
 chmod 755 "$tmpbin"
-rm -rf "$OUT/bin"
+rm -rf "${OUT:?}/bin"
 mv "$tmpbin" "$OUT/bin"
 trap - EXIT
 date -u +%FT%TZ >"$OUT/bin/.complete"

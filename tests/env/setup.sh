@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares everything the arrayjob e2e tests need; idempotent and fast once cached.
 #   1. control plane binaries (build-control-plane.sh; tens of minutes on a new machine, then cached)
-#   2. kubectl, helm, weed (install-tools.sh)
+#   2. kubectl, weed, hadolint, and helm 3 + helm 4 built from Go modules (install-tools.sh, build-helm.sh)
 #   3. cluster PKI (pki.sh)
 # Writes the locations to $CACHE/testenv.env (read by the Rust harness when the variables below are
 # not set) and prints them as `export` lines, so `eval "$(tests/env/setup.sh)"` sets them in a shell.

@@ -496,10 +496,20 @@ impl TestEnv {
         run_command(cmd, input)
     }
 
-    /// Runs helm against this cluster and returns its standard output.
+    /// Runs Helm 3 against this cluster and returns its standard output.
     pub fn helm(&self, args: &[&str]) -> Result<String> {
-        let home = self.run_dir.join("helm");
-        let mut cmd = Command::new(&self.bins.helm);
+        self.run_helm(&self.bins.helm, "helm", args)
+    }
+
+    /// Runs Helm 4 against this cluster and returns its standard output. It keeps its own
+    /// cache/config/data folders, apart from Helm 3's.
+    pub fn helm4(&self, args: &[&str]) -> Result<String> {
+        self.run_helm(&self.bins.helm4, "helm4", args)
+    }
+
+    fn run_helm(&self, program: &Path, home: &str, args: &[&str]) -> Result<String> {
+        let home = self.run_dir.join(home);
+        let mut cmd = Command::new(program);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))

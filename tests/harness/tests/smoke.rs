@@ -431,11 +431,20 @@ async fn helm_lint_and_install_a_chart() -> Result<()> {
     let ns = env.namespace("helm").await?;
     let chart = locate::fixtures_dir().join("charts").join("tiny");
     let chart = chart.display().to_string();
-    let lint = env.helm(&["lint", "--strict", &chart])?;
-    assert!(
-        lint.contains("1 chart(s) linted, 0 chart(s) failed"),
-        "{lint}"
-    );
+    // Both helms are the pinned builds from the Go modules (tests/env/build-helm.sh).
+    let v3 = env.helm(&["version", "--short"])?;
+    assert!(v3.starts_with(&locate::pinned("HELM3_VERSION")?), "{v3}");
+    let v4 = env.helm4(&["version", "--short"])?;
+    assert!(v4.starts_with(&locate::pinned("HELM4_VERSION")?), "{v4}");
+    for lint in [
+        env.helm(&["lint", "--strict", &chart])?,
+        env.helm4(&["lint", "--strict", &chart])?,
+    ] {
+        assert!(
+            lint.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{lint}"
+        );
+    }
     let out = env.helm(&[
         "install",
         "demo",
