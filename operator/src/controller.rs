@@ -142,7 +142,12 @@ async fn reconcile(job: Arc<ArrayJob>, ctx: Arc<Context>) -> Result<Action, Erro
 /// One pass over a live job.
 async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
-    let current = job.status.clone().unwrap_or_default();
+    // The status as last written, not the watch cache's copy (which may not have our last write yet: its
+    // counts would go back).
+    let fresh = Api::<ArrayJob>::namespaced(ctx.client.clone(), &ns)
+        .get_status(&job.name_any())
+        .await?;
+    let current = fresh.status.unwrap_or_default();
     if status::is_terminal(&current) {
         delete_pods(ctx, &ns, job, "worker").await?;
         return Ok(Action::await_change());
@@ -256,6 +261,11 @@ async fn replace_workers(
 ) -> Result<i32, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let workers: Vec<&Pod> = mine.iter().filter(|p| role(p) == "worker").collect();
+    let mut created = current.worker_pods.as_ref().map_or(0, |w| w.created);
+    // Workers exit 0 when the coordinator says the job is over: nothing to replace then.
+    if workers.iter().any(|p| status::pod_phase(p) == "Succeeded") {
+        return Ok(created);
+    }
     let mut active = 0;
     for p in &workers {
         if status::pod_gone(p) {
@@ -266,7 +276,6 @@ async fn replace_workers(
             active += 1;
         }
     }
-    let mut created = current.worker_pods.as_ref().map_or(0, |w| w.created);
     let prefix = desired::names(job).worker_prefix;
     let taken: Vec<String> = workers.iter().map(|p| p.name_any()).collect();
     let mut n = 0;
@@ -339,7 +348,16 @@ async fn write_status(
     }
     let api: Api<ArrayJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"status": next});
+    // A merge patch keeps what it does not name: fields that went away are set to null.
+    let mut fields = serde_json::to_value(&next).map_err(|e| Error::Other(e.to_string()))?;
+    if let (Some(new), Ok(serde_json::Value::Object(old))) =
+        (fields.as_object_mut(), serde_json::to_value(current))
+    {
+        for k in old.keys() {
+            new.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({ "status": fields });
     api.patch_status(
         &job.name_any(),
         &PatchParams::default(),

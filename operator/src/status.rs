@@ -230,6 +230,9 @@ pub fn observe(job: &ArrayJob, current: &ArrayJobStatus, o: &Observed) -> ArrayJ
         Some((true, msg)) => {
             s.phase = Some("Succeeded".into());
             s.current_stage = None;
+            for st in &mut s.stages {
+                st.tasks_done = st.tasks_total;
+            }
             if let Some((_, total)) = s.progress.as_deref().and_then(|p| p.split_once('/')) {
                 s.progress = Some(format!("{total}/{total}"));
             }

@@ -6,14 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrayjob_testenv::TestEnv;
 
 const IMAGE: &str = "ghcr.io/arrayjob/arrayjob:dev";
+const OPERATOR_IMAGE: &str = "ghcr.io/arrayjob/arrayjob-operator:dev";
+/// The release namespace of the operator.
+const SYSTEM: &str = "arrayjob-system";
 const BUCKET: &str = "arrayjob-quickstart";
-const SLICES: usize = 48;
+const SLICES: usize = 160;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -33,8 +36,11 @@ fn sibling_binary(name: &str) -> PathBuf {
 }
 
 fn png(i: usize) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(256, 256, |c, r| {
-        let (dr, dc) = (r as i64 - 100 - i as i64, c as i64 - 90 - (i as i64) / 2);
+    let img = image::GrayImage::from_fn(512, 512, |c, r| {
+        let (dr, dc) = (
+            r as i64 - 200 - i as i64 / 2,
+            c as i64 - 180 - (i as i64) / 3,
+        );
         let blob = if dr * dr + dc * dc < 900 { 120 } else { 0 };
         image::Luma([(((r * 7 + c * 3 + i as u32 * 11) % 60) + blob) as u8])
     });
@@ -134,22 +140,65 @@ fn example(env: &TestEnv, name: &str, edit: impl Fn(String) -> String) -> String
     )
 }
 
-/// The operator as a process with the environment's kubeconfig (`helm install` runs it as a pod in the
-/// chart's test).
-fn start_operator(env: &TestEnv, dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("operator.log"))
-        .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_arrayjob-operator"))
-        .args(["run", "--image", IMAGE, "--metrics-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", env.kubeconfig())
-        .env("ARRAYJOB_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the operator")
+/// `helm install` of the chart (once per test binary): the operator runs as a pod of the node agent, under its
+/// own service account and RBAC, with leader election; the job pods' image maps to `arrayjob`.
+fn install_operator(env: &TestEnv) {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return;
+    }
+    env.map_image(
+        OPERATOR_IMAGE,
+        Path::new(env!("CARGO_BIN_EXE_arrayjob-operator")),
+    )
+    .expect("map the operator image");
+    env.map_image(IMAGE, &sibling_binary("arrayjob"))
+        .expect("map the job image");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (repository, tag) = OPERATOR_IMAGE.rsplit_once(':').expect("tag");
+    let out = env
+        .helm(&[
+            "install",
+            "arrayjob",
+            &repo("charts/arrayjob").display().to_string(),
+            "--namespace",
+            SYSTEM,
+            "--create-namespace",
+            "--skip-crds",
+            "--set",
+            &format!("image.repository={repository},image.tag={tag},workerImage={IMAGE}"),
+            "--set",
+            &format!("metrics.port={port},logLevel=info"),
+        ])
+        .expect("helm install");
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    env.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/arrayjob",
+        "-n",
+        SYSTEM,
+        "--timeout=90s",
+    ])
+    .unwrap_or_else(|e| panic!("the operator never got ready: {e}\n{}", operator_log(env)));
+    *done = true;
+}
+
+/// The logs of the operator pods.
+fn operator_log(env: &TestEnv) -> String {
+    let mut out = String::new();
+    for p in pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob") {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        out += &format!(
+            "--- {name}\n{}\n",
+            env.pod_log(SYSTEM, name, "operator").unwrap_or_default()
+        );
+    }
+    out
 }
 
 fn get_job(env: &TestEnv, ns: &str, name: &str) -> serde_json::Value {
@@ -260,34 +309,101 @@ fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<serde_json::Value> {
 async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_runs_bytes()
 -> anyhow::Result<()> {
     let env = TestEnv::shared()?;
-    env.map_image(IMAGE, &sibling_binary("arrayjob"))?;
-    setup(&env).await;
+    setup(env).await;
+    install_operator(env);
     let d = tempfile::tempdir()?;
-    let mut operator = start_operator(&env, d.path());
     let ns = env.namespace("aj-quick").await?;
-    s3_secret(&env, &ns).await;
-    let manifest = example(&env, "quick", |t| t);
+    s3_secret(env, &ns).await;
+    let manifest = example(env, "quick", |t| t);
     let applied = env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest))?;
     assert!(applied.contains("created"), "{applied}");
 
     // A worker pod deleted while the job runs is replaced (and counted).
-    let running = wait_job(&env, &ns, "quick", 120, |j| {
-        j["status"]["phase"] == "Running" && j["status"]["workerPods"]["ready"] == 3
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker")
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        if ready.len() == 3 {
+            break ready[1].clone();
+        }
+        assert!(Instant::now() < deadline, "the worker pods never got ready");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The coordinator answers its own job's token and refuses another job's.
+    let ip = env.kubectl(&[
+        "get",
+        "service",
+        "aj-quick",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let token = env.kubectl(&[
+        "get",
+        "secret",
+        "aj-quick-token",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.data.token}",
+    ])?;
+    let token = String::from_utf8(base64_decode(token.trim())).expect("token text");
+    let url = format!("http://{}:7070/v1/progress", ip.trim());
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let get = |t: String| {
+        http.get(&url)
+            .header("authorization", format!("Bearer {t}"))
+            .send()
+    };
+    assert_eq!(get(token.clone()).await?.status(), 200);
+    assert_eq!(
+        get("f".repeat(64)).await?.status(),
+        401,
+        "another job's token was accepted"
+    );
+    // The job's pods run without API credentials: their identity may do nothing.
+    let sa = format!("--as=system:serviceaccount:{}:default", ns.name());
+    for verb in [["get", "pods"], ["list", "secrets"], ["create", "pods"]] {
+        assert!(
+            env.kubectl(&["auth", "can-i", verb[0], verb[1], "-n", &ns])?
+                .contains("yes")
+        );
+        // `can-i` answers "no" with exit status 1.
+        let answer = env.kubectl(&["auth", "can-i", verb[0], verb[1], "-n", &ns, &sa]);
+        assert!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("exit status: 1")),
+            "{verb:?}: {answer:?}"
+        );
+    }
+    env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
     let table = env.kubectl(&["get", "aj", "-n", &ns])?;
     for col in ["PHASE", "STAGE", "PROGRESS", "WORKERS", "AGE"] {
         assert!(table.contains(col), "{table}");
     }
-    let victim = pods(&env, &ns, "arrayjob.dev/role=worker")[0]["metadata"]["name"]
+    let running = get_job(env, &ns, "quick");
+    assert_ne!(
+        running["status"]["phase"], "Succeeded",
+        "the job ended before the worker was deleted"
+    );
+    // The operator pod is deleted: the job goes on meanwhile, and its replacement takes the Lease over and
+    // catches the status up.
+    let operators = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob");
+    let old = operators[0]["metadata"]["name"]
         .as_str()
         .expect("name")
         .to_owned();
-    env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
-    // The operator stops and another starts: the job goes on meanwhile, and the new one catches up.
-    let _ = operator.kill();
-    let _ = operator.wait();
-    std::thread::sleep(Duration::from_secs(2));
-    let mut operator = start_operator(&env, d.path());
+    env.kubectl(&["delete", "pod", &old, "-n", SYSTEM, "--wait=false"])?;
 
     let wait = env.kubectl(&[
         "wait",
@@ -297,8 +413,8 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         &ns,
         "--timeout=240s",
     ]);
-    let j = get_job(&env, &ns, "quick");
-    let log = std::fs::read_to_string(d.path().join("operator.log")).unwrap_or_default();
+    let j = get_job(env, &ns, "quick");
+    let log = operator_log(env);
     assert!(
         wait.is_ok(),
         "not Complete: {}\n{wait:?}\noperator log:\n{log}",
@@ -321,7 +437,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         .expect("n/m");
     assert_eq!(done, total);
 
-    let mut remote = objects(&env, &format!("outputs/{}/quick/", ns.name())).await;
+    let mut remote = objects(env, &format!("outputs/{}/quick/", ns.name())).await;
     assert!(remote.remove("summary.json").is_some());
     for f in ["workers.json", "timeline.html", "timeline.png"] {
         remote.remove(f);
@@ -336,7 +452,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         "-o",
         "jsonpath={.data.job\\.yaml}",
     ])?;
-    let local = local_run(&env, d.path(), &cm);
+    let local = local_run(env, d.path(), &cm);
     assert_eq!(
         remote.keys().collect::<Vec<_>>(),
         local.keys().collect::<Vec<_>>()
@@ -348,32 +464,29 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // Deleting the job removes its pods and keeps its outputs.
     env.kubectl(&["delete", "arrayjob", "quick", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(&env, &ns, "arrayjob.dev/job=quick").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=quick").is_empty() {
         assert!(Instant::now() < deadline, "pods left behind");
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(
-        !objects(&env, &format!("outputs/{}/quick/", ns.name()))
+        !objects(env, &format!("outputs/{}/quick/", ns.name()))
             .await
             .is_empty(),
         "outputs gone"
     );
-    let _ = operator.kill();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<()> {
     let env = TestEnv::shared()?;
-    env.map_image(IMAGE, &sibling_binary("arrayjob"))?;
-    setup(&env).await;
-    let d = tempfile::tempdir()?;
-    let mut operator = start_operator(&env, d.path());
+    setup(env).await;
+    install_operator(env);
     let ns = env.namespace("aj-bad").await?;
-    s3_secret(&env, &ns).await;
+    s3_secret(env, &ns).await;
 
     // The API server refuses two sources (a CEL rule), naming the field.
-    let two = example(&env, "two", |t| {
+    let two = example(env, "two", |t| {
         t.replace(
             "    slicesPerChunk: 4",
             "    synthetic: {slices: 4, height: 8, width: 8}\n    slicesPerChunk: 4",
@@ -387,14 +500,14 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     );
 
     // The operator refuses what only the engine checks: the job fails once, with the field path.
-    let axis = example(&env, "axis", |t| {
+    let axis = example(env, "axis", |t| {
         t.replace(
             "reduce: {op: mean, axes: [0]},    output: {image",
             "reduce: {op: mean, axes: [7]},    output: {image",
         )
     });
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&axis))?;
-    let j = wait_job(&env, &ns, "axis", 60, |j| j["status"]["phase"] == "Failed");
+    let j = wait_job(env, &ns, "axis", 60, |j| j["status"]["phase"] == "Failed");
     let c = condition(&j, "Failed").expect("Failed condition");
     assert_eq!(c["reason"], "InvalidSpec");
     assert!(
@@ -405,19 +518,19 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
         "{c}"
     );
     assert!(
-        pods(&env, &ns, "arrayjob.dev/job=axis").is_empty(),
+        pods(env, &ns, "arrayjob.dev/job=axis").is_empty(),
         "pods for an invalid job"
     );
 
     // A worker that fits no node: Stalled with the scheduler's reason, not an endless Running.
-    let stuck = example(&env, "stuck", |t| {
+    let stuck = example(env, "stuck", |t| {
         t.replace(
             "workers: {replicas: 3,",
             "workers: {replicas: 1, nodeSelector: {pool: nowhere},",
         )
     });
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
-    let j = wait_job(&env, &ns, "stuck", 60, |j| {
+    let j = wait_job(env, &ns, "stuck", 60, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
     });
     let c = condition(&j, "Stalled").expect("Stalled");
@@ -437,7 +550,7 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     // Its coordinator runs and holds the job's ledger in the S3 scratch; deleting the job (the finalizer)
     // removes its pods and that scratch.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while objects(&env, "scratch/stuck/").await.is_empty() {
+    while objects(env, "scratch/stuck/").await.is_empty() {
         assert!(
             Instant::now() < deadline,
             "the coordinator never wrote its scratch"
@@ -446,14 +559,30 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     }
     env.kubectl(&["delete", "arrayjob", "stuck", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(&env, &ns, "arrayjob.dev/job=stuck").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=stuck").is_empty() {
         assert!(Instant::now() < deadline, "pods left behind");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(
-        objects(&env, "scratch/stuck/").await.is_empty(),
+        objects(env, "scratch/stuck/").await.is_empty(),
         "scratch left behind"
     );
-    let _ = operator.kill();
     Ok(())
+}
+
+/// Standard base64 (the `data` of a Secret), without a crate for it.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
