@@ -443,7 +443,7 @@ fn a_damaged_exchange_object_is_rebuilt_from_lineage_and_never_used() {
     let (ok, err) = finish(child);
     assert!(ok, "the resumed run failed: {err}");
     assert!(
-        err.contains("inputs unreadable in the object store"),
+        err.contains("inputs unreadable (object store or spill)"),
         "{err}"
     );
     let workers = assert_published_equal("damage", &local);

@@ -370,6 +370,58 @@ fn spill_beyond_the_disk_limit_goes_to_s3_and_a_successful_run_leaves_no_scratch
     );
 }
 
+#[test]
+fn a_damaged_spilled_object_is_rebuilt_from_lineage_and_never_used() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let manifest = full_job(&storage(s3)).replace("name: outs", "name: damaged");
+    let expected = local_outputs(d.path(), &manifest);
+    let out = d.path().join("damaged");
+    let m = write(d.path(), "job.yaml", &manifest);
+    let mut env = s3_credentials(s3);
+    // Each worker flips one byte of the first chunk it spills to S3, as a storage fault would.
+    env.push(("ARRAYJOB_FAULT_DAMAGE_SPILL".into(), "1".into()));
+    let (ok, _, err) = arrayjob_aws(
+        d.path(),
+        &[
+            "run",
+            &m,
+            "--out",
+            &out.display().to_string(),
+            "--threads",
+            "2",
+            "--workers",
+            "2",
+            "--memory-limit",
+            "2MiB",
+            "--spill-disk-limit",
+            "1MiB",
+        ],
+        &env,
+    );
+    assert!(ok, "the run failed: {err}");
+    let mut got = files_under(&out);
+    got.remove("summary.json");
+    let report: serde_json::Value =
+        serde_json::from_slice(&got.remove("workers.json").expect("workers.json")).expect("json");
+    got.remove("timeline.html");
+    got.remove("timeline.png");
+    assert!(
+        got == expected,
+        "outputs of the run with damaged spills differ"
+    );
+    assert!(
+        report["store"]["unreadable"].as_u64() >= Some(1),
+        "{}",
+        report["store"]
+    );
+    assert!(report["recomputed"].as_u64() >= Some(1), "{report}");
+    eprintln!(
+        "damaged spill: unreadable {}, recomputed {}",
+        report["store"]["unreadable"], report["recomputed"]
+    );
+}
+
 /// Runs job `name` (with `storage`) that fails while its chunks are spilled to S3: slices 0-2 exist, 3-7 do
 /// not, so the pieces of 0-2 wait for the merges, spilled straight to S3 (1 KiB of memory, no disk), when
 /// loading a missing slice fails. Asserts the failure and returns the manifest.

@@ -564,17 +564,23 @@ impl Scheduler {
         (accepted, actions)
     }
 
-    /// A worker could not read `keys` from the object store (their object is damaged or gone), reported at
-    /// `now`: they are forgotten and rebuilt from lineage, never used. (The task that needed them is
-    /// reported failed separately, with [`Scheduler::task_failed`].)
-    pub fn store_keys_unreadable(&mut self, keys: &[DataKey], now: f64) -> Vec<Action> {
+    /// `reporter` could not read `keys` (reported at `now`): from the object store (their object is damaged or
+    /// gone) or from its own spill (a damaged frame). The copies on record there are forgotten and the keys
+    /// rebuilt from lineage, never used. (The task that needed them is reported failed separately, with
+    /// [`Scheduler::task_failed`].)
+    pub fn keys_unreadable(
+        &mut self,
+        reporter: WorkerId,
+        keys: &[DataKey],
+        now: f64,
+    ) -> Vec<Action> {
         self.now = now;
         let mut producers = BTreeSet::new();
         for key in keys {
             if self
                 .locations
                 .get(key)
-                .is_some_and(|l| l.worker == WorkerId::STORE)
+                .is_some_and(|l| l.worker == WorkerId::STORE || l.worker == reporter)
             {
                 self.locations.remove(key);
                 self.shipped_from.remove(key);

@@ -165,6 +165,15 @@ pub enum StoreError {
     /// A chunk was asked for that is not (or no longer) stored: a planning bug.
     #[error("{0} is not in the store")]
     Missing(DataKey),
+    /// A spilled chunk came back damaged (its frame's length, header or checksum is wrong): never used; the
+    /// distributed runtime rebuilds it from lineage.
+    #[error("spilled {key} came back damaged: {message}")]
+    Damaged {
+        /// The chunk.
+        key: DataKey,
+        /// What was wrong.
+        message: String,
+    },
     /// Spilling or reading back failed.
     #[error("spill of {key} failed: {source}")]
     Spill {
@@ -460,8 +469,10 @@ impl ChunkStore {
         let frame = self.spill.read(key).map_err(spill_err)?;
         self.unspilled
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        let c = crate::frame::decode(&frame)
-            .map_err(|e| spill_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let c = crate::frame::decode(&frame).map_err(|e| StoreError::Damaged {
+            key,
+            message: e.to_string(),
+        })?;
         Ok(Arc::new(c))
     }
 

@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.2:0"))?;
     let address = listener.local_addr()?.to_string();
     let data = DataServer {
+        damaged: None,
         worker: WorkerId(0),
         store,
         metrics: Arc::new(arrayjob_runtime::metrics::WorkerMetrics::new()),

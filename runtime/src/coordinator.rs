@@ -1133,6 +1133,13 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             );
             actions
         }
+        Report::Damaged { keys } => {
+            tracing::warn!(
+                worker = worker.0,
+                "spilled chunks came back damaged; rebuilding them"
+            );
+            g.sched.keys_unreadable(worker, &keys, now)
+        }
         Report::ShipFailed { error } => {
             if g.failure.is_none() {
                 g.failure = Some(format!("worker {}: {error}", worker.0));
@@ -1149,12 +1156,12 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             tracing::warn!(
                 worker = worker.0,
                 task = task.0,
-                "inputs unreadable in the object store, rebuilding them: {error}"
+                "inputs unreadable (object store or spill), rebuilding them: {error}"
             );
             for &k in &unreadable {
                 g.book.forget(k);
             }
-            let mut actions = g.sched.store_keys_unreadable(&unreadable, now);
+            let mut actions = g.sched.keys_unreadable(worker, &unreadable, now);
             actions.extend(g.sched.task_failed(worker, task, now));
             actions
         }

@@ -126,6 +126,12 @@ pub enum Report {
         /// Seconds the upload took.
         seconds: f64,
     },
+    /// Keys of this worker's store found damaged (a spilled frame that failed its checks) while serving them:
+    /// dropped here, to be rebuilt.
+    Damaged {
+        /// The keys.
+        keys: Vec<DataKey>,
+    },
     /// An upload of [`Command::Ship`] failed for good (after the S3 retries and outage budget): the job fails.
     ShipFailed {
         /// What went wrong, naming the object.

@@ -344,12 +344,15 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         token: opts.token.clone(),
         refused: Arc::new(AtomicU64::new(0)),
     };
+    let (damaged_tx, damaged_rx) = tokio::sync::mpsc::unbounded_channel();
     let data = DataServer {
         worker: id,
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
         refused: guard.refused.clone(),
+        damaged: Some(damaged_tx),
     };
+    rt.spawn(report_damaged(shared.clone(), damaged_rx));
     let server = rt.spawn(serve_data(listener, data, guard));
     let heartbeat = Duration::from_millis(desc.heartbeat_ms.max(50));
     let loops = rt.spawn(talk(shared.clone(), heartbeat));
@@ -678,6 +681,25 @@ fn ship_now(shared: &Shared, object: &str, keys: &[DataKey]) -> Report {
     }
 }
 
+/// Reports the keys the data server found damaged in this worker's spill: dropped here, rebuilt elsewhere.
+async fn report_damaged(
+    shared: Arc<Shared>,
+    mut keys: tokio::sync::mpsc::UnboundedReceiver<DataKey>,
+) {
+    while let Some(key) = keys.recv().await {
+        forget_damaged(&shared, key);
+        push_report(&shared, Report::Damaged { keys: vec![key] });
+    }
+}
+
+/// Drops a damaged key from the store (its spilled frame included).
+fn forget_damaged(shared: &Shared, key: DataKey) {
+    tracing::warn!(worker = shared.id.0, %key, "a spilled chunk came back damaged; it is rebuilt");
+    if let Err(e) = shared.store.remove(key) {
+        tracing::warn!("dropping damaged {key}: {e}");
+    }
+}
+
 fn push_report(shared: &Shared, r: Report) {
     lock(&shared.reports).push(r);
     shared.report_ready.notify_one();
@@ -777,6 +799,20 @@ fn run_assignment(shared: &Shared, a: Assignment, thread: u32) -> Report {
                 outputs: io.into_outputs(),
                 seconds: t0.elapsed().as_secs_f64(),
                 thread,
+            }
+        }
+        Err(ExecError::Store(StoreError::Damaged { key, message })) => {
+            forget_damaged(shared, key);
+            Report::Failed {
+                task: a.task,
+                attempt: a.attempt,
+                input_unavailable: true,
+                error: format!(
+                    "{} {}: {key} came back damaged: {message}",
+                    kind.name(),
+                    a.task.0
+                ),
+                unreadable: vec![key],
             }
         }
         Err(e) => Report::Failed {
@@ -957,9 +993,11 @@ fn spill_backend(
         bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
         location,
     };
+    let mut tier = scratch.spill_tier(&format!("w{}", id.0), limit);
+    // Fault injection for the recovery test of a damaged spilled object.
+    tier.damage_first = std::env::var_os("ARRAYJOB_FAULT_DAMAGE_SPILL").is_some();
     Ok(Box::new(arrayjob_engine::s3::spill::TieredSpill::new(
-        disk,
-        scratch.spill_tier(&format!("w{}", id.0), limit),
+        disk, tier,
     )))
 }
 
@@ -1100,6 +1138,8 @@ pub struct DataServer {
     pub metrics: Arc<WorkerMetrics>,
     /// Requests refused by the token check.
     pub refused: Arc<AtomicU64>,
+    /// Where keys found damaged while serving them go (the worker reports them to be rebuilt).
+    pub damaged: Option<tokio::sync::mpsc::UnboundedSender<DataKey>>,
 }
 
 /// Serves `data` on `listener`: peers fetch keys (`POST /v1/fetch`), a probe times the link
@@ -1147,6 +1187,9 @@ async fn fetch_handler(
         match data.store.get(*key) {
             Ok(d) => found.push(d),
             Err(e) => {
+                if let (StoreError::Damaged { .. }, Some(tx)) = (&e, &data.damaged) {
+                    let _ = tx.send(*key);
+                }
                 return (
                     StatusCode::NOT_FOUND,
                     format!("worker {} cannot serve {key}: {e}", data.worker.0),

@@ -22,6 +22,9 @@ pub struct SpillTier {
     pub prefix: String,
     /// Bytes spilled to local disk before S3 is used.
     pub disk_limit: u64,
+    /// Fault injection for recovery tests (`ARRAYJOB_FAULT_DAMAGE_SPILL`): the first object read back from S3
+    /// comes with one byte flipped, as a storage fault would give it.
+    pub damage_first: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,7 @@ pub struct TieredSpill {
     disk: FileSpill,
     s3: SpillTier,
     state: Mutex<TierState>,
+    damaged: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +59,7 @@ impl TieredSpill {
             disk,
             s3,
             state: Mutex::default(),
+            damaged: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -115,7 +120,15 @@ impl SpillBackend for TieredSpill {
                 let (bucket, k) = (self.s3.bucket.clone(), self.key(key));
                 let uri = format!("s3://{}/{k}", bucket.name());
                 match block(async move { bucket.get(&k).await }).map_err(io)? {
-                    Some((bytes, _)) => Ok(bytes.to_vec()),
+                    Some((bytes, _)) => {
+                        let mut frame = bytes.to_vec();
+                        let damage = self.s3.damage_first
+                            && !self.damaged.swap(true, std::sync::atomic::Ordering::SeqCst);
+                        if damage && let Some(b) = frame.get_mut(bytes.len() / 2) {
+                            *b ^= 0x10;
+                        }
+                        Ok(frame)
+                    }
                     None => Err(std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         format!("the spilled frame of {key} is gone from {uri}"),
@@ -198,6 +211,7 @@ impl Scratch {
             bucket: self.bucket.clone(),
             prefix: self.location.join(&format!("spill/{who}")).prefix,
             disk_limit,
+            damage_first: false,
         }
     }
 
