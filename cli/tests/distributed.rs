@@ -79,14 +79,6 @@ fn reference(dir: &Path) -> PathBuf {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// `arrayjob run` as a coordinator on `port` with `workers` local workers.
 fn start_run(
     manifest: &str,
@@ -145,17 +137,6 @@ fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
-/// The coordinator's progress snapshot, once it answers.
-fn progress(port: u16) -> Option<serde_json::Value> {
-    http()
-        .get(format!("http://127.0.0.1:{port}/v1/progress"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .ok()?
-        .json()
-        .ok()
-}
-
 /// (done, total) of a stage in a progress snapshot.
 fn stage(p: &serde_json::Value, name: &str) -> (u64, u64) {
     let s = p["stages"]
@@ -179,7 +160,7 @@ fn wait_for(
         if child.try_wait().expect("poll").is_some() {
             return None;
         }
-        if let Some(p) = progress(port)
+        if let Some(p) = progress(port, TOKEN)
             && when(&p)
         {
             return Some(p);
@@ -187,28 +168,6 @@ fn wait_for(
         std::thread::sleep(Duration::from_millis(5));
     }
     None
-}
-
-/// Process ids of the children of `parent` (the local workers of a run).
-fn children_of(parent: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn workers_json(out: &Path) -> serde_json::Value {
@@ -560,7 +519,7 @@ fn requests_without_the_token_or_with_another_are_refused_and_counted() {
         text.contains("computed plan hash 00ff") && text.contains("127.0.0.5:1"),
         "{text}"
     );
-    let p = progress(port).expect("progress");
+    let p = progress(port, TOKEN).expect("progress");
     assert_eq!(p["authRefused"], 2, "{p}");
     let metrics = http()
         .get(format!("http://127.0.0.1:{port}/metrics"))

@@ -143,29 +143,6 @@ fn finish(child: Child) -> (bool, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// The coordinator's progress snapshot, once it answers.
-fn progress(port: u16) -> Option<serde_json::Value> {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .ok()?
-        .get(format!("http://127.0.0.1:{port}/v1/progress"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .ok()?
-        .json()
-        .ok()
-}
-
 /// Tasks done of stage `name` in a progress snapshot.
 fn done(p: &serde_json::Value, name: &str) -> u64 {
     p["stages"]
@@ -187,7 +164,7 @@ fn wait_for(
             child.try_wait().expect("poll").is_none(),
             "the run ended before the point the test waits for"
         );
-        if let Some(p) = progress(port)
+        if let Some(p) = progress(port, TOKEN)
             && when(&p)
         {
             return p;
@@ -195,27 +172,6 @@ fn wait_for(
         std::thread::sleep(Duration::from_millis(5));
     }
     panic!("the run never reached the point the test waits for");
-}
-
-/// Process ids of the children of `parent`.
-fn children_of(parent: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn kill9(pid: i32) {

@@ -166,7 +166,11 @@ async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
         .await?
         .items;
     let created = replace_workers(ctx, &ns, job, &current, &mine).await?;
-    let progress = read_progress(ctx, &ns, job, &token).await;
+    let mut progress = read_progress(ctx, &ns, job, &token).await;
+    if progress.is_none() && current.stages.is_empty() && coordinator_succeeded(&mine) {
+        // It ended before its progress was ever read (a short job, or this operator just started).
+        progress = read_summary(ctx, &ns, job).await;
+    }
     let observed = Observed {
         pods: mine,
         created,
@@ -294,6 +298,30 @@ async fn replace_workers(
         created += 1;
     }
     Ok(created)
+}
+
+fn coordinator_succeeded(pods: &[Pod]) -> bool {
+    pods.iter()
+        .any(|p| role(p) == "coordinator" && status::pod_phase(p) == "Succeeded")
+}
+
+/// The published `summary.json`'s stages, as a progress snapshot (`stages` with `tasksDone`/`tasksTotal`).
+async fn read_summary(ctx: &Context, ns: &str, job: &ArrayJob) -> Option<serde_json::Value> {
+    let storage = job.spec.job.s3_storage()?.clone();
+    let output = desired::output_uri(job).ok()?;
+    let credentials = s3_credentials(ctx, ns, job).await.ok()?;
+    let summary = tokio::task::spawn_blocking(move || {
+        crate::scratch::summary(&storage, credentials, &output)
+    })
+    .await
+    .ok()?;
+    match summary {
+        Ok(s) => s.map(|s| serde_json::json!({"stages": s["stages"]})),
+        Err(e) => {
+            tracing::warn!(job = %job.name_any(), error = %e, "cannot read the job's summary.json");
+            None
+        }
+    }
 }
 
 /// The role label of a pod.

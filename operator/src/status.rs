@@ -81,28 +81,36 @@ fn set(
 /// The status of a job whose spec the operator refuses (`problem` names the field): Failed, for good.
 pub fn invalid(job: &ArrayJob, current: &ArrayJobStatus, problem: &str) -> ArrayJobStatus {
     let mut s = current.clone();
-    let generation = job.metadata.generation;
-    s.phase = Some("Failed".into());
-    s.message = Some(format!("invalid spec: {problem}"));
-    s.observed_generation = generation;
-    s.completion_time.get_or_insert_with(now);
-    set(
-        &mut s.conditions,
-        "Failed",
-        true,
+    s.observed_generation = job.metadata.generation;
+    end(
+        &mut s,
+        false,
         "InvalidSpec",
         &format!("invalid spec: {problem}"),
-        generation,
     );
+    s
+}
+
+/// Ends the job: phase, message, completion time, and the conditions of its outcome (`Complete` or
+/// `Failed` true with `reason`, `Progressing` false, a `Stalled` there before cleared).
+fn end(s: &mut ArrayJobStatus, succeeded: bool, reason: &str, msg: &str) {
+    let generation = s.observed_generation;
+    s.phase = Some(if succeeded { "Succeeded" } else { "Failed" }.into());
+    s.message = Some(msg.to_owned());
+    s.completion_time.get_or_insert_with(now);
+    let outcome = if succeeded { "Complete" } else { "Failed" };
+    set(&mut s.conditions, outcome, true, reason, msg, generation);
     set(
         &mut s.conditions,
         "Progressing",
         false,
-        "InvalidSpec",
-        "the spec must be fixed",
+        reason,
+        msg,
         generation,
     );
-    s
+    if s.conditions.iter().any(|c| c.type_ == "Stalled") {
+        set(&mut s.conditions, "Stalled", false, reason, "", generation);
+    }
 }
 
 /// Why a pod cannot start, if it cannot: (reason, message) from the scheduler or the image pull.
@@ -228,7 +236,6 @@ pub fn observe(job: &ArrayJob, current: &ArrayJobStatus, o: &Observed) -> ArrayJ
     let coordinator = o.pods.iter().find(|p| role(p) == "coordinator");
     match coordinator.and_then(coordinator_end) {
         Some((true, msg)) => {
-            s.phase = Some("Succeeded".into());
             s.current_stage = None;
             for st in &mut s.stages {
                 st.tasks_done = st.tasks_total;
@@ -236,32 +243,7 @@ pub fn observe(job: &ArrayJob, current: &ArrayJobStatus, o: &Observed) -> ArrayJ
             if let Some((_, total)) = s.progress.as_deref().and_then(|p| p.split_once('/')) {
                 s.progress = Some(format!("{total}/{total}"));
             }
-            s.message = Some(msg.clone());
-            s.completion_time.get_or_insert_with(now);
-            set(
-                &mut s.conditions,
-                "Complete",
-                true,
-                "Succeeded",
-                &msg,
-                generation,
-            );
-            set(
-                &mut s.conditions,
-                "Progressing",
-                false,
-                "Succeeded",
-                &msg,
-                generation,
-            );
-            set(
-                &mut s.conditions,
-                "Stalled",
-                false,
-                "Succeeded",
-                "",
-                generation,
-            );
+            end(&mut s, true, "Succeeded", &msg);
             return s;
         }
         Some((false, msg)) => {
@@ -271,25 +253,7 @@ pub fn observe(job: &ArrayJob, current: &ArrayJobStatus, o: &Observed) -> ArrayJ
                 .clone()
                 .filter(|m| !m.is_empty() && current.phase.as_deref() == Some("Running"))
                 .map_or(msg.clone(), |f| format!("{f} ({msg})"));
-            s.phase = Some("Failed".into());
-            s.message = Some(msg.clone());
-            s.completion_time.get_or_insert_with(now);
-            set(
-                &mut s.conditions,
-                "Failed",
-                true,
-                "CoordinatorFailed",
-                &msg,
-                generation,
-            );
-            set(
-                &mut s.conditions,
-                "Progressing",
-                false,
-                "Failed",
-                &msg,
-                generation,
-            );
+            end(&mut s, false, "CoordinatorFailed", &msg);
             return s;
         }
         None => {}

@@ -165,15 +165,7 @@ impl Ledger {
             self.bucket.clone(),
             self.location.key(SEGMENT_PREFIX).to_owned(),
         );
-        let segments: Vec<(String, Bytes)> = block(async move {
-            let mut out = Vec::new();
-            for (key, _) in b.list(&prefix).await? {
-                if let Some((body, _)) = b.get(&key).await? {
-                    out.push((key, body));
-                }
-            }
-            Ok::<_, S3Error>(out)
-        })?;
+        let segments = block(async move { fetch_all(&b, &prefix).await })?;
         let mut state = LedgerState::default();
         let mut deleted = BTreeSet::new();
         for (key, body) in segments {
@@ -242,15 +234,7 @@ impl Ledger {
             self.bucket.clone(),
             self.location.key(&format!("{GATHERED_DIR}/")),
         );
-        let objects: Vec<(String, Bytes)> = block(async move {
-            let mut out = Vec::new();
-            for (key, _) in b.list(&prefix).await? {
-                if let Some((body, _)) = b.get(&key).await? {
-                    out.push((key, body));
-                }
-            }
-            Ok::<_, S3Error>(out)
-        })?;
+        let objects = block(async move { fetch_all(&b, &prefix).await })?;
         objects
             .into_iter()
             .map(|(key, frame)| {
@@ -292,6 +276,17 @@ impl Ledger {
         self.found = LedgerState::default();
         Ok(())
     }
+}
+
+/// Every object under `prefix`, in key order, with its bytes.
+async fn fetch_all(b: &Bucket, prefix: &str) -> Result<Vec<(String, Bytes)>, S3Error> {
+    let mut out = Vec::new();
+    for (key, _) in b.list(prefix).await? {
+        if let Some((body, _)) = b.get(&key).await? {
+            out.push((key, body));
+        }
+    }
+    Ok(out)
 }
 
 /// `n{node}-s{a_b_c}-p{pixel|x}`.
