@@ -367,10 +367,13 @@ fn a_coordinator_killed_mid_rechunk_resumes_without_running_the_saved_tasks_agai
         .and_then(|s| s["tasksDone"].as_u64());
     assert_eq!(loads_run, Some(0), "loads ran again: {summary}");
     assert!(ran > 0, "nothing was left to run after the kill");
-    assert_eq!(
-        ran + saved.len() as u64,
-        workers["tasks"].as_u64().expect("tasks"),
-        "{workers}"
+    // Every task ran once across the two runs (a speculative copy of a slow one runs twice).
+    let tasks = workers["tasks"].as_u64().expect("tasks");
+    let copies = workers["speculated"].as_u64().expect("speculated");
+    let runs = ran + saved.len() as u64;
+    assert!(
+        (tasks..=tasks + copies).contains(&runs),
+        "{runs} runs for {tasks} tasks: {workers}"
     );
     assert!(objects("scratch/resume/").is_empty(), "scratch left behind");
     assert!(t0.elapsed() < Duration::from_secs(60));
@@ -414,9 +417,10 @@ fn a_damaged_exchange_object_is_rebuilt_from_lineage_and_never_used() {
 fn a_worker_lost_after_shipping_has_its_pieces_read_back_not_recomputed() {
     let _serial = serial();
     let d = tempfile::tempdir().expect("tmp");
-    let local = local_outputs(d.path(), &manifest("lose", "direct"));
+    // Without reductions: their partials live on workers only, and the loss would rebuild them.
+    let local = local_outputs(d.path(), &job("lose", "direct", false));
     let port = free_port();
-    let mut child = start_run(d.path(), &manifest("lose", "s3"), "lose", port, &[]);
+    let mut child = start_run(d.path(), &job("lose", "s3", false), "lose", port, &[]);
     wait_for(port, &mut child, |p| {
         p["store"]["shippedKeys"].as_u64() == Some(LOADS * GROUPS)
             && (1..GROUPS / 2).contains(&done(p, "series"))
