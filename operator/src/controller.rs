@@ -12,11 +12,13 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::desired::{self, JOB_LABEL, ROLE_LABEL, Settings};
+use crate::events;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 use crate::v1alpha1::{ArrayJob, ArrayJobStatus};
@@ -43,6 +45,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// When each job's status was last written.
     written: Mutex<HashMap<String, Instant>>,
+    /// Who publishes the jobs' Events.
+    reporter: Reporter,
 }
 
 impl Context {
@@ -55,7 +59,12 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Context> {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Ok(Context {
+            reporter,
             client,
             settings,
             http: reqwest::Client::builder()
@@ -127,6 +136,7 @@ fn error_policy(job: Arc<ArrayJob>, e: &Error, ctx: Arc<Context>) -> Action {
 }
 
 async fn reconcile(job: Arc<ArrayJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled();
     let ns = job.namespace().unwrap_or_default();
     let api: Api<ArrayJob> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, job, |event| async {
@@ -167,14 +177,16 @@ async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
         .items;
     let created = replace_workers(ctx, &ns, job, &current, &mine).await?;
     let mut progress = read_progress(ctx, &ns, job, &token).await;
-    if progress.is_none() && current.stages.is_empty() && coordinator_succeeded(&mine) {
-        // It ended before its progress was ever read (a short job, or this operator just started).
+    if progress.is_none() && coordinator_succeeded(&mine) {
+        // Its last stages' times and counts, also when it ended before its progress was ever read (a short
+        // job, or this operator just started).
         progress = read_summary(ctx, &ns, job).await;
     }
     let observed = Observed {
         pods: mine,
         created,
         progress,
+        now: k8s_openapi::jiff::Timestamp::now(),
     };
     let next = status::observe(job, &current, &observed);
     // A phase change, or pods created (their count must not be lost to coalescing), is written at once.
@@ -352,14 +364,16 @@ async fn read_progress(
     answer.json().await.ok()
 }
 
-/// Writes `next` if it differs from `current`, at most every few seconds unless `now` (a transition).
+/// Writes `next` (its messages bounded) if it differs from `current`, at most every few seconds unless `now`
+/// (a transition), then publishes the Events of the change.
 async fn write_status(
     ctx: &Context,
     job: &ArrayJob,
     current: &ArrayJobStatus,
-    next: ArrayJobStatus,
+    mut next: ArrayJobStatus,
     now: bool,
 ) -> Result<(), Error> {
+    status::bound_messages(&mut next);
     if &next == current {
         return Ok(());
     }
@@ -401,7 +415,37 @@ async fn write_status(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, Instant::now());
+    publish_events(ctx, job, current, &next).await;
     Ok(())
+}
+
+/// The Events of a status change (a failure to publish one is logged: the status is what counts).
+async fn publish_events(
+    ctx: &Context,
+    job: &ArrayJob,
+    current: &ArrayJobStatus,
+    next: &ArrayJobStatus,
+) {
+    let reference = job.object_ref(&());
+    for note in events::between(current, next) {
+        // A recorder for each: kube's merges events of one reason into a series under the first one's note,
+        // and each of these says something different (which stage, which failure).
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        let ev = KubeEvent {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason,
+            note: Some(note.text),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(job = %job.name_any(), error = %e, "cannot publish an event");
+        }
+    }
 }
 
 /// Deletes `job`'s pods of `role` that are still there.

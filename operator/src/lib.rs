@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod desired;
+pub mod events;
 pub mod metrics;
 pub mod scratch;
 pub mod status;

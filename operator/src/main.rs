@@ -89,14 +89,28 @@ async fn run(
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
-    let ctx = Arc::new(Context::new(client.clone(), Settings { image }, metrics)?);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Settings { image },
+        metrics.clone(),
+    )?);
     if !leader_election {
+        metrics.set_leader(true);
         controller::run(ctx, namespace).await;
         return Ok(());
     }
-    let mut leading = lead(client).await?;
+    let (mut leading, lease) = lead(client).await?;
+    metrics.set_leader(true);
     tokio::select! {
-        () = controller::run(ctx, namespace) => Ok(()),
+        () = controller::run(ctx, namespace) => {
+            // Shut down (SIGTERM): hand the Lease over now rather than when it expires.
+            drop(leading);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), lease).await {
+                Ok(Ok(Ok(_))) => tracing::info!("released the leader Lease"),
+                other => tracing::warn!(?other, "could not release the leader Lease; it expires by itself"),
+            }
+            Ok(())
+        }
         () = async {
             while leading.changed().await.is_ok() && *leading.borrow_and_update() {}
         } => {
@@ -106,9 +120,15 @@ async fn run(
     }
 }
 
+/// The task that holds the Lease; it releases it once the receiver is dropped.
+type LeaseTask =
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
+
 /// Waits until this replica holds the Lease `arrayjob-operator` (in `POD_NAMESPACE`, as `POD_NAME`); the
 /// receiver turns false if it is lost.
-async fn lead(client: kube::Client) -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+async fn lead(
+    client: kube::Client,
+) -> anyhow::Result<(tokio::sync::watch::Receiver<bool>, LeaseTask)> {
     let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let me = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("arrayjob-operator-{}", std::process::id()));
@@ -120,13 +140,12 @@ async fn lead(client: kube::Client) -> anyhow::Result<tokio::sync::watch::Receiv
         .with_field_manager(arrayjob_operator::controller::MANAGER)
         .build()
         .await?;
+    // The manager renews the Lease as long as the receiver lives.
     let (mut leading, task) = manager.watch().await;
-    // Detached: the manager renews the Lease as long as the receiver lives.
-    drop(task);
     tracing::info!(lease = %format!("{ns}/arrayjob-operator"), identity = %me, "waiting for the leader Lease");
     while !*leading.borrow_and_update() {
         leading.changed().await?;
     }
     tracing::info!(identity = %me, "leading");
-    Ok(leading)
+    Ok((leading, task))
 }

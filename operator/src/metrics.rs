@@ -25,6 +25,8 @@ pub struct Metrics {
     jobs: Family<PhaseLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     errors: Family<KindLabel, Counter<u64, AtomicU64>>,
     writes: Counter<u64, AtomicU64>,
+    reconciles: Counter<u64, AtomicU64>,
+    leader: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -51,11 +53,21 @@ impl Metrics {
             errors.clone(),
         );
         registry.register("status_writes", "ArrayJob status writes", writes.clone());
+        let reconciles = Counter::<u64, AtomicU64>::default();
+        registry.register("reconciles", "Reconcile passes", reconciles.clone());
+        let leader = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (holds the leader Lease, or runs without leader election)",
+            leader.clone(),
+        );
         Metrics {
             registry,
             jobs,
             errors,
             writes,
+            reconciles,
+            leader,
         }
     }
 
@@ -78,6 +90,16 @@ impl Metrics {
         self.errors
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+    }
+
+    /// A reconcile pass began.
+    pub fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    /// Whether this replica reconciles.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// A status was written.

@@ -52,6 +52,11 @@ pub struct ArrayJobResourceSpec {
     /// `s3://{storage.s3.bucket}/{storage.s3.prefix}outputs/{namespace}/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// A running job whose tasks have not advanced for this long is marked `Stalled` (reason
+    /// `ProgressDeadlineExceeded`); it goes on running. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 604_800))]
+    pub progress_deadline_seconds: Option<i32>,
 }
 
 /// How many worker pods, and where and how they run.
@@ -165,6 +170,9 @@ pub struct ArrayJobStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When a task last finished (or the job started running), for `progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<String>,
 }
 
 /// Worker pods of a job.
@@ -187,10 +195,22 @@ pub struct WorkerCounts {
 pub struct StageStatus {
     /// Stage name (`source` for the loads).
     pub name: String,
+    /// Pending (no task started), Running or Succeeded (every task done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// Tasks done.
     pub tasks_done: i64,
     /// Tasks in total.
     pub tasks_total: i64,
+    /// Bytes its tasks wrote so far (chunks, before compression).
+    #[serde(default)]
+    pub bytes: i64,
+    /// When its first task started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When its last task ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
 }
 
 /// A standard condition (`kubectl wait --for=condition=Complete` reads these).

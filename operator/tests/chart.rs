@@ -216,7 +216,7 @@ fn template_with_default_values() -> Result<()> {
         json!([
             "run",
             "--image=arrayjob:0.1.0",
-            "--metrics-addr=0.0.0.0:8080",
+            "--metrics-addr=$(POD_IP):8080",
             "--leader-election"
         ])
     );
@@ -225,6 +225,7 @@ fn template_with_default_values() -> Result<()> {
         json!([
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "RUST_LOG", "value": "info"},
         ])
     );
@@ -318,7 +319,7 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
         json!([
             "run",
             "--image=registry.example/arrayjob:dev",
-            "--metrics-addr=0.0.0.0:8080",
+            "--metrics-addr=$(POD_IP):8080",
             "--leader-election",
             "--namespace=x"
         ])
@@ -363,7 +364,7 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
         &json!([
             "run",
             "--image=arrayjob:0.1.0",
-            "--metrics-addr=0.0.0.0:8080"
+            "--metrics-addr=$(POD_IP):8080"
         ])
     );
     assert!(find(&docs, "Role", "aj-arrayjob-leader-election").is_err());

@@ -93,3 +93,96 @@ async fn chart_installs_the_crd_and_examples_apply() -> anyhow::Result<()> {
     env.helm(&["uninstall", "arrayjob", "--namespace", &ns])?;
     Ok(())
 }
+
+/// `kubectl explain` shows the types' doc comments, and the status the operator writes for a job of 100,000
+/// tasks per stage (12 stages, 1000 worker pods, a failure quoting a long log) is accepted by the API server
+/// and stays under 16 KB as stored.
+#[tokio::test]
+async fn explain_documents_the_fields_and_a_100k_task_status_stays_small() -> anyhow::Result<()> {
+    use arrayjob_operator::status::{self, Observed};
+    use arrayjob_operator::v1alpha1::ArrayJob;
+
+    let env = TestEnv::shared()?;
+    env.kubectl(&["apply", "--server-side", "-f", &repo("crds/arrayjob.yaml")])?;
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/arrayjobs.arrayjob.dev",
+        "--timeout=30s",
+    ])?;
+    let explain = env.kubectl(&["explain", "arrayjob.spec.workers.replicas"])?;
+    assert!(
+        explain.contains("Worker pods (lost ones are replaced while the job runs)."),
+        "{explain}"
+    );
+    let explain = env.kubectl(&["explain", "arrayjob.status.stages"])?;
+    for doc in [
+        "Per stage",
+        "bytes",
+        "completionTime",
+        "Pending (no task started)",
+    ] {
+        assert!(explain.contains(doc), "{doc}: {explain}");
+    }
+
+    let ns = env.namespace("big").await?;
+    let manifest = std::fs::read_to_string(repo("examples/quickstart-k8s.yaml"))?
+        .replace("name: quickstart-k8s", "name: big");
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest))?;
+    let job: ArrayJob =
+        serde_json::from_str(&env.kubectl(&["get", "aj", "big", "-n", &ns, "-o", "json"])?)?;
+    let stages: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            serde_json::json!({"name": format!("stage-{i:02}-named-as-long-as-a-user-might"),
+                "tasksDone": 99_999, "tasksTotal": 100_000, "bytesOut": 987_654_321_012_u64,
+                "startSeconds": 12.5, "endSeconds": null})
+        })
+        .collect();
+    let pods: Vec<k8s_openapi::api::core::v1::Pod> = (0..1000)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("aj-big-worker-{i}"), "labels": {"arrayjob.dev/role": "worker"}},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}))
+        })
+        .collect::<Result<_, _>>()?;
+    let observed = Observed {
+        pods,
+        created: 1400,
+        progress: Some(serde_json::json!({"startedAtUnix": 1.8e9, "stages": stages,
+            "failure": format!("stage-03, chunk 7: {}", "a long log line ".repeat(500))})),
+        now: k8s_openapi::jiff::Timestamp::now(),
+    };
+    let mut next = status::observe(&job, &job.status.clone().unwrap_or_default(), &observed);
+    status::bound_messages(&mut next);
+    let patch = serde_json::json!({"status": next}).to_string();
+    env.kubectl(&[
+        "patch",
+        "aj",
+        "big",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])?;
+    let stored: serde_json::Value =
+        serde_json::from_str(&env.kubectl(&["get", "aj", "big", "-n", &ns, "-o", "json"])?)?;
+    let st = &stored["status"];
+    let bytes = st.to_string().len();
+    assert!(bytes < 16 * 1024, "{bytes} bytes of status");
+    assert_eq!(st["progress"], "1199988/1200000");
+    assert_eq!(st["stages"].as_array().map(Vec::len), Some(12));
+    assert_eq!(st["stages"][11]["bytes"], 987_654_321_012_u64);
+    assert_eq!(st["stages"][0]["phase"], "Running");
+    assert_eq!(st["workerPods"]["lost"], 1397);
+    assert_eq!(st["workers"], "1000/3");
+    assert!(
+        st["message"]
+            .as_str()
+            .is_some_and(|m| m.len() <= 1024 && m.ends_with("...")),
+        "{}",
+        st["message"]
+    );
+    Ok(())
+}

@@ -2,7 +2,10 @@
 //! on SeaweedFS, 3 worker pods, `exchange: s3`) runs to `Complete` with outputs byte-identical to `arrayjob
 //! run` of the same job; a deleted worker pod is replaced and counted; `kubectl get aj` shows the columns; a
 //! spec the operator refuses fails with its field path; an unschedulable worker stalls the job with the
-//! scheduler's message; deleting the ArrayJob removes its pods and S3 scratch and keeps its outputs.
+//! scheduler's message; deleting the ArrayJob removes its pods and S3 scratch and keeps its outputs. The
+//! operator runs as two replicas: one leads (its metrics say so), the other takes over when it is deleted.
+//! Events say what happened; an image that cannot be pulled, S3 refusing the job's keys and a job without
+//! progress past its deadline each get their own reason.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -140,8 +143,8 @@ fn example(env: &TestEnv, name: &str, edit: impl Fn(String) -> String) -> String
     )
 }
 
-/// `helm install` of the chart (once per test binary): the operator runs as a pod of the node agent, under its
-/// own service account and RBAC, with leader election; the job pods' image maps to `arrayjob`.
+/// `helm install` of the chart (once per test binary): the operator runs as two pods of the node agent, under
+/// its own service account and RBAC, with leader election; the job pods' image maps to `arrayjob`.
 fn install_operator(env: &TestEnv) {
     static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,7 +175,7 @@ fn install_operator(env: &TestEnv) {
             "--set",
             &format!("image.repository={repository},image.tag={tag},workerImage={IMAGE}"),
             "--set",
-            &format!("metrics.port={port},logLevel=info"),
+            &format!("metrics.port={port},logLevel=info,replicaCount=2"),
         ])
         .expect("helm install");
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -186,6 +189,84 @@ fn install_operator(env: &TestEnv) {
     ])
     .unwrap_or_else(|e| panic!("the operator never got ready: {e}\n{}", operator_log(env)));
     *done = true;
+    METRICS_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The operator pods' metrics port (set by [`install_operator`]).
+static METRICS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// The holder of the operator's leader Lease.
+fn leader(env: &TestEnv) -> String {
+    env.kubectl(&[
+        "get",
+        "lease",
+        "arrayjob-operator",
+        "-n",
+        SYSTEM,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .expect("the leader Lease")
+    .trim()
+    .to_owned()
+}
+
+/// One metric of an operator pod (`/metrics` on its pod IP).
+async fn operator_metric(env: &TestEnv, pod: &str, name: &str) -> f64 {
+    let ip = env
+        .kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            SYSTEM,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])
+        .expect("pod IP");
+    let port = METRICS_PORT.load(std::sync::atomic::Ordering::Relaxed);
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{}:{port}/metrics", ip.trim()))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the metrics of {pod}:\n{text}"))
+}
+
+/// The reasons of the Events about ArrayJob `name`, oldest first.
+fn event_reasons(env: &TestEnv, ns: &str, name: &str) -> Vec<(String, String)> {
+    let text = env
+        .kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("regarding.name={name},regarding.kind=ArrayJob"),
+            "-o",
+            "json",
+        ])
+        .expect("events");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut items = v["items"].as_array().cloned().unwrap_or_default();
+    items.sort_by_key(|e| e["eventTime"].as_str().unwrap_or_default().to_owned());
+    items
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["note"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The logs of the operator pods.
@@ -396,13 +477,46 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         running["status"]["phase"], "Succeeded",
         "the job ended before the worker was deleted"
     );
-    // The operator pod is deleted: the job goes on meanwhile, and its replacement takes the Lease over and
-    // catches the status up.
-    let operators = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob");
-    let old = operators[0]["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_owned();
+    // Two operator replicas: the one holding the Lease reconciles, the other waits.
+    let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob")
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    let old = leader(env);
+    assert!(
+        operators.contains(&old),
+        "{old} leads, not one of {operators:?}"
+    );
+    let standby = operators.iter().find(|p| **p != old).expect("standby");
+    assert_eq!(
+        operator_metric(env, &old, "arrayjob_operator_leader").await,
+        1.0
+    );
+    assert!(operator_metric(env, &old, "arrayjob_operator_reconciles_total").await > 0.0);
+    assert!(operator_metric(env, &old, "arrayjob_operator_status_writes_total").await > 0.0);
+    assert_eq!(
+        operator_metric(env, standby, "arrayjob_operator_leader").await,
+        0.0,
+        "{standby} says it leads too; the Lease: {}\n{}",
+        env.kubectl(&[
+            "get",
+            "lease",
+            "arrayjob-operator",
+            "-n",
+            SYSTEM,
+            "-o",
+            "yaml"
+        ])
+        .unwrap_or_default(),
+        operator_log(env)
+    );
+    assert_eq!(
+        operator_metric(env, standby, "arrayjob_operator_reconciles_total").await,
+        0.0
+    );
+    // The leader is deleted: the job goes on meanwhile, another replica takes the Lease over and catches
+    // the status up.
     env.kubectl(&["delete", "pod", &old, "-n", SYSTEM, "--wait=false"])?;
 
     let wait = env.kubectl(&[
@@ -436,6 +550,43 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         .split_once('/')
         .expect("n/m");
     assert_eq!(done, total);
+    // The deleted leader released the Lease on SIGTERM (or it expired): another replica holds it and leads.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let now_leads = loop {
+        let holder = leader(env);
+        if !holder.is_empty() && holder != old {
+            break holder;
+        }
+        assert!(Instant::now() < deadline, "the Lease stayed with {old}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        operator_metric(env, &now_leads, "arrayjob_operator_leader").await,
+        1.0
+    );
+    // Every stage: Succeeded, its bytes, when it ran.
+    let stages = st["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names.first(), Some(&"source"), "{st}");
+    for s in stages {
+        assert_eq!(s["phase"], "Succeeded", "{s}");
+        let (start, end) = (s["startTime"].as_str(), s["completionTime"].as_str());
+        assert!(start.is_some() && end.is_some() && start <= end, "{s}");
+    }
+    assert!(stages.iter().all(|s| s["bytes"].as_u64() > Some(0)), "{st}");
+    // Events: the job ran, each stage finished, the lost worker, the end.
+    let said = event_reasons(env, &ns, "quick");
+    let reasons: Vec<&str> = said.iter().map(|(r, _)| r.as_str()).collect();
+    for r in ["Running", "WorkerReplaced", "Succeeded"] {
+        assert!(reasons.contains(&r), "no {r} event: {said:?}");
+    }
+    for name in &names {
+        assert!(
+            said.iter()
+                .any(|(r, n)| r == "StageSucceeded" && n.starts_with(&format!("stage {name}:"))),
+            "no StageSucceeded event for {name}: {said:?}"
+        );
+    }
 
     let mut remote = objects(env, &format!("outputs/{}/quick/", ns.name())).await;
     assert!(remote.remove("summary.json").is_some());
@@ -567,6 +718,124 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
         objects(env, "scratch/stuck/").await.is_empty(),
         "scratch left behind"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyhow::Result<()> {
+    let env = TestEnv::shared()?;
+    setup(env).await;
+    install_operator(env);
+    let ns = env.namespace("aj-why").await?;
+    s3_secret(env, &ns).await;
+
+    // An image no node can pull: Stalled, reason ImagePullFailed, with the kubelet's message; an Event says it.
+    let missing = example(env, "pull", |t| {
+        t.replace(
+            "workers: {replicas: 3,",
+            "workers: {replicas: 1, image: ghcr.io/arrayjob/no-such-image:0,",
+        )
+    });
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&missing))?;
+    let j = wait_job(env, &ns, "pull", 60, |j| {
+        condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
+    });
+    let c = condition(&j, "Stalled").expect("Stalled");
+    assert_eq!(c["reason"], "ImagePullFailed", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ErrImagePull") && m.contains("no-such-image")),
+        "{c}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !event_reasons(env, &ns, "pull")
+        .iter()
+        .any(|(r, _)| r == "ImagePullFailed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no ImagePullFailed event: {:?}",
+            event_reasons(env, &ns, "pull")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.kubectl(&["delete", "arrayjob", "pull", "-n", &ns, "--timeout=60s"])?;
+
+    // S3 refuses the job's keys: Failed, reason S3AccessDenied, naming the request.
+    let s3 = env.s3();
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "wrong-keys",
+        "-n",
+        &ns,
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", s3.access_key),
+        "--from-literal=AWS_SECRET_ACCESS_KEY=not-the-secret",
+        &format!("--from-literal=AWS_REGION={}", s3.region),
+    ])?;
+    let denied = example(env, "denied", |t| {
+        t.replace(
+            "s3CredentialsSecret: s3-credentials",
+            "s3CredentialsSecret: wrong-keys",
+        )
+    });
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&denied))?;
+    let j = wait_job(env, &ns, "denied", 120, |j| {
+        j["status"]["phase"] == "Failed"
+    });
+    let c = condition(&j, "Failed").expect("Failed");
+    assert_eq!(c["reason"], "S3AccessDenied", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HTTP 403")),
+        "{c}"
+    );
+
+    // A source that never answers: no task finishes, so past progressDeadlineSeconds the job is Stalled
+    // (it keeps running: a slow source may still answer).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let stuck = example(env, "idle", |t| {
+        t.replace(
+            "    s3: {keys: \"slices/{index:03}.png\", stop: 160}",
+            &format!(
+                "    http: {{urlTemplate: \"http://127.0.0.1:{port}/{{index}}.png\", stop: 160, retries: 0, timeoutSeconds: 600}}\n    sliceShape: [512, 512]\n    dtype: uint8"
+            ),
+        )
+        .replace("  workers:", "  progressDeadlineSeconds: 10\n  workers:")
+    });
+    assert!(
+        stuck.contains("progressDeadlineSeconds: 10") && stuck.contains("http:"),
+        "{stuck}"
+    );
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
+    let j = wait_job(env, &ns, "idle", 120, |j| {
+        condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
+    });
+    let c = condition(&j, "Stalled").expect("Stalled");
+    assert_eq!(c["reason"], "ProgressDeadlineExceeded", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no task finished for ")
+                && m.contains("over progressDeadlineSeconds 10")),
+        "{c}"
+    );
+    assert_eq!(j["status"]["phase"], "Running");
+    assert_eq!(
+        condition(&j, "Progressing").expect("Progressing")["status"],
+        "False"
+    );
+    env.kubectl(&["delete", "arrayjob", "idle", "-n", &ns, "--timeout=60s"])?;
     Ok(())
 }
 

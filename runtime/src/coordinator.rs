@@ -280,6 +280,24 @@ struct CoordState {
     unavailable: HashMap<arrayjob_engine::graph::TaskId, Instant>,
     /// Which object holds each key in the job's object store, and what the ledger is to be told.
     book: StoreBook,
+    /// Per plan node: when its first task started and its last one ended, and the bytes its tasks wrote.
+    clocks: BTreeMap<usize, StageClock>,
+}
+
+/// When a stage's work ran, and what it wrote (first completion of each task only).
+#[derive(Debug, Clone, Copy, Default)]
+struct StageClock {
+    start: Option<f64>,
+    end: f64,
+    bytes: u64,
+}
+
+impl StageClock {
+    fn record(&mut self, start: f64, end: f64, bytes: u64) {
+        self.start = Some(self.start.map_or(start, |s| s.min(start)));
+        self.end = self.end.max(end);
+        self.bytes += bytes;
+    }
 }
 
 /// A task that keeps failing to get its inputs this long with no worker lost meanwhile fails the job rather
@@ -292,6 +310,8 @@ struct CoordShared {
     desc: JobDescription,
     plan: Plan,
     started: Instant,
+    /// `started` on the wall clock, seconds since the Unix epoch.
+    started_at_unix: f64,
     gather: Mutex<std::sync::mpsc::Sender<Gathered>>,
     guard: Guard,
     metrics: CoordinatorMetrics,
@@ -386,11 +406,15 @@ impl runner::Executor for Coordinator {
                 events: Vec::new(),
                 last_alive: Instant::now(),
                 unavailable: HashMap::new(),
+                clocks: BTreeMap::new(),
                 book,
             }),
             desc,
             plan: job.plan.clone(),
             started: Instant::now(),
+            started_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             gather: Mutex::new(tx),
             guard: Guard {
                 token: self.opts.token.clone(),
@@ -1110,6 +1134,12 @@ fn take_report(shared: &CoordShared, g: &mut CoordState, worker: WorkerId, r: Re
             }
             if !g.sched.is_done(task) {
                 g.book.done(task);
+                let bytes = outputs.iter().map(|&(_, b)| b).sum();
+                g.clocks.entry(stage_node(kind)).or_default().record(
+                    (now - seconds).max(0.0),
+                    now,
+                    bytes,
+                );
             }
             g.sched.task_done(worker, task, &outputs, seconds, now)
         }
@@ -1241,11 +1271,15 @@ fn transfer(
 
 /// The stage a task belongs to, by name (loads: the source).
 fn stage_name(plan: &Plan, kind: TaskKind) -> String {
-    let node = match kind {
+    plan.nodes[stage_node(kind)].name.clone()
+}
+
+/// The plan node a task works for (loads work for the source, node 0).
+fn stage_node(kind: TaskKind) -> usize {
+    match kind {
         TaskKind::Load { .. } => 0,
         TaskKind::Merge { node, .. } | TaskKind::Combine { node, .. } => node,
-    };
-    plan.nodes[node].name.clone()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -1309,6 +1343,8 @@ pub struct ProgressSnapshot {
     pub failure: Option<String>,
     /// Seconds since the job started.
     pub elapsed_seconds: f64,
+    /// When the job started (this coordinator's clock), seconds since the Unix epoch.
+    pub started_at_unix: f64,
     /// Per stage: tasks done and total.
     pub stages: Vec<StageProgress>,
     /// Per worker.
@@ -1343,6 +1379,12 @@ pub struct StageProgress {
     pub tasks_done: usize,
     /// Tasks of the stage.
     pub tasks_total: usize,
+    /// Bytes its tasks wrote so far.
+    pub bytes_out: u64,
+    /// When its first task started, seconds after the job started.
+    pub start_seconds: Option<f64>,
+    /// When its last task ended, once all are done.
+    pub end_seconds: Option<f64>,
 }
 
 async fn progress_handler(State(shared): State<Arc<CoordShared>>) -> Response {
@@ -1353,11 +1395,7 @@ fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
     let g = shared.lock();
     let mut per: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for (id, t) in g.sched.graph().tasks() {
-        let node = match t.kind {
-            TaskKind::Load { .. } => 0,
-            TaskKind::Merge { node, .. } | TaskKind::Combine { node, .. } => node,
-        };
-        let e = per.entry(node).or_default();
+        let e = per.entry(stage_node(t.kind)).or_default();
         e.1 += 1;
         if g.sched.is_done(id) {
             e.0 += 1;
@@ -1373,12 +1411,19 @@ fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
         .into(),
         failure: g.failure.clone(),
         elapsed_seconds: shared.now(),
+        started_at_unix: shared.started_at_unix,
         stages: per
             .into_iter()
-            .map(|(node, (done, total))| StageProgress {
-                name: shared.plan.nodes[node].name.clone(),
-                tasks_done: done,
-                tasks_total: total,
+            .map(|(node, (done, total))| {
+                let clock = g.clocks.get(&node).copied().unwrap_or_default();
+                StageProgress {
+                    name: shared.plan.nodes[node].name.clone(),
+                    tasks_done: done,
+                    tasks_total: total,
+                    bytes_out: clock.bytes,
+                    start_seconds: clock.start,
+                    end_seconds: (done == total && total > 0).then_some(clock.end),
+                }
             })
             .collect(),
         workers: g
