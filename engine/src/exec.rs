@@ -131,6 +131,9 @@ pub struct NodeSnapshot {
     pub end_seconds: f64,
     /// Thread-seconds spent in its computations.
     pub busy_seconds: f64,
+    /// The stage's result, when it is a single number with a `value` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
 }
 
 /// Progress of a whole run: one [`NodeProgress`] per plan node.
@@ -235,6 +238,7 @@ impl JobProgress {
                     },
                     end_seconds: last as f64 / 1e9,
                     busy_seconds: n.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                    value: None,
                 }
             })
             .collect()

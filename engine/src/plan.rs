@@ -380,6 +380,23 @@ impl Plan {
         })
     }
 
+    /// The source index of every position along axis 0 of node `node`, while axis 0 is still the source's:
+    /// through selects that keep it, recenters, rechunks, and reductions and FFTs of other axes.
+    pub fn source_indices(&self, node: usize) -> Option<Vec<usize>> {
+        let n = &self.nodes[node];
+        let Some(input) = n.input else {
+            return Some((0..*n.meta.shape.first()?).collect());
+        };
+        let from = self.source_indices(input)?;
+        match &n.op {
+            NodeOp::Select(s) if s.dropped.first() == Some(&true) => None,
+            NodeOp::Select(s) => Some(s.indices.first()?.iter().map(|&i| from[i]).collect()),
+            NodeOp::Reduce(r) if r.axes.contains(&0) => None,
+            NodeOp::Fft(f) if f.axis == 0 => None,
+            _ => Some(from),
+        }
+    }
+
     /// Per-node figures for `arrayjob plan` and for sizing runs.
     pub fn report(&self, threads: usize) -> PlanReport {
         let mut stages = Vec::new();

@@ -740,7 +740,7 @@ fn check_output(
         if nd == 0 {
             p.push(Problem {
                 path: format!("{at}.output.zarr"),
-                message: format!("stage '{stage}' gives a single number; write it as csv instead"),
+                message: format!("stage '{stage}' gives a single number; write it as csv or value instead"),
             });
         }
     }
@@ -763,6 +763,29 @@ fn check_output(
                 ),
             });
         }
+    }
+    if let Some(m) = &o.montage {
+        files.push((format!("{at}.output.montage.file"), &m.file));
+        if nd != 3 {
+            p.push(Problem {
+                path: format!("{at}.output.montage"),
+                message: format!("a montage needs a 3-D result (slices along axis 0), but stage '{stage}' is {nd}-D"),
+            });
+        }
+        if m.columns == Some(0) {
+            p.push(Problem {
+                path: format!("{at}.output.montage.columns"),
+                message: "must be positive, found 0".into(),
+            });
+        }
+    }
+    if o.value == Some(true) && nd != 0 {
+        p.push(Problem {
+            path: format!("{at}.output.value"),
+            message: format!(
+                "a value is a single number, but stage '{stage}' is {nd}-D: reduce over every axis first"
+            ),
+        });
     }
     if let Some(pl) = &o.plot {
         files.push((format!("{at}.output.plot.file"), &pl.file));
