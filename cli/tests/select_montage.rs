@@ -236,7 +236,7 @@ fn the_janelia_example_validates_and_plans_offline() {
     for line in [
         "sample         select    [2000, 2000]",
         "sample-mean    reduce    []",
-        "row            select    [9, 2000, 2000]",
+        "row            select    [9, 250, 250]",
         "time-mean      reduce    [2000, 2000]",
         "recentered     recenter  [10000, 1000, 1000]",
         "power          fft       [10000, 1000, 1000]",
