@@ -41,7 +41,16 @@ spec:
 fn make_stack(dir: &Path) {
     oracle(
         "make_stack.py",
-        &["--out", &dir.display().to_string(), "--n", "45", "--h", "64", "--w", "48"],
+        &[
+            "--out",
+            &dir.display().to_string(),
+            "--n",
+            "45",
+            "--h",
+            "64",
+            "--w",
+            "48",
+        ],
     );
 }
 
@@ -57,7 +66,12 @@ fn run_ok(manifest: &str, out: &Path, extra: &[&str]) -> String {
 /// Output files of a run without its own reports.
 fn outputs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut files = files_under(dir);
-    for report in ["summary.json", "workers.json", "timeline.html", "timeline.png"] {
+    for report in [
+        "summary.json",
+        "workers.json",
+        "timeline.html",
+        "timeline.png",
+    ] {
         files.remove(report);
     }
     files
@@ -73,12 +87,18 @@ fn selects_montages_and_values_match_numpy_in_one_process_and_on_two_workers() {
     let stdout = run_ok(&manifest, &one, &[]);
     let report = oracle(
         "check_select.py",
-        &["--data", &data.display().to_string(), "--out", &one.display().to_string()],
+        &[
+            "--data",
+            &data.display().to_string(),
+            "--out",
+            &one.display().to_string(),
+        ],
     );
     println!("{report}");
     assert!(report.contains(" checks, 0 failed"), "{report}");
     let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(one.join("summary.json")).expect("summary")).expect("json");
+        serde_json::from_slice(&std::fs::read(one.join("summary.json")).expect("summary"))
+            .expect("json");
     let value = summary["stages"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "sample-mean"))
@@ -122,13 +142,23 @@ fn a_select_of_the_source_reads_only_the_selected_slices() {
     std::fs::remove_file(data.join("slice_00030.png")).expect("remove");
     let sparse = dir.path().join("sparse");
     run_ok(&manifest, &sparse, &[]);
-    assert_eq!(outputs(&intact), outputs(&sparse), "same bytes from the selected slices alone");
+    assert_eq!(
+        outputs(&intact),
+        outputs(&sparse),
+        "same bytes from the selected slices alone"
+    );
     let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sparse.join("summary.json")).expect("summary")).expect("json");
+        serde_json::from_slice(&std::fs::read(sparse.join("summary.json")).expect("summary"))
+            .expect("json");
     assert_eq!(summary["stages"][0]["name"], "source");
-    assert_eq!(summary["stages"][0]["tasksDone"], 0, "no source chunk was loaded: {summary}");
+    assert_eq!(
+        summary["stages"][0]["tasksDone"], 0,
+        "no source chunk was loaded: {summary}"
+    );
     // The corruption is real: a stage that reads the whole source fails on it.
-    let whole = text("  - {name: m, input: source, reduce: {op: mean, axes: [0]}, output: {image: m.png}}\n");
+    let whole = text(
+        "  - {name: m, input: source, reduce: {op: mean, axes: [0]}, output: {image: m.png}}\n",
+    );
     let m = write(dir.path(), "whole.yaml", &whole);
     let out = dir.path().join("whole").display().to_string();
     let (ok, _, stderr) = arrayjob_text(&["run", &m, "--out", &out]);
@@ -217,17 +247,26 @@ fn bad_selections_and_outputs_are_refused_naming_the_field() {
     for (stages, want) in cases {
         let (ok, stderr) = validate(stages);
         assert!(!ok, "accepted: {stages}");
-        assert!(stderr.contains(want), "want '{want}' for {stages}, got:\n{stderr}");
+        assert!(
+            stderr.contains(want),
+            "want '{want}' for {stages}, got:\n{stderr}"
+        );
     }
     let (ok, stderr) = validate(
         "  - {name: s, input: source, select: [{axis: 0, start: 190, stop: 1000, step: 4}]}\n  - {name: m, input: s, reduce: {op: max, axes: [0, 1, 2]}, output: {value: true}}\n",
     );
-    assert!(ok, "a range's stop is clipped to the axis like NumPy's: {stderr}");
+    assert!(
+        ok,
+        "a range's stop is clipped to the axis like NumPy's: {stderr}"
+    );
 }
 
 #[test]
 fn the_janelia_example_validates_and_plans_offline() {
-    let m = repo_root().join("examples/janelia-em.yaml").display().to_string();
+    let m = repo_root()
+        .join("examples/janelia-em.yaml")
+        .display()
+        .to_string();
     let (ok, stdout, stderr) = arrayjob_text(&["validate", &m]);
     assert!(ok, "{stdout}{stderr}");
     // No network: the slice shape and type are declared, and a select of the source reads nothing to plan.

@@ -685,7 +685,12 @@ impl TaskRunner<'_> {
         self.progress.record(node, t0, block.nbytes(), 1);
         let kidx = sel.kept(&idx);
         let (kstart, _) = n.meta.chunk_region(&kidx);
-        self.emit(io, node, &kstart, crate::select::drop_axes(block, &sel.dropped))
+        self.emit(
+            io,
+            node,
+            &kstart,
+            crate::select::drop_axes(block, &sel.dropped),
+        )
     }
 
     /// Pastes the pieces of output chunk `group` of select `node` (full coordinates `start .. start + len`).
@@ -700,7 +705,10 @@ impl TaskRunner<'_> {
     ) -> Result<Chunk, ExecError> {
         let n = &self.plan.nodes[node];
         let Some(input) = n.input else {
-            return Err(ExecError::Internal(format!("select '{}' has no input", n.name)));
+            return Err(ExecError::Internal(format!(
+                "select '{}' has no input",
+                n.name
+            )));
         };
         let im = &self.plan.nodes[input].meta;
         let mut block = Chunk::zeros(n.meta.dtype, len);

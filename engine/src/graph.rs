@@ -19,10 +19,10 @@
 use std::fmt;
 
 use crate::data::{DataKey, FastMap};
-use crate::select::Selection;
 use crate::plan::{
     NodeOp, Plan, chunk_index, linear, merge_groups, overlapping, product, unlinear,
 };
+use crate::select::Selection;
 
 /// Index of a task in its [`TaskGraph`].
 #[derive(
@@ -181,7 +181,9 @@ impl TaskGraph {
                         });
                     }
                 }
-                (NodeOp::Select(sel), Some(input)) => select_tasks(plan, node, sel, input, &mut tasks),
+                (NodeOp::Select(sel), Some(input)) => {
+                    select_tasks(plan, node, sel, input, &mut tasks)
+                }
                 (NodeOp::Reduce(_), Some(_)) => {
                     let leaves = reduce_leaves(plan, node);
                     for out in 0..n.meta.num_chunks() {

@@ -926,12 +926,21 @@ fn write_montage(
         .view()
         .into_dimensionality::<ndarray::Ix3>()
         .map_err(|e| OutputError::invalid(Path::new(&m.file), "data", e.to_string()))?;
-    let node = plan.nodes.iter().position(|x| x.name == n.name).unwrap_or(0);
+    let node = plan
+        .nodes
+        .iter()
+        .position(|x| x.name == n.name)
+        .unwrap_or(0);
     let labels = plan
         .source_indices(node)
         .unwrap_or_else(|| (0..d3.dim().0).collect());
     let columns = m.columns.unwrap_or(d3.dim().0);
-    crate::output::montage::write_montage_png(&staging_file(staging, &m.file)?, d3, &labels, columns)?;
+    crate::output::montage::write_montage_png(
+        &staging_file(staging, &m.file)?,
+        d3,
+        &labels,
+        columns,
+    )?;
     Ok(OutputRecord {
         stage: n.name.clone(),
         kind: "montage".into(),

@@ -51,7 +51,8 @@ pub fn resolve_axis(
     at: &str,
 ) -> Result<Option<Vec<usize>>, SelectProblem> {
     let is_range = s.start.is_some() || s.stop.is_some() || s.step.is_some();
-    let forms = usize::from(s.index.is_some()) + usize::from(s.indices.is_some()) + usize::from(is_range);
+    let forms =
+        usize::from(s.index.is_some()) + usize::from(s.indices.is_some()) + usize::from(is_range);
     if forms != 1 {
         return Err((
             at.to_string(),
@@ -74,7 +75,10 @@ fn check_bound(i: usize, len: Option<usize>, at: &str) -> Result<(), SelectProbl
     match len {
         Some(n) if i >= n => Err((
             at.to_string(),
-            format!("index {i} out of range: the axis has length {n} (indices 0 to {})", n.saturating_sub(1)),
+            format!(
+                "index {i} out of range: the axis has length {n} (indices 0 to {})",
+                n.saturating_sub(1)
+            ),
         )),
         _ => Ok(()),
     }
@@ -82,13 +86,19 @@ fn check_bound(i: usize, len: Option<usize>, at: &str) -> Result<(), SelectProbl
 
 fn check_list(list: &[usize], len: Option<usize>, at: &str) -> Result<Vec<usize>, SelectProblem> {
     if list.is_empty() {
-        return Err((format!("{at}.indices"), "selects nothing: list at least one index".into()));
+        return Err((
+            format!("{at}.indices"),
+            "selects nothing: list at least one index".into(),
+        ));
     }
     for (k, &i) in list.iter().enumerate() {
         if k > 0 && i <= list[k - 1] {
             return Err((
                 format!("{at}.indices[{k}]"),
-                format!("indices must be strictly increasing, but {i} follows {}", list[k - 1]),
+                format!(
+                    "indices must be strictly increasing, but {i} follows {}",
+                    list[k - 1]
+                ),
             ));
         }
         check_bound(i, len, &format!("{at}.indices[{k}]"))?;
@@ -137,9 +147,13 @@ pub fn resolve(
 ) -> Result<Option<Selection>, Vec<SelectProblem>> {
     let mut problems = Vec::new();
     if sel.is_empty() {
-        problems.push((format!("{at}.select"), "list at least one axis to select".into()));
+        problems.push((
+            format!("{at}.select"),
+            "list at least one axis to select".into(),
+        ));
     }
-    let mut picked: Vec<Option<Vec<usize>>> = dims.iter().map(|d| d.map(|n| (0..n).collect())).collect();
+    let mut picked: Vec<Option<Vec<usize>>> =
+        dims.iter().map(|d| d.map(|n| (0..n).collect())).collect();
     let mut dropped = vec![false; dims.len()];
     let mut seen = vec![false; dims.len()];
     for (k, s) in sel.iter().enumerate() {
@@ -147,12 +161,19 @@ pub fn resolve(
         if s.axis >= dims.len() {
             problems.push((
                 format!("{path}.axis"),
-                format!("axis {} out of range: the input is {}-D", s.axis, dims.len()),
+                format!(
+                    "axis {} out of range: the input is {}-D",
+                    s.axis,
+                    dims.len()
+                ),
             ));
             continue;
         }
         if std::mem::replace(&mut seen[s.axis], true) {
-            problems.push((format!("{path}.axis"), format!("axis {} is selected twice", s.axis)));
+            problems.push((
+                format!("{path}.axis"),
+                format!("axis {} is selected twice", s.axis),
+            ));
             continue;
         }
         match resolve_axis(s, dims[s.axis], &path) {
@@ -175,7 +196,11 @@ impl Selection {
     /// lengths are the selected counts, chunks the input's chunks clipped to them.
     pub fn full_meta(&self, input: &ArrayMeta) -> ArrayMeta {
         let shape: Vec<usize> = self.indices.iter().map(Vec::len).collect();
-        let chunks = shape.iter().zip(&input.chunks).map(|(&n, &c)| c.min(n).max(1)).collect();
+        let chunks = shape
+            .iter()
+            .zip(&input.chunks)
+            .map(|(&n, &c)| c.min(n).max(1))
+            .collect();
         ArrayMeta {
             shape,
             chunks,
@@ -195,7 +220,11 @@ impl Selection {
 
     /// The entries of `v` (one per input axis) of the axes kept in the result.
     pub fn kept(&self, v: &[usize]) -> Vec<usize> {
-        v.iter().zip(&self.dropped).filter(|(_, d)| !**d).map(|(x, _)| *x).collect()
+        v.iter()
+            .zip(&self.dropped)
+            .filter(|(_, d)| !**d)
+            .map(|(x, _)| *x)
+            .collect()
     }
 
     /// The input chunks holding elements of the output block `start .. start + len` (full coordinates), row-major.
@@ -223,14 +252,20 @@ impl Selection {
         (0..start.len())
             .map(|a| {
                 let idx = &self.indices[a];
-                idx.partition_point(|&i| i < start[a])..idx.partition_point(|&i| i < start[a] + len[a])
+                idx.partition_point(|&i| i < start[a])
+                    ..idx.partition_point(|&i| i < start[a] + len[a])
             })
             .collect()
     }
 
     /// The pieces of the input block at `start .. start + len`: per output chunk it touches (index in the full
     /// grid `out`), the output positions it fills.
-    pub fn pieces(&self, out: &ArrayMeta, start: &[usize], len: &[usize]) -> Vec<(Vec<usize>, Vec<Range<usize>>)> {
+    pub fn pieces(
+        &self,
+        out: &ArrayMeta,
+        start: &[usize],
+        len: &[usize],
+    ) -> Vec<(Vec<usize>, Vec<Range<usize>>)> {
         let pos = self.positions(start, len);
         if pos.iter().any(Range::is_empty) {
             return Vec::new();
@@ -259,7 +294,12 @@ impl Selection {
         let local: Vec<Vec<usize>> = within
             .iter()
             .enumerate()
-            .map(|(a, r)| self.indices[a][r.clone()].iter().map(|i| i - start[a]).collect())
+            .map(|(a, r)| {
+                self.indices[a][r.clone()]
+                    .iter()
+                    .map(|i| i - start[a])
+                    .collect()
+            })
             .collect();
         take(block, &local)
     }
@@ -329,4 +369,119 @@ pub fn read_selected(source: &dyn SliceSource, indices: &[usize]) -> Result<Chun
         field: "spec.source".into(),
         message: "no slice selected".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::array::DType;
+    use crate::source::SliceInfo;
+    use std::sync::Mutex;
+
+    /// 10 slices of 2 x 3 whose elements are their slice index; records every read.
+    #[derive(Debug, Default)]
+    struct Counting(Mutex<Vec<(usize, usize)>>);
+
+    impl SliceSource for Counting {
+        fn len(&self) -> usize {
+            10
+        }
+        fn slice_info(&self) -> Result<SliceInfo, SourceError> {
+            Ok(SliceInfo {
+                height: 2,
+                width: 3,
+                dtype: DType::Uint8,
+            })
+        }
+        fn read(&self, start: usize, end: usize) -> Result<Chunk, SourceError> {
+            self.0.lock().expect("lock").push((start, end));
+            let v: Vec<u8> = (start..end).flat_map(|i| [i as u8; 6]).collect();
+            Ok(Chunk::U8(
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[end - start, 2, 3]), v)
+                    .expect("shape"),
+            ))
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn read_selected_reads_each_run_of_consecutive_slices_once() {
+        let src = Counting::default();
+        let got = read_selected(&src, &[1, 2, 3, 7, 9]).expect("read");
+        assert_eq!(*src.0.lock().expect("lock"), vec![(1, 4), (7, 8), (9, 10)]);
+        assert_eq!(got.shape(), &[5, 2, 3]);
+        let firsts: Vec<f64> = got.to_f64().outer_iter().map(|s| s[[0, 0]]).collect();
+        assert_eq!(firsts, vec![1.0, 2.0, 3.0, 7.0, 9.0]);
+    }
+
+    fn axis(axis: usize) -> AxisSelection {
+        AxisSelection {
+            axis,
+            index: None,
+            indices: None,
+            start: None,
+            stop: None,
+            step: None,
+        }
+    }
+
+    #[test]
+    fn ranges_are_clipped_like_numpy_and_unknown_lengths_wait() {
+        let s = AxisSelection {
+            start: Some(3),
+            stop: Some(100),
+            step: Some(4),
+            ..axis(0)
+        };
+        assert_eq!(resolve_axis(&s, Some(12), "x"), Ok(Some(vec![3, 7, 11])));
+        assert_eq!(resolve_axis(&s, None, "x"), Ok(None));
+        let one = AxisSelection {
+            index: Some(4),
+            ..axis(1)
+        };
+        let sel = resolve(&[s, one], &[Some(12), Some(5), Some(6)], "at")
+            .expect("valid")
+            .expect("known");
+        assert_eq!(sel.dropped, vec![false, true, false]);
+        let input = ArrayMeta {
+            shape: vec![12, 5, 6],
+            chunks: vec![5, 5, 6],
+            dtype: DType::Uint8,
+        };
+        assert_eq!(sel.meta(&input).shape, vec![3, 6]);
+        assert_eq!(sel.meta(&input).chunks, vec![3, 6]);
+    }
+
+    #[test]
+    fn pieces_of_every_input_chunk_tile_each_output_chunk_exactly() {
+        let sel = Selection {
+            indices: vec![vec![0, 4, 5, 6, 13, 19], (1..8).step_by(3).collect()],
+            dropped: vec![false, false],
+        };
+        let input = ArrayMeta {
+            shape: vec![20, 8],
+            chunks: vec![5, 3],
+            dtype: DType::Uint8,
+        };
+        let full = sel.full_meta(&input);
+        let mut filled = vec![vec![0; 3]; 6];
+        for idx in input.chunk_indices() {
+            let (s, l) = input.chunk_region(&idx);
+            for (o, within) in sel.pieces(&full, &s, &l) {
+                let (os, ol) = full.chunk_region(&o);
+                assert!(
+                    sel.parts_of(&input, &os, &ol).contains(&idx),
+                    "{idx:?} feeds {o:?}"
+                );
+                for r in within[0].clone() {
+                    for c in within[1].clone() {
+                        filled[r][c] += 1;
+                    }
+                }
+            }
+        }
+        assert!(filled.iter().flatten().all(|&n| n == 1), "{filled:?}");
+    }
 }

@@ -12,10 +12,9 @@ use crate::s3::S3Error;
 use crate::source::http::DEFAULT_CONCURRENCY;
 use crate::source::{IndexTemplate, SourceError, limits};
 use crate::spec::{
-    AxisSelection,
-    API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, FilesSource, HttpSource, KIND,
-    OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource,
-    ZSTD_LEVELS,
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, AxisSelection, CompressionCodec, FilesSource,
+    HttpSource, KIND, OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp,
+    StageSpec, SyntheticSource, ZSTD_LEVELS,
 };
 
 /// Default slices per source chunk.
@@ -670,14 +669,20 @@ fn select_shape(
     p: &mut Vec<Problem>,
 ) -> Option<ShapeInfo> {
     if let Err(problems) = crate::select::resolve(sel, &input.dims, at) {
-        p.extend(problems.into_iter().map(|(path, message)| Problem { path, message }));
+        p.extend(
+            problems
+                .into_iter()
+                .map(|(path, message)| Problem { path, message }),
+        );
         return None;
     }
     let mut dims = input.dims.clone();
     let mut whole = input.whole.clone();
     let mut keep = vec![true; dims.len()];
     for s in sel {
-        let len = crate::select::resolve_axis(s, input.dims[s.axis], "").ok().flatten();
+        let len = crate::select::resolve_axis(s, input.dims[s.axis], "")
+            .ok()
+            .flatten();
         dims[s.axis] = len.as_ref().map(Vec::len);
         // One index lies in one chunk; otherwise the input's chunking (clipped) carries over.
         whole[s.axis] = input.whole[s.axis] || dims[s.axis] == Some(1);
@@ -692,7 +697,11 @@ fn select_shape(
 
 /// The entries of `v` whose `keep` flag is set.
 fn kept<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
-    v.into_iter().zip(keep).filter(|(_, k)| **k).map(|(x, _)| x).collect()
+    v.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(x, _)| x)
+        .collect()
 }
 
 /// `zarrCompression` goes with a `zarr` output; a level only with zstd, and within [`ZSTD_LEVELS`].
@@ -740,7 +749,9 @@ fn check_output(
         if nd == 0 {
             p.push(Problem {
                 path: format!("{at}.output.zarr"),
-                message: format!("stage '{stage}' gives a single number; write it as csv or value instead"),
+                message: format!(
+                    "stage '{stage}' gives a single number; write it as csv or value instead"
+                ),
             });
         }
     }

@@ -94,13 +94,20 @@ pub fn write_montage_png(
         return Err(OutputError::invalid(
             path,
             "data",
-            format!("cannot make a montage of a {n}x{h}x{w} array with {} labels", labels.len()),
+            format!(
+                "cannot make a montage of a {n}x{h}x{w} array with {} labels",
+                labels.len()
+            ),
         ));
     }
     let layout = Layout::new(n, h, w, columns);
     let (width, height) = layout.size();
     let (Ok(w32), Ok(h32)) = (u32::try_from(width), u32::try_from(height)) else {
-        return Err(OutputError::invalid(path, "data", format!("{width}x{height} is too large for a PNG")));
+        return Err(OutputError::invalid(
+            path,
+            "data",
+            format!("{width}x{height} is too large for a PNG"),
+        ));
     };
     let (lo, hi) = finite_range(data.iter());
     let mut pixels = vec![0u8; width * height];
@@ -114,8 +121,15 @@ pub fn write_montage_png(
         }
         draw_label(&mut pixels, width, &layout, (x0, y0), labels[k]);
     }
-    image::save_buffer_with_format(path, &pixels, w32, h32, ExtendedColorType::L8, ImageFormat::Png)
-        .map_err(|e| OutputError::write(path, "write PNG", e))
+    image::save_buffer_with_format(
+        path,
+        &pixels,
+        w32,
+        h32,
+        ExtendedColorType::L8,
+        ImageFormat::Png,
+    )
+    .map_err(|e| OutputError::write(path, "write PNG", e))
 }
 
 /// Draws `label` in white into the band of the cell at `(x0, y0)`, clipped to the tile's width.
