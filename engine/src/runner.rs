@@ -856,11 +856,11 @@ impl Outputs {
     ///
     /// # Errors
     /// The first output that cannot be written.
-    pub fn finish(self, plan: &Plan) -> Result<(Vec<OutputRecord>, Vec<(String, f64)>), RunError> {
+    pub fn finish(self, plan: &Plan) -> Result<(Vec<OutputRecord>, StageValues), RunError> {
         let mut records = self.records;
         let mut values = Vec::new();
         let staging = self.staging;
-        for (n, s) in plan.nodes.iter().zip(self.nodes) {
+        for (node, (n, s)) in plan.nodes.iter().zip(self.nodes).enumerate() {
             let (Some(o), Some(mut s)) = (&n.output, s) else {
                 continue;
             };
@@ -883,7 +883,7 @@ impl Outputs {
                 });
             }
             if let (Some(m), Some(d)) = (&o.montage, &dense) {
-                records.push(write_montage(plan, n, m, d, &staging)?);
+                records.push(write_montage(plan, node, m, d, &staging)?);
             }
             if let (Some(true), Some(d)) = (o.value, &dense)
                 && let Some(v) = d.iter().next()
@@ -913,11 +913,14 @@ impl Outputs {
     }
 }
 
-/// Writes the montage output `m` of node `n` (whole result `d`), labelled with the source's indices along axis
+/// The stage name and number of every `value` output.
+pub type StageValues = Vec<(String, f64)>;
+
+/// Writes the montage output `m` of node `node` (whole result `d`), labelled with the source's indices along axis
 /// 0 when they are known, else the positions.
 fn write_montage(
     plan: &Plan,
-    n: &crate::plan::Node,
+    node: usize,
     m: &crate::spec::MontageOutput,
     d: &ndarray::ArrayD<f64>,
     staging: &Path,
@@ -942,7 +945,7 @@ fn write_montage(
         columns,
     )?;
     Ok(OutputRecord {
-        stage: n.name.clone(),
+        stage: plan.nodes[node].name.clone(),
         kind: "montage".into(),
         path: m.file.clone(),
     })
