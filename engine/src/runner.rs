@@ -929,11 +929,6 @@ fn write_montage(
         .view()
         .into_dimensionality::<ndarray::Ix3>()
         .map_err(|e| OutputError::invalid(Path::new(&m.file), "data", e.to_string()))?;
-    let node = plan
-        .nodes
-        .iter()
-        .position(|x| x.name == n.name)
-        .unwrap_or(0);
     let labels = plan
         .source_indices(node)
         .unwrap_or_else(|| (0..d3.dim().0).collect());
