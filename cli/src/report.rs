@@ -115,6 +115,11 @@ pub fn summary_table(sum: &RunSummary) -> String {
             st.busy_seconds
         );
     }
+    for st in &sum.stages {
+        if let Some(v) = st.value {
+            s += &format!("{} = {v:?}\n", st.name);
+        }
+    }
     s += &format!(
         "total {:.2} s on {} thread(s); peak chunk memory {} MB, spilled {} MB\n",
         sum.seconds,

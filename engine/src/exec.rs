@@ -26,6 +26,7 @@ use crate::plan::{
     NodeOp, Plan, chunk_index, chunks_in, linear, merge_groups, overlapping, product, unlinear,
 };
 use crate::schedule::{Action, Scheduler, SchedulerOptions, WorkerId};
+use crate::select::Selection;
 use crate::source::{SliceSource, SourceError};
 use crate::store::{ChunkStore, StoreError, StoreStats};
 
@@ -130,6 +131,9 @@ pub struct NodeSnapshot {
     pub end_seconds: f64,
     /// Thread-seconds spent in its computations.
     pub busy_seconds: f64,
+    /// The stage's result, when it is a single number with a `value` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
 }
 
 /// Progress of a whole run: one [`NodeProgress`] per plan node.
@@ -234,6 +238,7 @@ impl JobProgress {
                     },
                     end_seconds: last as f64 / 1e9,
                     busy_seconds: n.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                    value: None,
                 }
             })
             .collect()
@@ -600,7 +605,10 @@ impl TaskRunner<'_> {
                 self.progress.loads_end_ns.fetch_max(end, Ordering::Relaxed);
                 Ok(())
             }
-            TaskKind::Merge { node, group } => self.merge(io, node, group),
+            TaskKind::Merge { node, group } => match &self.plan.nodes[node].op {
+                NodeOp::Select(sel) => self.select_merge(io, node, sel, group),
+                _ => self.merge(io, node, group),
+            },
             TaskKind::Combine { node, out, leaf } => self.combine(io, node, out, leaf),
         }
     }
@@ -647,6 +655,112 @@ impl TaskRunner<'_> {
         let emitted = self.emit(io, node, &start, block);
         drop(held);
         emitted
+    }
+
+    /// Makes output chunk `group` of select `node`: reads its slices from the source (a select of the source)
+    /// or pastes the pieces of its input's chunks, drops the axes picked with `index`, and emits it.
+    fn select_merge(
+        &self,
+        io: &dyn TaskIo,
+        node: usize,
+        sel: &Selection,
+        group: usize,
+    ) -> Result<(), ExecError> {
+        let n = &self.plan.nodes[node];
+        let Some(input) = n.input else { return Ok(()) };
+        let im = &self.plan.nodes[input].meta;
+        let full = sel.full_meta(im);
+        let idx = unlinear(&full.grid(), group);
+        let (start, len) = full.chunk_region(&idx);
+        let t0 = Instant::now();
+        let block = if n.reads_source() {
+            let picked = |a: usize| sel.indices[a][start[a]..start[a] + len[a]].to_vec();
+            let slices = crate::select::read_selected(self.source, &picked(0))?;
+            let mut local: Vec<Vec<usize>> = (0..start.len()).map(picked).collect();
+            local[0] = (0..len[0]).collect();
+            crate::select::take(&slices, &local)
+        } else {
+            self.paste_pieces(io, node, sel, group, &start, &len)?
+        };
+        self.progress.record(node, t0, block.nbytes(), 1);
+        let kidx = sel.kept(&idx);
+        let (kstart, _) = n.meta.chunk_region(&kidx);
+        self.emit(
+            io,
+            node,
+            &kstart,
+            crate::select::drop_axes(block, &sel.dropped),
+        )
+    }
+
+    /// Pastes the pieces of output chunk `group` of select `node` (full coordinates `start .. start + len`).
+    fn paste_pieces(
+        &self,
+        io: &dyn TaskIo,
+        node: usize,
+        sel: &Selection,
+        group: usize,
+        start: &[usize],
+        len: &[usize],
+    ) -> Result<Chunk, ExecError> {
+        let n = &self.plan.nodes[node];
+        let Some(input) = n.input else {
+            return Err(ExecError::Internal(format!(
+                "select '{}' has no input",
+                n.name
+            )));
+        };
+        let im = &self.plan.nodes[input].meta;
+        let mut block = Chunk::zeros(n.meta.dtype, len);
+        for part in sel.parts_of(im, start, len) {
+            let key = DataKey::Piece {
+                node,
+                group,
+                part: linear(&im.grid(), &part),
+            };
+            let stored = io.read(key)?;
+            let Data::Chunk(piece) = &*stored else {
+                return Err(wrong_kind(key, &stored));
+            };
+            let (ps, pl) = im.chunk_region(&part);
+            let at: Vec<usize> = sel
+                .positions(&ps, &pl)
+                .iter()
+                .zip(start)
+                .map(|(r, &s)| r.start.max(s) - s)
+                .collect();
+            block
+                .paste(&at, piece)
+                .map_err(|m| self.kernel_err(node, &part, m))?;
+        }
+        Ok(block)
+    }
+
+    /// Cuts the selected elements of `data` (a chunk of `node` at `start`) into the pieces of select `child`'s
+    /// output chunks and stores them.
+    fn select_split(
+        &self,
+        io: &dyn TaskIo,
+        node: usize,
+        child: usize,
+        sel: &Selection,
+        start: &[usize],
+        data: &Chunk,
+    ) -> Result<(), ExecError> {
+        let t0 = Instant::now();
+        let im = &self.plan.nodes[node].meta;
+        let part = linear(&im.grid(), &chunk_index(im, start));
+        let full = sel.full_meta(im);
+        for (o, within) in sel.pieces(&full, start, data.shape()) {
+            let key = DataKey::Piece {
+                node: child,
+                group: linear(&full.grid(), &o),
+                part,
+            };
+            io.write(key, sel.gather(data, start, &within).into())?;
+        }
+        self.progress.record(child, t0, 0, 0);
+        Ok(())
     }
 
     fn kernel_err(&self, node: usize, idx: &[usize], m: String) -> ExecError {
@@ -747,6 +861,8 @@ impl TaskRunner<'_> {
                 Ok(())
             }
             NodeOp::Rechunk => self.split(io, node, child, start, data),
+            NodeOp::Select(_) if c.reads_source() => Ok(()),
+            NodeOp::Select(sel) => self.select_split(io, node, child, sel, start, data),
             NodeOp::Source => Ok(()),
         }
     }

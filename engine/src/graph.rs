@@ -22,6 +22,7 @@ use crate::data::{DataKey, FastMap};
 use crate::plan::{
     NodeOp, Plan, chunk_index, linear, merge_groups, overlapping, product, unlinear,
 };
+use crate::select::Selection;
 
 /// Index of a task in its [`TaskGraph`].
 #[derive(
@@ -146,7 +147,9 @@ impl TaskGraph {
     /// consumer): a bug, never the user's input.
     pub fn build(plan: &Plan) -> Result<TaskGraph, GraphError> {
         let mut tasks = Vec::new();
-        for chunk in 0..plan.nodes[0].meta.num_chunks() {
+        // A source read only by selects (which read their slices themselves) is not loaded.
+        let loaded = plan.nodes[0].tasks(&plan.nodes) > 0;
+        for chunk in (0..plan.nodes[0].meta.num_chunks()).filter(|_| loaded) {
             let (start, len) = plan.nodes[0]
                 .meta
                 .chunk_region(&unlinear(&plan.nodes[0].meta.grid(), chunk));
@@ -177,6 +180,9 @@ impl TaskGraph {
                             outputs: fused_outputs(plan, node, &start, &len),
                         });
                     }
+                }
+                (NodeOp::Select(sel), Some(input)) => {
+                    select_tasks(plan, node, sel, input, &mut tasks)
                 }
                 (NodeOp::Reduce(_), Some(_)) => {
                     let leaves = reduce_leaves(plan, node);
@@ -292,6 +298,35 @@ fn combine_tasks(plan: &Plan, node: usize, out: usize, leaves: usize, tasks: &mu
     }
 }
 
+/// The merge tasks of select `node`, one per output chunk: it pastes the pieces of the input chunks holding
+/// selected elements, or (a select of the source) reads the selected slices itself and has no inputs.
+fn select_tasks(plan: &Plan, node: usize, sel: &Selection, input: usize, tasks: &mut Vec<Task>) {
+    let n = &plan.nodes[node];
+    let im = &plan.nodes[input].meta;
+    let full = sel.full_meta(im);
+    for (group, idx) in full.chunk_indices().iter().enumerate() {
+        let (start, len) = full.chunk_region(idx);
+        let inputs = if n.reads_source() {
+            Vec::new()
+        } else {
+            sel.parts_of(im, &start, &len)
+                .iter()
+                .map(|p| DataKey::Piece {
+                    node,
+                    group,
+                    part: linear(&im.grid(), p),
+                })
+                .collect()
+        };
+        let (kstart, klen) = n.meta.chunk_region(&sel.kept(idx));
+        tasks.push(Task {
+            kind: TaskKind::Merge { node, group },
+            inputs,
+            outputs: fused_outputs(plan, node, &kstart, &klen),
+        });
+    }
+}
+
 /// Number of input chunks reduced into each output chunk of reduce `node`.
 pub fn reduce_leaves(plan: &Plan, node: usize) -> usize {
     let n = &plan.nodes[node];
@@ -383,6 +418,20 @@ fn walk_apply(
                 keys.push(DataKey::Piece {
                     node: child,
                     group: linear(&groups.grid(), &o),
+                    part,
+                });
+            }
+        }
+        NodeOp::Select(sel) => {
+            if c.reads_source() {
+                return;
+            }
+            let part = linear(&n.meta.grid(), &idx);
+            let full = sel.full_meta(&n.meta);
+            for (o, _) in sel.pieces(&full, start, len) {
+                keys.push(DataKey::Piece {
+                    node: child,
+                    group: linear(&full.grid(), &o),
                     part,
                 });
             }

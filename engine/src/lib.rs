@@ -14,6 +14,7 @@ pub mod resources;
 pub mod runner;
 pub mod s3;
 pub mod schedule;
+pub mod select;
 pub mod source;
 pub mod spec;
 pub mod store;

@@ -1,4 +1,4 @@
-//! Output writers: Zarr v3 arrays, PNG images, PNG line plots, CSV files, and task-stream timelines (HTML, PNG).
+//! Output writers: Zarr v3 arrays, PNG images and montages, PNG line plots, CSV files, and task-stream timelines (HTML, PNG).
 //!
 //! Writers write where they are told; making a run's outputs appear atomically is the runner's job. The
 //! timeline writers, whose files are diagnostics written outside that commit, replace their file through a
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 pub mod csv;
 pub mod direct;
 pub mod image;
+pub mod montage;
 pub mod plot;
 pub mod s3store;
 pub mod timeline;

@@ -14,6 +14,7 @@
 //! rides along.
 
 use crate::array::{ArrayMeta, DType};
+use crate::select::Selection;
 use crate::source::SliceInfo;
 use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
 use crate::validate::DEFAULT_SLICES_PER_CHUNK;
@@ -51,6 +52,8 @@ pub enum NodeOp {
     Rechunk,
     /// An FFT spectrum along one axis (fused).
     Fft(FftOp),
+    /// Picked indices (pieces of the input's chunks merged, or the selected slices read from the source).
+    Select(Selection),
 }
 
 impl NodeOp {
@@ -62,6 +65,7 @@ impl NodeOp {
             NodeOp::Recenter { .. } => "recenter",
             NodeOp::Rechunk => "rechunk",
             NodeOp::Fft(_) => "fft",
+            NodeOp::Select(_) => "select",
         }
     }
 }
@@ -90,10 +94,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether this node reads the source itself (a select of the source) rather than its loaded chunks.
+    pub fn reads_source(&self) -> bool {
+        matches!(self.op, NodeOp::Select(_)) && self.input == Some(0)
+    }
+
     /// Units of work counted for progress: loads, partials, merges or fused chunk computations.
     pub fn tasks(&self, nodes: &[Node]) -> usize {
         match (&self.op, self.input) {
             (NodeOp::Reduce(_), Some(i)) => nodes[i].meta.num_chunks(),
+            (NodeOp::Source, _) if !self.children.iter().any(|&c| !nodes[c].reads_source()) => 0,
             _ => self.meta.num_chunks(),
         }
     }
@@ -235,6 +245,21 @@ impl Plan {
                 });
             };
             let (op, meta) = match op {
+                StageOp::Select(s) => {
+                    let dims: Vec<Option<usize>> = im.shape.iter().map(|&n| Some(n)).collect();
+                    let resolved = crate::select::resolve(s, &dims, &at).map_err(|p| {
+                        let (path, message) = p.into_iter().next().unwrap_or_default();
+                        PlanError { path, message }
+                    })?;
+                    let Some(sel) = resolved else {
+                        return Err(PlanError {
+                            path: format!("{at}.select"),
+                            message: "the input's lengths are unknown".into(),
+                        });
+                    };
+                    let meta = sel.meta(&im);
+                    (NodeOp::Select(sel), meta)
+                }
                 StageOp::Reduce(r) => {
                     let keep: Vec<usize> = (0..im.shape.len())
                         .filter(|a| !r.axes.contains(a))
@@ -353,6 +378,23 @@ impl Plan {
             nodes,
             hash: PlanHash::of(spec, slices, info),
         })
+    }
+
+    /// The source index of every position along axis 0 of node `node`, while axis 0 is still the source's:
+    /// through selects that keep it, recenters, rechunks, and reductions and FFTs of other axes.
+    pub fn source_indices(&self, node: usize) -> Option<Vec<usize>> {
+        let n = &self.nodes[node];
+        let Some(input) = n.input else {
+            return Some((0..*n.meta.shape.first()?).collect());
+        };
+        let from = self.source_indices(input)?;
+        match &n.op {
+            NodeOp::Select(s) if s.dropped.first() == Some(&true) => None,
+            NodeOp::Select(s) => Some(s.indices.first()?.iter().map(|&i| from[i]).collect()),
+            NodeOp::Reduce(r) if r.axes.contains(&0) => None,
+            NodeOp::Fft(f) if f.axis == 0 => None,
+            _ => Some(from),
+        }
     }
 
     /// Per-node figures for `arrayjob plan` and for sizing runs.

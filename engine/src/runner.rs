@@ -209,7 +209,7 @@ pub struct RunSummary {
 pub struct OutputRecord {
     /// Stage that produced it.
     pub stage: String,
-    /// `zarr`, `image`, `plot` or `csv`.
+    /// `zarr`, `image`, `montage`, `plot` or `csv`.
     pub kind: String,
     /// Path relative to the output directory.
     pub path: String,
@@ -390,7 +390,11 @@ impl Outputs {
 /// result).
 pub fn dense_output(node: &crate::plan::Node) -> bool {
     node.output.as_ref().is_some_and(|o| {
-        o.image.is_some() || o.csv.is_some() || o.plot.as_ref().is_some_and(|p| p.pixels.is_none())
+        o.image.is_some()
+            || o.csv.is_some()
+            || o.montage.is_some()
+            || o.value == Some(true)
+            || o.plot.as_ref().is_some_and(|p| p.pixels.is_none())
     })
 }
 
@@ -741,8 +745,14 @@ fn execute_into(
     started: std::time::Instant,
 ) -> Result<RunSummary, RunError> {
     let store = executor.execute(job, &outputs, staging, progress, cancel)?;
-    let mut records = outputs.finish(&job.plan)?;
+    let (mut records, values) = outputs.finish(&job.plan)?;
     records.extend(executor.extra_outputs(staging)?);
+    let mut stages = progress.snapshot();
+    for (name, v) in values {
+        if let Some(st) = stages.iter_mut().find(|s| s.name == name) {
+            st.value = Some(v);
+        }
+    }
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
         plan_hash: job.plan.hash,
@@ -751,7 +761,7 @@ fn execute_into(
         memory_budget: opts.memory_budget as u64,
         store,
         load_end_seconds: progress.load_end_seconds(),
-        stages: progress.snapshot(),
+        stages,
         outputs: records,
         s3: None,
     };
@@ -842,14 +852,15 @@ impl Outputs {
     }
 
     /// Waits for the Zarr writes and writes the small outputs, once every block has arrived; returns every
-    /// output file.
+    /// output file, and the number of every stage with a `value` output.
     ///
     /// # Errors
     /// The first output that cannot be written.
-    pub fn finish(self, plan: &Plan) -> Result<Vec<OutputRecord>, RunError> {
+    pub fn finish(self, plan: &Plan) -> Result<(Vec<OutputRecord>, StageValues), RunError> {
         let mut records = self.records;
+        let mut values = Vec::new();
         let staging = self.staging;
-        for (n, s) in plan.nodes.iter().zip(self.nodes) {
+        for (node, (n, s)) in plan.nodes.iter().zip(self.nodes).enumerate() {
             let (Some(o), Some(mut s)) = (&n.output, s) else {
                 continue;
             };
@@ -871,6 +882,14 @@ impl Outputs {
                     path: f.clone(),
                 });
             }
+            if let (Some(m), Some(d)) = (&o.montage, &dense) {
+                records.push(write_montage(plan, node, m, d, &staging)?);
+            }
+            if let (Some(true), Some(d)) = (o.value, &dense)
+                && let Some(v) = d.iter().next()
+            {
+                values.push((n.name.clone(), *v));
+            }
             if let (Some(f), Some(d)) = (&o.csv, &dense) {
                 crate::output::csv::write_csv(&staging_file(&staging, f)?, d.view())?;
                 records.push(OutputRecord {
@@ -890,8 +909,41 @@ impl Outputs {
                 });
             }
         }
-        Ok(records)
+        Ok((records, values))
     }
+}
+
+/// The stage name and number of every `value` output.
+pub type StageValues = Vec<(String, f64)>;
+
+/// Writes the montage output `m` of node `node` (whole result `d`), labelled with the source's indices along axis
+/// 0 when they are known, else the positions.
+fn write_montage(
+    plan: &Plan,
+    node: usize,
+    m: &crate::spec::MontageOutput,
+    d: &ndarray::ArrayD<f64>,
+    staging: &Path,
+) -> Result<OutputRecord, RunError> {
+    let d3 = d
+        .view()
+        .into_dimensionality::<ndarray::Ix3>()
+        .map_err(|e| OutputError::invalid(Path::new(&m.file), "data", e.to_string()))?;
+    let labels = plan
+        .source_indices(node)
+        .unwrap_or_else(|| (0..d3.dim().0).collect());
+    let columns = m.columns.unwrap_or(d3.dim().0);
+    crate::output::montage::write_montage_png(
+        &staging_file(staging, &m.file)?,
+        d3,
+        &labels,
+        columns,
+    )?;
+    Ok(OutputRecord {
+        stage: plan.nodes[node].name.clone(),
+        kind: "montage".into(),
+        path: m.file.clone(),
+    })
 }
 
 /// What a plot output of node `n` draws: the chosen pixels' series, or the whole (1-D) result.

@@ -261,7 +261,8 @@ pub struct S3Source {
     pub timeout_seconds: Option<u64>,
 }
 
-/// One stage: reads `input` and applies exactly one operation (`reduce`, `recenter`, `rechunk` or `fft`).
+/// One stage: reads `input` and applies exactly one operation (`select`, `reduce`, `recenter`, `rechunk` or
+/// `fft`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StageSpec {
@@ -269,6 +270,10 @@ pub struct StageSpec {
     pub name: String,
     /// `source` or the name of another stage.
     pub input: String,
+    /// Pick indices along some axes, like NumPy's `stack[1000:9001:1000, :, ::2]` or `stack[5000]`: one entry
+    /// per selected axis (axes not listed are kept whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Vec<AxisSelection>>,
     /// Reduce over some axes (mean, sum, min, max, std).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce: Option<ReduceOp>,
@@ -289,6 +294,8 @@ pub struct StageSpec {
 /// The operation of a stage, once validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageOp {
+    /// See [`AxisSelection`].
+    Select(Vec<AxisSelection>),
     /// See [`ReduceOp`].
     Reduce(ReduceOp),
     /// See [`RecenterOp`].
@@ -303,6 +310,9 @@ impl StageSpec {
     /// The operations set on this stage (a valid stage has exactly one).
     pub fn ops(&self) -> Vec<StageOp> {
         let mut v = Vec::new();
+        if let Some(o) = &self.select {
+            v.push(StageOp::Select(o.clone()));
+        }
         if let Some(o) = &self.reduce {
             v.push(StageOp::Reduce(o.clone()));
         }
@@ -317,6 +327,30 @@ impl StageSpec {
         }
         v
     }
+}
+
+/// The indices kept along one axis: exactly one of `index` (one index; the axis is dropped, like NumPy's
+/// `stack[5000]`), `indices` (an increasing list; the axis is kept) or a range `start`/`stop`/`step` (kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AxisSelection {
+    /// Axis of the input (0-based); each axis at most once per stage.
+    pub axis: usize,
+    /// One index; the result has one axis fewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Strictly increasing indices; the axis keeps one entry per index (a single index keeps length 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indices: Option<Vec<usize>>,
+    /// First index of a range (inclusive). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<usize>,
+    /// End of a range (exclusive, clipped to the axis length like NumPy). Default: the axis length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<usize>,
+    /// Step of a range (positive). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
 }
 
 /// Reduction kind.
@@ -397,9 +431,16 @@ pub struct OutputSpec {
     /// A PNG line plot of a 1-D result, or of chosen series along axis 0 of a 3-D result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plot: Option<PlotOutput>,
-    /// A CSV of a 1-D result (`index,value`) or a 2-D result (one row per row).
+    /// A CSV of a 0-D result (`value`), a 1-D result (`index,value`) or a 2-D result (one row per row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<String>,
+    /// Several 2-D slices of a 3-D result side by side in one PNG, each labelled with its index along axis 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub montage: Option<MontageOutput>,
+    /// `true`: a 0-D result (every axis reduced) is reported as a number, in `summary.json` (the stage's
+    /// `value`) and in the run's table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<bool>,
     /// Compression of the Zarr array's chunks (default `{codec: zstd, level: 1}`). Float spectra shrink only to
     /// about 0.7 of their size with zstd; `{codec: none}` writes them several times faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -429,6 +470,19 @@ pub enum CompressionCodec {
 
 /// Lowest and highest zstd level accepted in `zarrCompression.level`.
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
+
+/// A PNG of the slices of a 3-D result along axis 0, as tiles in rows of `columns`, scaled together from the
+/// minimum over all tiles (black) to the maximum (white), each tile under a label with its index along axis 0
+/// (the source's index when axis 0 came from the source through selects, recenters and rechunks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MontageOutput {
+    /// File name, e.g. `row.png`.
+    pub file: String,
+    /// Tiles per row. Default: all slices in one row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<usize>,
+}
 
 /// A PNG line plot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

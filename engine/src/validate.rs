@@ -12,9 +12,9 @@ use crate::s3::S3Error;
 use crate::source::http::DEFAULT_CONCURRENCY;
 use crate::source::{IndexTemplate, SourceError, limits};
 use crate::spec::{
-    API_VERSION, ArrayJobManifest, ArrayJobSpec, CompressionCodec, FilesSource, HttpSource, KIND,
-    OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource,
-    ZSTD_LEVELS,
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, AxisSelection, CompressionCodec, FilesSource,
+    HttpSource, KIND, OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp,
+    StageSpec, SyntheticSource, ZSTD_LEVELS,
 };
 
 /// Default slices per source chunk.
@@ -425,7 +425,7 @@ fn stage_order(stages: &[StageSpec], p: &mut Vec<Problem>) -> Option<Vec<usize>>
         if n_ops != 1 {
             p.push(Problem {
                 path: at.clone(),
-                message: format!("exactly one of 'reduce', 'recenter', 'rechunk' or 'fft' must be set, found {n_ops}"),
+                message: format!("exactly one of 'select', 'reduce', 'recenter', 'rechunk' or 'fft' must be set, found {n_ops}"),
             });
             ok = false;
         }
@@ -485,6 +485,7 @@ fn stage_shape(
     let ops = st.ops();
     let [op] = ops.as_slice() else { return None };
     match op {
+        StageOp::Select(s) => select_shape(s, at, input, p),
         StageOp::Reduce(r) => {
             let mut bad = false;
             let mut seen = HashSet::new();
@@ -659,6 +660,50 @@ fn stage_shape(
     }
 }
 
+/// The shape of a select of `input`: selected axes take the number of indices picked (unknown while a range
+/// depends on an unknown length); axes picked with `index` are dropped.
+fn select_shape(
+    sel: &[AxisSelection],
+    at: &str,
+    input: &ShapeInfo,
+    p: &mut Vec<Problem>,
+) -> Option<ShapeInfo> {
+    if let Err(problems) = crate::select::resolve(sel, &input.dims, at) {
+        p.extend(
+            problems
+                .into_iter()
+                .map(|(path, message)| Problem { path, message }),
+        );
+        return None;
+    }
+    let mut dims = input.dims.clone();
+    let mut whole = input.whole.clone();
+    let mut keep = vec![true; dims.len()];
+    for s in sel {
+        let len = crate::select::resolve_axis(s, input.dims[s.axis], "")
+            .ok()
+            .flatten();
+        dims[s.axis] = len.as_ref().map(Vec::len);
+        // One index lies in one chunk; otherwise the input's chunking (clipped) carries over.
+        whole[s.axis] = input.whole[s.axis] || dims[s.axis] == Some(1);
+        keep[s.axis] = s.index.is_none();
+    }
+    Some(ShapeInfo {
+        dims: kept(dims, &keep),
+        whole: kept(whole, &keep),
+        dtype: input.dtype,
+    })
+}
+
+/// The entries of `v` whose `keep` flag is set.
+fn kept<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
+    v.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(x, _)| x)
+        .collect()
+}
+
 /// `zarrCompression` goes with a `zarr` output; a level only with zstd, and within [`ZSTD_LEVELS`].
 fn check_compression(o: &OutputSpec, at: &str, p: &mut Vec<Problem>) {
     let Some(c) = &o.zarr_compression else {
@@ -704,7 +749,9 @@ fn check_output(
         if nd == 0 {
             p.push(Problem {
                 path: format!("{at}.output.zarr"),
-                message: format!("stage '{stage}' gives a single number; write it as csv instead"),
+                message: format!(
+                    "stage '{stage}' gives a single number; write it as csv or value instead"
+                ),
             });
         }
     }
@@ -727,6 +774,29 @@ fn check_output(
                 ),
             });
         }
+    }
+    if let Some(m) = &o.montage {
+        files.push((format!("{at}.output.montage.file"), &m.file));
+        if nd != 3 {
+            p.push(Problem {
+                path: format!("{at}.output.montage"),
+                message: format!("a montage needs a 3-D result (slices along axis 0), but stage '{stage}' is {nd}-D"),
+            });
+        }
+        if m.columns == Some(0) {
+            p.push(Problem {
+                path: format!("{at}.output.montage.columns"),
+                message: "must be positive, found 0".into(),
+            });
+        }
+    }
+    if o.value == Some(true) && nd != 0 {
+        p.push(Problem {
+            path: format!("{at}.output.value"),
+            message: format!(
+                "a value is a single number, but stage '{stage}' is {nd}-D: reduce over every axis first"
+            ),
+        });
     }
     if let Some(pl) = &o.plot {
         files.push((format!("{at}.output.plot.file"), &pl.file));

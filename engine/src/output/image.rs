@@ -9,12 +9,21 @@ use super::OutputError;
 
 /// Grey level of `v` between `lo` (black) and `hi` (white), as matplotlib's `imshow` maps a value through a
 /// 256-level grey colormap: `min(floor((v - lo) / (hi - lo) * 256), 255)`. NaN is black.
-fn grey(v: f64, lo: f64, hi: f64) -> u8 {
+pub(crate) fn grey(v: f64, lo: f64, hi: f64) -> u8 {
     if v.is_nan() || hi <= lo {
         return 0;
     }
     let t = (v - lo) / (hi - lo) * 256.0;
     t.clamp(0.0, 255.0) as u8
+}
+
+/// The minimum and maximum of the finite values (`(inf, -inf)` when there are none): the scale of an image.
+pub(crate) fn finite_range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
+    values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// Writes `data` (rows x columns) as an 8-bit greyscale PNG, auto-scaled like matplotlib's `imshow`: the minimum
@@ -43,12 +52,7 @@ pub fn write_image_png(path: &Path, data: ArrayView2<f64>) -> Result<(), OutputE
             ));
         }
     };
-    let (lo, hi) = data
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+    let (lo, hi) = finite_range(data.iter());
     let pixels: Vec<u8> = data.iter().map(|&v| grey(v, lo, hi)).collect();
     image::save_buffer_with_format(
         path,
