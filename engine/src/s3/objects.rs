@@ -377,9 +377,33 @@ impl Bucket {
     /// # Errors
     /// When the request fails (other than 404).
     pub async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
+        self.get_ranged(key, None).await
+    }
+
+    /// Bytes `start..end` of the object at `key` (one ranged GetObject; fewer when the object is shorter);
+    /// `None` when there is none.
+    ///
+    /// # Errors
+    /// When the request fails (other than 404).
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Option<Bytes>, S3Error> {
+        let range = format!("bytes={start}-{}", end.saturating_sub(1));
+        Ok(self.get_ranged(key, Some(range)).await?.map(|(b, _)| b))
+    }
+
+    /// GetObject of `key`, whole or of the HTTP `range`.
+    async fn get_ranged(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Option<(Bytes, String)>, S3Error> {
         let answer = outlast(self.policy, key, || {
             count(&REQUESTS, 1);
-            self.client.get_object().bucket(&self.name).key(key).send()
+            self.client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .set_range(range.clone())
+                .send()
         })
         .await;
         let out = match answer {
