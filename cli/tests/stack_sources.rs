@@ -54,7 +54,7 @@ fn fails_with(dir: &Path, source: &str, expected: &[&str]) {
     }
 }
 
-const TIFFS: [&str; 8] = [
+const TIFFS: [&str; 9] = [
     "u8.tif",
     "u16.tif",
     "u8_deflate.tif",
@@ -63,6 +63,7 @@ const TIFFS: [&str; 8] = [
     "u16_imagej.tif",
     "u8_tiled.tif",
     "u16_big.tif",
+    "u16_be.tif",
 ];
 
 #[test]

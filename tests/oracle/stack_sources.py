@@ -1,6 +1,6 @@
 """Writes image stacks as users' tools write them, and checks arrayjob's reading of them against NumPy's.
 
-make DIR: TIFF stacks written by tifffile (8- and 16-bit, uncompressed, deflate, LZW, ImageJ), bad TIFFs
+make DIR: TIFF stacks written by tifffile (8- and 16-bit, uncompressed, deflate, LZW, ImageJ, tiled, BigTIFF, big-endian), bad TIFFs
 (an RGB page, pages of two sizes), Zarr arrays written by zarr-python (v2 float32, v3 int16 with a chunk left
 unwritten, v3 uint16 sharded), OME-Zarr images (v0.5 on Zarr v3 and v0.4 on Zarr v2, two levels each) and bad
 Zarr arrays (2-D, 4-D, bool).
@@ -32,6 +32,7 @@ def make_tiffs(d):
     tifffile.imwrite(f"{d}/u16_imagej.tif", a16, imagej=True, metadata={"axes": "ZYX"})
     tifffile.imwrite(f"{d}/u8_tiled.tif", a8, tile=(16, 16), compression="zlib")
     tifffile.imwrite(f"{d}/u16_big.tif", a16, bigtiff=True)
+    tifffile.imwrite(f"{d}/u16_be.tif", a16, byteorder=">", compression="zlib")
     with tifffile.TiffWriter(f"{d}/bad_rgb.tif") as w:
         w.write(a8[0])
         w.write(a8[1])
