@@ -41,11 +41,23 @@ fn tiff_and_zarr_stacks_on_s3_equal_numpy() {
     s3_create_bucket(s3, BUCKET);
     upload_dir(s3, &data, "in/");
     let cases = [
-        ("{tiff: {s3: {key: in/u16_deflate.tif}}, slicesPerChunk: 4}", "u16_deflate.tif", -1),
+        (
+            "{tiff: {s3: {key: in/u16_deflate.tif}}, slicesPerChunk: 4}",
+            "u16_deflate.tif",
+            -1,
+        ),
         ("{tiff: {s3: {key: in/u8_tiled.tif}}}", "u8_tiled.tif", -1),
         ("{zarr: {s3: {key: in/v3.zarr}}}", "v3.zarr", -1),
-        ("{zarr: {s3: {key: in/ome3.zarr}, level: 1}}", "ome3.zarr", 1),
-        ("{zarr: {s3: {bucket: stacks, key: in/ome2.zarr}}}", "ome2.zarr", 0),
+        (
+            "{zarr: {s3: {key: in/ome3.zarr}, level: 1}}",
+            "ome3.zarr",
+            1,
+        ),
+        (
+            "{zarr: {s3: {bucket: stacks, key: in/ome2.zarr}}}",
+            "ome2.zarr",
+            0,
+        ),
     ];
     for (i, (source, input, level)) in cases.iter().enumerate() {
         let m = write(d.path(), "job.yaml", &job(s3, source));
@@ -57,10 +69,17 @@ fn tiff_and_zarr_stacks_on_s3_equal_numpy() {
         );
         assert!(ok, "{source}: {stderr}");
         let input = data.join(input).display().to_string();
-        let said = oracle("stack_sources.py", &["check", &input, &level.to_string(), &out]);
+        let said = oracle(
+            "stack_sources.py",
+            &["check", &input, &level.to_string(), &out],
+        );
         assert!(said.starts_with("ok [11, "), "{source}: {said}");
     }
-    let m = write(d.path(), "job.yaml", &job(s3, "{tiff: {s3: {key: in/none.tif}}}"));
+    let m = write(
+        d.path(),
+        "job.yaml",
+        &job(s3, "{tiff: {s3: {key: in/none.tif}}}"),
+    );
     let out = d.path().join("out-missing").display().to_string();
     let (ok, _, stderr) = arrayjob_aws(d.path(), &["run", &m, "--out", &out], &s3_credentials(s3));
     assert!(!ok, "a missing key ran");

@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 /// The stacks and bad inputs of `stack_sources.py make`, in a fresh temporary directory.
 fn stacks() -> tempfile::TempDir {
     let d = tempfile::tempdir().expect("tmp");
-    oracle("stack_sources.py", &["make", &d.path().display().to_string()]);
+    oracle(
+        "stack_sources.py",
+        &["make", &d.path().display().to_string()],
+    );
     d
 }
 
@@ -41,7 +44,10 @@ fn run_and_compare(dir: &Path, source: &str, input: &str, level: i32, tag: &str)
     let (ok, stderr, out) = run(dir, source, tag);
     assert!(ok, "{source}: {stderr}");
     let input = dir.join(input).display().to_string();
-    let said = oracle("stack_sources.py", &["check", &input, &level.to_string(), &out]);
+    let said = oracle(
+        "stack_sources.py",
+        &["check", &input, &level.to_string(), &out],
+    );
     assert!(said.starts_with("ok [11, "), "{source}: {said}");
 }
 
@@ -85,7 +91,11 @@ fn zarr_arrays_and_ome_zarr_levels_written_by_zarr_python_equal_numpy() {
         ("{zarr: {path: ome3.zarr}}", "ome3.zarr", 0),
         ("{zarr: {path: ome3.zarr, level: 1}}", "ome3.zarr", 1),
         ("{zarr: {path: ome2.zarr}}", "ome2.zarr", 0),
-        ("{zarr: {path: ome2.zarr, level: 1}, slicesPerChunk: 3}", "ome2.zarr", 1),
+        (
+            "{zarr: {path: ome2.zarr, level: 1}, slicesPerChunk: 3}",
+            "ome2.zarr",
+            1,
+        ),
     ];
     for (i, (source, input, level)) in cases.iter().enumerate() {
         run_and_compare(d.path(), source, input, *level, &i.to_string());
@@ -133,7 +143,8 @@ fn serve(dir: &Path, ranges: bool, fail: HashMap<String, u16>) -> (String, Reque
             let path = path.trim_start_matches('/').to_string();
             let range = req.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("range").then(|| v.trim().to_string())
+                k.eq_ignore_ascii_case("range")
+                    .then(|| v.trim().to_string())
             });
             log.lock().expect("log").push((path.clone(), range.clone()));
             let (status, body) = match (fail.get(&path), std::fs::read(dir.join(&path))) {
@@ -148,7 +159,9 @@ fn serve(dir: &Path, ranges: bool, fail: HashMap<String, u16>) -> (String, Reque
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body));
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body));
         }
     });
     (base, requests)
@@ -164,7 +177,10 @@ fn parse_range(header: &str) -> Option<(usize, usize)> {
 fn tiff_over_http_reads_ranges_or_falls_back_to_one_get() {
     let d = stacks();
     let (base, requests) = serve(d.path(), true, HashMap::new());
-    for (i, tif) in ["u16_deflate.tif", "u8_tiled.tif", "u16_imagej.tif"].iter().enumerate() {
+    for (i, tif) in ["u16_deflate.tif", "u8_tiled.tif", "u16_imagej.tif"]
+        .iter()
+        .enumerate()
+    {
         let source = format!("{{tiff: {{url: \"{base}/{tif}\"}}, slicesPerChunk: 3}}");
         run_and_compare(d.path(), &source, tif, -1, &format!("r{i}"));
     }
@@ -218,11 +234,18 @@ fn bad_stacks_fail_with_one_clear_error() {
         ),
         (
             "{tiff: {path: bad_sizes.tif}}",
-            &["page 1 of ", "bad_sizes.tif", "is 10x9 uint8, expected 12x10 uint8"],
+            &[
+                "page 1 of ",
+                "bad_sizes.tif",
+                "is 10x9 uint8, expected 12x10 uint8",
+            ],
         ),
         (
             "{tiff: {path: v3.zarr/zarr.json}}",
-            &["zarr.json: cannot read it as a TIFF file", "no II/MM signature"],
+            &[
+                "zarr.json: cannot read it as a TIFF file",
+                "no II/MM signature",
+            ],
         ),
         (
             "{zarr: {path: flat.zarr}}",
@@ -246,7 +269,10 @@ fn bad_stacks_fail_with_one_clear_error() {
         ),
         (
             "{zarr: {path: v3.zarr, level: 0}}",
-            &["spec.source.zarr.level", "is a Zarr array, not an OME-Zarr image"],
+            &[
+                "spec.source.zarr.level",
+                "is a Zarr array, not an OME-Zarr image",
+            ],
         ),
     ];
     for (source, expected) in cases {

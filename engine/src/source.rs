@@ -117,7 +117,9 @@ pub fn open_with(
     }
     if let Some(z) = &spec.zarr {
         let declared = Declared::from_spec_any(spec)?;
-        return Ok(Box::new(ZarrSliceSource::new(z, storage, base_dir, declared)?));
+        return Ok(Box::new(ZarrSliceSource::new(
+            z, storage, base_dir, declared,
+        )?));
     }
     let declared = Declared::from_spec(spec)?;
     Ok(if let Some(s) = &spec.synthetic {

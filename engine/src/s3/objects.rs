@@ -385,7 +385,12 @@ impl Bucket {
     ///
     /// # Errors
     /// When the request fails (other than 404).
-    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Option<Bytes>, S3Error> {
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, S3Error> {
         let range = format!("bytes={start}-{}", end.saturating_sub(1));
         Ok(self.get_ranged(key, Some(range)).await?.map(|(b, _)| b))
     }
@@ -409,6 +414,10 @@ impl Bucket {
         let out = match answer {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(None),
+            // A range that starts at the end of the object: no bytes (as a read at the end of a file).
+            Err(e) if range.is_some() && status_of(&e) == Some(416) => {
+                return Ok(Some((Bytes::new(), String::new())));
+            }
             Err(e) => return Err(self.fail("GetObject", key, &e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
@@ -659,6 +668,16 @@ fn precondition_failed<E: ProvideErrorMetadata>(
             s.raw().status().as_u16() == 412 || s.err().code() == Some("PreconditionFailed")
         }
         _ => false,
+    }
+}
+
+/// The HTTP status of a service error.
+fn status_of<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        _ => None,
     }
 }
 

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::SourceError;
-use crate::s3::objects::Bucket;
 use crate::s3 as s3c;
+use crate::s3::objects::Bucket;
 use crate::spec::{S3Object, S3Storage};
 
 /// Retries of one HTTP request after a 5xx answer or a transport error.
@@ -36,7 +36,10 @@ enum Root {
         /// Whole bodies of objects whose server refused ranges, by URL.
         whole: Mutex<HashMap<String, Bytes>>,
     },
-    S3 { bucket: Bucket, key: String },
+    S3 {
+        bucket: Bucket,
+        key: String,
+    },
 }
 
 /// A located file or directory and reads of it.
@@ -186,7 +189,9 @@ fn read_file(path: &Path, range: Option<Range<u64>>) -> Result<Option<Bytes>, So
         None => file.read_to_end(&mut buf).map_err(io)?,
         Some(r) => {
             file.seek(SeekFrom::Start(r.start)).map_err(io)?;
-            file.take(r.end - r.start).read_to_end(&mut buf).map_err(io)?
+            file.take(r.end - r.start)
+                .read_to_end(&mut buf)
+                .map_err(io)?
         }
     };
     Ok(Some(Bytes::from(buf)))
@@ -274,6 +279,10 @@ async fn http_attempts(
                 let status = response.status().as_u16();
                 if status == 404 {
                     return Ok(None);
+                }
+                if status == 416 && range.is_some() {
+                    // The range starts at the end of the file: no bytes, as a read at the end of a file.
+                    return Ok(Some((206, Bytes::new())));
                 }
                 if status == 200 || status == 206 {
                     match response.bytes().await {

@@ -13,7 +13,9 @@ use ndarray::ArrayD;
 use zarrs::array::{Array, ArraySubset, ElementOwned};
 use zarrs::plugin::{ExtensionName, ZarrVersion};
 use zarrs::storage::byte_range::{ByteRange, ByteRangeIterator};
-use zarrs::storage::{MaybeBytes, MaybeBytesIterator, ReadableStorageTraits, StorageError, StoreKey};
+use zarrs::storage::{
+    MaybeBytes, MaybeBytesIterator, ReadableStorageTraits, StorageError, StoreKey,
+};
 
 use super::location::Location;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
