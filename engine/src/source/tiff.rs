@@ -286,3 +286,73 @@ impl SliceSource for TiffSliceSource {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use tiff::encoder::{TiffEncoder, TiffKind, colortype::Gray16};
+
+    use super::*;
+
+    /// Three 4x3 16-bit pages, page `p` holding `p * 100 + i` at element `i`.
+    fn pages<K: TiffKind>(mut encoder: TiffEncoder<&mut Cursor<Vec<u8>>, K>) {
+        for p in 0..3u16 {
+            let data: Vec<u16> = (0..12).map(|i| p * 100 + i).collect();
+            encoder
+                .write_image::<Gray16>(4, 3, &data)
+                .expect("write page");
+        }
+    }
+
+    /// Page `index` of `bytes` decoded through a header overlaid to point at it, as the source reads it.
+    fn decode_page(bytes: &[u8], index: usize) -> Vec<u16> {
+        let (header, offsets) = page_offsets(&mut Cursor::new(bytes), 10).expect("pages");
+        assert_eq!(offsets.len(), 3);
+        let mut file = bytes.to_vec();
+        let overlay = header.bytes(offsets[index]);
+        file[..overlay.len()].copy_from_slice(&overlay);
+        let mut decoder = Decoder::new(Cursor::new(file)).expect("decoder");
+        assert_eq!(decoder.dimensions().expect("dims"), (4, 3));
+        let mut out = vec![0u16; 12];
+        decoder
+            .read_image_bytes(bytemuck::cast_slice_mut(&mut out))
+            .expect("decode");
+        out
+    }
+
+    #[test]
+    fn an_overlaid_header_reads_any_page_of_classic_and_big_tiffs() {
+        let mut classic = Cursor::new(Vec::new());
+        pages(TiffEncoder::new(&mut classic).expect("encoder"));
+        let mut big = Cursor::new(Vec::new());
+        pages(TiffEncoder::new_big(&mut big).expect("encoder"));
+        for bytes in [classic.into_inner(), big.into_inner()] {
+            for p in 0..3u16 {
+                let want: Vec<u16> = (0..12).map(|i| p * 100 + i).collect();
+                assert_eq!(decode_page(&bytes, p as usize), want);
+            }
+        }
+    }
+
+    #[test]
+    fn big_endian_headers_round_trip() {
+        let header = Header {
+            little: false,
+            big: false,
+        };
+        let mut bytes = header.bytes(0x0102_0304);
+        bytes.extend_from_slice(&[0; 4]);
+        let mut r = Cursor::new(bytes);
+        let e = page_offsets(&mut r, 10).expect_err("the directory lies outside the file");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(&r.get_ref()[..8], b"MM\0\x2a\x01\x02\x03\x04");
+    }
+
+    #[test]
+    fn not_a_tiff_is_named_as_such() {
+        let e = page_offsets(&mut Cursor::new(b"\x89PNG\r\n\x1a\n".to_vec()), 10)
+            .expect_err("not a TIFF");
+        assert_eq!(e.to_string(), "not a TIFF file (no II/MM signature)");
+    }
+}
