@@ -223,7 +223,7 @@ fn zarr_over_http_equals_numpy_and_a_refused_chunk_is_named() {
 #[test]
 fn bad_stacks_fail_with_one_clear_error() {
     let d = stacks();
-    let cases: [(&str, &[&str]); 10] = [
+    let cases: [(&str, &[&str]); 11] = [
         (
             "{files: {glob: \"u8.tif\"}}",
             &["u8.tif", "a multi-page TIFF of 11 pages", "tiff source"],
@@ -247,6 +247,7 @@ fn bad_stacks_fail_with_one_clear_error() {
                 "no II/MM signature",
             ],
         ),
+        ("{tiff: {path: none.tif}}", &["none.tif: not found"]),
         (
             "{zarr: {path: flat.zarr}}",
             &["flat.zarr: the array has shape [12, 10]", "3-D"],

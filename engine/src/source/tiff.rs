@@ -145,11 +145,20 @@ impl TiffSliceSource {
         )?;
         let mut reader = RangeReader::new(&location, "");
         let limit = limits::MAX_SLICES as usize;
-        let (header, pages) =
-            page_offsets(&mut reader, limit + 1).map_err(|e| SourceError::Object {
-                location: location.name(""),
-                message: format!("cannot read it as a TIFF file: {e}"),
-            })?;
+        let (header, pages) = page_offsets(&mut reader, limit + 1).map_err(|e| {
+            // A failed read (missing file, HTTP or S3 error) is told as itself, the rest as a bad TIFF.
+            match e.into_inner().map(|inner| inner.downcast::<SourceError>()) {
+                Some(Ok(read_error)) => *read_error,
+                Some(Err(other)) => SourceError::Object {
+                    location: location.name(""),
+                    message: format!("cannot read it as a TIFF file: {other}"),
+                },
+                None => SourceError::Object {
+                    location: location.name(""),
+                    message: "cannot read it as a TIFF file: it ends early".into(),
+                },
+            }
+        })?;
         if pages.is_empty() || pages.len() > limit {
             return Err(SourceError::Object {
                 location: location.name(""),
