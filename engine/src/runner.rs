@@ -95,11 +95,15 @@ pub struct Prepared {
 /// # Errors
 /// When the source cannot be opened or read, or the spec does not fit the data.
 pub fn prepare(
-    manifest: ArrayJobManifest,
+    mut manifest: ArrayJobManifest,
     order: &[usize],
     base_dir: &Path,
 ) -> Result<Prepared, RunError> {
     let source = crate::source::open_job(&manifest.spec, base_dir)?;
+    let per_chunk = &mut manifest.spec.source.slices_per_chunk;
+    if per_chunk.is_none() {
+        *per_chunk = source.chunk_depth();
+    }
     let info = source.slice_info()?;
     let plan = Plan::build(&manifest.spec, order, source.len(), info)?;
     Ok(Prepared {

@@ -21,15 +21,20 @@ pub mod emstack;
 pub mod files;
 pub mod http;
 pub mod limits;
+pub mod location;
 pub mod s3;
 pub mod synthetic;
 pub mod template;
+pub mod tiff;
+pub mod zarr;
 
 pub use files::FilesSliceSource;
 pub use http::HttpSliceSource;
 pub use s3::S3SliceSource;
 pub use synthetic::SyntheticSliceSource;
 pub use template::IndexTemplate;
+pub use tiff::TiffSliceSource;
+pub use zarr::ZarrSliceSource;
 
 /// Builds the source of a job: checks the job's bucket (`spec.storage.s3`, one ListObjectsV2 of at most one
 /// key) unless the source reads that bucket itself, then opens the source ([`open_with`]). Everything here
@@ -76,7 +81,7 @@ pub fn open(spec: &SourceSpec, base_dir: &Path) -> Result<Box<dyn SliceSource>, 
 /// settings (then the environment's) and takes its bucket by default.
 ///
 /// # Errors
-/// [`SourceError::Config`] when not exactly one of `synthetic`, `files`, `http` or `s3` is set, or the one set is
+/// [`SourceError::Config`] when not exactly one of `synthetic`, `files`, `http`, `s3`, `tiff` or `zarr` is set, or the one set is
 /// invalid (bad template, empty range, no file matched...), or `sliceShape`/`dtype` are invalid;
 /// [`SourceError::S3`] when an `s3` source's bucket or first key cannot be read.
 pub fn open_with(
@@ -84,48 +89,52 @@ pub fn open_with(
     storage: Option<&S3Storage>,
     base_dir: &Path,
 ) -> Result<Box<dyn SliceSource>, SourceError> {
-    match (&spec.synthetic, &spec.files, &spec.http, &spec.s3) {
-        (Some(s), None, None, None) => Ok(Box::new(SyntheticSliceSource::new(
-            s,
-            Declared::from_spec(spec)?,
-        )?)),
-        (None, Some(f), None, None) => Ok(Box::new(FilesSliceSource::new(
-            f,
-            base_dir,
-            Declared::from_spec(spec)?,
-        )?)),
-        (None, None, Some(h), None) => Ok(Box::new(HttpSliceSource::new(
-            h,
-            Declared::from_spec(spec)?,
-        )?)),
-        (None, None, None, Some(s)) => Ok(Box::new(S3SliceSource::new(
-            s,
-            storage,
-            Declared::from_spec(spec)?,
-        )?)),
-        (s, f, h, s3) => {
-            let set: Vec<&str> = [
-                ("synthetic", s.is_some()),
-                ("files", f.is_some()),
-                ("http", h.is_some()),
-                ("s3", s3.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
-            .collect();
-            let found = if set.is_empty() {
-                "none is set".to_owned()
-            } else {
-                format!("found {}", set.join(", "))
-            };
-            Err(SourceError::Config {
-                field: "spec.source".into(),
-                message: format!(
-                    "exactly one of synthetic, files, http or s3 must be set; {found}"
-                ),
-            })
-        }
+    let kinds = [
+        ("synthetic", spec.synthetic.is_some()),
+        ("files", spec.files.is_some()),
+        ("http", spec.http.is_some()),
+        ("s3", spec.s3.is_some()),
+        ("tiff", spec.tiff.is_some()),
+        ("zarr", spec.zarr.is_some()),
+    ];
+    let set: Vec<&str> = kinds
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+    let found = match set.as_slice() {
+        [_] => String::new(),
+        [] => "none is set".to_owned(),
+        more => format!("found {}", more.join(", ")),
+    };
+    let not_one = || SourceError::Config {
+        field: "spec.source".into(),
+        message: format!(
+            "exactly one of synthetic, files, http, s3, tiff or zarr must be set; {found}"
+        ),
+    };
+    if set.len() != 1 {
+        return Err(not_one());
     }
+    if let Some(z) = &spec.zarr {
+        let declared = Declared::from_spec_any(spec)?;
+        return Ok(Box::new(ZarrSliceSource::new(
+            z, storage, base_dir, declared,
+        )?));
+    }
+    let declared = Declared::from_spec(spec)?;
+    Ok(if let Some(s) = &spec.synthetic {
+        Box::new(SyntheticSliceSource::new(s, declared)?)
+    } else if let Some(f) = &spec.files {
+        Box::new(FilesSliceSource::new(f, base_dir, declared)?)
+    } else if let Some(h) = &spec.http {
+        Box::new(HttpSliceSource::new(h, declared)?)
+    } else if let Some(s) = &spec.s3 {
+        Box::new(S3SliceSource::new(s, storage, declared)?)
+    } else if let Some(t) = &spec.tiff {
+        Box::new(TiffSliceSource::new(t, storage, base_dir, declared)?)
+    } else {
+        return Err(not_one());
+    })
 }
 
 /// Shape and element type every slice of a source must have.
@@ -164,6 +173,12 @@ pub trait SliceSource: Send + Sync + std::fmt::Debug {
 
     /// A short human description (e.g. `http https://host/{index} [0, 10000)`), for plans and messages.
     fn describe(&self) -> String;
+
+    /// Slices per chunk the source is stored in (a Zarr array's chunk depth along axis 0), which the plan's
+    /// `slicesPerChunk` defaults to; `None` when the source has no such grain.
+    fn chunk_depth(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// What went wrong reading a source. Every variant names what was being read.
@@ -204,6 +219,14 @@ pub enum SourceError {
     /// An S3 request failed, or the S3 configuration cannot work; names the operation, bucket and key.
     #[error(transparent)]
     S3(#[from] S3Error),
+    /// A file, URL or key of a `tiff` or `zarr` source cannot be read, or does not hold what it should.
+    #[error("{location}: {message}")]
+    Object {
+        /// Path, URL or `s3://` URI.
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A local file could not be read.
     #[error("slice {index}: cannot read {path}: {source}")]
     Io {
@@ -306,6 +329,20 @@ impl Declared {
     /// # Errors
     /// [`SourceError::Config`] when `sliceShape` is not two positive lengths or `dtype` is not `uint8`/`uint16`.
     pub fn from_spec(spec: &SourceSpec) -> Result<Declared, SourceError> {
+        if let Some(d @ (DType::Float32 | DType::Float64)) = spec.dtype {
+            return Err(SourceError::Config {
+                field: "spec.source.dtype".into(),
+                message: format!("image sources give uint8 or uint16 slices, not {d}"),
+            });
+        }
+        Declared::from_spec_any(spec)
+    }
+
+    /// [`Declared::from_spec`] allowing every element type (a Zarr array has any).
+    ///
+    /// # Errors
+    /// [`SourceError::Config`] when `sliceShape` is not two positive lengths.
+    pub fn from_spec_any(spec: &SourceSpec) -> Result<Declared, SourceError> {
         let shape = match spec.slice_shape.as_deref() {
             None => None,
             Some(&[h, w]) if h > 0 && w > 0 => {
@@ -320,12 +357,6 @@ impl Declared {
                 });
             }
         };
-        if let Some(d @ (DType::Float32 | DType::Float64)) = spec.dtype {
-            return Err(SourceError::Config {
-                field: "spec.source.dtype".into(),
-                message: format!("sources give uint8 or uint16 slices, not {d}"),
-            });
-        }
         Ok(Declared {
             shape,
             dtype: spec.dtype,

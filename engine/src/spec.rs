@@ -142,7 +142,7 @@ pub struct S3Storage {
     pub lease_seconds: Option<u64>,
 }
 
-/// The source array. Exactly one of `synthetic`, `files`, `http` or `s3` must be set.
+/// The source array. Exactly one of `synthetic`, `files`, `http`, `s3`, `tiff` or `zarr` must be set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
@@ -158,7 +158,15 @@ pub struct SourceSpec {
     /// Images in an S3 bucket, by key template or listed under a prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Source>,
-    /// Slices per source chunk (chunk length along axis 0). Each chunk is one load task. Default 20.
+    /// One multi-page TIFF file whose pages are the slices (8- or 16-bit grey, as written by tifffile or
+    /// ImageJ; uncompressed, deflate, LZW or PackBits), local, over HTTP(S) or on S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiff: Option<TiffSource>,
+    /// A 3-D Zarr v2 or v3 array, or one level of an OME-Zarr multiscale image, local, over HTTP(S) or on S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zarr: Option<ZarrSource>,
+    /// Slices per source chunk (chunk length along axis 0). Each chunk is one load task. Default 20 (for
+    /// `zarr`, the array's chunk depth along axis 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices_per_chunk: Option<usize>,
     /// Expected `[rows, cols]` of every slice. Lets `validate`/`plan` work without reading the data; a run
@@ -168,6 +176,52 @@ pub struct SourceSpec {
     /// Expected element type of every slice (`uint8` or `uint16`), checked like `sliceShape`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<DType>,
+}
+
+/// Where one file (a TIFF stack) or one directory (a Zarr hierarchy) is. Exactly one of `path`, `url` or `s3`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TiffSource {
+    /// Local path; relative paths are taken from the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP(S) URL. Pages are read with range requests when the server honours them, else in one GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// S3 object (ranged GETs). Connection settings come from `spec.storage.s3`, else the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+}
+
+/// A Zarr array, or an OME-Zarr image (then `level` picks the array). Exactly one of `path`, `url` or `s3`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZarrSource {
+    /// Local directory of the array or image (`img.zarr`); relative paths are taken from the manifest's
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP(S) URL of the array or image directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// S3 prefix of the array or image (`key` is the directory, e.g. `images/img.zarr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+    /// OME-Zarr: the multiscale level to read (`multiscales[0].datasets[level].path` of the group's
+    /// attributes). Default 0 when the location is an OME-Zarr image; not allowed on a plain array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<usize>,
+}
+
+/// An object (or a prefix) in an S3 bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Object {
+    /// Bucket. Default: `spec.storage.s3.bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Key of the object (or of the directory, without a trailing '/').
+    pub key: String,
 }
 
 /// Synthetic stack of recipe `emstack-v1` (see `shared/bench/gen_data.py`): a drifting bright blob on noise.

@@ -187,6 +187,8 @@ fn source_shape(
         s.files.is_some(),
         s.http.is_some(),
         s.s3.is_some(),
+        s.tiff.is_some(),
+        s.zarr.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -195,7 +197,7 @@ fn source_shape(
         p.push(Problem {
             path: "spec.source".into(),
             message: format!(
-                "exactly one of 'synthetic', 'files', 'http' or 's3' must be set, found {kinds}"
+                "exactly one of 'synthetic', 'files', 'http', 's3', 'tiff' or 'zarr' must be set, found {kinds}"
             ),
         });
         return None;
@@ -223,6 +225,7 @@ fn source_shape(
     }
     if let Some(d) = s.dtype
         && !matches!(d, DType::Uint8 | DType::Uint16)
+        && s.zarr.is_none()
     {
         p.push(Problem {
             path: "spec.source.dtype".into(),

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "[has(self.source.synthetic), has(self.source.files), has(self.source.http), has(self.source.s3)].filter(x, x).size() == 1",
-        "message": "spec.source: exactly one of synthetic, files, http, s3",
+        "rule": "[has(self.source.synthetic), has(self.source.files), has(self.source.http), has(self.source.s3), has(self.source.tiff), has(self.source.zarr)].filter(x, x).size() == 1",
+        "message": "spec.source: exactly one of synthetic, files, http, s3, tiff, zarr",
         "fieldPath": ".source"
     },
     {

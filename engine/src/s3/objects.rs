@@ -377,14 +377,47 @@ impl Bucket {
     /// # Errors
     /// When the request fails (other than 404).
     pub async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
+        self.get_ranged(key, None).await
+    }
+
+    /// Bytes `start..end` of the object at `key` (one ranged GetObject; fewer when the object is shorter);
+    /// `None` when there is none.
+    ///
+    /// # Errors
+    /// When the request fails (other than 404).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, S3Error> {
+        let range = format!("bytes={start}-{}", end.saturating_sub(1));
+        Ok(self.get_ranged(key, Some(range)).await?.map(|(b, _)| b))
+    }
+
+    /// GetObject of `key`, whole or of the HTTP `range`.
+    async fn get_ranged(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Option<(Bytes, String)>, S3Error> {
         let answer = outlast(self.policy, key, || {
             count(&REQUESTS, 1);
-            self.client.get_object().bucket(&self.name).key(key).send()
+            self.client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .set_range(range.clone())
+                .send()
         })
         .await;
         let out = match answer {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(None),
+            // A range that starts at the end of the object: no bytes (as a read at the end of a file).
+            Err(e) if range.is_some() && status_of(&e) == Some(416) => {
+                return Ok(Some((Bytes::new(), String::new())));
+            }
             Err(e) => return Err(self.fail("GetObject", key, &e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
@@ -635,6 +668,16 @@ fn precondition_failed<E: ProvideErrorMetadata>(
             s.raw().status().as_u16() == 412 || s.err().code() == Some("PreconditionFailed")
         }
         _ => false,
+    }
+}
+
+/// The HTTP status of a service error.
+fn status_of<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Option<u16> {
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        _ => None,
     }
 }
 

@@ -29,6 +29,9 @@ fn open<'a>(
             &bytes[..bytes.len().min(8)]
         )));
     }
+    if reader.format() == Some(image::ImageFormat::Tiff) {
+        check_single_page(bytes, &error)?;
+    }
     let decoder = reader.into_decoder().map_err(|e| error(e.to_string()))?;
     let dtype = match decoder.color_type() {
         ColorType::L8 => DType::Uint8,
@@ -49,6 +52,24 @@ fn open<'a>(
     Ok((decoder, info))
 }
 
+/// Refuses a TIFF file of several pages: one file is one slice here, and its other pages would be dropped.
+fn check_single_page(
+    bytes: &[u8],
+    error: &dyn Fn(String) -> SourceError,
+) -> Result<(), SourceError> {
+    let pages = super::tiff::page_offsets(&mut Cursor::new(bytes), usize::MAX)
+        .map_err(|e| error(format!("cannot read the TIFF directories: {e}")))?
+        .1
+        .len();
+    if pages > 1 {
+        return Err(error(format!(
+            "a multi-page TIFF of {pages} pages: a files source reads one slice per file; read a stack of \
+             pages with the tiff source (`source: {{tiff: {{path: ...}}}}`)"
+        )));
+    }
+    Ok(())
+}
+
 /// Shape and type of the slice in `bytes`, from its header alone.
 ///
 /// # Errors
@@ -65,6 +86,16 @@ pub enum SliceBuf<'a> {
     U8(&'a mut [u8]),
     /// A 16-bit slice.
     U16(&'a mut [u16]),
+}
+
+impl<'a> SliceBuf<'a> {
+    /// The slice's bytes (16-bit samples in native byte order).
+    pub fn into_bytes(self) -> &'a mut [u8] {
+        match self {
+            SliceBuf::U8(b) => b,
+            SliceBuf::U16(b) => bytemuck::cast_slice_mut(b),
+        }
+    }
 }
 
 /// Decodes the image in `bytes` into `out`, after checking that it is `expected` (which comes from `basis`, for
@@ -91,10 +122,7 @@ pub fn decode_into(
             &found,
         ));
     }
-    let target: &mut [u8] = match out {
-        SliceBuf::U8(b) => b,
-        SliceBuf::U16(b) => bytemuck::cast_slice_mut(b),
-    };
+    let target = out.into_bytes();
     if decoder.total_bytes() != target.len() as u64 {
         return Err(SourceError::Decode {
             index,
