@@ -223,7 +223,7 @@ fn zarr_over_http_equals_numpy_and_a_refused_chunk_is_named() {
 #[test]
 fn bad_stacks_fail_with_one_clear_error() {
     let d = stacks();
-    let cases: [(&str, &[&str]); 11] = [
+    let cases: [(&str, &[&str]); 12] = [
         (
             "{files: {glob: \"u8.tif\"}}",
             &["u8.tif", "a multi-page TIFF of 11 pages", "tiff source"],
@@ -255,6 +255,15 @@ fn bad_stacks_fail_with_one_clear_error() {
         (
             "{zarr: {path: four.zarr}}",
             &["four.zarr: the array has shape [2, 3, 12, 10]", "3-D"],
+        ),
+        (
+            // Slices 4..8 of v3.zarr were never written: with `missingChunks: error` its first unstored
+            // chunk (v3 key c/1/0/0) is named instead of read as the fill value.
+            "{zarr: {path: v3.zarr, missingChunks: error}}",
+            &[
+                "chunk ",
+                "v3.zarr/c/1/0/0 is not stored (spec.source.zarr.missingChunks: error)",
+            ],
         ),
         (
             "{zarr: {path: bools.zarr}}",

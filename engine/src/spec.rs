@@ -211,6 +211,21 @@ pub struct ZarrSource {
     /// attributes). Default 0 when the location is an OME-Zarr image; not allowed on a plain array.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<usize>,
+    /// A chunk that is not stored: `fill` (default) reads it as the array's fill value, as Zarr defines (and
+    /// zarr-python reads it); `error` fails the run naming the chunk, for data that must be complete (e.g. a
+    /// copy still being uploaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_chunks: Option<MissingChunks>,
+}
+
+/// What a Zarr source does with a chunk that is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MissingChunks {
+    /// The array's fill value.
+    Fill,
+    /// An error naming the chunk.
+    Error,
 }
 
 /// An object (or a prefix) in an S3 bucket.

@@ -110,6 +110,16 @@ async fn explain_documents_the_fields_and_a_100k_task_status_stays_small() -> an
         "crd/arrayjobs.arrayjob.dev",
         "--timeout=30s",
     ])?;
+    // The API server publishes a new CRD's OpenAPI schema (what `explain` reads) a few seconds after it is
+    // established.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.kubectl(&["explain", "arrayjob.spec"]).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "explain never knew arrayjob"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let explain = env.kubectl(&["explain", "arrayjob.spec.workers.replicas"])?;
     assert!(
         explain.contains("Worker pods (lost ones are replaced while the job runs)."),

@@ -2,8 +2,9 @@
 //! over HTTP(S) or from S3 with `zarrs` (through [`ZarrStore`], its storage trait over a [`Location`]).
 //!
 //! `uint8`, `uint16`, `float32` and `float64` arrays keep their type; other integer types are read as
-//! `float64` (exact up to 2^53). A chunk that is not stored is the fill value, as Zarr defines; a chunk that
-//! cannot be read (HTTP 500, 403...) fails the read, naming its key.
+//! `float64` (exact up to 2^53). A chunk that is not stored is the fill value, as Zarr defines (or an error
+//! naming it, with `missingChunks: error`); a chunk that cannot be read (HTTP 500, 403...) fails the read,
+//! naming its key.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,13 +21,18 @@ use zarrs::storage::{
 use super::location::Location;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
 use crate::array::{Chunk, DType};
-use crate::spec::{S3Storage, ZarrSource};
+use crate::spec::{MissingChunks, S3Storage, ZarrSource};
 
 /// zarrs' read-only storage over a [`Location`]: a key is a file, URL or object under it.
 #[derive(Debug)]
 pub struct ZarrStore {
     location: Location,
+    /// A chunk that is not stored is an error (`missingChunks: error`), not the fill value.
+    chunks_required: bool,
 }
+
+/// Names of Zarr metadata documents: their absence is how zarrs tells versions and groups apart.
+const METADATA: [&str; 5] = ["zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"];
 
 impl ZarrStore {
     /// Bytes `range` of `key`, `None` when it is not stored.
@@ -43,9 +49,18 @@ impl ZarrStore {
                 return Ok(Some(all.slice(start.min(end)..end)));
             }
         };
-        self.location
+        let got = self
+            .location
             .get(key, wanted)
-            .map_err(|e| StorageError::Other(e.to_string()))
+            .map_err(|e| StorageError::Other(e.to_string()))?;
+        let metadata = METADATA.contains(&key.rsplit('/').next().unwrap_or(key));
+        if got.is_none() && self.chunks_required && !metadata {
+            return Err(StorageError::Other(format!(
+                "chunk {} is not stored (spec.source.zarr.missingChunks: error)",
+                self.location.name(key)
+            )));
+        }
+        Ok(got)
     }
 }
 
@@ -150,7 +165,10 @@ impl ZarrSliceSource {
         )?;
         let path = array_path(&location, spec.level)?;
         let name = location.name(&path);
-        let store = Arc::new(ZarrStore { location });
+        let store = Arc::new(ZarrStore {
+            location,
+            chunks_required: spec.missing_chunks == Some(MissingChunks::Error),
+        });
         let open_path = format!("/{path}");
         let array = Array::open(store, &open_path).map_err(|e| SourceError::Object {
             location: name.clone(),
