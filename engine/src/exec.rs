@@ -38,6 +38,44 @@ pub trait ChunkSink: Send + Sync {
     /// # Errors
     /// When the output cannot be written; the run stops.
     fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError>;
+
+    /// The shape of the pieces in which node `node`'s blocks may come cut ([`ChunkSink::deliver_tiles`]): `Some`
+    /// only when all the sink does with them is write them into a sharded Zarr array (the shape of its inner
+    /// chunks), so that a kernel can write the pieces directly. Default: `None`.
+    fn tile_shape(&self, _node: usize) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// Takes a block of node `node` whose first element is at `start`, of shape `shape`, as its pieces of
+    /// [`ChunkSink::tile_shape`] (row-major, as [`Chunk::split_grid`] cuts it). The default pastes them back
+    /// into the block and delivers that.
+    ///
+    /// # Errors
+    /// As [`ChunkSink::deliver`]; when the pieces do not tile the block.
+    fn deliver_tiles(
+        &self,
+        node: usize,
+        start: &[usize],
+        shape: &[usize],
+        tiles: &[Chunk],
+    ) -> Result<(), ExecError> {
+        let (Some(tile), Some(first)) = (self.tile_shape(node), tiles.first()) else {
+            return Err(ExecError::Internal(format!(
+                "node {node}: pieces delivered without a piece shape"
+            )));
+        };
+        let grid: Vec<usize> = shape
+            .iter()
+            .zip(&tile)
+            .map(|(s, t)| s.div_ceil(*t))
+            .collect();
+        let mut block = Chunk::zeros(first.dtype(), shape);
+        for (idx, t) in crate::array::grid_indices(&grid).iter().zip(tiles) {
+            let at: Vec<usize> = idx.iter().zip(&tile).map(|(i, t)| i * t).collect();
+            block.paste(&at, t).map_err(ExecError::Internal)?;
+        }
+        self.deliver(node, start, &block)
+    }
 }
 
 /// Why a run stopped.
@@ -813,6 +851,35 @@ impl TaskRunner<'_> {
         Ok(())
     }
 
+    /// The piece shape in which FFT node `node` (transforming along `axis`) hands its blocks to the sink
+    /// already cut ([`ChunkSink::tile_shape`]): only when the sink is all that takes them (no stage reads the
+    /// node) and the transform runs along axis 0.
+    fn fft_tiles(&self, node: usize, axis: usize) -> Option<Vec<usize>> {
+        let n = &self.plan.nodes[node];
+        if axis != 0 || !n.children.is_empty() || n.output.is_none() {
+            return None;
+        }
+        self.sink.tile_shape(node)
+    }
+
+    /// Like [`TaskRunner::emit`] for a block given as its pieces (`tiles`) of a node no stage reads.
+    fn emit_tiles(
+        &self,
+        node: usize,
+        start: &[usize],
+        shape: &[usize],
+        tiles: &[Chunk],
+    ) -> Result<(), ExecError> {
+        if self.stopped() {
+            return Err(ExecError::Cancelled);
+        }
+        let bytes: usize = tiles.iter().map(Chunk::nbytes).sum();
+        self.progress.nodes[node]
+            .bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.sink.deliver_tiles(node, start, shape, tiles)
+    }
+
     /// Runs stage `child` on `data`, a block of its input `node` starting at `start`, and emits what it makes.
     fn apply(
         &self,
@@ -842,6 +909,21 @@ impl TaskRunner<'_> {
             }
             NodeOp::Fft(f) => {
                 let dtype = f.dtype.unwrap_or(DType::Float32);
+                if let Some(tile) = self.fft_tiles(child, f.axis) {
+                    let tiles = crate::kernels::fft::spectrum_tiles(
+                        data, f.power, f.onesided, dtype, &tile,
+                    )
+                    .map_err(kerr)?;
+                    let mut shape = data.shape().to_vec();
+                    shape[0] = if f.onesided {
+                        shape[0] / 2 + 1
+                    } else {
+                        shape[0]
+                    };
+                    let done = chunks_in(&c.meta, &child_start, &shape);
+                    self.progress.record(child, t0, data.nbytes(), done);
+                    return self.emit_tiles(child, &child_start, &shape, &tiles);
+                }
                 let out = crate::kernels::fft::spectrum(data, f.axis, f.power, f.onesided, dtype)
                     .map_err(kerr)?;
                 let done = chunks_in(&c.meta, &child_start, out.shape());

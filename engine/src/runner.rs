@@ -266,6 +266,60 @@ impl ChunkSink for Outputs {
         }
         self.deliver_gathered(node, start, chunk)
     }
+
+    fn tile_shape(&self, node: usize) -> Option<Vec<usize>> {
+        let s = self.nodes.get(node)?.as_ref()?;
+        if s.dense.is_some() || s.series.is_some() {
+            return None;
+        }
+        s.zarr.as_ref()?.tile_shape().map(<[usize]>::to_vec)
+    }
+
+    fn deliver_tiles(
+        &self,
+        node: usize,
+        start: &[usize],
+        _shape: &[usize],
+        tiles: &[Chunk],
+    ) -> Result<(), ExecError> {
+        match self.nodes.get(node).and_then(Option::as_ref) {
+            Some(NodeSinks {
+                zarr: Some(z),
+                stage,
+                ..
+            }) => write_zarr_tiles(z, stage, start, tiles),
+            _ => Err(ExecError::Internal(format!(
+                "node {node} has no sharded Zarr output to take pieces"
+            ))),
+        }
+    }
+}
+
+/// The index in `z`'s write grid of the unit whose first element is at `start`.
+fn unit_index(z: &ZarrWriter, start: &[usize]) -> Vec<usize> {
+    start
+        .iter()
+        .zip(z.write_unit())
+        .map(|(s, u)| s / u)
+        .collect()
+}
+
+/// Writes the block of a node at `start` (one shard of `z`), given as its inner chunks, into its Zarr array.
+///
+/// # Errors
+/// [`ExecError::Output`] naming the stage.
+pub fn write_zarr_tiles(
+    z: &ZarrWriter,
+    stage: &str,
+    start: &[usize],
+    tiles: &[Chunk],
+) -> Result<(), ExecError> {
+    z.write_tiles(&unit_index(z, start), tiles)
+        .map_err(|e| ExecError::Output {
+            stage: stage.to_string(),
+            target: "zarr".into(),
+            message: e.to_string(),
+        })
 }
 
 /// Writes the block of a node at `start` (one unit of `z`'s write grid) into its Zarr array.
@@ -278,16 +332,12 @@ pub fn write_zarr_block(
     start: &[usize],
     chunk: &Chunk,
 ) -> Result<(), ExecError> {
-    let idx: Vec<usize> = start
-        .iter()
-        .zip(z.write_unit())
-        .map(|(s, u)| s / u)
-        .collect();
-    z.write_chunk(&idx, chunk).map_err(|e| ExecError::Output {
-        stage: stage.to_string(),
-        target: "zarr".into(),
-        message: e.to_string(),
-    })
+    z.write_chunk(&unit_index(z, start), chunk)
+        .map_err(|e| ExecError::Output {
+            stage: stage.to_string(),
+            target: "zarr".into(),
+            message: e.to_string(),
+        })
 }
 
 impl Outputs {

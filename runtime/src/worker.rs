@@ -1107,6 +1107,31 @@ impl WorkerSink {
 }
 
 impl ChunkSink for WorkerSink {
+    fn tile_shape(&self, node: usize) -> Option<Vec<usize>> {
+        if self.dense[node] || self.pixels[node].is_some() {
+            return None;
+        }
+        self.zarr[node]
+            .as_ref()?
+            .tile_shape()
+            .map(<[usize]>::to_vec)
+    }
+
+    fn deliver_tiles(
+        &self,
+        node: usize,
+        start: &[usize],
+        _shape: &[usize],
+        tiles: &[Chunk],
+    ) -> Result<(), ExecError> {
+        let Some(z) = &self.zarr[node] else {
+            return Err(ExecError::Internal(format!(
+                "node {node} has no sharded Zarr output to take pieces"
+            )));
+        };
+        runner::write_zarr_tiles(z, &self.stages[node], start, tiles)
+    }
+
     fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError> {
         if let Some(z) = &self.zarr[node] {
             runner::write_zarr_block(z, &self.stages[node], start, block)?;

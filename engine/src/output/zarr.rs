@@ -316,15 +316,7 @@ impl ZarrWriter {
     /// # Errors
     /// When `idx` is outside the grid, the chunk's type or shape is wrong, or encoding or storing fails.
     pub fn write_chunk(&self, idx: &[usize], chunk: &Chunk) -> Result<(), OutputError> {
-        let layout = self.write_grid();
-        let grid = layout.grid();
-        if idx.len() != grid.len() || idx.iter().zip(&grid).any(|(i, g)| i >= g) {
-            return Err(OutputError::invalid(
-                &self.dir,
-                "idx",
-                format!("chunk {idx:?} is outside the grid {grid:?}"),
-            ));
-        }
+        let len = self.unit_region(idx)?;
         if chunk.dtype() != self.meta.dtype {
             return Err(OutputError::invalid(
                 &self.dir,
@@ -336,7 +328,6 @@ impl ZarrWriter {
                 ),
             ));
         }
-        let (_, len) = layout.chunk_region(idx);
         if chunk.shape() != len.as_slice() {
             return Err(OutputError::invalid(
                 &self.dir,
@@ -349,13 +340,52 @@ impl ZarrWriter {
         }
         let zidx: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
         if self.unit != self.meta.chunks {
-            return self.write_shard(&zidx, chunk);
+            return self.write_shard(&zidx, |body| self.encode_shard(chunk, body));
         }
         let padded = self.padded(chunk, &self.unit)?;
         // The executor's threads are the only compute threads: no codec parallelism inside one write.
         let options = CodecOptions::default().with_concurrent_target(1);
         let res = crate::with_chunk!(padded.as_ref(), a => self.array.store_chunk_opt(&zidx, a, &options));
         res.map_err(|e| OutputError::write(&self.dir, format!("store chunk {idx:?}"), e))
+    }
+
+    /// The inner chunk shape, when the array is sharded: the pieces [`ZarrWriter::write_tiles`] takes.
+    pub fn tile_shape(&self) -> Option<&[usize]> {
+        (self.unit != self.meta.chunks).then_some(self.meta.chunks.as_slice())
+    }
+
+    /// Writes shard `idx` of a sharded array from its inner chunks, already cut: `tiles` in row-major order of
+    /// the shard's grid of inner chunks (those inside the array), each of the array's type, as
+    /// [`Chunk::split_grid`] would cut the shard's block. Like [`ZarrWriter::write_chunk`] otherwise.
+    ///
+    /// # Errors
+    /// When the array is not sharded, `idx` is outside the grid, a tile's type or shape is wrong or one is
+    /// missing, or encoding or storing fails.
+    pub fn write_tiles(&self, idx: &[usize], tiles: &[Chunk]) -> Result<(), OutputError> {
+        let len = self.unit_region(idx)?;
+        if self.tile_shape().is_none() {
+            return Err(OutputError::invalid(
+                &self.dir,
+                "tiles",
+                "the array is not sharded",
+            ));
+        }
+        let zidx: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
+        self.write_shard(&zidx, |body| self.encode_tiles(&len, tiles, body))
+    }
+
+    /// The shape of unit `idx` of the write grid (clipped at the array's far edges).
+    fn unit_region(&self, idx: &[usize]) -> Result<Vec<usize>, OutputError> {
+        let layout = self.write_grid();
+        let grid = layout.grid();
+        if idx.len() != grid.len() || idx.iter().zip(&grid).any(|(i, g)| i >= g) {
+            return Err(OutputError::invalid(
+                &self.dir,
+                "idx",
+                format!("chunk {idx:?} is outside the grid {grid:?}"),
+            ));
+        }
+        Ok(layout.chunk_region(idx).1)
     }
 }
 
@@ -384,10 +414,14 @@ impl ZarrWriter {
     ///
     /// The shard is assembled in a page-aligned buffer and written with direct I/O by the array's writing
     /// thread ([`super::direct::FileWriter`]), while the calling thread goes back to computing.
-    fn write_shard(&self, shard: &[u64], block: &Chunk) -> Result<(), OutputError> {
+    fn write_shard(
+        &self,
+        shard: &[u64],
+        encode: impl Fn(&mut PageBuf) -> Result<(), OutputError>,
+    ) -> Result<(), OutputError> {
         let writer = match &self.files {
             Some(ShardSink::Files(w)) => w,
-            Some(ShardSink::S3(uploads)) => return self.upload_shard(uploads, shard, block),
+            Some(ShardSink::S3(uploads)) => return self.upload_shard(uploads, shard, encode),
             None => {
                 return Err(OutputError::invalid(
                     &self.dir,
@@ -397,7 +431,7 @@ impl ZarrWriter {
             }
         };
         let mut body = writer.buffer();
-        if let Err(e) = self.encode_shard(block, &mut body) {
+        if let Err(e) = encode(&mut body) {
             writer.recycle(body);
             return Err(e);
         }
@@ -427,10 +461,10 @@ impl ZarrWriter {
         &self,
         uploads: &Uploads,
         shard: &[u64],
-        block: &Chunk,
+        encode: impl Fn(&mut PageBuf) -> Result<(), OutputError>,
     ) -> Result<(), OutputError> {
         let mut body = PageBuf::default();
-        self.encode_shard(block, &mut body)?;
+        encode(&mut body)?;
         if body.is_empty() {
             return Ok(());
         }
@@ -492,43 +526,118 @@ impl ZarrWriter {
     /// that are reused from shard to shard.
     fn encode_shard(&self, block: &Chunk, body: &mut PageBuf) -> Result<(), OutputError> {
         let inner: Vec<usize> = self.meta.chunks.iter().map(|&c| c.max(1)).collect();
+        INNER_BUFS.with(|bufs| {
+            let mut bufs = bufs.borrow_mut();
+            let lens = block.split_grid_le_bytes(&inner, &mut bufs);
+            self.encode_inner_chunks(
+                block.shape(),
+                block.dtype(),
+                |i| {
+                    Ok((
+                        std::borrow::Cow::Borrowed(bufs[i].as_slice()),
+                        lens[i].clone(),
+                    ))
+                },
+                body,
+            )
+        })
+    }
+
+    /// Appends the shard of a block of shape `shape` given as its inner chunks (`tiles`, in row-major order of
+    /// the block's grid of inner chunks, as [`Chunk::split_grid`] cuts it) to `body`, like
+    /// [`ZarrWriter::encode_shard`] without the cut.
+    fn encode_tiles(
+        &self,
+        shape: &[usize],
+        tiles: &[Chunk],
+        body: &mut PageBuf,
+    ) -> Result<(), OutputError> {
+        let tile = |i: usize| {
+            let t = tiles.get(i).ok_or_else(|| {
+                OutputError::invalid(&self.dir, "tiles", format!("no inner chunk {i}"))
+            })?;
+            if t.dtype() != self.meta.dtype {
+                return Err(OutputError::invalid(
+                    &self.dir,
+                    "tiles",
+                    format!(
+                        "inner chunk {i} is {}, the array is {}",
+                        t.dtype(),
+                        self.meta.dtype
+                    ),
+                ));
+            }
+            let raw = t.le_bytes_slice().map_or_else(
+                || std::borrow::Cow::Owned(t.to_le_bytes()),
+                std::borrow::Cow::Borrowed,
+            );
+            Ok((raw, t.shape().to_vec()))
+        };
+        let count: usize = shape
+            .iter()
+            .zip(&self.meta.chunks)
+            .map(|(s, c)| s.div_ceil((*c).max(1)))
+            .product();
+        if tiles.len() != count {
+            return Err(OutputError::invalid(
+                &self.dir,
+                "tiles",
+                format!("{} inner chunks for a block of {count}", tiles.len()),
+            ));
+        }
+        self.encode_inner_chunks(shape, self.meta.dtype, tile, body)
+    }
+
+    /// Appends the encoded inner chunks of a block of shape `shape` (inner chunk `i` of its grid: `chunk(i)`, its
+    /// little-endian bytes and shape), then the shard index and its crc32c, to `body`; nothing when every inner
+    /// chunk is fill value.
+    fn encode_inner_chunks<'b>(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        chunk: impl Fn(usize) -> Result<(std::borrow::Cow<'b, [u8]>, Vec<usize>), OutputError>,
+        body: &mut PageBuf,
+    ) -> Result<(), OutputError> {
+        let inner: Vec<usize> = self.meta.chunks.iter().map(|&c| c.max(1)).collect();
         let per: Vec<usize> = self.unit.iter().zip(&inner).map(|(u, c)| u / c).collect();
-        let have: Vec<usize> = block
-            .shape()
+        let have: Vec<usize> = shape
             .iter()
             .zip(&inner)
             .map(|(h, c)| h.div_ceil(*c))
             .collect();
         let mut index = Vec::with_capacity(per.iter().product::<usize>() * 16 + 4);
-        INNER_BUFS.with(|bufs| {
-            let mut bufs = bufs.borrow_mut();
-            let lens = block.split_grid_le_bytes(&inner, &mut bufs);
-            let mut next = 0;
-            for p in crate::array::grid_indices(&per) {
-                let at = body.len() as u64;
-                // Inner chunks beyond the block (at the array's far edges) are fill value.
-                let stored = if p.iter().zip(&have).all(|(i, h)| i < h) {
-                    next += 1;
-                    self.encode_inner(
-                        &bufs[next - 1],
-                        &lens[next - 1],
-                        block.dtype(),
-                        &inner,
-                        body,
-                    )?
-                } else {
-                    false
-                };
-                let (offset, len) = if stored {
-                    (at, body.len() as u64 - at)
-                } else {
-                    (u64::MAX, u64::MAX)
-                };
-                index.extend_from_slice(&offset.to_le_bytes());
-                index.extend_from_slice(&len.to_le_bytes());
-            }
-            Ok::<_, OutputError>(())
-        })?;
+        let mut next = 0;
+        for p in crate::array::grid_indices(&per) {
+            let at = body.len() as u64;
+            // Inner chunks beyond the block (at the array's far edges) are fill value.
+            let stored = if p.iter().zip(&have).all(|(i, h)| i < h) {
+                let (raw, len) = chunk(next)?;
+                let want: Vec<usize> = p
+                    .iter()
+                    .zip(&inner)
+                    .zip(shape)
+                    .map(|((i, c), s)| (*c).min(s - i * c))
+                    .collect();
+                if len != want {
+                    return Err(OutputError::invalid(
+                        &self.dir,
+                        "chunk",
+                        format!("inner chunk {p:?} has shape {len:?}, expected {want:?}"),
+                    ));
+                }
+                next += 1;
+                self.encode_inner(&raw, &len, dtype, &inner, body)?
+            } else {
+                false
+            };
+            let (offset, len) = if stored {
+                (at, body.len() as u64 - at)
+            } else {
+                (u64::MAX, u64::MAX)
+            };
+            index.extend_from_slice(&offset.to_le_bytes());
+            index.extend_from_slice(&len.to_le_bytes());
+        }
         if !body.is_empty() {
             let crc = crc32c::crc32c(&index);
             body.extend_from_slice(&index);
@@ -651,4 +760,120 @@ pub fn read_all(dir: &Path) -> Result<Chunk, OutputError> {
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.join("c")];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).expect("test array") {
+                let p = e.expect("test array").path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.push((
+                        p.strip_prefix(dir).expect("test array").to_path_buf(),
+                        std::fs::read(&p).expect("test array"),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_shard_written_from_its_inner_chunks_is_the_shard_written_whole() {
+        // 3 x 7 x 23 float32 in (3, 2, 5) chunks, shards of (3, 4, 10): edge shards and edge inner chunks on
+        // both cut axes, some inner chunks all zero (not stored).
+        let meta = ArrayMeta {
+            shape: vec![3, 7, 23],
+            chunks: vec![3, 2, 5],
+            dtype: DType::Float32,
+        };
+        let options = ZarrOptions {
+            shard: Some(vec![3, 4, 10]),
+            zstd_level: Some(1),
+        };
+        let tmp = tempfile::tempdir().expect("test array");
+        let (whole, cut) = (tmp.path().join("whole"), tmp.path().join("cut"));
+        let open = |d: &Path| {
+            ZarrWriter::create_with(
+                &ArrayPlace::Dir(d.to_path_buf()),
+                &meta,
+                &options,
+                Default::default(),
+            )
+            .expect("test array")
+        };
+        let (a, b) = (open(&whole), open(&cut));
+        assert_eq!(b.tile_shape(), Some(&[3usize, 2, 5][..]));
+        for idx in crate::array::grid_indices(&[1, 2, 3]) {
+            let len = a.unit_region(&idx).expect("test array");
+            let n: usize = len.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|i| {
+                    if (i / 7) % 3 == 0 {
+                        0.0
+                    } else {
+                        (i * 31 % 97) as f32 * 1.5
+                    }
+                })
+                .collect();
+            let block =
+                Chunk::F32(ArrayD::from_shape_vec(ndarray::IxDyn(&len), v).expect("test array"));
+            a.write_chunk(&idx, &block).expect("test array");
+            b.write_tiles(&idx, &block.split_grid(&meta.chunks))
+                .expect("test array");
+        }
+        a.finish().expect("test array");
+        b.finish().expect("test array");
+        let (fa, fb) = (shard_files(&whole), shard_files(&cut));
+        assert_eq!(fa.len(), 6);
+        assert_eq!(fa, fb);
+    }
+
+    #[test]
+    fn missing_or_mistyped_inner_chunks_are_refused() {
+        let meta = ArrayMeta {
+            shape: vec![2, 4, 10],
+            chunks: vec![2, 2, 5],
+            dtype: DType::Float32,
+        };
+        let options = ZarrOptions {
+            shard: Some(vec![2, 4, 10]),
+            zstd_level: None,
+        };
+        let tmp = tempfile::tempdir().expect("test array");
+        let z = ZarrWriter::create_with(
+            &ArrayPlace::Dir(tmp.path().to_path_buf()),
+            &meta,
+            &options,
+            Default::default(),
+        )
+        .expect("test array");
+        let block = Chunk::F32(ArrayD::from_elem(ndarray::IxDyn(&[2, 4, 10]), 1.0));
+        let tiles = block.split_grid(&meta.chunks);
+        let e = z
+            .write_tiles(&[0, 0, 0], &tiles[..3])
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("3 inner chunks for a block of 4"), "{e}");
+        let mut wrong = tiles.clone();
+        wrong[2] = Chunk::F64(ArrayD::from_elem(ndarray::IxDyn(&[2, 2, 5]), 1.0));
+        let e = z
+            .write_tiles(&[0, 0, 0], &wrong)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("inner chunk 2 is float64"), "{e}");
+        let e = z
+            .write_tiles(&[0, 1, 0], &tiles)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("outside the grid"), "{e}");
+    }
 }
