@@ -511,7 +511,7 @@ pub struct OutputSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<bool>,
     /// Compression of the Zarr array's chunks (default `{codec: zstd, level: 1}`). Float spectra shrink only to
-    /// about 0.7 of their size with zstd; `{codec: none}` writes them several times faster.
+    /// about 0.55 of their size with zstd; `{codec: none}` writes them faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zarr_compression: Option<ZarrCompression>,
 }

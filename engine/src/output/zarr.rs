@@ -23,8 +23,9 @@ use super::s3store::{S3Store, Uploads};
 use crate::array::{ArrayMeta, Chunk, DType};
 use crate::s3::objects::Bucket;
 
-/// zstd level of the chunks: level 1 compresses ~2x faster than 3 on spectra (1 GB of float32 power: ~0.58
-/// of the raw size either way), and writing is on the critical path of the last stage.
+/// zstd level of the chunks: on the post's float32 power spectra level 1 (with [`fast_hash_log`]'s table)
+/// compresses to 0.55 of the raw size, as small as level 3 (0.54) for ~15% less time, and compressing is on the
+/// critical path of the last stage.
 const ZSTD_LEVEL: i32 = 1;
 
 /// How a [`ZarrWriter`] lays out and compresses its array.
@@ -675,12 +676,17 @@ impl ZarrWriter {
         };
         ZSTD.with(|z| {
             let mut z = z.borrow_mut();
-            if z.as_ref().is_none_or(|(l, _)| *l != level) {
-                let c = zstd::bulk::Compressor::new(level)
+            let hash_log = fast_hash_log(level, raw.len());
+            if z.as_ref().is_none_or(|(l, h, _)| (*l, *h) != (level, hash_log)) {
+                let mut c = zstd::bulk::Compressor::new(level)
                     .map_err(|e| OutputError::write(&self.dir, "start zstd", e))?;
-                *z = Some((level, c));
+                if let Some(h) = hash_log {
+                    c.set_parameter(zstd::zstd_safe::CParameter::HashLog(h))
+                        .map_err(|e| OutputError::write(&self.dir, "set zstd's hash table size", e))?;
+                }
+                *z = Some((level, hash_log, c));
             }
-            let Some((_, c)) = z.as_mut() else {
+            let Some((_, _, c)) = z.as_mut() else {
                 return Ok(false);
             };
             // Compressed straight into the shard: room for the worst case, then keep what was written.
@@ -694,6 +700,18 @@ impl ZarrWriter {
     }
 }
 
+/// The hash table size (log2 of its entries) for zstd's fastest levels (1 and 2) on a chunk of `len` bytes:
+/// about one entry per byte, from 2^12 up to 2^18 (a 1 MiB table). zstd sizes the table of these levels for
+/// speed on any input (2^13-2^15 entries), so on chunks of hundreds of KB it forgets a position long before the
+/// data repeats it: the mirrored half of a two-sided power spectrum (row `n - k` of a chunk is row `k`) went
+/// unmatched. With the larger table the post's spectra come out about 25% smaller (0.55 instead of 0.73 of
+/// their raw size) for the same compression time. `None`: zstd's own parameters for other levels.
+fn fast_hash_log(level: i32, len: usize) -> Option<u32> {
+    (1..=2)
+        .contains(&level)
+        .then(|| (usize::BITS - len.leading_zeros()).clamp(12, 18))
+}
+
 /// Whether every byte is 0 (checked 64 bytes at a time, which vectorises).
 fn is_zero(bytes: &[u8]) -> bool {
     bytes
@@ -702,8 +720,9 @@ fn is_zero(bytes: &[u8]) -> bool {
 }
 
 thread_local! {
-    /// A zstd context per thread (and level), reused from chunk to chunk.
-    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    /// A zstd context per thread (and level and hash table size), reused from chunk to chunk.
+    #[allow(clippy::type_complexity)]
+    static ZSTD: std::cell::RefCell<Option<(i32, Option<u32>, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
     /// The raw bytes of the inner chunks of the shard being assembled, reused from shard to shard.
     static INNER_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
