@@ -400,10 +400,16 @@ where
         ));
     }
     let Some(dtype) = h.dtype else {
-        // A reduction partial: small, decoded whole.
+        // A reduction partial: small, decoded whole (read as it comes rather than allocated from the header).
         let mut frame = header;
-        frame.resize(len, 0);
-        r.read_exact(&mut frame[h.header_len..]).await.map_err(io)?;
+        (&mut *r)
+            .take((len - h.header_len) as u64)
+            .read_to_end(&mut frame)
+            .await
+            .map_err(io)?;
+        if frame.len() != len {
+            return Err("the fetch answer ended inside a frame".into());
+        }
         let d = arrayjob_engine::frame::decode(&frame).map_err(|e| e.to_string())?;
         return Ok((d, 8 + len as u64));
     };

@@ -1280,8 +1280,10 @@ pub async fn fetch_keys(
         .map_err(|e| e.to_string())?;
     let status = r.status();
     if status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
-        // The frames on the bare connection, read straight into their chunks (the connection is used once).
-        let mut io = r.upgrade().await.map_err(|e| e.to_string())?;
+        // The frames on the bare connection (used once), each chunk's elements read straight into it: the
+        // buffer only gathers headers and small frames (larger reads bypass it).
+        let io = r.upgrade().await.map_err(|e| e.to_string())?;
+        let mut io = tokio::io::BufReader::with_capacity(64 << 10, io);
         return protocol::read_frames(&mut io, keys.len()).await;
     }
     if !status.is_success() {
