@@ -89,13 +89,19 @@ pub fn encode(data: &Data) -> Vec<u8> {
 /// The frame of `data` in three parts, to send without copying the elements: the header, the payload
 /// (borrowed from a contiguous chunk), the checksum.
 pub fn encode_parts(data: &Data) -> (Vec<u8>, std::borrow::Cow<'_, [u8]>, [u8; 4]) {
+    let (header, payload) = encode_unchecked(data);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
+    (header, payload, crc.to_le_bytes())
+}
+
+/// The header and payload of `data`'s frame, without the checksum: for a writer that computes it (crc32c of
+/// the header, then of the payload, u32 little-endian after the payload) as it sends the payload.
+pub fn encode_unchecked(data: &Data) -> (Vec<u8>, std::borrow::Cow<'_, [u8]>) {
     let (code, shape, payload) = match data {
         Data::Chunk(c) => (dtype_code(c.dtype()), c.shape(), c.as_le_bytes()),
         Data::Partial(p) => (PARTIAL, p.shape(), std::borrow::Cow::Owned(p.to_bytes())),
     };
-    let header = header(code, shape, payload.len());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
-    (header, payload, crc.to_le_bytes())
+    (header(code, shape, payload.len()), payload)
 }
 
 fn header(code: u8, shape: &[usize], payload_len: usize) -> Vec<u8> {

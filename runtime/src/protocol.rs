@@ -17,6 +17,9 @@
 //!
 //! Worker endpoints: `POST /v1/fetch` ([`FetchRequest`] in, the frames of the keys in order out, each
 //! preceded by its length as a u64 little-endian: [`answer_parts`] writes them, [`FrameReader`] reads them) and `GET /v1/probe?bytes=N` (N bytes, to time a link).
+//! Peers ask `/v1/fetch` for an upgrade to [`FRAMES_PROTOCOL`]: the same frames then follow the `101` answer
+//! on the bare connection ([`write_frames`], [`read_frames`]), so chunks are read from the socket straight
+//! into their buffers.
 
 use std::sync::Arc;
 
@@ -298,6 +301,144 @@ impl AsRef<[u8]> for SharedPayload {
     }
 }
 
+/// The `Upgrade` protocol a fetch asks for: the server answers `101 Switching Protocols` and sends the same
+/// length-prefixed frames as a `/v1/fetch` body on the bare connection, then closes it. The receiver reads
+/// each chunk's elements from the socket straight into the chunk ([`read_frames`]): no copy through an HTTP
+/// client's buffers. The token is checked on the request, before the switch, as for any other.
+pub const FRAMES_PROTOCOL: &str = "arrayjob-frames";
+
+/// Writes the answer for `data` (the frames of [`answer_parts`], in order) to an upgraded connection. The
+/// elements go out from the values' own buffers, a step at a time, each step checksummed just before the
+/// kernel copies it (one pass over the elements in memory, not two). Returns the bytes written.
+///
+/// # Errors
+/// When the connection fails.
+pub async fn write_frames<W>(w: W, data: &[Arc<Data>]) -> std::io::Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    // Small frames (and every frame's length prefix, header and checksum) are gathered; steps of the elements
+    // are larger than the buffer, so they go straight to the socket.
+    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
+    let mut sent = 0;
+    for d in data {
+        let (header, payload) = arrayjob_engine::frame::encode_unchecked(d);
+        let len = header.len() + payload.len() + 4;
+        w.write_all(&(len as u64).to_le_bytes()).await?;
+        w.write_all(&header).await?;
+        let mut crc = crc32c::crc32c(&header);
+        for step in payload.chunks(STEP) {
+            crc = crc32c::crc32c_append(crc, step);
+            w.write_all(step).await?;
+        }
+        w.write_all(&crc.to_le_bytes()).await?;
+        sent += 8 + len as u64;
+    }
+    w.flush().await?;
+    w.into_inner().shutdown().await?;
+    Ok(sent)
+}
+
+/// Bytes of a chunk's elements written to or read from the socket at a time: each step is checksummed right
+/// before the kernel copies it out (sender) or right after the kernel copied it in (receiver), while it is in
+/// the CPU's cache.
+const STEP: usize = 256 << 10;
+
+/// Reads `n` frames of an upgraded fetch answer (as [`write_frames`] sends them) and decodes them: a chunk's
+/// elements are read into the new chunk itself, checksummed piece by piece. Returns the values and the bytes
+/// read.
+///
+/// # Errors
+/// When the connection fails or ends early, or a frame is invalid (header, checksum, length prefix).
+pub async fn read_frames<R>(r: &mut R, n: usize) -> Result<(Vec<Data>, u64), String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut out = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for i in 0..n {
+        let frame = read_frame(r)
+            .await
+            .map_err(|e| format!("frame {} of {n}: {e}", i + 1))?;
+        bytes += frame.1;
+        out.push(frame.0);
+    }
+    Ok((out, bytes))
+}
+
+/// One frame of [`read_frames`], with the bytes it took.
+async fn read_frame<R>(r: &mut R) -> Result<(Data, u64), String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use arrayjob_engine::frame::{FrameError, parse_header};
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "the fetch answer ended inside a frame".to_string(),
+        _ => e.to_string(),
+    };
+    let mut prefix = [0u8; 8];
+    r.read_exact(&mut prefix).await.map_err(io)?;
+    let len = usize::try_from(u64::from_le_bytes(prefix)).map_err(|e| e.to_string())?;
+    // The header's fixed part says how many dimensions follow (checked before reading them), then the
+    // shape and payload length.
+    let mut header = vec![0u8; 8];
+    r.read_exact(&mut header).await.map_err(io)?;
+    match parse_header(&header) {
+        Err(FrameError::Truncated(_)) => {}
+        Err(e) => return Err(e.to_string()),
+        Ok(_) => return Err("a frame header without its payload length".into()),
+    }
+    header.resize(8 + 8 * usize::from(header[6]) + 8, 0);
+    r.read_exact(&mut header[8..]).await.map_err(io)?;
+    let h = parse_header(&header).map_err(|e| e.to_string())?;
+    if h.frame_len() != len {
+        return Err(format!(
+            "a frame announced as {len} bytes has the header of a {}-byte frame",
+            h.frame_len()
+        ));
+    }
+    let Some(dtype) = h.dtype else {
+        // A reduction partial: small, decoded whole (read as it comes rather than allocated from the header).
+        let mut frame = header;
+        (&mut *r)
+            .take((len - h.header_len) as u64)
+            .read_to_end(&mut frame)
+            .await
+            .map_err(io)?;
+        if frame.len() != len {
+            return Err("the fetch answer ended inside a frame".into());
+        }
+        let d = arrayjob_engine::frame::decode(&frame).map_err(|e| e.to_string())?;
+        return Ok((d, 8 + len as u64));
+    };
+    let mut chunk = arrayjob_engine::array::Chunk::zeros(dtype, &h.shape);
+    let elements = chunk
+        .le_bytes_slice_mut()
+        .ok_or("a new chunk is not contiguous")?;
+    let mut crc = crc32c::crc32c(&header);
+    let (mut filled, total) = (0, elements.len());
+    while filled < total {
+        let piece = &mut elements[filled..(filled + STEP).min(total)];
+        let got = r.read(piece).await.map_err(io)?;
+        if got == 0 {
+            return Err("the fetch answer ended inside a frame".into());
+        }
+        crc = crc32c::crc32c_append(crc, &piece[..got]);
+        filled += got;
+    }
+    let mut stored = [0u8; 4];
+    r.read_exact(&mut stored).await.map_err(io)?;
+    let stored = u32::from_le_bytes(stored);
+    if stored != crc {
+        return Err(format!(
+            "chunk frame checksum mismatch: stored {stored:#010x}, computed {crc:#010x}"
+        ));
+    }
+    Ok((Data::Chunk(chunk), 8 + len as u64))
+}
+
 /// Decodes a fetch answer as its pieces arrive (length-prefixed frames, split anywhere): a chunk's elements
 /// are copied once, from the network buffer straight into the chunk, with the checksum computed on the way;
 /// reduction partials (small) are decoded whole.
@@ -524,6 +665,87 @@ mod tests {
         let mut r = FrameReader::default();
         let err = r.push(&bad).expect_err("corrupt");
         assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    /// A chunk of every type, a partial and an empty chunk, with the frames a fetch answer holds for them.
+    fn values_and_answer() -> (Vec<Data>, Vec<u8>) {
+        use arrayjob_engine::array::Chunk;
+        use arrayjob_engine::kernels::reduce;
+        use arrayjob_engine::spec::ReduceKind;
+        let big = Data::Chunk(Chunk::F32(ndarray::ArrayD::from_shape_fn(
+            ndarray::IxDyn(&[300, 1000]),
+            |ix| (ix[0] * 1000 + ix[1]) as f32,
+        )));
+        let src = Chunk::U16(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2, 3]), 9));
+        let p = Data::Partial(reduce::partial(&src, &[0], ReduceKind::Mean).expect("partial"));
+        let values = vec![
+            big,
+            p,
+            Data::Chunk(Chunk::U8(ndarray::ArrayD::from_elem(
+                ndarray::IxDyn(&[0, 4]),
+                1,
+            ))),
+            Data::Chunk(Chunk::F64(ndarray::ArrayD::from_elem(
+                ndarray::IxDyn(&[3]),
+                0.5,
+            ))),
+        ];
+        let mut answer = Vec::new();
+        for d in &values {
+            for part in answer_parts(&Arc::new(d.clone())) {
+                answer.extend_from_slice(&part);
+            }
+        }
+        (values, answer)
+    }
+
+    #[test]
+    fn frames_on_a_bare_connection_are_those_of_a_fetch_body_and_are_checked() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (values, answer) = values_and_answer();
+        let shared: Vec<Arc<Data>> = values.iter().cloned().map(Arc::new).collect();
+        let mut written = Vec::new();
+        let sent = rt
+            .block_on(write_frames(&mut written, &shared))
+            .expect("write");
+        assert_eq!(written, answer, "the same bytes as a /v1/fetch body");
+        assert_eq!(sent, answer.len() as u64);
+        let (got, read) = rt
+            .block_on(read_frames(&mut answer.as_slice(), values.len()))
+            .expect("read");
+        assert_eq!(got, values);
+        assert_eq!(read, sent);
+        // A flipped bit in the big chunk's elements, a cut answer, a length prefix that lies.
+        let mut bad = answer.clone();
+        bad[8 + 40 + 500_000] ^= 1;
+        let err = rt
+            .block_on(read_frames(&mut bad.as_slice(), values.len()))
+            .expect_err("corrupt");
+        assert!(
+            err.contains("frame 1 of 4: chunk frame checksum mismatch"),
+            "{err}"
+        );
+        let err = rt
+            .block_on(read_frames(&mut &answer[..answer.len() - 2], values.len()))
+            .expect_err("cut");
+        assert!(
+            err.contains("frame 4 of 4: the fetch answer ended inside a frame"),
+            "{err}"
+        );
+        let mut lying = answer.clone();
+        lying[0] ^= 1;
+        let err = rt
+            .block_on(read_frames(&mut lying.as_slice(), values.len()))
+            .expect_err("prefix");
+        assert!(err.contains("has the header of a"), "{err}");
+        let mut magic = answer;
+        magic[8] = b'X';
+        let err = rt
+            .block_on(read_frames(&mut magic.as_slice(), values.len()))
+            .expect_err("magic");
+        assert!(err.contains("bad magic"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
 use arrayjob_engine::tracker::Attempt;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -1205,8 +1205,26 @@ async fn metrics_handler(State(data): State<DataServer>) -> Response {
 
 async fn fetch_handler(
     State(data): State<DataServer>,
-    axum::Json(req): axum::Json<FetchRequest>,
+    mut request: axum::extract::Request,
 ) -> Response {
+    // A fetch asking for the frames protocol gets them on the bare connection once the answer is sent.
+    let upgrade = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .eq_ignore_ascii_case(protocol::FRAMES_PROTOCOL.as_bytes())
+        })
+        .then(|| {
+            request
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+        })
+        .flatten();
+    let req = match axum::Json::<FetchRequest>::from_request(request, &()).await {
+        Ok(axum::Json(req)) => req,
+        Err(rejection) => return rejection.into_response(),
+    };
     let mut found = Vec::with_capacity(req.keys.len());
     for key in &req.keys {
         match data.store.get(*key) {
@@ -1222,6 +1240,28 @@ async fn fetch_handler(
                     .into_response();
             }
         }
+    }
+    if let Some(upgrade) = upgrade {
+        tokio::spawn(async move {
+            let sent = match upgrade.await {
+                Ok(io) => protocol::write_frames(hyper_util::rt::TokioIo::new(io), &found).await,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            match sent {
+                Ok(bytes) => {
+                    data.metrics.bytes_served.inc_by(bytes);
+                }
+                Err(e) => tracing::info!("sending {} key(s) to a peer: {e}", found.len()),
+            }
+        });
+        return (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (axum::http::header::CONNECTION, "upgrade"),
+                (axum::http::header::UPGRADE, protocol::FRAMES_PROTOCOL),
+            ],
+        )
+            .into_response();
     }
     // The elements go out from the store's own buffers (no copy): a stream of header, payload and checksum
     // per key, each preceded by the frame's length.
@@ -1255,6 +1295,8 @@ pub async fn fetch_keys(
     let r = client
         .post(format!("http://{address}/v1/fetch"))
         .header(protocol::AUTHORIZATION, token.header())
+        .header(reqwest::header::CONNECTION, "upgrade")
+        .header(reqwest::header::UPGRADE, protocol::FRAMES_PROTOCOL)
         .json(&FetchRequest {
             keys: keys.to_vec(),
         })
@@ -1262,9 +1304,17 @@ pub async fn fetch_keys(
         .await
         .map_err(|e| e.to_string())?;
     let status = r.status();
+    if status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        // The frames on the bare connection (used once), each chunk's elements read straight into it: the
+        // buffer only gathers headers and small frames (larger reads bypass it).
+        let io = r.upgrade().await.map_err(|e| e.to_string())?;
+        let mut io = tokio::io::BufReader::with_capacity(64 << 10, io);
+        return protocol::read_frames(&mut io, keys.len()).await;
+    }
     if !status.is_success() {
         return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
     }
+    // A server that ignored the upgrade: the frames are the body.
     let mut reader = protocol::FrameReader::default();
     let mut bytes = 0u64;
     let mut r = r;
@@ -1281,4 +1331,111 @@ pub async fn fetch_keys(
         ));
     }
     Ok((data, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_get_frames_on_an_upgraded_connection_or_as_a_body_and_strangers_are_refused() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(ChunkStore::new(
+            usize::MAX,
+            Box::new(FileSpill::new(tmp.path()).expect("spill")),
+        ));
+        let key = |group| DataKey::Piece {
+            node: 1,
+            group,
+            part: 0,
+        };
+        let values: Vec<Data> = (0..3)
+            .map(|i| {
+                Data::Chunk(Chunk::F32(ndarray::ArrayD::from_shape_fn(
+                    ndarray::IxDyn(&[100 + i, 1000]),
+                    |ix| (ix[0] * 1000 + ix[1] + i) as f32,
+                )))
+            })
+            .collect();
+        for (i, d) in values.iter().enumerate() {
+            store.put(key(i), d.clone(), usize::MAX).expect("put");
+        }
+        let token = Token::generate().expect("token");
+        let refused = Arc::new(AtomicU64::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("listen");
+        let address = listener.local_addr().expect("address").to_string();
+        let data = DataServer {
+            worker: WorkerId(0),
+            store,
+            metrics: Arc::new(WorkerMetrics::new()),
+            refused: refused.clone(),
+            damaged: None,
+        };
+        let guard = Guard {
+            token: token.clone(),
+            refused: refused.clone(),
+        };
+        rt.spawn(serve_data(listener, data, guard));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let keys = [key(2), key(0), key(1)];
+        let (got, bytes) = rt
+            .block_on(fetch_keys(&client, &token, &address, &keys))
+            .expect("fetch");
+        assert_eq!(
+            got,
+            vec![values[2].clone(), values[0].clone(), values[1].clone()]
+        );
+        // A client that does not ask for the upgrade gets the same frames as the body.
+        let body = rt.block_on(async {
+            let r = client
+                .post(format!("http://{address}/v1/fetch"))
+                .header(protocol::AUTHORIZATION, token.header())
+                .json(&FetchRequest {
+                    keys: keys.to_vec(),
+                })
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.expect("body")
+        });
+        assert_eq!(body.len() as u64, bytes);
+        let mut reader = protocol::FrameReader::default();
+        reader.push(&body).expect("frames");
+        assert_eq!(reader.finish().expect("finish"), got);
+        // A key it does not hold; no token; another job's token (counted, no upgrade).
+        let err = rt
+            .block_on(fetch_keys(&client, &token, &address, &[key(7)]))
+            .expect_err("missing");
+        assert!(err.contains("404") && err.contains("cannot serve"), "{err}");
+        assert_eq!(refused.load(Ordering::Relaxed), 0);
+        let status = rt.block_on(async {
+            let r = client
+                .post(format!("http://{address}/v1/fetch"))
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, protocol::FRAMES_PROTOCOL)
+                .json(&FetchRequest { keys: vec![key(0)] })
+                .send()
+                .await
+                .expect("post");
+            r.status()
+        });
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let other = Token::generate().expect("token");
+        let err = rt
+            .block_on(fetch_keys(&client, &other, &address, &keys))
+            .expect_err("another job's token");
+        assert!(err.contains("401"), "{err}");
+        assert_eq!(refused.load(Ordering::Relaxed), 2);
+    }
 }
