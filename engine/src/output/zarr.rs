@@ -677,12 +677,16 @@ impl ZarrWriter {
         ZSTD.with(|z| {
             let mut z = z.borrow_mut();
             let hash_log = fast_hash_log(level, raw.len());
-            if z.as_ref().is_none_or(|(l, h, _)| (*l, *h) != (level, hash_log)) {
+            if z.as_ref()
+                .is_none_or(|(l, h, _)| (*l, *h) != (level, hash_log))
+            {
                 let mut c = zstd::bulk::Compressor::new(level)
                     .map_err(|e| OutputError::write(&self.dir, "start zstd", e))?;
                 if let Some(h) = hash_log {
                     c.set_parameter(zstd::zstd_safe::CParameter::HashLog(h))
-                        .map_err(|e| OutputError::write(&self.dir, "set zstd's hash table size", e))?;
+                        .map_err(|e| {
+                            OutputError::write(&self.dir, "set zstd's hash table size", e)
+                        })?;
                 }
                 *z = Some((level, hash_log, c));
             }
