@@ -19,7 +19,9 @@ const OPERATOR_IMAGE: &str = "ghcr.io/arrayjob/arrayjob-operator:dev";
 /// The release namespace of the operator.
 const SYSTEM: &str = "arrayjob-system";
 const BUCKET: &str = "arrayjob-quickstart";
-const SLICES: usize = 160;
+/// Slices in the bucket. The examples read the first 160; the quickstart test reads them all, so that its
+/// job runs long enough (several seconds) for a worker deleted mid-job to be noticed and replaced.
+const SLICES: usize = 480;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -395,7 +397,9 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     let d = tempfile::tempdir()?;
     let ns = env.namespace("aj-quick").await?;
     s3_secret(env, &ns).await;
-    let manifest = example(env, "quick", |t| t);
+    let manifest = example(env, "quick", |t| {
+        t.replace("stop: 160", &format!("stop: {SLICES}"))
+    });
     let applied = env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest))?;
     assert!(applied.contains("created"), "{applied}");
 
@@ -451,6 +455,14 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         401,
         "another job's token was accepted"
     );
+    // The worker is deleted as soon as the coordinator has answered (it exits with the job), well before
+    // the job can end.
+    env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
+    let running = get_job(env, &ns, "quick");
+    assert_ne!(
+        running["status"]["phase"], "Succeeded",
+        "the job ended before the worker was deleted"
+    );
     // The job's pods run without API credentials: their identity may do nothing.
     let sa = format!("--as=system:serviceaccount:{}:default", ns.name());
     for verb in [["get", "pods"], ["list", "secrets"], ["create", "pods"]] {
@@ -467,16 +479,10 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
             "{verb:?}: {answer:?}"
         );
     }
-    env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
     let table = env.kubectl(&["get", "aj", "-n", &ns])?;
     for col in ["PHASE", "STAGE", "PROGRESS", "WORKERS", "AGE"] {
         assert!(table.contains(col), "{table}");
     }
-    let running = get_job(env, &ns, "quick");
-    assert_ne!(
-        running["status"]["phase"], "Succeeded",
-        "the job ended before the worker was deleted"
-    );
     // Two operator replicas: the one holding the Lease reconciles, the other waits.
     let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob")
         .iter()
