@@ -120,17 +120,26 @@ async fn setup(env: &TestEnv) {
     bucket(env).await;
 }
 
-/// Sets up the bucket and slices once per test binary.
+/// Sets up the bucket and slices once per test binary (again if its last slice is missing).
 async fn bucket(env: &TestEnv) {
     let c = env.s3().client();
-    if c.head_bucket().bucket(BUCKET).send().await.is_ok() {
-        return;
-    }
-    c.create_bucket()
+    let last = format!("slices/{:03}.png", SLICES - 1);
+    if c.head_object()
         .bucket(BUCKET)
+        .key(&last)
         .send()
         .await
-        .expect("bucket");
+        .is_ok()
+    {
+        return;
+    }
+    if c.head_bucket().bucket(BUCKET).send().await.is_err() {
+        c.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("bucket");
+    }
     for i in 0..SLICES {
         put(env, &format!("slices/{i:03}.png"), png(i)).await;
     }
