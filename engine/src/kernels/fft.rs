@@ -371,6 +371,9 @@ mod tests {
             (&[16, 5, 9], &[20, 2, 4]),
             (&[33, 130], &[33, 64]),
             (&[12, 4, 4], &[5, 2, 2]),
+            // Many tiles along the last axis, edge tiles on the leading axes too.
+            (&[9, 2, 300], &[9, 2, 7]),
+            (&[10, 3, 2, 150], &[10, 2, 2, 3]),
         ];
         for &(shape, tile) in cases {
             for float in [false, true] {
