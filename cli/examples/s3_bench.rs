@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| {
                 arrayjob_engine::s3::S3Error::request(None, "CreateBucket", BUCKET, e.to_string())
             })?;
-        Ok(())
+        Ok::<_, arrayjob_engine::s3::S3Error>(())
     })?;
 
     println!("## PUT / GET throughput (loopback SeaweedFS)\n");

@@ -313,7 +313,7 @@ fn gc(location: Option<&str>, file: Option<&Path>, scratch: bool) -> anyhow::Res
         let out = S3Location::parse("location", location)?;
         let bucket = arrayjob_engine::s3::bucket(storage, &out.bucket)?;
         bucket.probe()?;
-        let removed = arrayjob_engine::s3::publish::gc(&bucket, &out)?;
+        let removed = arrayjob_engine::output::commit::s3::gc(&bucket, &out)?;
         for p in &removed {
             println!("removed s3://{}/{p}", out.bucket);
         }

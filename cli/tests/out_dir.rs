@@ -199,3 +199,54 @@ fn second_run_into_a_busy_directory_is_refused_at_once() {
     let names: Vec<String> = snapshot(&out).into_keys().collect();
     assert_eq!(names, vec!["slow.csv", "summary.json"]);
 }
+
+#[test]
+fn a_summary_arrayjob_did_not_write_moves_nothing() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("out");
+    std::fs::create_dir_all(out.join("keep")).expect("mkdir");
+    std::fs::write(out.join("keep/notes.txt"), "mine").expect("write");
+    std::fs::write(out.join("data.csv"), "mine too").expect("write");
+    // Hand-written, or another program's: it lists the user's own files.
+    std::fs::write(
+        out.join("summary.json"),
+        r#"{"outputs": [{"path": "keep"}, {"path": "data.csv", "fingerprint": {"files": 1, "bytes": 8, "sha256": "00"}}]}"#,
+    )
+    .expect("write");
+    let stages =
+        "  - {name: a, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: a.csv}}\n";
+    let m = write(d.path(), "job.yaml", &job("own", SMALL, stages));
+    let (ok, _, err) = arrayjob_text(&["run", &m, "--out", &out.display().to_string()]);
+    assert!(ok, "{err}");
+    let after = snapshot(&out);
+    assert_eq!(
+        after.get("keep/notes.txt").map(Vec::as_slice),
+        Some(&b"mine"[..])
+    );
+    assert_eq!(
+        after.get("data.csv").map(Vec::as_slice),
+        Some(&b"mine too"[..])
+    );
+    assert!(after.contains_key("a.csv"));
+    // The run's own summary replaced the hand-written one, with fingerprints: a later run of another job
+    // removes `a.csv`, and only it.
+    let stages =
+        "  - {name: b, input: source, reduce: {op: max, axes: [1, 2]}, output: {csv: b.csv}}\n";
+    let m = write(d.path(), "other.yaml", &job("other", SMALL, stages));
+    let (ok, _, err) = arrayjob_text(&["run", &m, "--out", &out.display().to_string()]);
+    assert!(ok, "{err}");
+    let after = snapshot(&out);
+    assert!(
+        !after.contains_key("a.csv") && after.contains_key("b.csv"),
+        "{:?}",
+        after.keys()
+    );
+    assert_eq!(
+        after.get("keep/notes.txt").map(Vec::as_slice),
+        Some(&b"mine"[..])
+    );
+    assert_eq!(
+        after.get("data.csv").map(Vec::as_slice),
+        Some(&b"mine too"[..])
+    );
+}

@@ -278,15 +278,12 @@ fn gc_finishes_an_interrupted_publish_and_removes_leftover_staging() {
     put(s3, "gc/.arrayjob-staging-a/keep.csv", b"new keep\n");
     put(s3, "gc/.arrayjob-staging-a/new.zarr/zarr.json", b"{}");
     put(s3, "gc/.arrayjob-staging-a/new.zarr/c/0", b"chunk");
-    put(
-        s3,
-        "gc/.arrayjob-staging-a/summary.json",
-        br#"{"outputs":[{"path":"keep.csv"},{"path":"new.zarr"}]}"#,
-    );
+    let staged_summary = br#"{"run":"a","outputs":[{"path":"keep.csv"},{"path":"new.zarr"}]}"#;
+    put(s3, "gc/.arrayjob-staging-a/summary.json", staged_summary);
     put(
         s3,
         "gc/.arrayjob-publish.json",
-        br#"{"staging":"gc/.arrayjob-staging-a/","outputs":["keep.csv","new.zarr"],"previous":["old.csv","keep.csv"]}"#,
+        br#"{"version":2,"run":"a","staging":"gc/.arrayjob-staging-a/","outputs":["keep.csv","new.zarr"],"previous":[{"path":"old.csv","keys":["old.csv"]}]}"#,
     );
     put(s3, "gc/.arrayjob-staging-b/x.csv", b"killed run\n");
 
@@ -309,15 +306,141 @@ fn gc_finishes_an_interrupted_publish_and_removes_leftover_staging() {
         ("keep.csv", &b"new keep\n"[..]),
         ("new.zarr/c/0", b"chunk"),
         ("new.zarr/zarr.json", b"{}"),
-        (
-            "summary.json",
-            br#"{"outputs":[{"path":"keep.csv"},{"path":"new.zarr"}]}"#,
-        ),
+        ("summary.json", staged_summary),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_vec()))
     .collect();
     assert_eq!(left, expected);
+}
+
+/// Every object of the bucket but the slices and scratch of other tests: what a refused journal must not touch.
+fn bucket_snapshot(s3: &S3Endpoint, prefixes: &[&str]) -> BTreeMap<String, Vec<u8>> {
+    prefixes
+        .iter()
+        .flat_map(|p| {
+            objects(s3, p)
+                .into_iter()
+                .map(move |(k, v)| (format!("{p}{k}"), v))
+        })
+        .collect()
+}
+
+#[test]
+fn a_journal_that_is_not_one_arrayjob_writes_there_is_refused_and_nothing_is_deleted() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    let m = write(d.path(), "job.yaml", &small_job(&storage(s3), 8));
+    // Beside the location: what an unchecked journal would reach (its staging, a sibling, the bucket).
+    put(s3, "beside/data.csv", b"someone else's\n");
+    put(s3, "journal-out2/x.csv", b"a sibling location\n");
+    put(s3, "journal-out/keep/a.csv", b"the user's own\n");
+    put(
+        s3,
+        "journal-out/.arrayjob-staging-r1/summary.json",
+        br#"{"run":"r1","outputs":[{"path":"new.csv"}]}"#,
+    );
+    put(s3, "journal-out/.arrayjob-staging-r1/new.csv", b"new\n");
+    let cases: [(&str, &str); 7] = [
+        // The outside try of the issue: the empty staging prefix is the whole bucket.
+        (
+            r#"{"staging":"","outputs":[],"previous":[]}"#,
+            "not a publish journal",
+        ),
+        (
+            r#"{"version":2,"run":"r1","staging":"","outputs":[],"previous":[]}"#,
+            r#"staging "" is not this location's staging prefix of run r1"#,
+        ),
+        (
+            r#"{"version":2,"run":"r1","staging":"beside/","outputs":["data.csv"],"previous":[]}"#,
+            r#"staging "beside/" is not this location's staging prefix"#,
+        ),
+        (
+            r#"{"version":2,"run":"../x","staging":"journal-out/.arrayjob-staging-../x/","outputs":[],"previous":[]}"#,
+            r#"run "../x" is not a run id"#,
+        ),
+        (
+            r#"{"version":2,"run":"r1","staging":"journal-out/.arrayjob-staging-r1/","outputs":["new.csv"],"previous":[{"path":"keep","keys":["keep/a.csv","../journal-out2/x.csv"]}]}"#,
+            r#"key "../journal-out2/x.csv" of previous output "keep" is not inside it"#,
+        ),
+        (
+            r#"{"version":2,"run":"r1","staging":"journal-out/.arrayjob-staging-r1/","outputs":["../beside"],"previous":[]}"#,
+            r#"names "../beside", which is not an output path"#,
+        ),
+        (
+            r#"{"version":2,"run":"r1","staging":"journal-out/.arrayjob-staging-r1/","outputs":["other.csv"],"previous":[]}"#,
+            "its staging's summary.json is not the summary of run r1 with the journal's outputs",
+        ),
+    ];
+    for (journal, problem) in cases {
+        put(s3, "journal-out/.arrayjob-publish.json", journal.as_bytes());
+        let before = bucket_snapshot(s3, &["beside/", "journal-out2/", "journal-out/"]);
+        let (ok, _, err) = arrayjob_aws(
+            d.path(),
+            &["gc", &format!("s3://{BUCKET}/journal-out"), "--file", &m],
+            &s3_credentials(s3),
+        );
+        assert!(!ok, "gc acted on {journal}");
+        assert!(
+            err.contains(&format!(
+                "s3://{BUCKET}/journal-out/.arrayjob-publish.json: "
+            )) && err.contains(problem)
+                && err.contains("nothing was changed"),
+            "{journal}: {err}"
+        );
+        let (ok, _, err) = run(
+            d.path(),
+            &small_job(&storage(s3), 8),
+            &format!("s3://{BUCKET}/journal-out"),
+            &[],
+        );
+        assert!(
+            !ok && err.contains(problem),
+            "a run went on over {journal}: {err}"
+        );
+        assert_eq!(
+            bucket_snapshot(s3, &["beside/", "journal-out2/", "journal-out/"]),
+            before,
+            "{journal}: something changed"
+        );
+    }
+}
+
+#[test]
+fn a_summary_arrayjob_did_not_write_deletes_nothing_on_s3() {
+    let s3 = server();
+    let d = tempfile::tempdir().expect("tmp");
+    put(s3, "handwritten/keep/a.csv", b"mine\n");
+    put(s3, "handwritten/notes.txt", b"mine too\n");
+    // Hand-written: paths without fingerprints, one with a made-up fingerprint, one outside the location.
+    put(
+        s3,
+        "handwritten/summary.json",
+        br#"{"outputs":[{"path":"keep"},{"path":"notes.txt","fingerprint":{"files":1,"bytes":9,"sha256":"00"}},{"path":"../beside"}]}"#,
+    );
+    put(s3, "beside/data.csv", b"someone else's\n");
+    let out = format!("s3://{BUCKET}/handwritten");
+    let (ok, _, err) = run(d.path(), &small_job(&storage(s3), 8), &out, &[]);
+    assert!(ok, "the run failed: {err}");
+    let left = objects(s3, "handwritten/");
+    assert_eq!(
+        left.get("keep/a.csv").map(Vec::as_slice),
+        Some(&b"mine\n"[..])
+    );
+    assert_eq!(
+        left.get("notes.txt").map(Vec::as_slice),
+        Some(&b"mine too\n"[..])
+    );
+    assert_eq!(
+        objects(s3, "beside/").get("data.csv").map(Vec::as_slice),
+        Some(&b"someone else's\n"[..])
+    );
+    // And a run's own previous outputs, fingerprinted, are replaced: the next run of another job removes them.
+    let summary: serde_json::Value = serde_json::from_slice(&left["summary.json"]).expect("json");
+    assert!(
+        summary["outputs"][0]["fingerprint"]["sha256"].is_string(),
+        "{summary}"
+    );
 }
 
 /// The sum over workers of a store counter in `workers.json`.

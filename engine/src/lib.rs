@@ -7,7 +7,6 @@ pub mod exec;
 pub mod frame;
 pub mod graph;
 pub mod kernels;
-pub mod outdir;
 pub mod output;
 pub mod plan;
 pub mod resources;

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod commit;
 pub mod csv;
 pub mod direct;
 pub mod image;

@@ -160,6 +160,29 @@ impl serde::Serialize for PlanHash {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for PlanHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for PlanHash {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a plan hash (64 hex digits)");
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(PlanHash(out))
+    }
+}
+
 /// A spec that is valid on its own but does not fit the actual data.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]

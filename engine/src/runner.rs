@@ -2,7 +2,7 @@
 //!
 //! Outputs are written into a staging directory inside the output location and moved into place only when
 //! the whole run succeeded, replacing the previous run's outputs as a whole, `summary.json` last (see
-//! [`crate::outdir`]). A failed or interrupted run leaves the previous outputs (if any) untouched and no
+//! [`crate::output::commit`]). A failed or interrupted run leaves the previous outputs (if any) untouched and no
 //! half-written file under a final name.
 
 use std::path::{Path, PathBuf};
@@ -11,13 +11,12 @@ use std::sync::atomic::AtomicBool;
 
 use crate::array::Chunk;
 use crate::exec::{ChunkSink, ExecError, ExecOptions, JobProgress, NodeSnapshot, execute};
-use crate::outdir;
 use crate::output::OutputError;
+use crate::output::commit::{self, CommitError, Fingerprint, dir as outdir, s3 as publish};
 use crate::output::plot::PlotSpec;
 use crate::output::zarr::{ArrayPlace, ZarrOptions, ZarrWriter};
 use crate::plan::{Plan, PlanError};
 use crate::s3::objects::S3Location;
-use crate::s3::publish;
 use crate::s3::spill::Scratch;
 use crate::source::{SliceSource, SourceError};
 use crate::spec::ArrayJobManifest;
@@ -41,31 +40,9 @@ pub enum RunError {
     /// An S3 request failed (output location, lock, publish).
     #[error(transparent)]
     S3(#[from] crate::s3::S3Error),
-    /// Another run is using the output directory.
-    #[error(
-        "output directory {dir} is in use by another arrayjob run ({holder} holds {dir}/{lock}); wait for it to \
-         finish or choose another --out",
-        lock = crate::outdir::LOCK_FILE
-    )]
-    Busy {
-        /// Directory.
-        dir: String,
-        /// What the lock file says of its holder (`pid N`).
-        holder: String,
-    },
-    /// Moving the outputs into place failed, and so did putting the previous ones back.
-    #[error(
-        "output directory {dir}: moving the outputs into place failed ({error}), and restoring the previous \
-         outputs failed too ({rollback}); the next run into it retries restoring them"
-    )]
-    Rollback {
-        /// Directory.
-        dir: String,
-        /// Why the commit failed.
-        error: String,
-        /// Why the rollback failed.
-        rollback: String,
-    },
+    /// The output location could not be locked, prepared or committed into.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
     /// The output location could not be prepared.
     // The I/O error is in the message, not a `source`, so `{:#}` chains do not print it twice.
     #[error("output directory {path}: {error}")]
@@ -180,11 +157,13 @@ pub fn check_job_id(id: &str) -> Result<(), String> {
 }
 
 /// What `summary.json` holds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     /// Job name.
     pub job: String,
+    /// The run's id: its `--job-id`, or a random one.
+    pub run: String,
     /// The plan's hash ([`crate::plan::PlanHash`]): runs with equal hashes compute the same results.
     pub plan_hash: crate::plan::PlanHash,
     /// Wall-clock seconds of the run.
@@ -203,12 +182,12 @@ pub struct RunSummary {
     /// Files written, relative to the output directory.
     pub outputs: Vec<OutputRecord>,
     /// S3 requests and bytes of this process, when the run used S3.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<crate::s3::objects::S3Counters>,
 }
 
 /// One output file of a run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutputRecord {
     /// Stage that produced it.
@@ -217,6 +196,10 @@ pub struct OutputRecord {
     pub kind: String,
     /// Path relative to the output directory.
     pub path: String,
+    /// What it holds (names and sizes), so that a later run can tell it is as this run wrote it before it
+    /// removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 struct NodeSinks {
@@ -590,7 +573,7 @@ pub fn run(
 /// ([`run_to_s3`]). Either way the outputs appear as a whole, `summary.json` last, or not at all.
 ///
 /// # Errors
-/// The first failure ([`RunError::Busy`] at once when another run holds the location); the previous outputs
+/// The first failure ([`CommitError::Busy`] at once when another run holds the location); the previous outputs
 /// are kept.
 pub fn run_with(
     job: &Prepared,
@@ -646,13 +629,14 @@ fn run_to_dir(
     let lock = outdir::OutDirLock::acquire(dir)?;
     outdir::clean(dir, &lock)?;
     let staging = tempfile::Builder::new()
-        .prefix(outdir::STAGING_PREFIX)
+        .prefix(commit::STAGING_PREFIX)
         .tempdir_in(dir)
         .map_err(io_err(dir))?;
     let root = ArrayPlace::Dir(staging.path().to_path_buf());
     let outputs = Outputs::create(job, root, staging.path(), places.scratch.cloned())?;
     let summary = execute_into(
         job,
+        places.run,
         opts,
         executor,
         progress,
@@ -661,8 +645,15 @@ fn run_to_dir(
         staging.path(),
         started,
     )?;
-    let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
-    outdir::commit(dir, staging.path(), &paths)?;
+    let new: Vec<outdir::NewOutput> = summary
+        .outputs
+        .iter()
+        .map(|r| outdir::NewOutput {
+            path: r.path.clone(),
+            fingerprint: r.fingerprint.clone().unwrap_or_else(|| Fingerprint::of([])),
+        })
+        .collect();
+    outdir::commit(dir, staging.path(), &new)?;
     // `staging` is dropped (removed) before `lock`, which was made first: no run sees a staging dir of ours.
     Ok(summary)
 }
@@ -670,7 +661,11 @@ fn run_to_dir(
 /// Checks the bucket, locks the location (finishing what an interrupted run left), executes the plan with the
 /// Zarr arrays written under the run's staging prefix by whoever computes their chunks and the small outputs
 /// in a local temporary directory, then publishes ([`publish::publish`]). On failure the staging prefix is
-/// deleted and the previous outputs are untouched.
+/// deleted and the previous outputs are untouched; once the publish began, its journal owns the staging prefix.
+///
+/// A resumable run (`--job-id`) whose killed predecessor already published the job's outputs (the summary at
+/// the location is that run's, and every output still has its fingerprint) publishes nothing again: it returns
+/// that summary.
 fn run_to_s3(
     out: &S3Location,
     places: RunPlaces<'_>,
@@ -686,15 +681,28 @@ fn run_to_s3(
     bucket.probe()?;
     let run = places.run;
     let lease = publish::lease_of(storage);
-    let staged = out.join(&format!("{}{run}", outdir::STAGING_PREFIX));
+    let staged = out.join(&format!("{}{run}", commit::STAGING_PREFIX));
     // A resumable run owns its job's ledger before anything else: then a lock of its own run id on the
     // location is a killed predecessor's, taken over at once.
     let ledger = match (&opts.job_id, places.scratch) {
-        (Some(_), Some(scratch)) => Some(open_ledger(job, scratch, &bucket, &staged, lease)?),
+        (Some(_), Some(scratch)) => Some((take_ledger(job, scratch, lease)?, scratch)),
         _ => None,
     };
     let lock = publish::S3OutLock::acquire(&bucket, out, run, lease)?;
+    // An interrupted publish is finished first: only then is it known whether this job's staging still stands.
     publish::clean(&bucket, out, &lock, Some(&staged.prefix))?;
+    let mut ledger = match ledger {
+        Some((l, scratch)) => match settle_ledger(job, run, l, scratch, &bucket, out)? {
+            Settled::Resume(l) => Some(*l),
+            Settled::Published(summary) => return Ok(*summary),
+        },
+        None => None,
+    };
+    if ledger.is_none() && opts.job_id.is_some() {
+        // No ledger (no `storage.s3`): a staging prefix of this id is a killed run's, not to be resumed.
+        let (b, p) = (bucket.clone(), staged.prefix.clone());
+        block(async move { publish::delete_staging(&b, &p).await })?;
+    }
     let local = tempfile::Builder::new()
         .prefix("arrayjob-run-")
         .tempdir()
@@ -704,10 +712,11 @@ fn run_to_s3(
         prefix: staged.prefix.clone(),
     };
     let mut outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
-    outputs.ledger = ledger.map(std::sync::Arc::new);
+    outputs.ledger = ledger.take().map(std::sync::Arc::new);
     let resumable = outputs.ledger.is_some();
     let result = execute_into(
         job,
+        run,
         opts,
         executor,
         progress,
@@ -719,57 +728,127 @@ fn run_to_s3(
     .and_then(|mut summary| {
         summary.s3 = Some(crate::s3::objects::counters());
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        let path = local.path().join(outdir::SUMMARY);
+        let path = local.path().join(commit::SUMMARY);
         std::fs::write(&path, text + "\n").map_err(io_err(&path))?;
         let paths: Vec<String> = summary.outputs.iter().map(|r| r.path.clone()).collect();
-        publish::publish(&bucket, out, &staged, local.path(), &paths, &lock)?;
+        publish::publish(&bucket, out, run, local.path(), &paths, &lock)?;
         Ok(summary)
     });
-    // A resumable run's staging stays with its ledger (unless its scratch goes too), for the run that resumes.
-    let keep_staging = resumable && storage.and_then(|s| s.keep_failed_scratch) != Some(false);
+    // A resumable run's staging stays with its ledger (unless its scratch goes too), for the run that resumes;
+    // a publish that began belongs to its journal.
+    let keep_staging = (resumable && storage.and_then(|s| s.keep_failed_scratch) != Some(false))
+        || matches!(
+            result,
+            Err(RunError::Commit(CommitError::PublishUnfinished { .. }))
+        );
     if result.is_err() && !keep_staging {
-        let b = bucket.clone();
-        let prefix = staged.prefix.clone();
-        if let Err(e) = crate::s3::objects::block(async move { b.delete_prefix(&prefix).await }) {
+        let (b, prefix) = (bucket.clone(), staged.prefix.clone());
+        if let Err(e) = block(async move { publish::delete_staging(&b, &prefix).await }) {
             tracing::warn!(error = %e, "cannot remove the staging prefix of the failed run; the next run or `arrayjob gc` does");
         }
     }
     result
 }
 
-/// Marks a staging prefix as the one a ledger describes: a ledger whose staging lost it (deleted by a failed
-/// run's cleanup or by `arrayjob gc`) is not used.
-const LEDGER_MARKER: &str = ".arrayjob-ledger";
+use crate::s3::ledger::Ledger;
+use crate::s3::objects::block;
 
-/// Takes the job's ledger (waiting for a killed coordinator's lease to run out) and reads it. A ledger of
-/// another plan, or whose staging prefix is gone, is reset and the staging prefix emptied: the run starts
-/// over.
-fn open_ledger(
+/// Takes the job's ledger (waiting for a killed coordinator's lease to run out) and reads it.
+fn take_ledger(
     job: &Prepared,
     scratch: &Scratch,
-    bucket: &crate::s3::objects::Bucket,
-    staged: &crate::s3::objects::S3Location,
     lease: std::time::Duration,
-) -> Result<crate::s3::ledger::Ledger, RunError> {
-    use crate::s3::objects::block;
+) -> Result<Ledger, RunError> {
     let owner = format!("coordinator-{}", run_id());
-    let mut ledger =
-        crate::s3::ledger::Ledger::open(scratch, &job.plan.hash.to_string(), &owner, lease)?;
+    Ok(Ledger::open(
+        scratch,
+        &job.plan.hash.to_string(),
+        &owner,
+        lease,
+    )?)
+}
+
+/// What a resumable run does with the ledger it found, once the location is clean.
+enum Settled {
+    /// Go on from it (or from nothing, when it was empty or unusable and reset).
+    Resume(Box<Ledger>),
+    /// The job's outputs are published already: the ledger is what a killed run left after its publish.
+    Published(Box<RunSummary>),
+}
+
+/// Decides, with the location locked and any interrupted publish finished, what the ledger is worth:
+/// - written, and the location's `summary.json` is this run's (same run id and plan, every output with its
+///   fingerprint): published already;
+/// - written for another plan, or its staging prefix lost its marker (deleted, or being deleted, by a publish,
+///   a failed run's cleanup or `arrayjob gc`): reset, and the staging and exchange emptied: the run starts over;
+/// - otherwise resumed. The staging prefix is marked as the one the ledger describes.
+fn settle_ledger(
+    job: &Prepared,
+    run: &str,
+    mut ledger: Ledger,
+    scratch: &Scratch,
+    bucket: &crate::s3::objects::Bucket,
+    out: &S3Location,
+) -> Result<Settled, RunError> {
+    let staged = out.join(&format!("{}{run}", commit::STAGING_PREFIX));
     let state = ledger.found();
-    let marker = staged.key(LEDGER_MARKER);
+    if state.segments > 0
+        && !state.other_plan
+        && let Some(summary) = published_run(bucket, out, run, job)?
+    {
+        tracing::warn!(location = %out, run, "the job's outputs were published by the run that was interrupted; nothing is left to do");
+        let (b, p) = (bucket.clone(), staged.prefix.clone());
+        block(async move { publish::delete_staging(&b, &p).await })?;
+        return Ok(Settled::Published(Box::new(summary)));
+    }
+    let marker = staged.key(publish::LEDGER_MARKER);
     let (b, m) = (bucket.clone(), marker.clone());
-    let marked = block(async move { b.get(&m).await })?.is_some();
+    let marked = block(async move { b.get_bounded(&m, 1024).await })?.is_some();
     if state.segments > 0 && (state.other_plan || !marked) {
         tracing::warn!(ledger = %ledger.uri(), other_plan = state.other_plan, "the job's ledger cannot be used; starting over");
         ledger.reset()?;
         let (b, p) = (bucket.clone(), staged.prefix.clone());
-        block(async move { b.delete_prefix(&p).await })?;
+        block(async move { publish::delete_staging(&b, &p).await })?;
         let (b, p) = (bucket.clone(), scratch.location.key("exchange/"));
         block(async move { b.delete_prefix(&p).await })?;
     }
     let (b, body) = (bucket.clone(), bytes::Bytes::from_static(b"{}\n"));
     block(async move { b.put(&marker, body).await })?;
-    Ok(ledger)
+    Ok(Settled::Resume(Box::new(ledger)))
+}
+
+/// The summary at `out` if it is the one run `run` of `job` published and every output it lists still has its
+/// fingerprint; `None` otherwise (no summary, another run's, an unreadable one, or outputs changed since).
+fn published_run(
+    bucket: &crate::s3::objects::Bucket,
+    out: &S3Location,
+    run: &str,
+    job: &Prepared,
+) -> Result<Option<RunSummary>, RunError> {
+    let (b, k) = (bucket.clone(), out.key(commit::SUMMARY));
+    let Some((body, _)) = block(async move { b.get_bounded(&k, commit::MAX_RECORD_BYTES).await })?
+    else {
+        return Ok(None);
+    };
+    let summary = match serde_json::from_slice::<RunSummary>(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(location = %out, error = %e, "the summary there is not a run's");
+            return Ok(None);
+        }
+    };
+    if summary.run != run || summary.plan_hash != job.plan.hash {
+        tracing::debug!(location = %out, run = %summary.run, "the summary there is another run's");
+        return Ok(None);
+    }
+    for o in &summary.outputs {
+        let now = publish::fingerprint(bucket, &out.prefix, &o.path)?;
+        if o.fingerprint.is_none() || now != o.fingerprint {
+            tracing::debug!(location = %out, path = %o.path, "an output is not as the summary says");
+            return Ok(None);
+        }
+    }
+    Ok(Some(summary))
 }
 
 /// A fresh run id: 16 hex digits (std's randomly seeded hasher keys as the entropy source, and the time).
@@ -790,6 +869,7 @@ pub fn run_id() -> String {
 #[allow(clippy::too_many_arguments)]
 fn execute_into(
     job: &Prepared,
+    run: &str,
     opts: &RunOptions,
     executor: &mut dyn Executor,
     progress: &JobProgress,
@@ -799,8 +879,12 @@ fn execute_into(
     started: std::time::Instant,
 ) -> Result<RunSummary, RunError> {
     let store = executor.execute(job, &outputs, staging, progress, cancel)?;
+    let zarr_root = outputs.zarr_root().clone();
     let (mut records, values) = outputs.finish(&job.plan)?;
     records.extend(executor.extra_outputs(staging)?);
+    for r in &mut records {
+        r.fingerprint = Some(fingerprint(&zarr_root, staging, r)?);
+    }
     let mut stages = progress.snapshot();
     for (name, v) in values {
         if let Some(st) = stages.iter_mut().find(|s| s.name == name) {
@@ -809,6 +893,7 @@ fn execute_into(
     }
     let summary = RunSummary {
         job: job.manifest.metadata.name.clone(),
+        run: run.to_owned(),
         plan_hash: job.plan.hash,
         seconds: started.elapsed().as_secs_f64(),
         threads: opts.threads,
@@ -819,11 +904,27 @@ fn execute_into(
         outputs: records,
         s3: None,
     };
-    let tmp = staging.join(outdir::SUMMARY);
+    let tmp = staging.join(commit::SUMMARY);
     let text = serde_json::to_string_pretty(&summary)
         .map_err(|e| OutputError::invalid(Path::new("summary.json"), "summary", e.to_string()))?;
     std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     Ok(summary)
+}
+
+/// The fingerprint of output `r` as staged: a Zarr array under `zarr_root`, anything else in `staging`.
+fn fingerprint(
+    zarr_root: &ArrayPlace,
+    staging: &Path,
+    r: &OutputRecord,
+) -> Result<Fingerprint, RunError> {
+    let found = match zarr_root {
+        ArrayPlace::S3 { bucket, prefix } if r.kind == "zarr" => {
+            // The array's prefix is `prefix` + path + `/`; its listing is under the staging prefix.
+            publish::fingerprint(bucket, prefix, &r.path)?
+        }
+        _ => outdir::fingerprint(staging, &r.path)?,
+    };
+    Ok(found.unwrap_or_else(|| Fingerprint::of([])))
 }
 
 impl Outputs {
@@ -864,6 +965,7 @@ impl Outputs {
                     stage: n.name.clone(),
                     kind: "zarr".into(),
                     path: z.clone(),
+                    fingerprint: None,
                 });
             }
             let wants_dense = dense_output(n);
@@ -934,6 +1036,7 @@ impl Outputs {
                     stage: n.name.clone(),
                     kind: "image".into(),
                     path: f.clone(),
+                    fingerprint: None,
                 });
             }
             if let (Some(m), Some(d)) = (&o.montage, &dense) {
@@ -950,6 +1053,7 @@ impl Outputs {
                     stage: n.name.clone(),
                     kind: "csv".into(),
                     path: f.clone(),
+                    fingerprint: None,
                 });
             }
             if let Some(p) = &o.plot
@@ -960,6 +1064,7 @@ impl Outputs {
                     stage: n.name.clone(),
                     kind: "plot".into(),
                     path: p.file.clone(),
+                    fingerprint: None,
                 });
             }
         }
@@ -997,6 +1102,7 @@ fn write_montage(
         stage: plan.nodes[node].name.clone(),
         kind: "montage".into(),
         path: m.file.clone(),
+        fingerprint: None,
     })
 }
 

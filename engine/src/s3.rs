@@ -19,7 +19,6 @@ use crate::spec::S3Storage;
 
 pub mod ledger;
 pub mod objects;
-pub mod publish;
 pub mod spill;
 
 /// Retries of one request when the spec does not say.

@@ -484,6 +484,7 @@ impl Coordinator {
             stage: "-".into(),
             kind: kind.into(),
             path: path.into(),
+            fingerprint: None,
         })
         .collect())
     }

@@ -25,11 +25,11 @@ use tracing::warn;
 
 use super::S3Error;
 use super::objects::{Bucket, CondPut, S3Location, block};
-use super::publish::S3OutLock;
 use super::spill::Scratch;
 use crate::data::DataKey;
 use crate::graph::TaskId;
-use crate::runner::RunError;
+use crate::output::commit::CommitError;
+use crate::output::commit::s3::S3OutLock;
 
 /// An object of the exchange: the frames of `keys`, in this order (a fetch answer's bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,13 +127,13 @@ impl Ledger {
     /// holds it (at most one lease and a little: a holder that stopped renewing loses it), and reads it.
     ///
     /// # Errors
-    /// [`RunError::Busy`] when a live coordinator keeps it; the S3 error when a request fails.
+    /// [`CommitError::Busy`] when a live coordinator keeps it; the S3 error when a request fails.
     pub fn open(
         scratch: &Scratch,
         plan_hash: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<Ledger, RunError> {
+    ) -> Result<Ledger, CommitError> {
         let location = scratch.location.join(LEDGER_DIR);
         let lock = acquire_waiting(&scratch.bucket, &location, owner, lease)?;
         let mut ledger = Ledger {
@@ -160,17 +160,17 @@ impl Ledger {
         self.location.to_string()
     }
 
-    fn read(&self) -> Result<LedgerState, RunError> {
+    fn read(&self) -> Result<LedgerState, CommitError> {
         let (b, prefix) = (
             self.bucket.clone(),
             self.location.key(SEGMENT_PREFIX).to_owned(),
         );
-        let segments = block(async move { fetch_all(&b, &prefix).await })?;
+        let segments = block(async move { fetch_all(&b, &prefix, MAX_SEGMENT_BYTES).await })?;
         let mut state = LedgerState::default();
         let mut deleted = BTreeSet::new();
         for (key, body) in segments {
             let seg: Segment = serde_json::from_slice(&body).map_err(|e| {
-                RunError::S3(S3Error::request(
+                CommitError::S3(S3Error::request(
                     None,
                     "GetObject",
                     &format!("s3://{}/{key}", self.bucket.name()),
@@ -192,7 +192,7 @@ impl Ledger {
     /// # Errors
     /// When the write fails, or when another coordinator wrote that segment or took the lock over: this one
     /// no longer owns the job.
-    pub fn append(&self, mut seg: Segment) -> Result<(), RunError> {
+    pub fn append(&self, mut seg: Segment) -> Result<(), CommitError> {
         self.lock.check()?;
         seg.plan_hash.clone_from(&self.plan_hash);
         seg.owner.clone_from(&self.owner);
@@ -202,7 +202,7 @@ impl Ledger {
         let (b, k) = (self.bucket.clone(), key.clone());
         match block(async move { b.put_if(&k, body, None).await })? {
             CondPut::Written(_) => Ok(()),
-            CondPut::Refused => Err(RunError::S3(S3Error::request(
+            CondPut::Refused => Err(CommitError::S3(S3Error::request(
                 None,
                 "PutObject",
                 &format!("s3://{}/{key}", self.bucket.name()),
@@ -234,7 +234,7 @@ impl Ledger {
             self.bucket.clone(),
             self.location.key(&format!("{GATHERED_DIR}/")),
         );
-        let objects = block(async move { fetch_all(&b, &prefix).await })?;
+        let objects = block(async move { fetch_all(&b, &prefix, MAX_GATHERED_BYTES).await })?;
         objects
             .into_iter()
             .map(|(key, frame)| {
@@ -278,11 +278,16 @@ impl Ledger {
     }
 }
 
-/// Every object under `prefix`, in key order, with its bytes.
-async fn fetch_all(b: &Bucket, prefix: &str) -> Result<Vec<(String, Bytes)>, S3Error> {
+/// Largest ledger segment read back (a segment holds ~50 ms of news: far less).
+const MAX_SEGMENT_BYTES: u64 = crate::output::commit::MAX_RECORD_BYTES;
+/// Largest gathered block read back: a block of an image, CSV or plot of a small output.
+const MAX_GATHERED_BYTES: u64 = 1 << 30;
+
+/// Every object under `prefix`, in key order, with its bytes; an object larger than `max` is an error.
+async fn fetch_all(b: &Bucket, prefix: &str, max: u64) -> Result<Vec<(String, Bytes)>, S3Error> {
     let mut out = Vec::new();
     for (key, _) in b.list(prefix).await? {
-        if let Some((body, _)) = b.get(&key).await? {
+        if let Some((body, _)) = b.get_bounded(&key, max).await? {
             out.push((key, body));
         }
     }
@@ -315,13 +320,13 @@ fn acquire_waiting(
     location: &S3Location,
     owner: &str,
     lease: Duration,
-) -> Result<S3OutLock, RunError> {
+) -> Result<S3OutLock, CommitError> {
     let deadline = Instant::now() + lease + Duration::from_secs(10);
     let what = format!("the ledger at {location}");
     let mut warned = false;
     loop {
         match S3OutLock::acquire_key(bucket, &location.key(OWNER_LOCK), &what, owner, lease) {
-            Err(RunError::Busy { holder, .. }) if Instant::now() < deadline => {
+            Err(CommitError::Busy { holder, .. }) if Instant::now() < deadline => {
                 if !warned {
                     warn!(ledger = %location, %holder, "another coordinator owns this job; waiting for its lease to run out");
                     warned = true;

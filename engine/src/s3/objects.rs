@@ -380,6 +380,35 @@ impl Bucket {
         self.get_ranged(key, None).await
     }
 
+    /// The object at `key` and its ETag, as [`Bucket::get`], refused when it is larger than `max` bytes (a
+    /// record read back from a location that anyone may have written: a lock, a journal, a summary).
+    ///
+    /// # Errors
+    /// When the request fails (other than 404), or the object is larger than `max`.
+    pub async fn get_bounded(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> Result<Option<(Bytes, String)>, S3Error> {
+        let too_large = || {
+            S3Error::request(
+                None,
+                "GetObject",
+                &self.uri(key),
+                format!("larger than {max} bytes: not an object arrayjob writes there"),
+            )
+        };
+        // Ask for one byte more than allowed: a longer answer means a larger object. A ranged answer carries
+        // the whole object's ETag (the lock's `If-Match` needs it).
+        match self.get_ranged(key, Some(format!("bytes=0-{max}"))).await? {
+            None => Ok(None),
+            Some((bytes, _)) if bytes.len() as u64 > max => Err(too_large()),
+            Some((bytes, etag)) if !etag.is_empty() => Ok(Some((bytes, etag))),
+            // An empty object answers 416, without an ETag.
+            Some(_) => self.get(key).await,
+        }
+    }
+
     /// Bytes `start..end` of the object at `key` (one ranged GetObject; fewer when the object is shorter);
     /// `None` when there is none.
     ///
@@ -636,6 +665,16 @@ impl Bucket {
     /// # Errors
     /// As [`Bucket::list`] and [`Bucket::delete`].
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, S3Error> {
+        // Everything arrayjob deletes lies below a "directory" of the bucket; the empty prefix is the whole
+        // bucket, and a prefix without '/' takes whatever top-level keys happen to start with it.
+        if !prefix.contains('/') {
+            return Err(S3Error::request(
+                None,
+                "DeleteObjects",
+                &self.uri(prefix),
+                "refusing to delete every object under a prefix that is not inside a folder of the bucket".into(),
+            ));
+        }
         let keys: Vec<String> = self
             .list(prefix)
             .await?
@@ -697,20 +736,21 @@ fn is_not_found<E: ProvideErrorMetadata>(
 ///
 /// # Errors
 /// `fut`'s error, or [`S3Error::Config`] when the runtime cannot start.
-pub fn block<T, F>(fut: F) -> Result<T, S3Error>
+pub fn block<T, E, F>(fut: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: std::future::Future<Output = Result<T, S3Error>> + Send + 'static,
+    E: From<S3Error> + Send + 'static,
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     super::runtime()?.spawn(async move {
         let _ = tx.send(fut.await);
     });
     rx.recv().unwrap_or_else(|_| {
-        Err(S3Error::Config {
+        Err(E::from(S3Error::Config {
             field: "spec.storage.s3".into(),
             message: "the S3 runtime stopped".into(),
-        })
+        }))
     })
 }
 

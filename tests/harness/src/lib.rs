@@ -21,6 +21,7 @@
 pub mod agent;
 mod env;
 mod error;
+pub mod faultproxy;
 pub mod locate;
 mod proc;
 pub mod s3;
@@ -28,6 +29,7 @@ pub mod s3;
 pub use agent::{CHAOS_TAINT_KEY, NodeSpec, TaintSpec, default_nodes};
 pub use env::{EnvOptions, TestEnv, TestNamespace};
 pub use error::Error;
+pub use faultproxy::{AfterFault, FaultProxy, S3Request};
 pub use s3::{S3Endpoint, S3Server};
 
 /// Result type of this crate.
