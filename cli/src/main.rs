@@ -126,8 +126,9 @@ struct DistArgs {
     /// for them. With `--workers N` the default is a free port on 127.0.0.1.
     #[arg(long, env = "ARRAYJOB_LISTEN")]
     listen: Option<std::net::SocketAddr>,
-    /// The address workers reach the coordinator at (default: the one it listens on).
-    #[arg(long, env = "ARRAYJOB_ADVERTISE")]
+    /// The `host:port` local workers reach the coordinator at (default: the one it listens on; loopback
+    /// when that is every interface).
+    #[arg(long, env = "ARRAYJOB_ADVERTISE", value_parser = arrayjob_runtime::cli::advertised)]
     advertise: Option<String>,
     /// Threads of each local worker (default: this machine's cores divided among the workers).
     #[arg(long, env = "ARRAYJOB_WORKER_THREADS")]

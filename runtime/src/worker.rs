@@ -452,7 +452,16 @@ pub async fn advertised_address(
     if local.is_unspecified() {
         anyhow::bail!("this worker listens on {bound} and has no address of its own; {hint}");
     }
-    Ok(SocketAddr::new(local, bound.port()).to_string())
+    let address = SocketAddr::new(local, bound.port()).to_string();
+    if local.is_loopback() {
+        // Right when every worker runs on this host; peers elsewhere would dial themselves.
+        tracing::warn!(
+            %address,
+            "this worker reaches the coordinator over loopback, so it advertises a loopback address: only \
+             workers on this host can fetch from it; {hint} if others run elsewhere"
+        );
+    }
+    Ok(address)
 }
 
 /// Builds the plan from the job description, as the coordinator did.
