@@ -62,7 +62,8 @@ enum Command {
         #[arg(long, short, env = "ARRAYJOB_QUIET")]
         quiet: bool,
         /// Run on this many worker processes started on this machine, each on its own loopback address
-        /// (127.0.0.2, 127.0.0.3, ...), talking over the network as on separate machines. 0: in this process.
+        /// (127.0.0.2, 127.0.0.3, ... through 127/8), talking over the network as on separate machines. 0: in
+        /// this process.
         #[arg(long, env = "ARRAYJOB_WORKERS", default_value_t = 0)]
         workers: usize,
         /// A stable id for this run (1-63 of a-z, 0-9, '-'). With `spec.storage.s3`, outputs on S3 and workers,
@@ -79,6 +80,13 @@ enum Command {
     Worker {
         #[command(flatten)]
         args: arrayjob_runtime::cli::WorkerArgs,
+    },
+    /// Print a running job's progress (JSON) from its coordinator, with a request signed with the job token
+    /// from `ARRAYJOB_TOKEN` (the token itself is not sent; the answer is read only once the coordinator
+    /// proved it holds it).
+    Progress {
+        #[command(flatten)]
+        args: arrayjob_runtime::cli::ProgressArgs,
     },
     /// Remove what runs that did not finish left at an S3 output location (staging prefixes, an interrupted
     /// publish, which it completes). Refused while a run holds the location.
@@ -118,15 +126,21 @@ struct DistArgs {
     /// for them. With `--workers N` the default is a free port on 127.0.0.1.
     #[arg(long, env = "ARRAYJOB_LISTEN")]
     listen: Option<std::net::SocketAddr>,
-    /// The address workers reach the coordinator at (default: the one it listens on).
-    #[arg(long, env = "ARRAYJOB_ADVERTISE")]
+    /// The `host:port` local workers reach the coordinator at (default: the one it listens on; loopback
+    /// when that is every interface).
+    #[arg(long, env = "ARRAYJOB_ADVERTISE", value_parser = arrayjob_runtime::cli::advertised)]
     advertise: Option<String>,
     /// Threads of each local worker (default: this machine's cores divided among the workers).
     #[arg(long, env = "ARRAYJOB_WORKER_THREADS")]
     worker_threads: Option<usize>,
-    /// Seconds without a heartbeat before a worker is declared lost and its data recomputed.
-    #[arg(long, env = "ARRAYJOB_WORKER_TIMEOUT", default_value_t = 3.0)]
-    worker_timeout: f64,
+    /// Seconds without a heartbeat before a worker is declared lost and its data recomputed (0.5 to 86400).
+    #[arg(
+        long,
+        env = "ARRAYJOB_WORKER_TIMEOUT",
+        default_value = "3",
+        value_parser = arrayjob_runtime::cli::worker_timeout
+    )]
+    worker_timeout: Duration,
     /// Whether a rechunk's pieces move to the worker of their merge as soon as they are cut (overlapping
     /// the loads), or only when the merge starts (to compare the two).
     #[arg(long, env = "ARRAYJOB_EARLY_EXCHANGE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -211,6 +225,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             scratch,
         } => gc(location.as_deref(), file.as_deref(), scratch),
+        Command::Progress { args } => {
+            let p = arrayjob_runtime::cli::progress(&args)?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+            Ok(())
+        }
         Command::Worker { args } => {
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
             tracing::info!(
@@ -375,7 +394,7 @@ fn coordinator(
         .worker_threads
         .unwrap_or_else(|| (threads / workers.max(1)).max(1));
     o.worker_memory = memory_budget / workers.max(1);
-    o.worker_timeout = Duration::from_secs_f64(dist.worker_timeout.max(0.5));
+    o.worker_timeout = dist.worker_timeout;
     o.scheduler.move_early = dist.early_exchange;
     if o.announce && std::env::var("ARRAYJOB_TOKEN").is_err() {
         eprintln!(

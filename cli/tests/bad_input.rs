@@ -360,15 +360,17 @@ fn examples_validate_and_janelia_plans_offline() {
 #[test]
 fn overlapping_and_reserved_output_paths_are_refused() {
     let d = tempfile::tempdir().expect("tmp");
-    let stages = "  - {name: a, input: source, rechunk: {chunks: [2, 8, 8]}, output: {zarr: a.zarr}}\n  - {name: b, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: a.zarr/b.csv}}\n  - {name: c, input: source, reduce: {op: sum, axes: [0, 1, 2]}, output: {csv: .arrayjob-backup}}\n";
+    let stages = "  - {name: a, input: source, rechunk: {chunks: [2, 8, 8]}, output: {zarr: a.zarr}}\n  - {name: b, input: source, reduce: {op: mean, axes: [1, 2]}, output: {csv: a.zarr/b.csv}}\n  - {name: c, input: source, reduce: {op: sum, axes: [0, 1, 2]}, output: {csv: .arrayjob-backup}}\n  - {name: d, input: source, reduce: {op: mean, axes: [0]}, output: {image: timeline.png}}\n";
     let t = manifest("{synthetic: {slices: 4, height: 8, width: 8}}", stages);
     fails_with(
         d.path(),
         &t,
         &[
-            "2 problem(s)",
+            "3 problem(s)",
             "spec.stages[1].output.csv: 'a.zarr/b.csv' lies inside 'a.zarr', written by spec.stages[0].output.zarr",
             "spec.stages[2].output.csv: '.arrayjob-backup' is reserved",
+            // A distributed run publishes its timeline there: refused before any run, on one process too.
+            "spec.stages[3].output.image: 'timeline.png' is reserved: workers.json, timeline.html, timeline.png",
         ],
     );
 }
@@ -463,5 +465,45 @@ fn http_body_larger_than_the_limit_names_url_and_limit() {
         &[&format!(
             "slice 0: GET {base}/s0.png failed after 1 attempt(s): response body of 2147483648 bytes (Content-Length) exceeds the limit of 1073741824 bytes per slice"
         )],
+    );
+}
+
+#[test]
+fn distributed_flags_with_bad_values_are_refused_naming_the_flag() {
+    let d = tempfile::tempdir().expect("tmp");
+    let m = write(
+        d.path(),
+        "job.yaml",
+        &manifest("{synthetic: {slices: 4, height: 8, width: 8}}", MEAN_XY),
+    );
+    let out = d.path().join("out").display().to_string();
+    // `Duration::from_secs_f64` panicked on these (exit 101) or took them silently.
+    for bad in ["inf", "NaN", "-1", "0", "1e300"] {
+        let flag = format!("--worker-timeout={bad}");
+        let o = arrayjob(&["run", &m, "--out", &out, "--workers", "2", &flag]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains(&format!(
+                "invalid value '{bad}' for '--worker-timeout <WORKER_TIMEOUT>': '{bad}' is not a duration from 0.5 to 86400 seconds"
+            )),
+            "{bad}: {err}"
+        );
+    }
+    assert!(!d.path().join("out").exists(), "nothing ran");
+    // A worker told to advertise an address nobody can dial.
+    let o = arrayjob(&[
+        "worker",
+        "--coordinator",
+        "http://127.0.0.1:9",
+        "--advertise",
+        "0.0.0.0:7071",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid value '0.0.0.0:7071' for '--advertise <ADVERTISE>'")
+            && err.contains("means every interface, which no peer can dial"),
+        "{err}"
     );
 }

@@ -486,7 +486,7 @@ fn workers_with_a_tiny_memory_budget_spill_and_finish() {
 }
 
 #[test]
-fn requests_without_the_token_or_with_another_are_refused_and_counted() {
+fn requests_not_signed_with_the_job_token_are_refused_and_counted() {
     let _serial = serial();
     let d = tempfile::tempdir().expect("tmp");
     let m = write(d.path(), "job.yaml", JOB);
@@ -499,35 +499,79 @@ fn requests_without_the_token_or_with_another_are_refused_and_counted() {
     let url = format!("http://127.0.0.1:{port}/v1/job");
     let none = http().get(&url).send().expect("send");
     assert_eq!(none.status(), 401);
-    let other = http()
-        .get(&url)
-        .header("authorization", "Bearer another-jobs-token-0123456789")
-        .send()
-        .expect("send");
-    assert_eq!(other.status(), 401);
-    assert!(other.text().expect("text").contains("job token"));
+    // The job token itself is not taken where a worker talks (only the read-only progress takes it).
+    for bearer in ["another-jobs-token-0123456789", TOKEN] {
+        let other = http()
+            .get(&url)
+            .header("authorization", format!("Bearer {bearer}"))
+            .send()
+            .expect("send");
+        assert_eq!(other.status(), 401);
+        assert!(
+            other
+                .text()
+                .expect("text")
+                .contains("never the job token itself")
+        );
+    }
     // A worker whose plan differs (another engine version or other data) is refused by name.
-    let reg = http()
-        .post(format!("http://127.0.0.1:{port}/v1/register"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .json(&serde_json::json!({"address": "127.0.0.5:1", "cores": 1, "memoryBudget": 1, "planHash": "00ff", "version": "0.0.0"}))
-        .send()
-        .expect("send");
-    assert_eq!(reg.status(), 409);
-    let text = reg.text().expect("text");
+    let token = arrayjob_runtime::auth::Token::from_text(TOKEN).expect("token");
+    let (status, text) = on_tokio(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let reg = client
+            .post(format!("http://127.0.0.1:{port}/v1/register"))
+            .json(&serde_json::json!({"address": "127.0.0.5:1", "cores": 1, "memoryBudget": 1, "planHash": "00ff", "version": "0.0.0"}));
+        let answer = arrayjob_runtime::auth::send(reg, &token)
+            .await
+            .expect("a proven answer");
+        (answer.status(), answer.text().await.expect("text"))
+    });
+    assert_eq!(status, 409);
     assert!(
         text.contains("computed plan hash 00ff") && text.contains("127.0.0.5:1"),
         "{text}"
     );
     let p = progress(port, TOKEN).expect("progress");
-    assert_eq!(p["authRefused"], 2, "{p}");
+    assert_eq!(p["authRefused"], 3, "{p}");
+    // `arrayjob progress` signs (the token stays here) and reads the same snapshot; with another job's
+    // token it reads nothing and says why.
+    let coordinator = format!("http://127.0.0.1:{port}");
+    let signed = std::process::Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(["progress", &coordinator])
+        .env("ARRAYJOB_TOKEN", TOKEN)
+        .output()
+        .expect("arrayjob progress");
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let snapshot: serde_json::Value = serde_json::from_slice(&signed.stdout).expect("json");
+    assert_eq!(snapshot["authRefused"], 3, "{snapshot}");
+    assert_eq!(snapshot["phase"], "running", "{snapshot}");
+    let stranger = std::process::Command::new(env!("CARGO_BIN_EXE_arrayjob"))
+        .args(["progress", &coordinator])
+        .env("ARRAYJOB_TOKEN", "another-jobs-token-0123456789")
+        .output()
+        .expect("arrayjob progress");
+    assert!(!stranger.status.success());
+    let err = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        err.contains(&format!(
+            "{coordinator}/v1/progress answered 401 Unauthorized without proving it holds the job token"
+        )),
+        "{err}"
+    );
     let metrics = http()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .expect("metrics")
         .text()
         .expect("text");
-    assert!(metrics.contains("arrayjob_auth_refused 2"), "{metrics}");
+    assert!(metrics.contains("arrayjob_auth_refused 4"), "{metrics}");
     assert_eq!(
         http()
             .get(format!("http://127.0.0.1:{port}/healthz"))

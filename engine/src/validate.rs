@@ -847,7 +847,7 @@ fn check_output(
         }
     }
     for (path, f) in files {
-        if let Some(message) = output_path_problem(f) {
+        if let Some(message) = output_path_problem(f).or_else(|| report_name_problem(f)) {
             p.push(Problem { path, message });
             continue;
         }
@@ -874,6 +874,30 @@ fn check_output(
 
 /// Prefix of the runner's own entries in an output directory (lock file, staging and backup directories).
 pub const INTERNAL_PREFIX: &str = ".arrayjob";
+
+/// The report a distributed run publishes with its outputs (the runtime writes it).
+pub const WORKERS_REPORT: &str = "workers.json";
+/// The task-stream timeline a distributed run publishes with its outputs, as a page.
+pub const TIMELINE_HTML: &str = "timeline.html";
+/// The same timeline, as an image.
+pub const TIMELINE_PNG: &str = "timeline.png";
+
+/// The files a distributed run publishes next to the stages' outputs. A manifest may not name them (nor a path
+/// inside them) whether or not it is run on workers, so a manifest that validates runs the same on one process
+/// and on workers.
+pub const DISTRIBUTED_REPORTS: [&str; 3] = [WORKERS_REPORT, TIMELINE_HTML, TIMELINE_PNG];
+
+/// Why `f` may not be a stage's output path though the output directory could hold it: it is one of the
+/// distributed run's reports ([`DISTRIBUTED_REPORTS`]) or lies inside one.
+fn report_name_problem(f: &str) -> Option<String> {
+    let first = f.split('/').next().unwrap_or_default();
+    DISTRIBUTED_REPORTS.contains(&first).then(|| {
+        format!(
+            "'{f}' is reserved: {} are the reports a distributed run publishes with its outputs",
+            DISTRIBUTED_REPORTS.join(", ")
+        )
+    })
+}
 
 /// Why `f` cannot be an output path, if it cannot: it must be a plain relative path inside the output
 /// directory that does not collide with `summary.json` or the runner's `.arrayjob*` entries.
@@ -1025,6 +1049,11 @@ spec:
         );
         for (bad, why) in [
             ("summary.json", "is reserved"),
+            // A distributed run's reports: the same manifest must run on one process and on workers.
+            ("timeline.png", "is reserved"),
+            ("workers.json", "is reserved"),
+            ("timeline.html", "is reserved"),
+            ("timeline.html/x.csv", "is reserved"),
             (".arrayjob.lock", "is reserved"),
             (".arrayjob-backup/x.csv", "is reserved"),
             ("/tmp/x.csv", "must be a relative path"),

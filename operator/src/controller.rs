@@ -354,11 +354,10 @@ async fn read_progress(
         .ok()??;
     let ip = svc.spec?.cluster_ip?;
     let url = format!("http://{ip}:{}/v1/progress", desired::COORDINATOR_PORT);
-    let answer = ctx
-        .http
-        .get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .send()
+    // Signed with the job token (never sent itself); the answer is read once the coordinator proved it holds
+    // the token.
+    let token = arrayjob_runtime::auth::Token::from_text(token).ok()?;
+    let answer = arrayjob_runtime::auth::send(ctx.http.get(url), &token)
         .await
         .ok()?;
     answer.json().await.ok()

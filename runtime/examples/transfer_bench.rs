@@ -60,10 +60,8 @@ fn main() -> anyhow::Result<()> {
         metrics: Arc::new(arrayjob_runtime::metrics::WorkerMetrics::new()),
         refused: Arc::new(AtomicU64::new(0)),
     };
-    let guard = Guard {
-        token: token.clone(),
-        refused: Arc::new(AtomicU64::new(0)),
-    };
+    // As a worker: requests signed for its address, answers proven (docs/security.md).
+    let guard = Guard::new(token.clone()).addressed_as(&address);
     rt.spawn(serve_data(listener, data, guard));
     let client = reqwest::Client::builder().no_proxy().build()?;
     // One warm-up request opens the connection.

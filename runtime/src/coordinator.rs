@@ -8,7 +8,7 @@
 //! commit as a local one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,7 +48,8 @@ use crate::protocol::{
 pub struct CoordinatorOptions {
     /// Where it listens (port 0: any free port).
     pub listen: SocketAddr,
-    /// The address workers reach it at (default: the bound address).
+    /// The address workers reach it at (default: the bound address; loopback when bound to every
+    /// interface).
     pub advertise: Option<String>,
     /// The job token.
     pub token: Token,
@@ -56,7 +57,7 @@ pub struct CoordinatorOptions {
     pub manifest: String,
     /// Where relative source paths are resolved (workers must see the same files there).
     pub base_dir: PathBuf,
-    /// Worker processes to start on this machine, on loopback addresses 127.0.0.2, 127.0.0.3, ...
+    /// Worker processes to start on this machine, each on its own loopback address ([`local_worker_host`]).
     pub local_workers: usize,
     /// The program and leading arguments that start a worker (`arrayjob worker`).
     pub worker_command: Vec<String>,
@@ -248,6 +249,8 @@ struct Gathered {
 
 struct WorkerInfo {
     address: String,
+    /// The id this coordinator gave the process when it started it (local workers only).
+    launch_id: Option<String>,
     cores: usize,
     memory_budget: u64,
     last_seen: Instant,
@@ -262,6 +265,29 @@ struct WorkerInfo {
     resident: u64,
     tasks_done: usize,
     s3: S3Counters,
+}
+
+impl WorkerInfo {
+    /// A worker registering now, `joined` seconds after the job started.
+    fn joining(req: &RegisterRequest, joined: f64) -> WorkerInfo {
+        WorkerInfo {
+            address: req.address.clone(),
+            launch_id: req.launch_id.clone(),
+            cores: req.cores.max(1),
+            memory_budget: req.memory_budget,
+            last_seen: Instant::now(),
+            joined,
+            lost: false,
+            mailbox: Vec::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            stages: Vec::new(),
+            load_end: 0.0,
+            store: StoreStats::default(),
+            resident: 0,
+            tasks_done: 0,
+            s3: S3Counters::default(),
+        }
+    }
 }
 
 struct CoordState {
@@ -375,7 +401,7 @@ impl runner::Executor for Coordinator {
             self.opts
                 .advertise
                 .clone()
-                .unwrap_or_else(|| bound.to_string())
+                .unwrap_or_else(|| dialable(bound).to_string())
         );
         let (tx, rx) = std::sync::mpsc::channel();
         let mut sched_opts = self.opts.scheduler.clone();
@@ -416,10 +442,7 @@ impl runner::Executor for Coordinator {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             gather: Mutex::new(tx),
-            guard: Guard {
-                token: self.opts.token.clone(),
-                refused: Arc::new(AtomicU64::new(0)),
-            },
+            guard: Guard::new(self.opts.token.clone()),
             metrics: CoordinatorMetrics::new(),
             probe_bytes: self.opts.scheduler.probe_bytes,
             hash_refused: AtomicU64::new(0),
@@ -554,16 +577,14 @@ fn timeline(r: &DistributedReport) -> timeline::Timeline {
     }
 }
 
-/// The timeline files published with a distributed run's outputs.
-pub const TIMELINE_HTML: &str = "timeline.html";
-/// See [`TIMELINE_HTML`].
-pub const TIMELINE_PNG: &str = "timeline.png";
+/// The timeline files published with a distributed run's outputs (names the engine's validation reserves).
+pub use arrayjob_engine::validate::{TIMELINE_HTML, TIMELINE_PNG};
 
 /// Largest block a worker may send the coordinator for a small output.
 const MAX_GATHERED_BYTES: usize = 1 << 30;
 
-/// The distributed run's report, published with the outputs.
-pub const WORKERS_FILE: &str = "workers.json";
+/// The distributed run's report, published with the outputs (a name the engine's validation reserves).
+pub const WORKERS_FILE: &str = arrayjob_engine::validate::WORKERS_REPORT;
 
 /// Takes over what the run's ledger holds: the scheduler restores the tasks done whose outputs are durable
 /// (and reopens the others), the book learns the stored objects, and the small outputs' blocks are delivered.
@@ -660,31 +681,36 @@ fn drive(
     }
 }
 
+/// The workers to declare lost now: those not heard from for `timeout`, and those whose process (started
+/// here) exited, matched by the launch id they registered with (not by address: two workers may share a
+/// host).
+fn lost_now(
+    workers: &BTreeMap<WorkerId, WorkerInfo>,
+    timeout: Duration,
+    exited: &[String],
+) -> Vec<WorkerId> {
+    workers
+        .iter()
+        .filter(|(_, w)| {
+            !w.lost
+                && (w.last_seen.elapsed() > timeout
+                    || w.launch_id.as_ref().is_some_and(|l| exited.contains(l)))
+        })
+        .map(|(&id, _)| id)
+        .collect()
+}
+
 /// Declares silent workers lost, fails a job left without workers, and ticks the scheduler. Returns the
 /// job's failure, if any, and whether it is finished.
 fn housekeeping(
     shared: &CoordShared,
     opts: &CoordinatorOptions,
-    exited_hosts: &[String],
+    exited: &[String],
     local_exited: Option<String>,
 ) -> (Option<String>, bool) {
     let now = shared.now();
     let mut g = shared.lock();
-    let exited = |address: &str| {
-        exited_hosts.iter().any(|h| {
-            address
-                .strip_prefix(h.as_str())
-                .is_some_and(|rest| rest.starts_with(':'))
-        })
-    };
-    let silent: Vec<WorkerId> = g
-        .workers
-        .iter()
-        .filter(|(_, w)| {
-            !w.lost && (w.last_seen.elapsed() > opts.worker_timeout || exited(&w.address))
-        })
-        .map(|(&id, _)| id)
-        .collect();
+    let silent = lost_now(&g.workers, opts.worker_timeout, exited);
     for id in silent {
         lose_worker(shared, &mut g, id, now);
     }
@@ -939,7 +965,7 @@ fn final_report(shared: &CoordShared, url: &str) -> (DistributedReport, StoreSta
         speculated: g.sched.speculated().len(),
         recomputed: g.sched.recomputed(),
         workers_lost: g.workers_lost,
-        auth_refused: shared.guard.refused.load(Ordering::Relaxed),
+        auth_refused: shared.guard.refused().load(Ordering::Relaxed),
         plan_hash_refused: shared.hash_refused.load(Ordering::Relaxed),
         decisions: g.sched.decisions(),
         tasks: g.sched.graph().len(),
@@ -973,26 +999,53 @@ fn worker_progress(id: WorkerId, w: &WorkerInfo, finished: bool) -> WorkerProgre
 
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<CoordShared>) -> anyhow::Result<()> {
     let guard = shared.guard.clone();
-    let authed = Router::new()
+    let signed = Router::new()
         .route("/v1/job", get(job_handler))
         .route("/v1/register", post(register_handler))
         .route("/v1/sync", post(sync_handler))
         .route("/v1/gather", post(gather_handler))
-        .route("/v1/progress", get(progress_handler))
         // Gathered blocks are whole small results (a 2-D mean of a large stack is tens of MB).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_GATHERED_BYTES))
         .layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            crate::auth::require_signature,
+        ))
+        .with_state(shared.clone());
+    // The progress is read-only: it also takes the token as a bearer, for `curl` on a trusted path
+    // (docs/security.md); `arrayjob progress` and the operator sign.
+    let progress = Router::new()
+        .route("/v1/progress", get(progress_handler))
+        .layer(axum::middleware::from_fn_with_state(
             guard,
-            crate::auth::require_token,
+            crate::auth::require_signature_or_bearer,
         ))
         .with_state(shared.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
         .with_state(shared)
-        .merge(authed);
-    axum::serve(listener, app).await?;
+        .merge(signed)
+        .merge(progress);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
+}
+
+/// An address to dial for `bound`: itself, or loopback when it is every interface (`0.0.0.0`, `::`), which
+/// nobody can dial.
+fn dialable(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), bound.port())
+        }
+        _ => bound,
+    }
 }
 
 async fn job_handler(State(shared): State<Arc<CoordShared>>) -> Response {
@@ -1023,25 +1076,7 @@ async fn register_handler(
     }
     let id = WorkerId(g.next_id);
     g.next_id += 1;
-    g.workers.insert(
-        id,
-        WorkerInfo {
-            address: req.address.clone(),
-            cores: req.cores.max(1),
-            memory_budget: req.memory_budget,
-            last_seen: Instant::now(),
-            joined: now,
-            lost: false,
-            mailbox: Vec::new(),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            stages: Vec::new(),
-            load_end: 0.0,
-            store: StoreStats::default(),
-            resident: 0,
-            tasks_done: 0,
-            s3: S3Counters::default(),
-        },
-    );
+    g.workers.insert(id, WorkerInfo::joining(&req, now));
     tracing::info!(worker = id.0, address = %req.address, cores = req.cores, "worker joined");
     let actions = g.sched.add_worker(id, req.cores.max(1), now);
     route(&shared, &mut g, actions);
@@ -1439,7 +1474,7 @@ fn progress_snapshot(shared: &CoordShared) -> ProgressSnapshot {
         speculated: g.sched.speculated().len(),
         recomputed: g.sched.recomputed(),
         workers_lost: g.workers_lost,
-        auth_refused: shared.guard.refused.load(Ordering::Relaxed),
+        auth_refused: shared.guard.refused().load(Ordering::Relaxed),
         store: g.sched.store_counts(),
     }
 }
@@ -1448,15 +1483,23 @@ async fn metrics_handler(State(shared): State<Arc<CoordShared>>) -> Response {
     shared
         .metrics
         .auth_refused
-        .set(shared.guard.refused.load(Ordering::Relaxed) as i64);
+        .set(shared.guard.refused().load(Ordering::Relaxed) as i64);
     crate::metrics::openmetrics_response(shared.metrics.encode())
+}
+
+/// The loopback address of the `i`-th local worker: 127.0.0.2, 127.0.0.3, ... on through the whole 127/8
+/// (127.0.1.0 follows 127.0.0.255), so every worker has its own, as on separate machines; None past the last
+/// (127.255.255.254: 127.255.255.255 is the /8's broadcast address).
+pub fn local_worker_host(i: usize) -> Option<Ipv4Addr> {
+    let n = u32::try_from(i).ok()?.checked_add(2)?;
+    (n < (1 << 24) - 1).then(|| Ipv4Addr::from(0x7f00_0000 | n))
 }
 
 /// Worker processes this coordinator started on loopback addresses.
 struct LocalWorkers {
     children: Vec<std::process::Child>,
-    /// The loopback address of each child.
-    hosts: Vec<String>,
+    /// The launch id of each child (it registers with it).
+    launch_ids: Vec<String>,
     /// Whether each child's exit was already handed to the coordinator.
     seen_exit: Vec<bool>,
 }
@@ -1469,16 +1512,24 @@ impl LocalWorkers {
     ) -> std::io::Result<LocalWorkers> {
         let mut workers = LocalWorkers {
             children: Vec::new(),
-            hosts: Vec::new(),
+            launch_ids: Vec::new(),
             seen_exit: Vec::new(),
         };
         let Some((program, lead)) = opts.worker_command.split_first() else {
             return Ok(workers);
         };
+        // Launch ids unique to this coordinator's run: a worker started by hand does not carry one.
+        let mut run = [0u8; 8];
+        getrandom::fill(&mut run).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let run = hex::encode(run);
         for i in 0..opts.local_workers {
-            // 127.0.0.2, 127.0.0.3, ...: every worker has its own address, as on separate machines.
-            let host = format!("127.0.0.{}", 2 + i.min(252));
+            let host = local_worker_host(i).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "worker {i} has no loopback address of its own left (127.0.0.2 to 127.255.255.254)"
+                ))
+            })?;
             let listen = format!("{host}:0");
+            let launch_id = format!("{run}-{i}");
             let mut cmd = std::process::Command::new(program);
             cmd.args(lead)
                 .args(["--coordinator", url, "--listen", &listen])
@@ -1487,31 +1538,32 @@ impl LocalWorkers {
                 .arg("--spill-dir")
                 .arg(staging.join(format!(".spill-w{i}")))
                 .env("ARRAYJOB_TOKEN", opts.token.expose())
+                .env("ARRAYJOB_LAUNCH_ID", &launch_id)
                 .stdin(std::process::Stdio::null());
             if let Some(limit) = opts.worker_spill_disk_limit {
                 cmd.args(["--spill-disk-limit", &format!("{limit}B")]);
             }
             let child = cmd.spawn()?;
             workers.children.push(child);
-            workers.hosts.push(host);
+            workers.launch_ids.push(launch_id);
             workers.seen_exit.push(false);
         }
         Ok(workers)
     }
 
-    /// The loopback hosts of the children that exited since the last call: those workers are gone now,
+    /// The launch ids of the children that exited since the last call: those workers are gone now,
     /// whatever their last heartbeat says.
     fn newly_exited(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        for ((c, host), seen) in self
+        for ((c, id), seen) in self
             .children
             .iter_mut()
-            .zip(&self.hosts)
+            .zip(&self.launch_ids)
             .zip(&mut self.seen_exit)
         {
             if !*seen && matches!(c.try_wait(), Ok(Some(_))) {
                 *seen = true;
-                out.push(host.clone());
+                out.push(id.clone());
             }
         }
         out
@@ -1556,5 +1608,86 @@ impl Drop for LocalWorkers {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_local_worker_has_its_own_loopback_address_across_the_whole_8() {
+        let host = |i| local_worker_host(i).map(|h| h.to_string());
+        assert_eq!(host(0).as_deref(), Some("127.0.0.2"));
+        assert_eq!(host(252).as_deref(), Some("127.0.0.254"));
+        // Beyond the 253rd, on into 127.0.1.x, ... (these shared 127.0.0.254 before).
+        assert_eq!(host(253).as_deref(), Some("127.0.0.255"));
+        assert_eq!(host(254).as_deref(), Some("127.0.1.0"));
+        assert_eq!(host(1000).as_deref(), Some("127.0.3.234"));
+        assert_eq!(host(70_000).as_deref(), Some("127.1.17.114"));
+        let last = (1 << 24) - 4;
+        assert_eq!(host(last).as_deref(), Some("127.255.255.254"));
+        assert_eq!(
+            host(last + 1),
+            None,
+            "127.255.255.255 is the broadcast address"
+        );
+        assert_eq!(host(usize::MAX), None);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000 {
+            let h = local_worker_host(i).expect("an address");
+            assert!(h.is_loopback() && h != Ipv4Addr::LOCALHOST, "{h}");
+            assert!(seen.insert(h), "worker {i} shares {h}");
+        }
+    }
+
+    fn registered(address: &str, launch_id: Option<&str>) -> WorkerInfo {
+        WorkerInfo::joining(
+            &RegisterRequest {
+                address: address.into(),
+                cores: 1,
+                memory_budget: 1 << 20,
+                plan_hash: "00".into(),
+                version: "0".into(),
+                launch_id: launch_id.map(str::to_owned),
+            },
+            0.0,
+        )
+    }
+
+    #[test]
+    fn an_exited_local_process_loses_exactly_its_worker_not_others_on_its_host() {
+        let mut workers = BTreeMap::new();
+        // Two local workers on one host (as 127.0.0.254 was shared past the 253rd), a worker started by hand
+        // on it too, and one whose address starts with the same characters.
+        workers.insert(WorkerId(0), registered("127.0.0.254:4001", Some("r-252")));
+        workers.insert(WorkerId(1), registered("127.0.0.254:4002", Some("r-253")));
+        workers.insert(WorkerId(2), registered("127.0.0.254:4003", None));
+        workers.insert(WorkerId(3), registered("127.0.0.25:4004", Some("r-23")));
+        let long = Duration::from_secs(3600);
+        assert_eq!(lost_now(&workers, long, &[]), vec![]);
+        assert_eq!(
+            lost_now(&workers, long, &["r-253".into()]),
+            vec![WorkerId(1)]
+        );
+        assert_eq!(
+            lost_now(&workers, long, &["r-252".into(), "r-2".into()]),
+            vec![WorkerId(0)]
+        );
+        // Already lost: not lost again; silence still loses a worker whatever its launch id.
+        workers.get_mut(&WorkerId(1)).expect("w1").lost = true;
+        assert_eq!(lost_now(&workers, long, &["r-253".into()]), vec![]);
+        assert_eq!(
+            lost_now(&workers, Duration::ZERO, &[]),
+            vec![WorkerId(0), WorkerId(2), WorkerId(3)]
+        );
+    }
+
+    #[test]
+    fn local_workers_dial_loopback_when_the_coordinator_listens_everywhere() {
+        let at = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(dialable(at("0.0.0.0:7070")), at("127.0.0.1:7070"));
+        assert_eq!(dialable(at("[::]:7070")), at("[::1]:7070"));
+        assert_eq!(dialable(at("10.1.2.3:7070")), at("10.1.2.3:7070"));
     }
 }

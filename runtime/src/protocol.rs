@@ -1,9 +1,10 @@
 //! What the coordinator and the workers say to each other over HTTP.
 //!
 //! Control messages are small JSON documents; data (chunks, pieces, partials, gathered blocks) always travels
-//! as binary bodies of self-describing frames ([`arrayjob_engine::frame`]), never as JSON. Every request
-//! carries the job's token (`Authorization: Bearer ...`), except the health and metrics endpoints, which say
-//! nothing about the data.
+//! as binary bodies of self-describing frames ([`arrayjob_engine::frame`]), never as JSON. Every request is
+//! signed with the job's token and every answer proven ([`crate::auth`]: `Authorization:
+//! ArrayJob-HMAC-SHA256 ...`, `x-arrayjob-proof`), except the health and metrics endpoints, which say nothing
+//! about the data.
 //!
 //! Coordinator endpoints:
 //!
@@ -29,9 +30,6 @@ use arrayjob_engine::graph::TaskId;
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::StoreStats;
 use arrayjob_engine::tracker::Attempt;
-
-/// The header carrying the job token.
-pub const AUTHORIZATION: &str = "authorization";
 
 /// Everything a worker needs to build the job's plan itself.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -74,6 +72,10 @@ pub struct RegisterRequest {
     pub plan_hash: String,
     /// Its version.
     pub version: String,
+    /// The id its coordinator gave it when it started it as a local process (`--workers N`): how the
+    /// coordinator knows which worker a process that exited was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_id: Option<String>,
 }
 
 /// The coordinator's answer to a [`RegisterRequest`].
@@ -304,7 +306,8 @@ impl AsRef<[u8]> for SharedPayload {
 /// The `Upgrade` protocol a fetch asks for: the server answers `101 Switching Protocols` and sends the same
 /// length-prefixed frames as a `/v1/fetch` body on the bare connection, then closes it. The receiver reads
 /// each chunk's elements from the socket straight into the chunk ([`read_frames`]): no copy through an HTTP
-/// client's buffers. The token is checked on the request, before the switch, as for any other.
+/// client's buffers. The request's signature is checked before the switch, as for any other, and the `101`
+/// carries the server's proof: the client reads no frame before checking it.
 pub const FRAMES_PROTOCOL: &str = "arrayjob-frames";
 
 /// Writes the answer for `data` (the frames of [`answer_parts`], in order) to an upgraded connection. The

@@ -34,7 +34,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::auth::{Guard, Token};
+use crate::auth::{AuthError, Guard, Token};
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{
     self, Command, FetchRequest, InputLocation, JobDescription, RegisterRequest, RegisterResponse,
@@ -50,7 +50,8 @@ pub struct WorkerOptions {
     pub token: Token,
     /// Where the data server listens (port 0: any free port).
     pub listen: SocketAddr,
-    /// The address peers reach the data server at (default: the address it is bound to).
+    /// The `host:port` peers reach the data server at (default: the address it is bound to, or when it
+    /// listens on every interface, the address it reaches the coordinator from; see [`advertised_address`]).
     pub advertise: Option<String>,
     /// Compute threads.
     pub threads: usize,
@@ -62,6 +63,9 @@ pub struct WorkerOptions {
     pub spill_disk_limit: Option<u64>,
     /// Refuse to join a job whose plan hash is not this one (set by whoever starts workers for one job).
     pub expect_plan_hash: Option<String>,
+    /// Who started this worker, when a coordinator did (`--workers N`): sent when it registers, so the
+    /// coordinator knows which registered worker a process that exited was.
+    pub launch_id: Option<String>,
     /// Fault injection for recovery tests (`ARRAYJOB_FAULT_ABORT_TASK`): abort the process when this task
     /// has run, before reporting it, as a crash in a kernel or an out-of-memory kill would.
     pub abort_on_task: Option<usize>,
@@ -248,10 +252,9 @@ struct Http {
 }
 
 impl Http {
-    fn post(&self, url: String) -> reqwest::RequestBuilder {
-        self.client
-            .post(url)
-            .header(protocol::AUTHORIZATION, self.token.header())
+    /// Signs and sends a request; the answer comes back once the server proved it holds the job's token.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, AuthError> {
+        crate::auth::send(request, &self.token).await
     }
 }
 
@@ -280,8 +283,12 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         .block_on(tokio::net::TcpListener::bind(opts.listen))
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let bound = listener.local_addr()?;
-    let address = opts.advertise.clone().unwrap_or_else(|| bound.to_string());
     let desc: JobDescription = rt.block_on(fetch_job(&http))?;
+    let address = rt.block_on(advertised_address(
+        opts.advertise.as_deref(),
+        bound,
+        &http.coordinator,
+    ))?;
     let job = prepare(&desc)?;
     let hash = job.plan.hash.to_string();
     if let Some(want) = &opts.expect_plan_hash
@@ -301,6 +308,7 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
             memory_budget: opts.memory_budget as u64,
             plan_hash: hash,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            launch_id: opts.launch_id.clone(),
         },
     ))?;
     tracing::info!(worker = id.0, %address, "joined the job");
@@ -340,16 +348,15 @@ pub fn run(opts: WorkerOptions) -> anyhow::Result<WorkerOutcome> {
         store_bucket,
         uploads: Arc::new(tokio::sync::Semaphore::new(SHIP_CONCURRENCY)),
     });
-    let guard = Guard {
-        token: opts.token.clone(),
-        refused: Arc::new(AtomicU64::new(0)),
-    };
+    // Peers sign their requests for the address they were given: a request signed for another worker is
+    // not taken here.
+    let guard = Guard::new(opts.token.clone()).addressed_as(&address);
     let (damaged_tx, damaged_rx) = tokio::sync::mpsc::unbounded_channel();
     let data = DataServer {
         worker: id,
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
-        refused: guard.refused.clone(),
+        refused: guard.refused().clone(),
         damaged: Some(damaged_tx),
     };
     rt.spawn(report_damaged(shared.clone(), damaged_rx));
@@ -391,13 +398,7 @@ async fn fetch_job(http: &Http) -> anyhow::Result<JobDescription> {
     let url = format!("{}/v1/job", http.coordinator);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sent = http
-            .client
-            .get(&url)
-            .header(protocol::AUTHORIZATION, http.token.header())
-            .send()
-            .await;
-        match sent {
+        match http.send(http.client.get(&url)).await {
             Ok(r) if r.status().is_success() => {
                 return r.json().await.context("the coordinator's job description");
             }
@@ -406,12 +407,61 @@ async fn fetch_job(http: &Http) -> anyhow::Result<JobDescription> {
                 let text = r.text().await.unwrap_or_default();
                 anyhow::bail!("the coordinator at {url} refused this worker ({status}): {text}");
             }
-            Err(e) if Instant::now() > deadline => {
+            Err(e @ AuthError::Send { .. }) if Instant::now() > deadline => {
                 anyhow::bail!("cannot reach the coordinator at {url} for 30 s: {e}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(AuthError::Send { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => anyhow::bail!("the coordinator at {url}: {e}"),
         }
     }
+}
+
+/// The address peers reach this worker at: `advertise` when given; else the address it is bound to; else,
+/// when it listens on every interface (`0.0.0.0` or `::`, which nobody can dial), the local address of a
+/// connection to the coordinator (the interface that routes to the job's network, e.g. a pod's IP) with the
+/// bound port.
+///
+/// # Errors
+/// When it listens on every interface and that address cannot be found, naming `--advertise`.
+pub async fn advertised_address(
+    advertise: Option<&str>,
+    bound: SocketAddr,
+    coordinator: &str,
+) -> anyhow::Result<String> {
+    if let Some(a) = advertise {
+        return Ok(a.to_owned());
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let hint = "give the address peers reach this worker at with --advertise (ARRAYJOB_ADVERTISE)";
+    let url = reqwest::Url::parse(coordinator)
+        .with_context(|| format!("the coordinator's URL {coordinator}"))?;
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        anyhow::bail!("the coordinator's URL {coordinator} has no host and port; {hint}");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| {
+            format!(
+                "this worker listens on {bound} (every interface) and cannot reach the coordinator at                  {coordinator} to find its own address; {hint}"
+            )
+        })?;
+    let local = stream.local_addr()?.ip();
+    if local.is_unspecified() {
+        anyhow::bail!("this worker listens on {bound} and has no address of its own; {hint}");
+    }
+    let address = SocketAddr::new(local, bound.port()).to_string();
+    if local.is_loopback() {
+        // Right when every worker runs on this host; peers elsewhere would dial themselves.
+        tracing::warn!(
+            %address,
+            "this worker reaches the coordinator over loopback, so it advertises a loopback address: only \
+             workers on this host can fetch from it; {hint} if others run elsewhere"
+        );
+    }
+    Ok(address)
 }
 
 /// Builds the plan from the job description, as the coordinator did.
@@ -428,7 +478,7 @@ fn prepare(desc: &JobDescription) -> anyhow::Result<Prepared> {
 
 async fn register(http: &Http, req: &RegisterRequest) -> anyhow::Result<WorkerId> {
     let url = format!("{}/v1/register", http.coordinator);
-    let r = http.post(url.clone()).json(req).send().await?;
+    let r = http.send(http.client.post(&url).json(req)).await?;
     if !r.status().is_success() {
         let status = r.status();
         let text = r.text().await.unwrap_or_default();
@@ -532,9 +582,11 @@ fn sync_request(
 
 async fn send_sync(http: &Http, req: &SyncRequest) -> Result<SyncResponse, SyncError> {
     let r = http
-        .post(format!("{}/v1/sync", http.coordinator))
-        .json(req)
-        .send()
+        .send(
+            http.client
+                .post(format!("{}/v1/sync", http.coordinator))
+                .json(req),
+        )
         .await
         .map_err(|e| SyncError::Unreachable(e.to_string()))?;
     let status = r.status();
@@ -597,14 +649,9 @@ fn obey(shared: &Arc<Shared>, commands: Vec<Command>) {
                 tokio::spawn(async move {
                     let t0 = Instant::now();
                     let url = format!("http://{address}/v1/probe?bytes={bytes}");
-                    let got = shared
-                        .http
-                        .client
-                        .get(url)
-                        .header(protocol::AUTHORIZATION, shared.http.token.header())
-                        .send()
-                        .await;
+                    let got = shared.http.send(shared.http.client.get(url)).await;
                     if let Ok(r) = got
+                        && r.status().is_success()
                         && let Ok(body) = r.bytes().await
                     {
                         push_report(
@@ -1095,8 +1142,12 @@ impl WorkerSink {
             url.push_str(&format!("&pixel={k}"));
         }
         let sent = self.http.rt.block_on(async {
-            let r = self.http.post(url).body(frame).send().await?;
-            r.error_for_status().map(|_| ())
+            let r = self
+                .http
+                .send(self.http.client.post(url).body(frame))
+                .await
+                .map_err(|e| e.to_string())?;
+            r.error_for_status().map(|_| ()).map_err(|e| e.to_string())
         });
         sent.map_err(|e| ExecError::Output {
             stage: self.stages[node].clone(),
@@ -1161,14 +1212,15 @@ pub struct DataServer {
     pub store: Arc<ChunkStore>,
     /// The worker's metrics.
     pub metrics: Arc<WorkerMetrics>,
-    /// Requests refused by the token check.
+    /// Requests refused by the signature check.
     pub refused: Arc<AtomicU64>,
     /// Where keys found damaged while serving them go (the worker reports them to be rebuilt).
     pub damaged: Option<tokio::sync::mpsc::UnboundedSender<DataKey>>,
 }
 
 /// Serves `data` on `listener`: peers fetch keys (`POST /v1/fetch`), a probe times the link
-/// (`GET /v1/probe`), `/healthz` says the worker is up. Every request but `/healthz` needs the job token.
+/// (`GET /v1/probe`), `/healthz` says the worker is up and `/metrics` gives its counters. Every other request
+/// must be signed with the job token ([`crate::auth`]).
 ///
 /// # Errors
 /// When the listener fails.
@@ -1183,14 +1235,18 @@ pub async fn serve_data(
         .with_state(data.clone())
         .layer(axum::middleware::from_fn_with_state(
             guard,
-            crate::auth::require_token,
+            crate::auth::require_signature,
         ));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_handler))
         .with_state(data)
         .merge(authed);
-    axum::serve(listener, app).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -1282,25 +1338,27 @@ async fn probe_handler(Query(q): Query<ProbeQuery>) -> Response {
     vec![0u8; n].into_response()
 }
 
-/// Fetches `keys` from the data server at `address` in one request and decodes their frames, in order.
+/// Fetches `keys` from the data server at `address` in one request and decodes their frames, in order. The
+/// request is signed for `address`, and nothing of the answer is read unless the peer proves it holds the
+/// job's token.
 ///
 /// # Errors
-/// When the peer cannot be reached, does not hold a key, or answers bytes that are not the keys' frames.
+/// When the peer cannot be reached, does not prove it holds the token, does not hold a key, or answers bytes
+/// that are not the keys' frames.
 pub async fn fetch_keys(
     client: &reqwest::Client,
     token: &Token,
     address: &str,
     keys: &[DataKey],
 ) -> Result<(Vec<Data>, u64), String> {
-    let r = client
+    let request = client
         .post(format!("http://{address}/v1/fetch"))
-        .header(protocol::AUTHORIZATION, token.header())
         .header(reqwest::header::CONNECTION, "upgrade")
         .header(reqwest::header::UPGRADE, protocol::FRAMES_PROTOCOL)
         .json(&FetchRequest {
             keys: keys.to_vec(),
-        })
-        .send()
+        });
+    let r = crate::auth::send(request, token)
         .await
         .map_err(|e| e.to_string())?;
     let status = r.status();
@@ -1338,7 +1396,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peers_get_frames_on_an_upgraded_connection_or_as_a_body_and_strangers_are_refused() {
+    fn peers_get_frames_on_an_upgraded_connection_or_as_a_body() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1366,23 +1424,19 @@ mod tests {
             store.put(key(i), d.clone(), usize::MAX).expect("put");
         }
         let token = Token::generate().expect("token");
-        let refused = Arc::new(AtomicU64::new(0));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("listen");
         let address = listener.local_addr().expect("address").to_string();
+        let guard = Guard::new(token.clone()).addressed_as(&address);
         let data = DataServer {
             worker: WorkerId(0),
             store,
             metrics: Arc::new(WorkerMetrics::new()),
-            refused: refused.clone(),
+            refused: guard.refused().clone(),
             damaged: None,
         };
-        let guard = Guard {
-            token: token.clone(),
-            refused: refused.clone(),
-        };
-        rt.spawn(serve_data(listener, data, guard));
+        rt.spawn(serve_data(listener, data, guard.clone()));
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -1395,17 +1449,18 @@ mod tests {
             got,
             vec![values[2].clone(), values[0].clone(), values[1].clone()]
         );
-        // A client that does not ask for the upgrade gets the same frames as the body.
+        // A client that does not ask for the upgrade gets the same frames as the body (proven too).
         let body = rt.block_on(async {
-            let r = client
-                .post(format!("http://{address}/v1/fetch"))
-                .header(protocol::AUTHORIZATION, token.header())
-                .json(&FetchRequest {
-                    keys: keys.to_vec(),
-                })
-                .send()
-                .await
-                .expect("post");
+            let r = crate::auth::send(
+                client
+                    .post(format!("http://{address}/v1/fetch"))
+                    .json(&FetchRequest {
+                        keys: keys.to_vec(),
+                    }),
+                &token,
+            )
+            .await
+            .expect("post");
             assert_eq!(r.status(), StatusCode::OK);
             r.bytes().await.expect("body")
         });
@@ -1413,29 +1468,51 @@ mod tests {
         let mut reader = protocol::FrameReader::default();
         reader.push(&body).expect("frames");
         assert_eq!(reader.finish().expect("finish"), got);
-        // A key it does not hold; no token; another job's token (counted, no upgrade).
+        // A key it does not hold: the (proven) refusal says which.
         let err = rt
             .block_on(fetch_keys(&client, &token, &address, &[key(7)]))
             .expect_err("missing");
-        assert!(err.contains("404") && err.contains("cannot serve"), "{err}");
-        assert_eq!(refused.load(Ordering::Relaxed), 0);
-        let status = rt.block_on(async {
-            let r = client
-                .post(format!("http://{address}/v1/fetch"))
-                .header(reqwest::header::CONNECTION, "upgrade")
-                .header(reqwest::header::UPGRADE, protocol::FRAMES_PROTOCOL)
-                .json(&FetchRequest { keys: vec![key(0)] })
-                .send()
-                .await
-                .expect("post");
-            r.status()
-        });
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let other = Token::generate().expect("token");
+        assert!(
+            err.contains("404") && err.contains("worker 0 cannot serve"),
+            "{err}"
+        );
+        assert_eq!(guard.refused().load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_worker_listening_everywhere_advertises_the_address_it_reaches_the_coordinator_from() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // A coordinator on 127.0.0.7: the connection to it leaves from a loopback address peers can dial.
+        let coordinator = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.7:0"))
+            .expect("listen");
+        let url = format!("http://{}", coordinator.local_addr().expect("address"));
+        let everywhere: SocketAddr = "0.0.0.0:7171".parse().expect("address");
+        let a = rt
+            .block_on(advertised_address(None, everywhere, &url))
+            .expect("derived");
+        assert_eq!(a, "127.0.0.1:7171");
+        let given = rt
+            .block_on(advertised_address(Some("b.example:7071"), everywhere, &url))
+            .expect("given");
+        assert_eq!(given, "b.example:7071");
+        let bound: SocketAddr = "127.0.0.9:7171".parse().expect("address");
+        let own = rt
+            .block_on(advertised_address(None, bound, &url))
+            .expect("bound");
+        assert_eq!(own, "127.0.0.9:7171");
+        // Nobody at the coordinator's address: no guess, the flag is named.
+        drop(coordinator);
         let err = rt
-            .block_on(fetch_keys(&client, &other, &address, &keys))
-            .expect_err("another job's token");
-        assert!(err.contains("401"), "{err}");
-        assert_eq!(refused.load(Ordering::Relaxed), 2);
+            .block_on(advertised_address(None, everywhere, &url))
+            .expect_err("unreachable");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--advertise") && text.contains("0.0.0.0:7171"),
+            "{text}"
+        );
     }
 }
