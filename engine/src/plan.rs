@@ -15,7 +15,7 @@
 
 use crate::array::{ArrayMeta, DType};
 use crate::select::Selection;
-use crate::source::SliceInfo;
+use crate::source::{SliceInfo, limits};
 use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
 use crate::validate::DEFAULT_SLICES_PER_CHUNK;
 
@@ -212,6 +212,23 @@ impl Plan {
             .slices_per_chunk
             .unwrap_or(DEFAULT_SLICES_PER_CHUNK)
             .clamp(1, slices);
+        check_chunk_bytes(
+            "spec.source.slicesPerChunk",
+            &[per_chunk, info.height, info.width],
+            info.dtype.size(),
+            || format!("a load task's {per_chunk} slice(s) of {}x{} {}", info.height, info.width, info.dtype),
+        )?;
+        let loads = slices.div_ceil(per_chunk) as u64;
+        if loads > limits::MAX_CHUNKS_PER_STAGE {
+            return Err(PlanError {
+                path: "spec.source.slicesPerChunk".into(),
+                message: format!(
+                    "{slices} slices in chunks of {per_chunk} make {loads} load tasks, more than the limit of {} \
+                     chunks per stage: raise slicesPerChunk",
+                    limits::MAX_CHUNKS_PER_STAGE
+                ),
+            });
+        }
         let mut nodes = vec![Node {
             name: SOURCE_INPUT.to_string(),
             spec_index: None,
@@ -361,6 +378,8 @@ impl Plan {
                 }
                 _ => meta.chunks.clone(),
             };
+            check_node_bytes(&at, &st.name, &op, &meta, &block)?;
+            check_node_count(&at, &st.name, &op, &meta, &nodes[input].meta)?;
             let id = nodes.len();
             nodes[input].children.push(id);
             nodes.push(Node {
@@ -454,6 +473,106 @@ impl Plan {
             peak_memory_estimate: in_flight + exchange + partial_bytes,
         }
     }
+}
+
+/// Refuses a chunk of `shape` with elements of `size` bytes larger than [`limits::MAX_CHUNK_BYTES`], naming
+/// `path` and, through `what`, the chunk.
+fn check_chunk_bytes(
+    path: &str,
+    shape: &[usize],
+    size: usize,
+    what: impl FnOnce() -> String,
+) -> Result<(), PlanError> {
+    match limits::chunk_bytes(shape, size) {
+        Some(b) if b <= limits::MAX_CHUNK_BYTES => Ok(()),
+        found => Err(PlanError {
+            path: path.to_owned(),
+            message: format!(
+                "{} is {} bytes, more than the limit of {} bytes per chunk: use smaller chunks",
+                what(),
+                found.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+                limits::MAX_CHUNK_BYTES
+            ),
+        }),
+    }
+}
+
+/// Refuses a stage whose chunks, blocks or reduction partials would be larger than
+/// [`limits::MAX_CHUNK_BYTES`]: no value the executor makes, and so no frame a peer or a spill file holds, is
+/// larger.
+fn check_node_bytes(
+    at: &str,
+    name: &str,
+    op: &NodeOp,
+    meta: &ArrayMeta,
+    block: &[usize],
+) -> Result<(), PlanError> {
+    let dtype = meta.dtype;
+    check_chunk_bytes(at, &meta.chunks, dtype.size(), || {
+        format!("a chunk {:?} {dtype} of stage '{name}'", meta.chunks)
+    })?;
+    check_chunk_bytes(at, block, dtype.size(), || {
+        format!("a block {block:?} {dtype} of stage '{name}'")
+    })?;
+    if let NodeOp::Reduce(r) = op {
+        // A partial holds one f64 per output element (two for std).
+        let per = if r.op == crate::spec::ReduceKind::Std { 16 } else { 8 };
+        check_chunk_bytes(at, &meta.chunks, per, || {
+            format!("a reduction partial {:?} of stage '{name}'", meta.chunks)
+        })?;
+    }
+    Ok(())
+}
+
+/// Refuses a stage of more than [`limits::MAX_CHUNKS_PER_STAGE`] chunks, or a rechunk that cuts its
+/// input into more than [`limits::MAX_PIECES_PER_STAGE`] pieces: the task graph is built in memory.
+fn check_node_count(
+    at: &str,
+    name: &str,
+    op: &NodeOp,
+    meta: &ArrayMeta,
+    input: &ArrayMeta,
+) -> Result<(), PlanError> {
+    let too_many = |what: String, limit: u64| PlanError {
+        path: at.to_owned(),
+        message: format!("stage '{name}' has {what}, more than the limit of {limit}: use larger chunks"),
+    };
+    let count = |grid: &[usize]| limits::chunk_bytes(grid, 1).unwrap_or(u64::MAX);
+    let chunks = count(&meta.grid());
+    if chunks > limits::MAX_CHUNKS_PER_STAGE {
+        return Err(too_many(
+            format!("{chunks} chunks ({:?} of {:?})", meta.grid(), meta.chunks),
+            limits::MAX_CHUNKS_PER_STAGE,
+        ));
+    }
+    if matches!(op, NodeOp::Rechunk) {
+        // Along each axis a group meets the input chunks its range overlaps; the pieces are the product.
+        let groups = merge_groups(meta);
+        let per_axis: Vec<usize> = (0..meta.shape.len().min(input.chunks.len()))
+            .map(|a| overlaps(groups.shape[a], groups.chunks[a], input.chunks[a]))
+            .collect();
+        let pieces = count(&per_axis);
+        if pieces > limits::MAX_PIECES_PER_STAGE {
+            return Err(too_many(
+                format!("{pieces} pieces of its input's chunks {:?}", input.chunks),
+                limits::MAX_PIECES_PER_STAGE,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Over an axis of length `n` cut into groups of `g` and into chunks of `c`: the (group, chunk) pairs that
+/// overlap, at most `n / g + n / c` (the loop runs over the groups, at most
+/// [`limits::MAX_CHUNKS_PER_STAGE`]).
+fn overlaps(n: usize, g: usize, c: usize) -> usize {
+    let (g, c) = (g.max(1), c.max(1));
+    (0..n.div_ceil(g))
+        .map(|k| {
+            let (start, end) = (k * g, ((k + 1) * g).min(n));
+            (end - 1) / c - start / c + 1
+        })
+        .sum()
 }
 
 /// One line of `arrayjob plan`.
