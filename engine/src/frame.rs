@@ -489,4 +489,56 @@ mod tests {
             matches!(decode(&f), Err(FrameError::Header(m)) if m.contains("in a frame of shape [3]"))
         );
     }
+
+    #[test]
+    fn a_header_past_the_payload_limit_or_whose_length_would_wrap_is_refused() {
+        let mut f = b"AJCF\x01\x10\x01\x00".to_vec();
+        f.extend_from_slice(&4u64.to_le_bytes());
+        f.extend_from_slice(&(u64::MAX - 20).to_le_bytes());
+        f.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            decode(&f),
+            Err(FrameError::Header(format!(
+                "payload of {} bytes is more than the limit of 17179869184 bytes per frame",
+                u64::MAX - 20
+            )))
+        );
+        let h = FrameHeader {
+            dtype: None,
+            shape: vec![],
+            payload_len: usize::MAX - 2,
+            header_len: 24,
+        };
+        assert_eq!(h.frame_len(), usize::MAX, "saturates, never wraps to a small length");
+    }
+
+    #[test]
+    fn a_payload_fill_grows_with_the_bytes_that_arrive() {
+        // A u16 chunk of 40 M elements (80 MB): 64 MiB of room at first, the rest when that is full.
+        let h = parse_header(&header(1, &[40 << 20], 80 << 20)).expect("header");
+        let mut fill = PayloadFill::new(&h).expect("a chunk");
+        assert_eq!(fill.room().len(), FIRST_ROOM);
+        let n = fill.room().len();
+        fill.room()[..n].fill(1);
+        fill.advance(n);
+        assert_eq!(fill.remaining(), (80 << 20) - FIRST_ROOM);
+        assert_eq!(fill.room().len(), (80 << 20) - FIRST_ROOM, "grown to the payload");
+        let n = fill.room().len();
+        fill.room()[..n].fill(0);
+        fill.advance(n);
+        let chunk = fill.finish().expect("complete");
+        assert_eq!(chunk.shape(), &[40 << 20]);
+        match chunk {
+            Chunk::U16(a) => {
+                assert_eq!(a[0], 0x0101);
+                assert_eq!(a[(FIRST_ROOM / 2) - 1], 0x0101);
+                assert_eq!(a[FIRST_ROOM / 2], 0);
+            }
+            other => panic!("{:?}", other.dtype()),
+        }
+        // Ended early: an error, not a chunk of zeros.
+        let mut fill = PayloadFill::new(&h).expect("a chunk");
+        fill.advance(10);
+        assert_eq!(fill.finish().err(), Some(FrameError::Truncated("payload")));
+    }
 }

@@ -783,4 +783,74 @@ spec:
         assert_eq!(linear(&[3, 4], &[2, 1]), 9);
         assert_eq!(unlinear(&[3, 4], 9), vec![2, 1]);
     }
+
+    /// The plan of `source` and `stages`, or its error as text.
+    fn plan_of(source: &str, stages: &str, slices: usize, side: usize) -> Result<Plan, String> {
+        let m = parse_manifest(
+            &format!(
+                "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  source: {source}\n  \
+                 stages:\n{stages}"
+            ),
+            "t.yaml",
+        )
+        .expect("valid manifest");
+        let order = crate::validate::validate(&m.spec).expect("valid spec");
+        let info = SliceInfo {
+            height: side,
+            width: side,
+            dtype: DType::Uint16,
+        };
+        Plan::build(&m.spec, &order, slices, info).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn too_many_chunks_or_pieces_or_too_large_chunks_are_refused_naming_the_stage() {
+        let mean = "  - {name: m, input: source, reduce: {op: mean, axes: [0]}}\n";
+        // Ten million one-slice chunks: refused at once (planning them took a minute and 9 GB).
+        let start = std::time::Instant::now();
+        let e = plan_of("{zarr: {path: z.zarr}, slicesPerChunk: 1}", mean, 10_000_000, 4).expect_err("loads");
+        assert_eq!(
+            e,
+            "spec.source.slicesPerChunk: 10000000 slices in chunks of 1 make 10000000 load tasks, more than the \
+             limit of 1000000 chunks per stage: raise slicesPerChunk"
+        );
+        assert!(start.elapsed().as_secs_f64() < 1.0);
+        assert!(plan_of("{zarr: {path: z.zarr}, slicesPerChunk: 10}", mean, 10_000_000, 4).is_ok());
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 20}",
+            "  - {name: r, input: source, rechunk: {chunks: [20, 1, 1]}}\n",
+            40,
+            2048,
+        )
+        .expect_err("chunks");
+        assert!(
+            e.starts_with("spec.stages[0]: stage 'r' has 8388608 chunks ([2, 2048, 2048] of [20, 1, 1]), more than the limit of 1000000"),
+            "{e}"
+        );
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            "  - {name: r, input: source, rechunk: {chunks: [-1, 1, 4000]}}\n",
+            5000,
+            4000,
+        )
+        .expect_err("pieces");
+        assert!(
+            e.starts_with("spec.stages[0]: stage 'r' has 20000000 pieces of its input's chunks [1, 4000, 4000]"),
+            "{e}"
+        );
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            "  - {name: r, input: source, rechunk: {chunks: [-1, -1, -1]}}\n",
+            2000,
+            65536,
+        )
+        .expect_err("bytes");
+        assert!(
+            e.starts_with(
+                "spec.stages[0]: a chunk [2000, 65536, 65536] uint16 of stage 'r' is 17179869184000 bytes, more than \
+                 the limit of 17179869184 bytes per chunk"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use arrayjob_engine::frame;
 use arrayjob_engine::source::decode::{SliceStack, decode_into, probe};
 use arrayjob_engine::source::limits;
 use arrayjob_engine::spec::SourceSpec;
-use counting_alloc::{Counting, largest_allocation};
+use counting_alloc::{Counting, largest_allocation, serial};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
@@ -50,6 +50,25 @@ fn config() -> Config {
         )))),
         ..Config::default()
     }
+}
+
+/// Runs `test` on the configured number of cases of `strategy` (after the saved regressions), as the only test
+/// of the binary running; panics with the smallest failing input found.
+fn check<S>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+{
+    let _one = serial();
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    if let Err(e) = runner.run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
+/// The committed hostile inputs of one reader, read while this test is the only one running.
+fn corpus_of(reader: &str) -> (std::sync::MutexGuard<'static, ()>, Vec<(PathBuf, Vec<u8>)>) {
+    (serial(), corpus(reader))
 }
 
 /// The committed hostile inputs of one reader.
@@ -190,31 +209,28 @@ fn crc32c_png(bytes: &[u8]) -> u32 {
 
 #[test]
 fn image_corpus() {
-    for (path, bytes) in corpus("image") {
+    let (_one, files) = corpus_of("image");
+    for (path, bytes) in files {
         image_case(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn png_headers_with_hostile_fields(
-        w in number(), h in number(),
-        depth in prop::sample::select(vec![1u8, 2, 4, 8, 16, 0, 3, 32]),
-        colour in prop::sample::select(vec![0u8, 2, 3, 4, 6, 1, 7]),
-        interlace in 0u8..3,
-        data in prop::collection::vec(any::<u8>(), 0..200),
-    ) {
+#[test]
+fn png_headers_with_hostile_fields() {
+    check((number(), number(), prop::sample::select(vec![1u8, 2, 4, 8, 16, 0, 3, 32]), prop::sample::select(vec![0u8, 2, 3, 4, 6, 1, 7]), 0u8..3, prop::collection::vec(any::<u8>(), 0..200)), |(w, h, depth, colour, interlace, data)| {
         image_case(&png(w as u32, h as u32, depth, colour, interlace, &data))?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn mutated_images(pick in any::<prop::sample::Index>(), e in edits()) {
+#[test]
+fn mutated_images() {
+    check((any::<prop::sample::Index>(), edits()), |(pick, e)| {
         let all = corpus("image");
         let (_, bytes) = &all[pick.index(all.len())];
         image_case(&mutate(bytes.clone(), &e))?;
-    }
+        Ok(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -293,29 +309,28 @@ fn tiff_entry() -> impl Strategy<Value = (u16, u16, u64, u64)> {
 
 #[test]
 fn tiff_corpus() {
-    for (path, bytes) in corpus("tiff") {
+    let (_one, files) = corpus_of("tiff");
+    for (path, bytes) in files {
         tiff_case(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn tiff_directories_with_hostile_fields(
-        big in any::<bool>(), little in any::<bool>(), pages in 1usize..4,
-        entries in prop::collection::vec(tiff_entry(), 0..14),
-        tail in prop::collection::vec(any::<u8>(), 0..300),
-    ) {
+#[test]
+fn tiff_directories_with_hostile_fields() {
+    check((any::<bool>(), any::<bool>(), 1usize..4, prop::collection::vec(tiff_entry(), 0..14), prop::collection::vec(any::<u8>(), 0..300)), |(big, little, pages, entries, tail)| {
         tiff_case(&tiff(big, little, pages, &entries, &tail))?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn mutated_tiffs(pick in any::<prop::sample::Index>(), e in edits()) {
+#[test]
+fn mutated_tiffs() {
+    check((any::<prop::sample::Index>(), edits()), |(pick, e)| {
         let all = corpus("tiff");
         let (_, bytes) = &all[pick.index(all.len())];
         tiff_case(&mutate(bytes.clone(), &e))?;
-    }
+        Ok(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -444,7 +459,8 @@ fn zarr_v2() -> impl Strategy<Value = serde_json::Value> {
 #[test]
 fn zarr_corpus() {
     // Each corpus file is a JSON object: {"files": {"zarr.json": <document or string>, ...}, "level": n?}.
-    for (path, bytes) in corpus("zarr") {
+    let (_one, files) = corpus_of("zarr");
+    for (path, bytes) in files {
         let case: serde_json::Value = serde_json::from_slice(&bytes).expect("corpus JSON");
         let files: Vec<(String, Vec<u8>)> = case["files"]
             .as_object()
@@ -462,28 +478,22 @@ fn zarr_corpus() {
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn zarr_metadata_with_hostile_numbers(
-        v3 in any::<bool>(), a in zarr_v3(), b in zarr_v2(),
-        chunk in prop::collection::vec(any::<u8>(), 0..64),
-    ) {
+#[test]
+fn zarr_metadata_with_hostile_numbers() {
+    check((any::<bool>(), zarr_v3(), zarr_v2(), prop::collection::vec(any::<u8>(), 0..64)), |(v3, a, b, chunk)| {
         let files = if v3 {
             vec![("zarr.json".to_string(), a.to_string().into_bytes()), ("c/0/0/0".into(), chunk)]
         } else {
             vec![(".zarray".to_string(), b.to_string().into_bytes()), ("0.0.0".into(), chunk)]
         };
         zarr_case(&files, None)?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn ome_multiscales_with_hostile_levels_and_paths(
-        level in prop::option::of(number()),
-        paths in prop::collection::vec(prop::sample::select(vec!["0", "/", "..", "../..", "", "0/../..", "a\u{0}b"]), 0..4),
-        array in zarr_v3(),
-    ) {
+#[test]
+fn ome_multiscales_with_hostile_levels_and_paths() {
+    check((prop::option::of(number()), prop::collection::vec(prop::sample::select(vec!["0", "/", "..", "../..", "", "0/../..", "a\u{0}b"]), 0..4), zarr_v3()), |(level, paths, array)| {
         let datasets: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({"path": p})).collect();
         let group = serde_json::json!({
             "zarr_format": 3, "node_type": "group",
@@ -494,10 +504,13 @@ proptest! {
             ("0/zarr.json".to_string(), array.to_string().into_bytes()),
         ];
         zarr_case(&files, level)?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn mutated_zarr_documents(pick in any::<prop::sample::Index>(), e in edits()) {
+#[test]
+fn mutated_zarr_documents() {
+    check((any::<prop::sample::Index>(), edits()), |(pick, e)| {
         let all = corpus("zarr");
         let (_, bytes) = &all[pick.index(all.len())];
         let case: serde_json::Value = serde_json::from_slice(bytes).expect("corpus JSON");
@@ -508,7 +521,8 @@ proptest! {
             .map(|(k, v)| (k.clone(), mutate(v.to_string().into_bytes(), &e)))
             .collect();
         zarr_case(&files, None)?;
-    }
+        Ok(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -535,28 +549,24 @@ fn frames() -> Vec<Vec<u8>> {
 
 #[test]
 fn frame_corpus() {
-    for (path, bytes) in corpus("frame") {
+    let (_one, files) = corpus_of("frame");
+    for (path, bytes) in files {
         frame_case(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn mutated_frames(pick in any::<prop::sample::Index>(), e in edits()) {
+#[test]
+fn mutated_frames() {
+    check((any::<prop::sample::Index>(), edits()), |(pick, e)| {
         let all = frames();
         frame_case(&mutate(all[pick.index(all.len())].clone(), &e))?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn frame_headers_with_hostile_fields(
-        code in prop::sample::select(vec![0u8, 1, 2, 3, 16, 4, 255]),
-        shape in prop::collection::vec(number(), 0..5),
-        ndim in prop::option::of(any::<u8>()),
-        len in number(),
-        tail in prop::collection::vec(any::<u8>(), 0..64),
-    ) {
+#[test]
+fn frame_headers_with_hostile_fields() {
+    check((prop::sample::select(vec![0u8, 1, 2, 3, 16, 4, 255]), prop::collection::vec(number(), 0..5), prop::option::of(any::<u8>()), number(), prop::collection::vec(any::<u8>(), 0..64)), |(code, shape, ndim, len, tail)| {
         let mut f = b"AJCF\x01".to_vec();
         f.push(code);
         f.push(ndim.unwrap_or(shape.len() as u8));
@@ -567,7 +577,8 @@ proptest! {
         f.extend_from_slice(&len.to_le_bytes());
         f.extend_from_slice(&tail);
         frame_case(&f)?;
-    }
+        Ok(())
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -647,23 +658,26 @@ fn manifest() -> impl Strategy<Value = String> {
 
 #[test]
 fn manifest_corpus() {
-    for (path, bytes) in corpus("manifest") {
+    let (_one, files) = corpus_of("manifest");
+    for (path, bytes) in files {
         manifest_case(&String::from_utf8_lossy(&bytes)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn manifests_with_hostile_numbers(text in manifest()) {
+#[test]
+fn manifests_with_hostile_numbers() {
+    check((manifest(),), |(text,)| {
         manifest_case(&text)?;
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn mutated_manifests(pick in any::<prop::sample::Index>(), e in edits()) {
+#[test]
+fn mutated_manifests() {
+    check((any::<prop::sample::Index>(), edits()), |(pick, e)| {
         let all = corpus("manifest");
         let (_, bytes) = &all[pick.index(all.len())];
         manifest_case(&String::from_utf8_lossy(&mutate(bytes.clone(), &e)))?;
-    }
+        Ok(())
+    });
 }

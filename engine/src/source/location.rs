@@ -453,16 +453,17 @@ async fn answer(response: reqwest::Response, part: &Part) -> Result<Answer, Fail
         check_content_range(&response, r)?;
     }
     let unranged = status == 200 && ranged;
-    let (limit, per) = if unranged {
-        (
+    let (limit, per) = match part {
+        _ if unranged => (
             limits::MAX_UNRANGED_BYTES,
             "of a file whose server does not honour Range requests (serve it from one that does, e.g. any \
-             static file server or S3, or copy it locally)",
-        )
-    } else {
-        (part.limit(), "of this read")
+             static file server or S3, or copy it locally)"
+                .to_owned(),
+        ),
+        Part::Whole { limit, what } => (*limit, format!("of {what}")),
+        _ => (part.limit(), "of this read".to_owned()),
     };
-    let body = limits::read_body(response, limit, per)
+    let body = limits::read_body(response, limit, &per)
         .await
         .map_err(|e| match e {
             limits::BodyError::TooLarge(message) => Failure::once(message),
@@ -619,5 +620,111 @@ impl Seek for RangeReader<'_> {
             }
         };
         Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Serves every request with `head` and `body` on a loopback port; returns the location of its root URL.
+    fn serve(head: &'static str, body: &'static [u8]) -> Location {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/f", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+            }
+        });
+        Location::of_spec("tiff", None, Some(&url), None, None, Path::new(".")).expect("location")
+    }
+
+    fn error(location: &Location, part: Part) -> String {
+        location.get("", part).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_range_answered_from_elsewhere_or_longer_than_asked_is_refused() {
+        let moved = serve(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/100\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+            b"abcd",
+        );
+        let m = error(&moved, Part::Range(10..14));
+        assert!(
+            m.ends_with(
+                "/f: GET failed with Content-Range \"bytes 0-3/100\" in the answer to a request of bytes 10-13 after 1 \
+                 attempt(s)"
+            ),
+            "{m}"
+        );
+        let long = serve(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-13/100\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+            b"abcdefgh",
+        );
+        let m = error(&long, Part::Range(10..14));
+        assert!(
+            m.contains("response body of 8 bytes (Content-Length) exceeds the limit of 4 bytes of this read"),
+            "{m}"
+        );
+        let ok = serve(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-13/100\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+            b"abcd",
+        );
+        assert_eq!(ok.get("", Part::Range(10..14)).expect("read").as_deref(), Some(&b"abcd"[..]));
+    }
+
+    #[test]
+    fn reads_past_the_limits_are_refused_before_any_request() {
+        // No server: the parts are refused before anything is sent.
+        let l = Location::of_spec("zarr", None, Some("http://127.0.0.1:9/x"), None, None, Path::new("."))
+            .expect("location");
+        let m = error(&l, Part::Range(0..limits::MAX_OBJECT_BYTES + 1));
+        assert_eq!(
+            m,
+            "http://127.0.0.1:9/x: a read of 1073741825 bytes (Range(0..1073741825)) is more than the limit of \
+             1073741824 bytes per read"
+        );
+        let m = error(&l, Part::Suffix(u64::MAX));
+        assert!(m.contains("a read of 18446744073709551615 bytes (Suffix("), "{m}");
+    }
+
+    #[test]
+    fn a_local_file_longer_than_its_limit_is_refused_and_ranges_are_clamped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("f"), b"0123456789").expect("write");
+        let l = Location::of_spec("zarr", Some("."), None, None, None, dir.path()).expect("location");
+        let whole = Part::Whole {
+            limit: 9,
+            what: "a Zarr metadata document",
+        };
+        let m = l.get("f", whole).expect_err("too long").to_string();
+        assert_eq!(
+            m,
+            format!(
+                "{}/./f: it holds more than 9 bytes, the limit of a Zarr metadata document",
+                dir.path().display()
+            )
+        );
+        let get = |p| l.get("f", p).expect("read").expect("exists");
+        assert_eq!(&get(Part::Range(8..20))[..], b"89");
+        assert_eq!(&get(Part::Range(20..30))[..], b"");
+        assert_eq!(&get(Part::Suffix(3))[..], b"789");
+        assert_eq!(&get(Part::Suffix(30))[..], b"0123456789");
+    }
+
+    #[test]
+    fn whole_bodies_of_unranged_servers_are_kept_within_the_limit() {
+        let mut u = Unranged::default();
+        let half = Bytes::from(vec![0u8; (limits::MAX_UNRANGED_BYTES / 2) as usize]);
+        u.keep("a", half.clone());
+        u.keep("b", half.clone());
+        assert!(u.get("a").is_some() && u.get("b").is_some());
+        u.keep("c", Bytes::from_static(b"x"));
+        assert!(u.get("a").is_none(), "the oldest is dropped");
+        assert!(u.get("b").is_some() && u.get("c").is_some());
+        assert_eq!(u.bytes, limits::MAX_UNRANGED_BYTES / 2 + 1);
     }
 }

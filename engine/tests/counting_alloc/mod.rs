@@ -1,13 +1,14 @@
 //! A global allocator for the property tests: the system allocator, recording the largest single allocation
 //! asked for by any thread, so a test can assert that a reader of hostile bytes never sized an allocation from
 //! a number in them (a header announcing terabytes) beyond the limits it states. Any thread counts (zarrs
-//! decodes on rayon's, HTTP runs on tokio's), so [`largest_allocation`] runs one measured call at a time.
+//! decodes on rayon's, HTTP runs on tokio's), so the tests of a binary that uses it run one at a time: each
+//! holds [`serial`] for its whole run (case generation included).
 //!
-//! A test binary installs it with `#[global_allocator] static ALLOC: Counting = Counting;` and wraps each call
-//! in [`largest_allocation`].
+//! A test binary installs it with `#[global_allocator] static ALLOC: Counting = Counting;`, takes [`serial`]
+//! at the start of each test and wraps each measured call in [`largest_allocation`].
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The system allocator, recording the largest allocation asked for.
@@ -16,8 +17,8 @@ pub struct Counting;
 
 /// Largest allocation (bytes) asked for since the last reset.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
-/// Held while a call is measured.
-static MEASURING: Mutex<()> = Mutex::new(());
+/// Held by the test running.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn record(size: usize) {
     LARGEST.fetch_max(size, Ordering::Relaxed);
@@ -51,10 +52,14 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Runs `f` (one measured call at a time in the process) and returns its result with the largest single
-/// allocation (bytes) made meanwhile.
+/// Taken at the start of each test: the tests of the binary run one at a time, so the allocations measured
+/// are the measured call's.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` and returns its result with the largest single allocation (bytes) made meanwhile (by any thread).
 pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     LARGEST.store(0, Ordering::Relaxed);
     let out = f();
     (out, LARGEST.load(Ordering::Relaxed))
