@@ -293,9 +293,11 @@ fn read_file(path: &Path, part: &Part) -> Result<Option<Bytes>, SourceError> {
                 .map_err(io)?;
         }
     }
+    // A range takes its bytes; a whole file one byte more than its limit, to tell a longer one.
     let limit = part.limit();
+    let whole = matches!(part, Part::Whole { .. });
     let mut buf = Vec::new();
-    file.take(limit.saturating_add(1))
+    file.take(limit.saturating_add(u64::from(whole)))
         .read_to_end(&mut buf)
         .map_err(io)?;
     if buf.len() as u64 > limit {
