@@ -113,7 +113,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 == 1 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -136,7 +140,11 @@ fn tiff_claiming(pages: u32, w: u32, h: u32) -> Vec<u8> {
     let strip = 8 + pages * ifd_len;
     let mut out = b"II*\0\x08\0\0\0".to_vec();
     for p in 0..pages {
-        let next = if p + 1 < pages { 8 + (p + 1) * ifd_len } else { 0 };
+        let next = if p + 1 < pages {
+            8 + (p + 1) * ifd_len
+        } else {
+            0
+        };
         let entries: [(u16, u16, u32); ENTRIES as usize] = [
             (256, 4, w),
             (257, 4, h),
@@ -186,7 +194,11 @@ fn twenty_pngs_claiming_a_million_squared_are_refused_by_plan_and_run() {
 #[test]
 fn a_tiff_page_claiming_a_million_squared_is_refused_by_plan_and_run() {
     let d = tempfile::tempdir().expect("tmp");
-    std::fs::write(d.path().join("page.tif"), tiff_claiming(1, 1_000_000, 1_000_000)).expect("tif");
+    std::fs::write(
+        d.path().join("page.tif"),
+        tiff_claiming(1, 1_000_000, 1_000_000),
+    )
+    .expect("tif");
     refused(
         d.path(),
         "{tiff: {path: page.tif}}",
@@ -291,7 +303,11 @@ fn answer(mut s: TcpStream, body: Body) {
         }
     }
     let (head, first, total) = match body {
-        Body::Endless => ("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned(), Vec::new(), u64::MAX),
+        Body::Endless => (
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned(),
+            Vec::new(),
+            u64::MAX,
+        ),
         Body::IgnoresRange(n) => (
             format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"),
             Vec::new(),
@@ -303,7 +319,10 @@ fn answer(mut s: TcpStream, body: Body) {
             n,
         ),
     };
-    if s.write_all(head.as_bytes()).and_then(|()| s.write_all(&first)).is_err() {
+    if s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(&first))
+        .is_err()
+    {
         return;
     }
     let block = vec![0x2au8; 1 << 16];

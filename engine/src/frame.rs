@@ -509,7 +509,11 @@ mod tests {
             payload_len: usize::MAX - 2,
             header_len: 24,
         };
-        assert_eq!(h.frame_len(), usize::MAX, "saturates, never wraps to a small length");
+        assert_eq!(
+            h.frame_len(),
+            usize::MAX,
+            "saturates, never wraps to a small length"
+        );
     }
 
     #[test]
@@ -522,7 +526,11 @@ mod tests {
         fill.room()[..n].fill(1);
         fill.advance(n);
         assert_eq!(fill.remaining(), (80 << 20) - FIRST_ROOM);
-        assert_eq!(fill.room().len(), (80 << 20) - FIRST_ROOM, "grown to the payload");
+        assert_eq!(
+            fill.room().len(),
+            (80 << 20) - FIRST_ROOM,
+            "grown to the payload"
+        );
         let n = fill.room().len();
         fill.room()[..n].fill(0);
         fill.advance(n);

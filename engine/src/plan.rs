@@ -216,7 +216,12 @@ impl Plan {
             "spec.source.slicesPerChunk",
             &[per_chunk, info.height, info.width],
             info.dtype.size(),
-            || format!("a load task's {per_chunk} slice(s) of {}x{} {}", info.height, info.width, info.dtype),
+            || {
+                format!(
+                    "a load task's {per_chunk} slice(s) of {}x{} {}",
+                    info.height, info.width, info.dtype
+                )
+            },
         )?;
         let loads = slices.div_ceil(per_chunk) as u64;
         if loads > limits::MAX_CHUNKS_PER_STAGE {
@@ -516,7 +521,11 @@ fn check_node_bytes(
     })?;
     if let NodeOp::Reduce(r) = op {
         // A partial holds one f64 per output element (two for std).
-        let per = if r.op == crate::spec::ReduceKind::Std { 16 } else { 8 };
+        let per = if r.op == crate::spec::ReduceKind::Std {
+            16
+        } else {
+            8
+        };
         check_chunk_bytes(at, &meta.chunks, per, || {
             format!("a reduction partial {:?} of stage '{name}'", meta.chunks)
         })?;
@@ -535,7 +544,9 @@ fn check_node_count(
 ) -> Result<(), PlanError> {
     let too_many = |what: String, limit: u64| PlanError {
         path: at.to_owned(),
-        message: format!("stage '{name}' has {what}, more than the limit of {limit}: use larger chunks"),
+        message: format!(
+            "stage '{name}' has {what}, more than the limit of {limit}: use larger chunks"
+        ),
     };
     let count = |grid: &[usize]| limits::chunk_bytes(grid, 1).unwrap_or(u64::MAX);
     let chunks = count(&meta.grid());
@@ -808,14 +819,28 @@ spec:
         let mean = "  - {name: m, input: source, reduce: {op: mean, axes: [0]}}\n";
         // Ten million one-slice chunks: refused at once (planning them took a minute and 9 GB).
         let start = std::time::Instant::now();
-        let e = plan_of("{zarr: {path: z.zarr}, slicesPerChunk: 1}", mean, 10_000_000, 4).expect_err("loads");
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            mean,
+            10_000_000,
+            4,
+        )
+        .expect_err("loads");
         assert_eq!(
             e,
             "spec.source.slicesPerChunk: 10000000 slices in chunks of 1 make 10000000 load tasks, more than the \
              limit of 1000000 chunks per stage: raise slicesPerChunk"
         );
         assert!(start.elapsed().as_secs_f64() < 1.0);
-        assert!(plan_of("{zarr: {path: z.zarr}, slicesPerChunk: 10}", mean, 10_000_000, 4).is_ok());
+        assert!(
+            plan_of(
+                "{zarr: {path: z.zarr}, slicesPerChunk: 10}",
+                mean,
+                10_000_000,
+                4
+            )
+            .is_ok()
+        );
         let e = plan_of(
             "{zarr: {path: z.zarr}, slicesPerChunk: 20}",
             "  - {name: r, input: source, rechunk: {chunks: [20, 1, 1]}}\n",

@@ -73,7 +73,9 @@ fn corpus_of(reader: &str) -> (std::sync::MutexGuard<'static, ()>, Vec<(PathBuf,
 
 /// The committed hostile inputs of one reader.
 fn corpus(reader: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus").join(reader);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/corpus")
+        .join(reader);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
@@ -201,7 +203,11 @@ fn crc32c_png(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 == 1 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -217,10 +223,20 @@ fn image_corpus() {
 
 #[test]
 fn png_headers_with_hostile_fields() {
-    check((number(), number(), prop::sample::select(vec![1u8, 2, 4, 8, 16, 0, 3, 32]), prop::sample::select(vec![0u8, 2, 3, 4, 6, 1, 7]), 0u8..3, prop::collection::vec(any::<u8>(), 0..200)), |(w, h, depth, colour, interlace, data)| {
-        image_case(&png(w as u32, h as u32, depth, colour, interlace, &data))?;
-        Ok(())
-    });
+    check(
+        (
+            number(),
+            number(),
+            prop::sample::select(vec![1u8, 2, 4, 8, 16, 0, 3, 32]),
+            prop::sample::select(vec![0u8, 2, 3, 4, 6, 1, 7]),
+            0u8..3,
+            prop::collection::vec(any::<u8>(), 0..200),
+        ),
+        |(w, h, depth, colour, interlace, data)| {
+            image_case(&png(w as u32, h as u32, depth, colour, interlace, &data))?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -259,8 +275,18 @@ fn tiff_case(bytes: &[u8]) -> Result<(), TestCaseError> {
 
 /// A TIFF (classic or BigTIFF, little- or big-endian) of the given directory entries `(tag, type, count,
 /// value)`, chained `pages` times, followed by `tail`.
-fn tiff(big: bool, little: bool, pages: usize, entries: &[(u16, u16, u64, u64)], tail: &[u8]) -> Vec<u8> {
-    let mut out = if little { b"II".to_vec() } else { b"MM".to_vec() };
+fn tiff(
+    big: bool,
+    little: bool,
+    pages: usize,
+    entries: &[(u16, u16, u64, u64)],
+    tail: &[u8],
+) -> Vec<u8> {
+    let mut out = if little {
+        b"II".to_vec()
+    } else {
+        b"MM".to_vec()
+    };
     let put = |out: &mut Vec<u8>, n: u64, size: usize| {
         let le = n.to_le_bytes();
         if little {
@@ -299,7 +325,8 @@ fn tiff(big: bool, little: bool, pages: usize, entries: &[(u16, u16, u64, u64)],
 fn tiff_entry() -> impl Strategy<Value = (u16, u16, u64, u64)> {
     (
         prop::sample::select(vec![
-            256u16, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 999,
+            256u16, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339,
+            999,
         ]),
         prop_oneof![3 => prop::sample::select(vec![3u16, 4, 16]), 1 => 0u16..20],
         prop_oneof![3 => Just(1u64), 1 => number()],
@@ -317,10 +344,19 @@ fn tiff_corpus() {
 
 #[test]
 fn tiff_directories_with_hostile_fields() {
-    check((any::<bool>(), any::<bool>(), 1usize..4, prop::collection::vec(tiff_entry(), 0..14), prop::collection::vec(any::<u8>(), 0..300)), |(big, little, pages, entries, tail)| {
-        tiff_case(&tiff(big, little, pages, &entries, &tail))?;
-        Ok(())
-    });
+    check(
+        (
+            any::<bool>(),
+            any::<bool>(),
+            1usize..4,
+            prop::collection::vec(tiff_entry(), 0..14),
+            prop::collection::vec(any::<u8>(), 0..300),
+        ),
+        |(big, little, pages, entries, tail)| {
+            tiff_case(&tiff(big, little, pages, &entries, &tail))?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -347,7 +383,9 @@ fn zarr_case(files: &[(String, Vec<u8>)], level: Option<u64>) -> Result<(), Test
         std::fs::write(&p, bytes).expect("write");
     }
     let level = level.map_or(String::new(), |l| format!(", level: {l}"));
-    let Ok(spec) = serde_yaml::from_str::<SourceSpec>(&format!("{{zarr: {{path: img.zarr{level}}}}}")) else {
+    let Ok(spec) =
+        serde_yaml::from_str::<SourceSpec>(&format!("{{zarr: {{path: img.zarr{level}}}}}"))
+    else {
         return Ok(());
     };
     let (result, largest) = largest_allocation(|| {
@@ -474,38 +512,66 @@ fn zarr_corpus() {
                 (k.clone(), body)
             })
             .collect();
-        zarr_case(&files, case["level"].as_u64()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        zarr_case(&files, case["level"].as_u64())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 
 #[test]
 fn zarr_metadata_with_hostile_numbers() {
-    check((any::<bool>(), zarr_v3(), zarr_v2(), prop::collection::vec(any::<u8>(), 0..64)), |(v3, a, b, chunk)| {
-        let files = if v3 {
-            vec![("zarr.json".to_string(), a.to_string().into_bytes()), ("c/0/0/0".into(), chunk)]
-        } else {
-            vec![(".zarray".to_string(), b.to_string().into_bytes()), ("0.0.0".into(), chunk)]
-        };
-        zarr_case(&files, None)?;
-        Ok(())
-    });
+    check(
+        (
+            any::<bool>(),
+            zarr_v3(),
+            zarr_v2(),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ),
+        |(v3, a, b, chunk)| {
+            let files = if v3 {
+                vec![
+                    ("zarr.json".to_string(), a.to_string().into_bytes()),
+                    ("c/0/0/0".into(), chunk),
+                ]
+            } else {
+                vec![
+                    (".zarray".to_string(), b.to_string().into_bytes()),
+                    ("0.0.0".into(), chunk),
+                ]
+            };
+            zarr_case(&files, None)?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
 fn ome_multiscales_with_hostile_levels_and_paths() {
-    check((prop::option::of(number()), prop::collection::vec(prop::sample::select(vec!["0", "/", "..", "../..", "", "0/../..", "a\u{0}b"]), 0..4), zarr_v3()), |(level, paths, array)| {
-        let datasets: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({"path": p})).collect();
-        let group = serde_json::json!({
-            "zarr_format": 3, "node_type": "group",
-            "attributes": {"ome": {"version": "0.5", "multiscales": [{"datasets": datasets}]}}
-        });
-        let files = vec![
-            ("zarr.json".to_string(), group.to_string().into_bytes()),
-            ("0/zarr.json".to_string(), array.to_string().into_bytes()),
-        ];
-        zarr_case(&files, level)?;
-        Ok(())
-    });
+    check(
+        (
+            prop::option::of(number()),
+            prop::collection::vec(
+                prop::sample::select(vec!["0", "/", "..", "../..", "", "0/../..", "a\u{0}b"]),
+                0..4,
+            ),
+            zarr_v3(),
+        ),
+        |(level, paths, array)| {
+            let datasets: Vec<serde_json::Value> = paths
+                .iter()
+                .map(|p| serde_json::json!({"path": p}))
+                .collect();
+            let group = serde_json::json!({
+                "zarr_format": 3, "node_type": "group",
+                "attributes": {"ome": {"version": "0.5", "multiscales": [{"datasets": datasets}]}}
+            });
+            let files = vec![
+                ("zarr.json".to_string(), group.to_string().into_bytes()),
+                ("0/zarr.json".to_string(), array.to_string().into_bytes()),
+            ];
+            zarr_case(&files, level)?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -566,19 +632,28 @@ fn mutated_frames() {
 
 #[test]
 fn frame_headers_with_hostile_fields() {
-    check((prop::sample::select(vec![0u8, 1, 2, 3, 16, 4, 255]), prop::collection::vec(number(), 0..5), prop::option::of(any::<u8>()), number(), prop::collection::vec(any::<u8>(), 0..64)), |(code, shape, ndim, len, tail)| {
-        let mut f = b"AJCF\x01".to_vec();
-        f.push(code);
-        f.push(ndim.unwrap_or(shape.len() as u8));
-        f.push(0);
-        for n in &shape {
-            f.extend_from_slice(&n.to_le_bytes());
-        }
-        f.extend_from_slice(&len.to_le_bytes());
-        f.extend_from_slice(&tail);
-        frame_case(&f)?;
-        Ok(())
-    });
+    check(
+        (
+            prop::sample::select(vec![0u8, 1, 2, 3, 16, 4, 255]),
+            prop::collection::vec(number(), 0..5),
+            prop::option::of(any::<u8>()),
+            number(),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ),
+        |(code, shape, ndim, len, tail)| {
+            let mut f = b"AJCF\x01".to_vec();
+            f.push(code);
+            f.push(ndim.unwrap_or(shape.len() as u8));
+            f.push(0);
+            for n in &shape {
+                f.extend_from_slice(&n.to_le_bytes());
+            }
+            f.extend_from_slice(&len.to_le_bytes());
+            f.extend_from_slice(&tail);
+            frame_case(&f)?;
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -607,7 +682,11 @@ fn manifest_case(text: &str) -> Result<(), TestCaseError> {
         }
     });
     // A select keeps its index lists: 8 bytes per index of an axis of at most `MAX_SLICES`.
-    check_bound("manifest", largest, OVERHEAD + 8 * limits::MAX_SLICES as usize)
+    check_bound(
+        "manifest",
+        largest,
+        OVERHEAD + 8 * limits::MAX_SLICES as usize,
+    )
 }
 
 fn yaml_number() -> impl Strategy<Value = String> {
@@ -637,11 +716,17 @@ fn manifest() -> impl Strategy<Value = String> {
         (n(), n(), n(), n()).prop_map(|(a, i, s, t)| format!(
             "{{input: IN, select: [{{axis: {a}, start: {i}, stop: {s}, step: {t}}}]}}"
         )),
-        (n(), n()).prop_map(|(a, i)| format!("{{input: IN, select: [{{axis: {a}, indices: [{i}, {a}]}}]}}")),
-        (n(), n()).prop_map(|(a, b)| format!("{{input: IN, reduce: {{op: std, axes: [{a}, {b}]}}}}")),
+        (n(), n()).prop_map(|(a, i)| format!(
+            "{{input: IN, select: [{{axis: {a}, indices: [{i}, {a}]}}]}}"
+        )),
+        (n(), n())
+            .prop_map(|(a, b)| format!("{{input: IN, reduce: {{op: std, axes: [{a}, {b}]}}}}")),
         (n(), n()).prop_map(|(a, b)| format!("{{input: IN, recenter: {{window: [{a}, {b}]}}}}")),
-        (n(), n(), n()).prop_map(|(a, b, c)| format!("{{input: IN, rechunk: {{chunks: [{a}, {b}, {c}]}}}}")),
-        n().prop_map(|a| format!("{{input: IN, fft: {{axis: {a}, dtype: float64}}, output: {{zarr: f.zarr}}}}")),
+        (n(), n(), n())
+            .prop_map(|(a, b, c)| format!("{{input: IN, rechunk: {{chunks: [{a}, {b}, {c}]}}}}")),
+        n().prop_map(|a| format!(
+            "{{input: IN, fft: {{axis: {a}, dtype: float64}}, output: {{zarr: f.zarr}}}}"
+        )),
     ];
     (source, n(), prop::collection::vec(stage, 0..4)).prop_map(|(source, per, stages)| {
         let source = format!("{}, slicesPerChunk: {per}}}", &source[..source.len() - 1]);
@@ -660,7 +745,8 @@ fn manifest() -> impl Strategy<Value = String> {
 fn manifest_corpus() {
     let (_one, files) = corpus_of("manifest");
     for (path, bytes) in files {
-        manifest_case(&String::from_utf8_lossy(&bytes)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        manifest_case(&String::from_utf8_lossy(&bytes))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 

@@ -55,8 +55,14 @@ fn answer() -> (Vec<Data>, Vec<u8>) {
             |ix| (ix[0] * 300 + ix[1]) as f32,
         ))),
         Data::Partial(reduce::partial(&src, &[0], ReduceKind::Std).expect("partial")),
-        Data::Chunk(Chunk::U8(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[0, 4]), 1))),
-        Data::Chunk(Chunk::F64(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[3]), 0.5))),
+        Data::Chunk(Chunk::U8(ndarray::ArrayD::from_elem(
+            ndarray::IxDyn(&[0, 4]),
+            1,
+        ))),
+        Data::Chunk(Chunk::F64(ndarray::ArrayD::from_elem(
+            ndarray::IxDyn(&[3]),
+            0.5,
+        ))),
     ];
     let mut bytes = Vec::new();
     for d in &values {
@@ -103,12 +109,18 @@ fn readers_case(bytes: &[u8], pieces: &[usize], frames: usize) -> Result<(), Tes
         }
         let _ = r.finish();
     });
-    prop_assert!(largest <= bound, "FrameReader: {largest} bytes allocated, bound {bound}");
+    prop_assert!(
+        largest <= bound,
+        "FrameReader: {largest} bytes allocated, bound {bound}"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
     let (_, largest) = largest_allocation(|| rt.block_on(read_frames(&mut &bytes[..], frames)));
-    prop_assert!(largest <= bound, "read_frames: {largest} bytes allocated, bound {bound}");
+    prop_assert!(
+        largest <= bound,
+        "read_frames: {largest} bytes allocated, bound {bound}"
+    );
     Ok(())
 }
 
@@ -146,7 +158,9 @@ fn an_honest_answer_reads_back_and_a_header_claiming_a_tebibyte_allocates_nothin
     for n in [1u64 << 20, 1 << 20, 1 << 40] {
         frame.extend_from_slice(&n.to_le_bytes());
     }
-    let mut lying = ((frame.len() + (1 << 40) + 4) as u64).to_le_bytes().to_vec();
+    let mut lying = ((frame.len() + (1 << 40) + 4) as u64)
+        .to_le_bytes()
+        .to_vec();
     lying.extend_from_slice(&frame);
     lying.extend_from_slice(&[0; 8]);
     let (err, largest) = largest_allocation(|| {
@@ -163,7 +177,9 @@ fn an_honest_answer_reads_back_and_a_header_claiming_a_tebibyte_allocates_nothin
     for n in [1u64 << 30, 1 << 30] {
         frame.extend_from_slice(&n.to_le_bytes());
     }
-    let mut short = ((frame.len() + (1 << 30) + 4) as u64).to_le_bytes().to_vec();
+    let mut short = ((frame.len() + (1 << 30) + 4) as u64)
+        .to_le_bytes()
+        .to_vec();
     short.extend_from_slice(&frame);
     short.extend_from_slice(&[0; 8]);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -173,7 +189,10 @@ fn an_honest_answer_reads_back_and_a_header_claiming_a_tebibyte_allocates_nothin
         rt.block_on(read_frames(&mut short.as_slice(), 1))
             .expect_err("cut")
     });
-    assert!(err.contains("frame 1 of 1: the fetch answer ended inside a frame"), "{err}");
+    assert!(
+        err.contains("frame 1 of 1: the fetch answer ended inside a frame"),
+        "{err}"
+    );
     assert!(largest <= FIRST_ROOM, "{largest} bytes allocated");
     // More frames than asked for.
     let mut r = FrameReader::expecting(1);
@@ -215,5 +234,7 @@ fn mutated_answers() {
 fn random_bytes() {
     let bytes = prop::collection::vec(any::<u8>(), 0..2000);
     let pieces = prop::collection::vec(1usize..300, 1..4);
-    check((bytes, pieces), |(bytes, pieces)| readers_case(&bytes, &pieces, 4));
+    check((bytes, pieces), |(bytes, pieces)| {
+        readers_case(&bytes, &pieces, 4)
+    });
 }

@@ -453,17 +453,23 @@ impl Bucket {
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
         let fail = |message: String| S3Error::request(None, "GetObject", &self.uri(key), message);
-        let too_long = |what: String| fail(format!("{what} the limit of {limit} bytes for this read"));
+        let too_long =
+            |what: String| fail(format!("{what} the limit of {limit} bytes for this read"));
         let announced = out.content_length().and_then(|n| u64::try_from(n).ok());
         if let Some(n) = announced.filter(|&n| n > limit) {
-            return Err(too_long(format!("a body of {n} bytes (Content-Length) exceeds")));
+            return Err(too_long(format!(
+                "a body of {n} bytes (Content-Length) exceeds"
+            )));
         }
         // Read piece by piece, so a body longer than announced stops at the limit.
         let mut body = out.body;
-        let mut bytes = Vec::with_capacity(usize::try_from(announced.unwrap_or(0).min(64 << 20)).unwrap_or(0));
-        while let Some(piece) = body.try_next().await.map_err(|e| {
-            fail(format!("reading the body: {}", super::error_chain(&e)))
-        })? {
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(announced.unwrap_or(0).min(64 << 20)).unwrap_or(0));
+        while let Some(piece) = body
+            .try_next()
+            .await
+            .map_err(|e| fail(format!("reading the body: {}", super::error_chain(&e))))?
+        {
             if (bytes.len() as u64).saturating_add(piece.len() as u64) > limit {
                 return Err(too_long("the body exceeds".into()));
             }

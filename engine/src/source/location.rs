@@ -451,7 +451,9 @@ async fn answer(response: reqwest::Response, part: &Part) -> Result<Answer, Fail
             });
         }
     }
-    if status == 206 && let Part::Range(r) = part {
+    if status == 206
+        && let Part::Range(r) = part
+    {
         check_content_range(&response, r)?;
     }
     let unranged = status == 200 && ranged;
@@ -675,14 +677,24 @@ mod tests {
             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-13/100\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
             b"abcd",
         );
-        assert_eq!(ok.get("", Part::Range(10..14)).expect("read").as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(
+            ok.get("", Part::Range(10..14)).expect("read").as_deref(),
+            Some(&b"abcd"[..])
+        );
     }
 
     #[test]
     fn reads_past_the_limits_are_refused_before_any_request() {
         // No server: the parts are refused before anything is sent.
-        let l = Location::of_spec("zarr", None, Some("http://127.0.0.1:9/x"), None, None, Path::new("."))
-            .expect("location");
+        let l = Location::of_spec(
+            "zarr",
+            None,
+            Some("http://127.0.0.1:9/x"),
+            None,
+            None,
+            Path::new("."),
+        )
+        .expect("location");
         let m = error(&l, Part::Range(0..limits::MAX_OBJECT_BYTES + 1));
         assert_eq!(
             m,
@@ -690,14 +702,18 @@ mod tests {
              1073741824 bytes per read"
         );
         let m = error(&l, Part::Suffix(u64::MAX));
-        assert!(m.contains("a read of 18446744073709551615 bytes (Suffix("), "{m}");
+        assert!(
+            m.contains("a read of 18446744073709551615 bytes (Suffix("),
+            "{m}"
+        );
     }
 
     #[test]
     fn a_local_file_longer_than_its_limit_is_refused_and_ranges_are_clamped() {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("f"), b"0123456789").expect("write");
-        let l = Location::of_spec("zarr", Some("."), None, None, None, dir.path()).expect("location");
+        let l =
+            Location::of_spec("zarr", Some("."), None, None, None, dir.path()).expect("location");
         let whole = Part::Whole {
             limit: 9,
             what: "a Zarr metadata document",

@@ -120,7 +120,11 @@ pub fn page_offsets(
 ///
 /// # Errors
 /// When the directory cannot be read or an entry's count is past the limit.
-pub fn check_directory(r: &mut (impl Read + Seek), header: Header, offset: u64) -> std::io::Result<()> {
+pub fn check_directory(
+    r: &mut (impl Read + Seek),
+    header: Header,
+    offset: u64,
+) -> std::io::Result<()> {
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let (count_size, field) = if header.big { (8, 8) } else { (2, 4) };
     r.seek(SeekFrom::Start(offset))?;
@@ -310,7 +314,9 @@ fn data_span<R: Read + Seek>(decoder: &mut Decoder<R>) -> Option<std::ops::Range
         .map(|(o, c)| o.checked_add(*c))
         .try_fold(0u64, |m, e| Some(m.max(e?)))?;
     let total = counts.iter().try_fold(0u64, |a, &c| a.checked_add(c))?;
-    (end > start && end - start <= total.saturating_mul(2) && end - start <= limits::MAX_OBJECT_BYTES)
+    (end > start
+        && end - start <= total.saturating_mul(2)
+        && end - start <= limits::MAX_OBJECT_BYTES)
         .then_some(start..end)
 }
 

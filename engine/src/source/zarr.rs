@@ -204,7 +204,8 @@ impl ZarrSliceSource {
         };
         // The metadata's numbers are held to the source limits before anything is planned or sized from them.
         let shape = array.shape().to_vec();
-        let checked = |r: Result<usize, String>| r.map_err(|m| invalid(format!("shape {shape:?}: {m}")));
+        let checked =
+            |r: Result<usize, String>| r.map_err(|m| invalid(format!("shape {shape:?}: {m}")));
         let slices = checked(limits::header_slices("shape[0]", slices))?;
         let height = checked(limits::header_side("shape[1]", height))?;
         let width = checked(limits::header_side("shape[2]", width))?;

@@ -8,8 +8,8 @@
 //! at the start of each test and wraps each measured call in [`largest_allocation`].
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The system allocator, recording the largest allocation asked for.
 #[derive(Debug)]
