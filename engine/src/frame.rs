@@ -15,17 +15,29 @@
 //! | 8 | payload length in bytes, u64 little-endian |
 //! | payload | the elements, little-endian, row-major (a partial: `Partial::to_bytes`, shape = its output's) |
 //! | 4 | crc32c of everything above, u32 little-endian |
+//!
+//! Every number of a header is checked before it sizes anything: at most [`MAX_DIMS`] dimensions, extents and
+//! lengths that fit this machine, a chunk's payload equal to its shape times its element size, and any payload
+//! at most [`MAX_PAYLOAD_BYTES`] (no chunk or partial of a plan is larger). A receiver fills a chunk through a
+//! [`PayloadFill`], whose room grows with the bytes that arrive: a header announcing gigabytes costs nothing
+//! until they come.
 
 use crate::array::{Chunk, DType};
 use crate::data::Data;
 use crate::kernels::reduce::Partial;
+use crate::source::limits;
 
 /// First bytes of every frame.
 pub const MAGIC: &[u8; 4] = b"AJCF";
 /// The format version written (and the only one read).
 pub const VERSION: u8 = 1;
 /// Most dimensions a frame may declare.
-const MAX_DIMS: usize = 32;
+pub const MAX_DIMS: usize = 32;
+/// Largest payload a frame may declare, bytes: [`limits::MAX_CHUNK_BYTES`], the largest chunk or partial a plan
+/// makes.
+pub const MAX_PAYLOAD_BYTES: u64 = limits::MAX_CHUNK_BYTES;
+/// Longest header: magic, version, type, rank, reserved, [`MAX_DIMS`] extents, payload length.
+pub const MAX_HEADER_BYTES: usize = 8 + 8 * MAX_DIMS + 8;
 /// Element type code of a reduction partial (its payload is [`Partial::to_bytes`]).
 const PARTIAL: u8 = 16;
 
@@ -133,9 +145,11 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    /// Bytes of the whole frame.
+    /// Bytes of the whole frame (saturating: never wraps to a small length, whatever the header says).
     pub fn frame_len(&self) -> usize {
-        self.header_len + self.payload_len + 4
+        self.header_len
+            .saturating_add(self.payload_len)
+            .saturating_add(4)
     }
 }
 
@@ -175,6 +189,11 @@ pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
         shape.push(usize::try_from(n).map_err(|_| FrameError::Header(format!("extent {n}")))?);
     }
     let len = u64_at("payload length")?;
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(FrameError::Header(format!(
+            "payload of {len} bytes is more than the limit of {MAX_PAYLOAD_BYTES} bytes per frame"
+        )));
+    }
     let payload_len =
         usize::try_from(len).map_err(|_| FrameError::Header(format!("payload of {len} bytes")))?;
     if let Some(dtype) = dtype {
@@ -203,19 +222,17 @@ pub fn parse_header(frame: &[u8]) -> Result<FrameHeader, FrameError> {
 /// (payload length against shape and type) or corrupted (checksum).
 pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
     let h = parse_header(frame)?;
-    let body_end = h.header_len + h.payload_len;
-    if h.dtype.is_none() && h.payload_len > frame.len() {
+    let total = h.frame_len();
+    if frame.len() < total {
         return Err(FrameError::Truncated("payload"));
     }
-    if frame.len() < body_end + 4 {
-        return Err(FrameError::Truncated("payload"));
-    }
-    if frame.len() > body_end + 4 {
+    if frame.len() > total {
         return Err(FrameError::Header(format!(
             "{} bytes after the checksum",
-            frame.len() - body_end - 4
+            frame.len() - total
         )));
     }
+    let body_end = total - 4;
     let stored = u32::from_le_bytes(frame[body_end..].try_into().unwrap_or([0; 4]));
     let computed = crc32c::crc32c(&frame[..body_end]);
     if stored != computed {
@@ -237,6 +254,126 @@ pub fn decode(frame: &[u8]) -> Result<Data, FrameError> {
             }
             Ok(Data::Partial(p))
         }
+    }
+}
+
+/// Room reserved up front for a chunk's elements: a chunk up to this size is allocated whole when its header
+/// arrives (and read straight into it); a larger one grows, doubling, as its bytes arrive.
+const FIRST_ROOM: usize = 64 << 20;
+
+/// The elements of a chunk being received from a frame, in a buffer of the chunk's type.
+#[derive(Debug)]
+enum Elements {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+macro_rules! with_elements {
+    ($e:expr, $v:ident => $body:expr) => {
+        match $e {
+            Elements::U8($v) => $body,
+            Elements::U16($v) => $body,
+            Elements::F32($v) => $body,
+            Elements::F64($v) => $body,
+        }
+    };
+}
+
+/// A chunk being filled from the payload of its frame, as the bytes arrive (a socket, the pieces of an HTTP
+/// body): the caller writes into [`PayloadFill::room`] and says how much it wrote. The buffer is the chunk's own
+/// (no copy at the end) and grows with what arrived, so a header that announces more than is sent costs at
+/// most [`FIRST_ROOM`] bytes, or twice what was sent.
+#[derive(Debug)]
+pub struct PayloadFill {
+    shape: Vec<usize>,
+    dtype: DType,
+    elements: Elements,
+    /// Bytes of the payload.
+    total: usize,
+    /// Bytes written so far.
+    filled: usize,
+}
+
+impl PayloadFill {
+    /// Room for the chunk a parsed header announces; `None` for a reduction partial (decoded whole).
+    pub fn new(h: &FrameHeader) -> Option<PayloadFill> {
+        let dtype = h.dtype?;
+        // `parse_header` checked that the payload is the shape's elements times their size.
+        let first = h.payload_len.min(FIRST_ROOM) / dtype.size();
+        let elements = match dtype {
+            DType::Uint8 => Elements::U8(vec![0; first]),
+            DType::Uint16 => Elements::U16(vec![0; first]),
+            DType::Float32 => Elements::F32(vec![0.0; first]),
+            DType::Float64 => Elements::F64(vec![0.0; first]),
+        };
+        Some(PayloadFill {
+            shape: h.shape.clone(),
+            dtype,
+            elements,
+            total: h.payload_len,
+            filled: 0,
+        })
+    }
+
+    /// Bytes of the payload still to come.
+    pub fn remaining(&self) -> usize {
+        self.total - self.filled
+    }
+
+    /// Where the next bytes of the payload go (empty when it is complete), the buffer grown first when it is
+    /// full: to at most twice the bytes written so far.
+    pub fn room(&mut self) -> &mut [u8] {
+        let have = self.buffer_bytes();
+        if self.filled == have && have < self.total {
+            let want = have.max(FIRST_ROOM).saturating_mul(2).min(self.total) / self.dtype.size();
+            with_elements!(&mut self.elements, v => v.resize(want, Default::default()));
+        }
+        let filled = self.filled;
+        let bytes: &mut [u8] =
+            with_elements!(&mut self.elements, v => bytemuck::cast_slice_mut(v.as_mut_slice()));
+        &mut bytes[filled..]
+    }
+
+    /// Records that `n` bytes were written at the start of [`PayloadFill::room`].
+    pub fn advance(&mut self, n: usize) {
+        self.filled = self.filled.saturating_add(n).min(self.buffer_bytes());
+    }
+
+    /// The chunk, once every byte of its payload was written.
+    ///
+    /// # Errors
+    /// [`FrameError::Truncated`] when bytes are missing.
+    pub fn finish(mut self) -> Result<Chunk, FrameError> {
+        if self.filled != self.total {
+            return Err(FrameError::Truncated("payload"));
+        }
+        if cfg!(target_endian = "big") {
+            // The bytes arrived little-endian: each element is turned around.
+            match &mut self.elements {
+                Elements::U8(_) => {}
+                Elements::U16(v) => v.iter_mut().for_each(|x| *x = u16::from_le(*x)),
+                Elements::F32(v) => v
+                    .iter_mut()
+                    .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits()))),
+                Elements::F64(v) => v
+                    .iter_mut()
+                    .for_each(|x| *x = f64::from_bits(u64::from_le(x.to_bits()))),
+            }
+        }
+        let shape = ndarray::IxDyn(&self.shape);
+        let bad = |e: ndarray::ShapeError| FrameError::Header(e.to_string());
+        Ok(match self.elements {
+            Elements::U8(v) => Chunk::U8(ndarray::ArrayD::from_shape_vec(shape, v).map_err(bad)?),
+            Elements::U16(v) => Chunk::U16(ndarray::ArrayD::from_shape_vec(shape, v).map_err(bad)?),
+            Elements::F32(v) => Chunk::F32(ndarray::ArrayD::from_shape_vec(shape, v).map_err(bad)?),
+            Elements::F64(v) => Chunk::F64(ndarray::ArrayD::from_shape_vec(shape, v).map_err(bad)?),
+        })
+    }
+
+    fn buffer_bytes(&self) -> usize {
+        with_elements!(&self.elements, v => std::mem::size_of_val(v.as_slice()))
     }
 }
 
@@ -351,5 +488,65 @@ mod tests {
         assert!(
             matches!(decode(&f), Err(FrameError::Header(m)) if m.contains("in a frame of shape [3]"))
         );
+    }
+
+    #[test]
+    fn a_header_past_the_payload_limit_or_whose_length_would_wrap_is_refused() {
+        let mut f = b"AJCF\x01\x10\x01\x00".to_vec();
+        f.extend_from_slice(&4u64.to_le_bytes());
+        f.extend_from_slice(&(u64::MAX - 20).to_le_bytes());
+        f.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            decode(&f),
+            Err(FrameError::Header(format!(
+                "payload of {} bytes is more than the limit of 17179869184 bytes per frame",
+                u64::MAX - 20
+            )))
+        );
+        let h = FrameHeader {
+            dtype: None,
+            shape: vec![],
+            payload_len: usize::MAX - 2,
+            header_len: 24,
+        };
+        assert_eq!(
+            h.frame_len(),
+            usize::MAX,
+            "saturates, never wraps to a small length"
+        );
+    }
+
+    #[test]
+    fn a_payload_fill_grows_with_the_bytes_that_arrive() {
+        // A u16 chunk of 40 M elements (80 MB): 64 MiB of room at first, the rest when that is full.
+        let h = parse_header(&header(1, &[40 << 20], 80 << 20)).expect("header");
+        let mut fill = PayloadFill::new(&h).expect("a chunk");
+        assert_eq!(fill.room().len(), FIRST_ROOM);
+        let n = fill.room().len();
+        fill.room()[..n].fill(1);
+        fill.advance(n);
+        assert_eq!(fill.remaining(), (80 << 20) - FIRST_ROOM);
+        assert_eq!(
+            fill.room().len(),
+            (80 << 20) - FIRST_ROOM,
+            "grown to the payload"
+        );
+        let n = fill.room().len();
+        fill.room()[..n].fill(0);
+        fill.advance(n);
+        let chunk = fill.finish().expect("complete");
+        assert_eq!(chunk.shape(), &[40 << 20]);
+        match chunk {
+            Chunk::U16(a) => {
+                assert_eq!(a[0], 0x0101);
+                assert_eq!(a[(FIRST_ROOM / 2) - 1], 0x0101);
+                assert_eq!(a[FIRST_ROOM / 2], 0);
+            }
+            other => panic!("{:?}", other.dtype()),
+        }
+        // Ended early: an error, not a chunk of zeros.
+        let mut fill = PayloadFill::new(&h).expect("a chunk");
+        fill.advance(10);
+        assert_eq!(fill.finish().err(), Some(FrameError::Truncated("payload")));
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::array::{ArrayMeta, DType};
 use crate::select::Selection;
-use crate::source::SliceInfo;
+use crate::source::{SliceInfo, limits};
 use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
 use crate::validate::DEFAULT_SLICES_PER_CHUNK;
 
@@ -235,6 +235,28 @@ impl Plan {
             .slices_per_chunk
             .unwrap_or(DEFAULT_SLICES_PER_CHUNK)
             .clamp(1, slices);
+        check_chunk_bytes(
+            "spec.source.slicesPerChunk",
+            &[per_chunk, info.height, info.width],
+            info.dtype.size(),
+            || {
+                format!(
+                    "a load task's {per_chunk} slice(s) of {}x{} {}",
+                    info.height, info.width, info.dtype
+                )
+            },
+        )?;
+        let loads = slices.div_ceil(per_chunk) as u64;
+        if loads > limits::MAX_CHUNKS_PER_STAGE {
+            return Err(PlanError {
+                path: "spec.source.slicesPerChunk".into(),
+                message: format!(
+                    "{slices} slices in chunks of {per_chunk} make {loads} load tasks, more than the limit of {} \
+                     chunks per stage: raise slicesPerChunk",
+                    limits::MAX_CHUNKS_PER_STAGE
+                ),
+            });
+        }
         let mut nodes = vec![Node {
             name: SOURCE_INPUT.to_string(),
             spec_index: None,
@@ -384,6 +406,8 @@ impl Plan {
                 }
                 _ => meta.chunks.clone(),
             };
+            check_node_bytes(&at, &st.name, &op, &meta, &block)?;
+            check_node_count(&at, &st.name, &op, &meta, &nodes[input].meta)?;
             let id = nodes.len();
             nodes[input].children.push(id);
             nodes.push(Node {
@@ -477,6 +501,112 @@ impl Plan {
             peak_memory_estimate: in_flight + exchange + partial_bytes,
         }
     }
+}
+
+/// Refuses a chunk of `shape` with elements of `size` bytes larger than [`limits::MAX_CHUNK_BYTES`], naming
+/// `path` and, through `what`, the chunk.
+fn check_chunk_bytes(
+    path: &str,
+    shape: &[usize],
+    size: usize,
+    what: impl FnOnce() -> String,
+) -> Result<(), PlanError> {
+    match limits::chunk_bytes(shape, size) {
+        Some(b) if b <= limits::MAX_CHUNK_BYTES => Ok(()),
+        found => Err(PlanError {
+            path: path.to_owned(),
+            message: format!(
+                "{} is {} bytes, more than the limit of {} bytes per chunk: use smaller chunks",
+                what(),
+                found.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+                limits::MAX_CHUNK_BYTES
+            ),
+        }),
+    }
+}
+
+/// Refuses a stage whose chunks, blocks or reduction partials would be larger than
+/// [`limits::MAX_CHUNK_BYTES`]: no value the executor makes, and so no frame a peer or a spill file holds, is
+/// larger.
+fn check_node_bytes(
+    at: &str,
+    name: &str,
+    op: &NodeOp,
+    meta: &ArrayMeta,
+    block: &[usize],
+) -> Result<(), PlanError> {
+    let dtype = meta.dtype;
+    check_chunk_bytes(at, &meta.chunks, dtype.size(), || {
+        format!("a chunk {:?} {dtype} of stage '{name}'", meta.chunks)
+    })?;
+    check_chunk_bytes(at, block, dtype.size(), || {
+        format!("a block {block:?} {dtype} of stage '{name}'")
+    })?;
+    if let NodeOp::Reduce(r) = op {
+        // A partial holds one f64 per output element (two for std).
+        let per = if r.op == crate::spec::ReduceKind::Std {
+            16
+        } else {
+            8
+        };
+        check_chunk_bytes(at, &meta.chunks, per, || {
+            format!("a reduction partial {:?} of stage '{name}'", meta.chunks)
+        })?;
+    }
+    Ok(())
+}
+
+/// Refuses a stage of more than [`limits::MAX_CHUNKS_PER_STAGE`] chunks, or a rechunk that cuts its
+/// input into more than [`limits::MAX_PIECES_PER_STAGE`] pieces: the task graph is built in memory.
+fn check_node_count(
+    at: &str,
+    name: &str,
+    op: &NodeOp,
+    meta: &ArrayMeta,
+    input: &ArrayMeta,
+) -> Result<(), PlanError> {
+    let too_many = |what: String, limit: u64| PlanError {
+        path: at.to_owned(),
+        message: format!(
+            "stage '{name}' has {what}, more than the limit of {limit}: use larger chunks"
+        ),
+    };
+    let count = |grid: &[usize]| limits::chunk_bytes(grid, 1).unwrap_or(u64::MAX);
+    let chunks = count(&meta.grid());
+    if chunks > limits::MAX_CHUNKS_PER_STAGE {
+        return Err(too_many(
+            format!("{chunks} chunks ({:?} of {:?})", meta.grid(), meta.chunks),
+            limits::MAX_CHUNKS_PER_STAGE,
+        ));
+    }
+    if matches!(op, NodeOp::Rechunk) {
+        // Along each axis a group meets the input chunks its range overlaps; the pieces are the product.
+        let groups = merge_groups(meta);
+        let per_axis: Vec<usize> = (0..meta.shape.len().min(input.chunks.len()))
+            .map(|a| overlaps(groups.shape[a], groups.chunks[a], input.chunks[a]))
+            .collect();
+        let pieces = count(&per_axis);
+        if pieces > limits::MAX_PIECES_PER_STAGE {
+            return Err(too_many(
+                format!("{pieces} pieces of its input's chunks {:?}", input.chunks),
+                limits::MAX_PIECES_PER_STAGE,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Over an axis of length `n` cut into groups of `g` and into chunks of `c`: the (group, chunk) pairs that
+/// overlap, at most `n / g + n / c` (the loop runs over the groups, at most
+/// [`limits::MAX_CHUNKS_PER_STAGE`]).
+fn overlaps(n: usize, g: usize, c: usize) -> usize {
+    let (g, c) = (g.max(1), c.max(1));
+    (0..n.div_ceil(g))
+        .map(|k| {
+            let (start, end) = (k * g, ((k + 1) * g).min(n));
+            (end - 1) / c - start / c + 1
+        })
+        .sum()
 }
 
 /// One line of `arrayjob plan`.
@@ -686,5 +816,89 @@ spec:
         assert_eq!(overlapping(&[20, 5], &[15, 0], &[10, 5]), vec![0..2, 0..1]);
         assert_eq!(linear(&[3, 4], &[2, 1]), 9);
         assert_eq!(unlinear(&[3, 4], 9), vec![2, 1]);
+    }
+
+    /// The plan of `source` and `stages`, or its error as text.
+    fn plan_of(source: &str, stages: &str, slices: usize, side: usize) -> Result<Plan, String> {
+        let m = parse_manifest(
+            &format!(
+                "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: t}}\nspec:\n  source: {source}\n  \
+                 stages:\n{stages}"
+            ),
+            "t.yaml",
+        )
+        .expect("valid manifest");
+        let order = crate::validate::validate(&m.spec).expect("valid spec");
+        let info = SliceInfo {
+            height: side,
+            width: side,
+            dtype: DType::Uint16,
+        };
+        Plan::build(&m.spec, &order, slices, info).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn too_many_chunks_or_pieces_or_too_large_chunks_are_refused_naming_the_stage() {
+        let mean = "  - {name: m, input: source, reduce: {op: mean, axes: [0]}}\n";
+        // Ten million one-slice chunks: refused at once (planning them took a minute and 9 GB).
+        let start = std::time::Instant::now();
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            mean,
+            10_000_000,
+            4,
+        )
+        .expect_err("loads");
+        assert_eq!(
+            e,
+            "spec.source.slicesPerChunk: 10000000 slices in chunks of 1 make 10000000 load tasks, more than the \
+             limit of 1000000 chunks per stage: raise slicesPerChunk"
+        );
+        assert!(start.elapsed().as_secs_f64() < 1.0);
+        assert!(
+            plan_of(
+                "{zarr: {path: z.zarr}, slicesPerChunk: 10}",
+                mean,
+                10_000_000,
+                4
+            )
+            .is_ok()
+        );
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 20}",
+            "  - {name: r, input: source, rechunk: {chunks: [20, 1, 1]}}\n",
+            40,
+            2048,
+        )
+        .expect_err("chunks");
+        assert!(
+            e.starts_with("spec.stages[0]: stage 'r' has 8388608 chunks ([2, 2048, 2048] of [20, 1, 1]), more than the limit of 1000000"),
+            "{e}"
+        );
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            "  - {name: r, input: source, rechunk: {chunks: [-1, 1, 4000]}}\n",
+            5000,
+            4000,
+        )
+        .expect_err("pieces");
+        assert!(
+            e.starts_with("spec.stages[0]: stage 'r' has 20000000 pieces of its input's chunks [1, 4000, 4000]"),
+            "{e}"
+        );
+        let e = plan_of(
+            "{zarr: {path: z.zarr}, slicesPerChunk: 1}",
+            "  - {name: r, input: source, rechunk: {chunks: [-1, -1, -1]}}\n",
+            2000,
+            65536,
+        )
+        .expect_err("bytes");
+        assert!(
+            e.starts_with(
+                "spec.stages[0]: a chunk [2000, 65536, 65536] uint16 of stage 'r' is 17179869184000 bytes, more than \
+                 the limit of 17179869184 bytes per chunk"
+            ),
+            "{e}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use crate::array::{ArrayMeta, Chunk};
 use crate::plan::product;
-use crate::source::{SliceSource, SourceError};
+use crate::source::{SliceSource, SourceError, limits};
 use crate::spec::AxisSelection;
 
 /// Applies `$body` (an `ArrayD<T>` expression of `$a`) to the array of a [`Chunk`], keeping its type.
@@ -50,6 +50,15 @@ pub fn resolve_axis(
     len: Option<usize>,
     at: &str,
 ) -> Result<Option<Vec<usize>>, SelectProblem> {
+    if let Some(n) = len.filter(|&n| n as u64 > limits::MAX_SLICES) {
+        return Err((
+            at.to_owned(),
+            format!(
+                "the axis has length {n}, more than the limit of {} a selection indexes",
+                limits::MAX_SLICES
+            ),
+        ));
+    }
     let is_range = s.start.is_some() || s.stop.is_some() || s.step.is_some();
     let forms =
         usize::from(s.index.is_some()) + usize::from(s.indices.is_some()) + usize::from(is_range);
@@ -151,6 +160,22 @@ pub fn resolve(
             format!("{at}.select"),
             "list at least one axis to select".into(),
         ));
+    }
+    // The index lists are explicit: an axis longer than any source may be (a length validation has already
+    // refused, or an overflow) is not listed.
+    for (a, n) in dims.iter().enumerate() {
+        if let Some(n) = n.filter(|&n| n as u64 > limits::MAX_SLICES) {
+            problems.push((
+                format!("{at}.select"),
+                format!(
+                    "the input's axis {a} has length {n}, more than the limit of {} a selection indexes",
+                    limits::MAX_SLICES
+                ),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let mut picked: Vec<Option<Vec<usize>>> =
         dims.iter().map(|d| d.map(|n| (0..n).collect())).collect();

@@ -398,6 +398,17 @@ fn stage_order(stages: &[StageSpec], p: &mut Vec<Problem>) -> Option<Vec<usize>>
             message: "at least one stage is required".into(),
         });
     }
+    if stages.len() > limits::MAX_STAGES {
+        p.push(Problem {
+            path: "spec.stages".into(),
+            message: format!(
+                "{} stages is more than the limit of {}",
+                stages.len(),
+                limits::MAX_STAGES
+            ),
+        });
+        return None;
+    }
     for (i, st) in stages.iter().enumerate() {
         let at = format!("spec.stages[{i}]");
         if st.name == SOURCE_INPUT {

@@ -358,7 +358,7 @@ pub async fn read_frames<R>(r: &mut R, n: usize) -> Result<(Vec<Data>, u64), Str
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(1024));
     let mut bytes = 0;
     for i in 0..n {
         let frame = read_frame(r)
@@ -370,12 +370,37 @@ where
     Ok((out, bytes))
 }
 
+/// The bytes of a length prefix, checked before anything is read or sized from it: at most a frame of the
+/// longest header, the largest payload and the checksum.
+fn frame_length(prefix: [u8; 8]) -> Result<usize, String> {
+    use arrayjob_engine::frame::{MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES};
+    let len = u64::from_le_bytes(prefix);
+    let most = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES as u64 + 4;
+    if len > most {
+        return Err(format!(
+            "a frame announced as {len} bytes is more than the limit of {most} bytes"
+        ));
+    }
+    usize::try_from(len).map_err(|_| format!("a frame of {len} bytes does not fit this machine"))
+}
+
+/// Checks a frame's length prefix against its header.
+fn check_length(len: usize, h: &arrayjob_engine::frame::FrameHeader) -> Result<(), String> {
+    if h.frame_len() != len {
+        return Err(format!(
+            "a frame announced as {len} bytes has the header of a {}-byte frame",
+            h.frame_len()
+        ));
+    }
+    Ok(())
+}
+
 /// One frame of [`read_frames`], with the bytes it took.
 async fn read_frame<R>(r: &mut R) -> Result<(Data, u64), String>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    use arrayjob_engine::frame::{FrameError, parse_header};
+    use arrayjob_engine::frame::{FrameError, PayloadFill, parse_header};
     use tokio::io::AsyncReadExt;
     let io = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => "the fetch answer ended inside a frame".to_string(),
@@ -383,9 +408,9 @@ where
     };
     let mut prefix = [0u8; 8];
     r.read_exact(&mut prefix).await.map_err(io)?;
-    let len = usize::try_from(u64::from_le_bytes(prefix)).map_err(|e| e.to_string())?;
-    // The header's fixed part says how many dimensions follow (checked before reading them), then the
-    // shape and payload length.
+    let len = frame_length(prefix)?;
+    // The header's fixed part says how many dimensions follow (at most `MAX_DIMS`, checked before reading
+    // them), then the shape and payload length.
     let mut header = vec![0u8; 8];
     r.read_exact(&mut header).await.map_err(io)?;
     match parse_header(&header) {
@@ -396,15 +421,11 @@ where
     header.resize(8 + 8 * usize::from(header[6]) + 8, 0);
     r.read_exact(&mut header[8..]).await.map_err(io)?;
     let h = parse_header(&header).map_err(|e| e.to_string())?;
-    if h.frame_len() != len {
-        return Err(format!(
-            "a frame announced as {len} bytes has the header of a {}-byte frame",
-            h.frame_len()
-        ));
-    }
-    let Some(dtype) = h.dtype else {
-        // A reduction partial: small, decoded whole (read as it comes rather than allocated from the header).
+    check_length(len, &h)?;
+    let Some(mut fill) = PayloadFill::new(&h) else {
+        // A reduction partial: decoded whole, read as it comes rather than allocated from the header.
         let mut frame = header;
+        // `len` is the header's frame length (checked above), so at least the header's.
         (&mut *r)
             .take((len - h.header_len) as u64)
             .read_to_end(&mut frame)
@@ -416,20 +437,17 @@ where
         let d = arrayjob_engine::frame::decode(&frame).map_err(|e| e.to_string())?;
         return Ok((d, 8 + len as u64));
     };
-    let mut chunk = arrayjob_engine::array::Chunk::zeros(dtype, &h.shape);
-    let elements = chunk
-        .le_bytes_slice_mut()
-        .ok_or("a new chunk is not contiguous")?;
     let mut crc = crc32c::crc32c(&header);
-    let (mut filled, total) = (0, elements.len());
-    while filled < total {
-        let piece = &mut elements[filled..(filled + STEP).min(total)];
+    while fill.remaining() > 0 {
+        let room = fill.room();
+        let n = room.len().min(STEP);
+        let piece = &mut room[..n];
         let got = r.read(piece).await.map_err(io)?;
         if got == 0 {
             return Err("the fetch answer ended inside a frame".into());
         }
         crc = crc32c::crc32c_append(crc, &piece[..got]);
-        filled += got;
+        fill.advance(got);
     }
     let mut stored = [0u8; 4];
     r.read_exact(&mut stored).await.map_err(io)?;
@@ -439,18 +457,23 @@ where
             "chunk frame checksum mismatch: stored {stored:#010x}, computed {crc:#010x}"
         ));
     }
+    let chunk = fill.finish().map_err(|e| e.to_string())?;
     Ok((Data::Chunk(chunk), 8 + len as u64))
 }
 
 /// Decodes a fetch answer as its pieces arrive (length-prefixed frames, split anywhere): a chunk's elements
 /// are copied once, from the network buffer straight into the chunk, with the checksum computed on the way;
-/// reduction partials (small) are decoded whole.
+/// reduction partials (small) are decoded whole. Every length and header is checked before it sizes anything
+/// (see [`arrayjob_engine::frame`]), and with [`FrameReader::expecting`] a frame past the count is refused, so
+/// an answer that does not end holds at most the frames asked for.
 #[derive(Debug, Default)]
 pub struct FrameReader {
     /// Bytes not consumed yet: a length prefix and header, a whole partial, or a chunk's checksum.
     pending: Vec<u8>,
     stage: Stage,
     done: Vec<Data>,
+    /// Most frames accepted (`None`: any number).
+    expected: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -466,33 +489,38 @@ enum Stage {
 
 #[derive(Debug)]
 struct Filling {
-    chunk: arrayjob_engine::array::Chunk,
-    filled: usize,
+    fill: arrayjob_engine::frame::PayloadFill,
     crc: u32,
 }
 
 impl FrameReader {
+    /// A reader of an answer holding `n` frames: one more is an error.
+    pub fn expecting(n: usize) -> FrameReader {
+        FrameReader {
+            expected: Some(n),
+            ..FrameReader::default()
+        }
+    }
+
     /// Takes the next piece of the answer.
     ///
     /// # Errors
-    /// When a frame is invalid (header, checksum) or its length prefix disagrees with its header.
+    /// When a frame is invalid (header, checksum, a length past the limits), its length prefix disagrees with
+    /// its header, or it is one more than expected.
     pub fn push(&mut self, piece: &[u8]) -> Result<(), String> {
         let mut input = std::borrow::Cow::Borrowed(piece);
         let mut at = 0;
         while at < input.len() {
             match std::mem::take(&mut self.stage) {
                 Stage::Payload(mut f) => {
-                    let bytes = f
-                        .chunk
-                        .le_bytes_slice_mut()
-                        .ok_or("a new chunk is not contiguous")?;
-                    let n = (bytes.len() - f.filled).min(input.len() - at);
+                    let room = f.fill.room();
+                    let n = room.len().min(input.len() - at);
                     let part = &input[at..at + n];
-                    bytes[f.filled..f.filled + n].copy_from_slice(part);
+                    room[..n].copy_from_slice(part);
                     f.crc = crc32c::crc32c_append(f.crc, part);
-                    f.filled += n;
+                    f.fill.advance(n);
                     at += n;
-                    self.stage = if f.filled == bytes.len() {
+                    self.stage = if f.fill.remaining() == 0 {
                         Stage::Checksum(f)
                     } else {
                         Stage::Payload(f)
@@ -534,8 +562,19 @@ impl FrameReader {
                 f.crc
             ));
         }
-        self.done.push(Data::Chunk(f.chunk));
+        let chunk = f.fill.finish().map_err(|e| e.to_string())?;
+        self.done.push(Data::Chunk(chunk));
         Ok(())
+    }
+
+    /// Refuses a frame past the expected count.
+    fn check_count(&self) -> Result<(), String> {
+        match self.expected {
+            Some(n) if self.done.len() >= n => Err(format!(
+                "the answer holds more than the {n} frame(s) asked for"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Decodes the partials at the start of `pending`; at a chunk's header, starts filling the chunk and
@@ -545,20 +584,17 @@ impl FrameReader {
             let Some((len, rest)) = self.pending.split_first_chunk::<8>() else {
                 return Ok(None);
             };
-            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|e| e.to_string())?;
+            self.check_count()?;
+            let len = frame_length(*len)?;
             let h = match arrayjob_engine::frame::parse_header(rest) {
                 Err(arrayjob_engine::frame::FrameError::Truncated(_)) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
                 Ok(h) => h,
             };
-            if h.frame_len() != len {
-                return Err(format!(
-                    "a frame announced as {len} bytes has the header of a {}-byte frame",
-                    h.frame_len()
-                ));
-            }
-            let Some(dtype) = h.dtype else {
-                // A reduction partial: small, decoded whole.
+            check_length(len, &h)?;
+            let Some(fill) = arrayjob_engine::frame::PayloadFill::new(&h) else {
+                // A reduction partial: decoded whole, once all its bytes are in (they arrive as pieces of at
+                // most the frame's checked length).
                 if rest.len() < len {
                     return Ok(None);
                 }
@@ -570,14 +606,8 @@ impl FrameReader {
             let crc = crc32c::crc32c(&rest[..h.header_len]);
             let after = self.pending.split_off(8 + h.header_len);
             self.pending.clear();
-            let chunk = arrayjob_engine::array::Chunk::zeros(dtype, &h.shape);
-            let empty = chunk.nbytes() == 0;
-            let f = Filling {
-                chunk,
-                filled: 0,
-                crc,
-            };
-            self.stage = if empty {
+            let f = Filling { fill, crc };
+            self.stage = if f.fill.remaining() == 0 {
                 Stage::Checksum(f)
             } else {
                 Stage::Payload(f)

@@ -1372,8 +1372,8 @@ pub async fn fetch_keys(
     if !status.is_success() {
         return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
     }
-    // A server that ignored the upgrade: the frames are the body.
-    let mut reader = protocol::FrameReader::default();
+    // A server that ignored the upgrade: the frames are the body (no more than asked for).
+    let mut reader = protocol::FrameReader::expecting(keys.len());
     let mut bytes = 0u64;
     let mut r = r;
     while let Some(piece) = r.chunk().await.map_err(|e| e.to_string())? {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Missing, RequestPolicy, S3Connection, S3Error, explain, outlast};
+use crate::source::limits;
 
 /// Default size of one part of a multipart upload (objects up to this size go in one PUT).
 pub const DEFAULT_PART_BYTES: usize = 16 << 20;
@@ -372,12 +373,23 @@ impl Bucket {
         }
     }
 
-    /// The object at `key` and its ETag; `None` when there is none.
+    /// The object at `key` and its ETag; `None` when there is none. For the job's own objects (a spilled frame,
+    /// a shipped batch, a ledger): at most [`limits::MAX_SCRATCH_OBJECT_BYTES`].
     ///
     /// # Errors
-    /// When the request fails (other than 404).
+    /// When the request fails (other than 404), or the object is longer than the limit.
     pub async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>, S3Error> {
-        self.get_ranged(key, None).await
+        self.get_ranged(key, None, limits::MAX_SCRATCH_OBJECT_BYTES)
+            .await
+    }
+
+    /// The object at `key`, refused when it is longer than `limit` bytes (announced or read: its body is never
+    /// held past the limit); `None` when there is none.
+    ///
+    /// # Errors
+    /// When the request fails (other than 404), or the object is longer than `limit`.
+    pub async fn get_limited(&self, key: &str, limit: u64) -> Result<Option<Bytes>, S3Error> {
+        Ok(self.get_ranged(key, None, limit).await?.map(|(b, _)| b))
     }
 
     /// The object at `key` and its ETag, as [`Bucket::get`], refused when it is larger than `max` bytes (a
@@ -413,22 +425,41 @@ impl Bucket {
     /// `None` when there is none.
     ///
     /// # Errors
-    /// When the request fails (other than 404).
+    /// When the request fails (other than 404), or the answer is longer than the range.
     pub async fn get_range(
         &self,
         key: &str,
         start: u64,
         end: u64,
     ) -> Result<Option<Bytes>, S3Error> {
-        let range = format!("bytes={start}-{}", end.saturating_sub(1));
-        Ok(self.get_ranged(key, Some(range)).await?.map(|(b, _)| b))
+        if end <= start {
+            return Ok(Some(Bytes::new()));
+        }
+        let range = format!("bytes={start}-{}", end - 1);
+        Ok(self
+            .get_ranged(key, Some(range), end - start)
+            .await?
+            .map(|(b, _)| b))
     }
 
-    /// GetObject of `key`, whole or of the HTTP `range`.
+    /// The last `n` bytes of the object at `key` (all of it when shorter); `None` when there is none.
+    ///
+    /// # Errors
+    /// When the request fails (other than 404), or the answer is longer than `n`.
+    pub async fn get_suffix(&self, key: &str, n: u64) -> Result<Option<Bytes>, S3Error> {
+        if n == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let range = format!("bytes=-{n}");
+        Ok(self.get_ranged(key, Some(range), n).await?.map(|(b, _)| b))
+    }
+
+    /// GetObject of `key`, whole or of the HTTP `range`, reading at most `limit` bytes of body.
     async fn get_ranged(
         &self,
         key: &str,
         range: Option<String>,
+        limit: u64,
     ) -> Result<Option<(Bytes, String)>, S3Error> {
         let answer = outlast(self.policy, key, || {
             count(&REQUESTS, 1);
@@ -450,17 +481,31 @@ impl Bucket {
             Err(e) => return Err(self.fail("GetObject", key, &e)),
         };
         let etag = out.e_tag().unwrap_or_default().to_owned();
-        let body = out.body.collect().await.map_err(|e| {
-            S3Error::request(
-                None,
-                "GetObject",
-                &self.uri(key),
-                format!("reading the body: {}", super::error_chain(&e)),
-            )
-        })?;
-        let bytes = body.into_bytes();
+        let fail = |message: String| S3Error::request(None, "GetObject", &self.uri(key), message);
+        let too_long =
+            |what: String| fail(format!("{what} the limit of {limit} bytes for this read"));
+        let announced = out.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(n) = announced.filter(|&n| n > limit) {
+            return Err(too_long(format!(
+                "a body of {n} bytes (Content-Length) exceeds"
+            )));
+        }
+        // Read piece by piece, so a body longer than announced stops at the limit.
+        let mut body = out.body;
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(announced.unwrap_or(0).min(64 << 20)).unwrap_or(0));
+        while let Some(piece) = body
+            .try_next()
+            .await
+            .map_err(|e| fail(format!("reading the body: {}", super::error_chain(&e))))?
+        {
+            if (bytes.len() as u64).saturating_add(piece.len() as u64) > limit {
+                return Err(too_long("the body exceeds".into()));
+            }
+            bytes.extend_from_slice(&piece);
+        }
         count(&BYTES_GOT, bytes.len() as u64);
-        Ok(Some((bytes, etag)))
+        Ok(Some((Bytes::from(bytes), etag)))
     }
 
     /// Every key under `prefix` with its size, in key order (all pages).

@@ -43,10 +43,11 @@ fn open<'a>(
             )));
         }
     };
+    // Held to the slice limits before anything is sized from them.
     let (width, height) = decoder.dimensions();
     let info = SliceInfo {
-        height: height as usize,
-        width: width as usize,
+        height: super::limits::header_side("the header's height", height.into()).map_err(error)?,
+        width: super::limits::header_side("the header's width", width.into()).map_err(error)?,
         dtype,
     };
     Ok((decoder, info))
@@ -57,17 +58,35 @@ fn check_single_page(
     bytes: &[u8],
     error: &dyn Fn(String) -> SourceError,
 ) -> Result<(), SourceError> {
-    let pages = super::tiff::page_offsets(&mut Cursor::new(bytes), usize::MAX)
-        .map_err(|e| error(format!("cannot read the TIFF directories: {e}")))?
-        .1
-        .len();
+    // The chain is walked only so far (a file of millions of tiny directories is not counted to its end).
+    let mut r = Cursor::new(bytes);
+    let (header, offsets) = super::tiff::page_offsets(&mut r, MAX_COUNTED_PAGES)
+        .map_err(|e| error(format!("cannot read the TIFF directories: {e}")))?;
+    if let Some(&first) = offsets.first() {
+        super::tiff::check_directory(&mut r, header, first)
+            .map_err(|e| error(format!("cannot read the TIFF directories: {e}")))?;
+    }
+    let pages = offsets.len();
     if pages > 1 {
+        let pages = count_text(pages);
         return Err(error(format!(
             "a multi-page TIFF of {pages} pages: a files source reads one slice per file; read a stack of \
              pages with the tiff source (`source: {{tiff: {{path: ...}}}}`)"
         )));
     }
     Ok(())
+}
+
+/// Pages counted for the message refusing a multi-page TIFF given to a `files` source.
+const MAX_COUNTED_PAGES: usize = 10_000;
+
+/// `n` pages, or "at least" the count when the count stopped at [`MAX_COUNTED_PAGES`].
+fn count_text(n: usize) -> String {
+    if n >= MAX_COUNTED_PAGES {
+        format!("at least {MAX_COUNTED_PAGES}")
+    } else {
+        n.to_string()
+    }
 }
 
 /// Shape and type of the slice in `bytes`, from its header alone.

@@ -135,9 +135,16 @@ impl FilesSliceSource {
             source,
         };
         buf.clear();
+        // Bounded: a huge file, or one that never ends (a FIFO, a device), fails instead of filling memory.
+        let limit = limits::MAX_SLICE_BYTES;
         std::fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(buf))
+            .and_then(|f| f.take(limit + 1).read_to_end(buf))
             .map_err(io)?;
+        if buf.len() as u64 > limit {
+            return Err(io(std::io::Error::other(format!(
+                "more than the limit of {limit} bytes per slice"
+            ))));
+        }
         Ok(path)
     }
 }

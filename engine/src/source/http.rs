@@ -241,7 +241,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
         return Err(Failure::Status(status.as_u16()));
     }
     // Bounded, so a huge or endless body fails instead of exhausting memory (retrying would not help).
-    limits::read_body(response, limits::MAX_SLICE_BYTES)
+    limits::read_body(response, limits::MAX_SLICE_BYTES, "per slice")
         .await
         .map_err(|e| match e {
             limits::BodyError::TooLarge(message) => Failure::Transport {

@@ -1,18 +1,57 @@
-//! Upper bounds on what a source spec may ask for, so that a typo (a stop of 10^12, a height of 2^40, a
-//! concurrency of 2^62) gives an error naming the field instead of an overflow, a panic or an attempt to
-//! allocate petabytes. Validation and the sources call the same checks, so they give the same messages.
+//! Upper bounds on every number that comes from outside the process: what a source spec asks for, what an
+//! image header, a TIFF directory or a Zarr metadata document says, how long an HTTP or S3 body is, what a chunk
+//! frame's header announces. A larger value is an error naming the field, file, URL or key, never an overflow,
+//! a panic, an attempt to allocate petabytes or a read that never ends. Validation, the planner, the sources and
+//! the frame readers call the same checks, so they give the same messages. `docs/manifest.md` ("Limits") lists
+//! them with the reasons for their values.
 
 use super::SourceError;
 
-/// Most slices a source may have (length of axis 0); also the largest `slicesPerChunk`.
+/// Most slices a source may have (length of axis 0: a spec's range, a TIFF's pages, a Zarr array's
+/// `shape[0]`); also the largest `slicesPerChunk`.
 pub const MAX_SLICES: u64 = 10_000_000;
-/// Longest side of a slice, in pixels (`synthetic.height`/`width`, `sliceShape`).
+/// Longest side of a slice, in pixels (`synthetic.height`/`width`, `sliceShape`, and the width and height an
+/// image header, a TIFF page or a Zarr array's shape declares).
 pub const MAX_SLICE_SIDE: usize = 65_536;
 /// Most HTTP requests in flight at once.
 pub const MAX_CONCURRENCY: usize = 1024;
-/// Largest HTTP response body of one slice, bytes (1 GiB; a 65536 x 65536 uint16 TIFF is 8 GiB, but no EM
+/// Largest HTTP or S3 response body of one slice, bytes (1 GiB; a 65536 x 65536 uint16 TIFF is 8 GiB, but no EM
 /// slice served over HTTP comes near this).
 pub const MAX_SLICE_BYTES: u64 = 1 << 30;
+/// Largest chunk (or reduction partial) a plan may make, bytes: the planner refuses a stage whose chunks are
+/// larger (naming it), so no frame a peer or a spill file holds can be larger either, and a frame header that
+/// announces more is refused before anything is allocated. 16 GiB: chunks are meant to be tens of MB.
+pub const MAX_CHUNK_BYTES: u64 = 16 << 30;
+/// Most stages of a job: 1000. Each select keeps its index lists (8 bytes per index of an axis of up to
+/// [`MAX_SLICES`]), so the count bounds what a manifest costs to validate and plan.
+pub const MAX_STAGES: usize = 1000;
+/// Most values of one TIFF directory entry (strip or tile offsets and byte counts, a string's bytes): 1,048,576,
+/// checked in the directory before the `tiff` crate reads it (which sizes its buffers from the count), room for
+/// a 65536 x 65536 page in 64 x 64 tiles.
+pub const MAX_TIFF_TAG_VALUES: u64 = 1 << 20;
+/// Most chunks of one stage (the source's load tasks included): 1,000,000. A plan's task graph takes a few
+/// hundred bytes per task, so a Zarr array of 10 million one-slice chunks would take gigabytes and a minute just
+/// to plan; raise `slicesPerChunk` (or the stage's chunks) instead.
+pub const MAX_CHUNKS_PER_STAGE: u64 = 1_000_000;
+/// Most pieces a rechunk cuts its input's chunks into: 4,000,000 (the post's
+/// 10,000-slice FFT rechunk cuts 650,000).
+pub const MAX_PIECES_PER_STAGE: u64 = 4_000_000;
+/// Largest object of the job's own bucket read whole (a chunk frame spilled to S3, a batch of pieces shipped for
+/// one merge, a ledger): a chunk's frames at most, with room for their headers.
+pub const MAX_SCRATCH_OBJECT_BYTES: u64 = 2 * MAX_CHUNK_BYTES;
+/// Largest body of one read of a `tiff` or `zarr` source's file, URL or key (a whole Zarr chunk or shard, a
+/// range of a TIFF): 1 GiB.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
+/// Largest Zarr metadata document (`zarr.json`, `.zarray`, `.zattrs`, `.zgroup`, `.zmetadata`): 64 MiB, far
+/// more than the consolidated metadata of thousands of arrays.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
+/// Most bytes of whole files kept in memory for servers that do not honour `Range` (each such file, and all of
+/// them together): 256 MiB. A larger file on such a server is refused, naming its URL: serve it from a server
+/// that honours ranges (any static file server, S3) or copy it locally.
+pub const MAX_UNRANGED_BYTES: u64 = 256 << 20;
+/// Largest buffer the `tiff` crate may make for one directory entry's values (it holds them in about 32 bytes
+/// each): 64 MiB, beyond [`MAX_TIFF_TAG_VALUES`] values of any type.
+pub const MAX_TIFF_TAG_BYTES: u64 = 64 << 20;
 
 fn config(field: &str, message: String) -> SourceError {
     SourceError::Config {
@@ -86,6 +125,42 @@ pub fn concurrency(field: &str, v: usize) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// Checks a slice side read from a file (an image header, a TIFF page, a Zarr array's shape): 1 to
+/// [`MAX_SLICE_SIDE`].
+///
+/// # Errors
+/// A message naming `what` (e.g. `width`) and the value, for the caller's error, which names the file.
+pub fn header_side(what: &str, v: u64) -> Result<usize, String> {
+    if v == 0 {
+        return Err(format!("{what} is 0"));
+    }
+    usize::try_from(v)
+        .ok()
+        .filter(|&n| n <= MAX_SLICE_SIDE)
+        .ok_or_else(|| format!("{what} of {v} pixels is more than the limit of {MAX_SLICE_SIDE}"))
+}
+
+/// Checks a number of slices read from a file (a Zarr array's `shape[0]`): 1 to [`MAX_SLICES`].
+///
+/// # Errors
+/// A message naming `what` and the value.
+pub fn header_slices(what: &str, v: u64) -> Result<usize, String> {
+    if v == 0 {
+        return Err(format!("{what} is 0: the source has no slices"));
+    }
+    usize::try_from(v)
+        .ok()
+        .filter(|_| v <= MAX_SLICES)
+        .ok_or_else(|| format!("{what} of {v} slices is more than the limit of {MAX_SLICES}"))
+}
+
+/// Bytes of a chunk of `shape` with elements of `size` bytes; `None` when that overflows a `u64`.
+pub fn chunk_bytes(shape: &[usize], size: usize) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(size as u64, |a, &n| a.checked_mul(n as u64))
+}
+
 /// Why [`read_body`] failed.
 #[derive(Debug)]
 pub(crate) enum BodyError {
@@ -95,24 +170,31 @@ pub(crate) enum BodyError {
     Transport(reqwest::Error),
 }
 
-/// Reads the body of `response`, refusing more than `limit` bytes: at once when the server announces a larger
-/// `Content-Length`, otherwise as soon as the bytes read pass the limit, so a huge or endless body is never
-/// held in memory.
+/// Bytes reserved at once for a body that announces its length: more is grown into as it arrives, so a
+/// `Content-Length` that lies costs nothing.
+const FIRST_RESERVE: u64 = 64 << 20;
+
+/// Reads the body of `response`, refusing more than `limit` bytes (`per` says what the limit is for, e.g. `per
+/// slice`): at once when the server announces a larger `Content-Length`, otherwise as soon as the bytes read pass
+/// the limit, so a huge or endless body is never held in memory.
 pub(crate) async fn read_body(
     mut response: reqwest::Response,
     limit: u64,
+    per: &str,
 ) -> Result<Vec<u8>, BodyError> {
     let too_large = |what: String| {
         BodyError::TooLarge(format!(
-            "response body {what} the limit of {limit} bytes per slice"
+            "response body {what} the limit of {limit} bytes {per}"
         ))
     };
-    if let Some(n) = response.content_length().filter(|&n| n > limit) {
+    let announced = response.content_length();
+    if let Some(n) = announced.filter(|&n| n > limit) {
         return Err(too_large(format!("of {n} bytes (Content-Length) exceeds")));
     }
-    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    let reserve = announced.unwrap_or(0).min(FIRST_RESERVE);
+    let mut body = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
     while let Some(piece) = response.chunk().await.map_err(BodyError::Transport)? {
-        if (body.len() + piece.len()) as u64 > limit {
+        if (body.len() as u64).saturating_add(piece.len() as u64) > limit {
             return Err(too_large("exceeds".into()));
         }
         body.extend_from_slice(&piece);
@@ -148,7 +230,7 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let response = reqwest::get(url).await.expect("response");
-            read_body(response, limit).await
+            read_body(response, limit, "per slice").await
         })
     }
 

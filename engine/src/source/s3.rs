@@ -373,7 +373,9 @@ async fn get_object(
         .into());
     }
     let mut stream = answer.body;
-    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    // What the length announces is checked above; the buffer still grows only as bytes arrive beyond 64 MiB.
+    let reserve = announced.unwrap_or(0).min(64 << 20);
+    let mut body = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
     let read = async {
         while let Some(piece) = stream.try_next().await.map_err(|e| {
             fail(format!(
@@ -381,7 +383,7 @@ async fn get_object(
                 s3c::error_chain(&e)
             ))
         })? {
-            if (body.len() + piece.len()) as u64 > limits::MAX_SLICE_BYTES {
+            if (body.len() as u64).saturating_add(piece.len() as u64) > limits::MAX_SLICE_BYTES {
                 return Err(fail(format!(
                     "body exceeds the limit of {} bytes per slice",
                     limits::MAX_SLICE_BYTES

@@ -105,12 +105,47 @@ pub fn page_offsets(
         let entries = read_uint(r, count_size, little)?;
         let skip = entries
             .checked_mul(entry)
-            .and_then(|n| n.checked_add(next + count_size as u64))
+            .and_then(|n| n.checked_add(next))
+            .and_then(|n| n.checked_add(count_size as u64))
             .ok_or_else(|| bad("directory entry count overflows"))?;
         r.seek(SeekFrom::Start(skip))?;
         next = read_uint(r, size, little)?;
     }
     Ok((header, pages))
+}
+
+/// Checks the directory at `offset` before the `tiff` crate reads it: the crate sizes its buffers from each
+/// entry's value count, with its default limits for the first directory it reads (up to 256 MiB). A count
+/// above [`limits::MAX_TIFF_TAG_VALUES`] is refused here, naming the tag.
+///
+/// # Errors
+/// When the directory cannot be read or an entry's count is past the limit.
+pub fn check_directory(
+    r: &mut (impl Read + Seek),
+    header: Header,
+    offset: u64,
+) -> std::io::Result<()> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let (count_size, field) = if header.big { (8, 8) } else { (2, 4) };
+    r.seek(SeekFrom::Start(offset))?;
+    let entries = read_uint(r, count_size, header.little)?;
+    // At most one entry per tag number (a u16): more is not a directory.
+    if entries > u64::from(u16::MAX) {
+        return Err(bad(format!("a directory of {entries} entries")));
+    }
+    for _ in 0..entries {
+        let tag = read_uint(r, 2, header.little)?;
+        let _kind = read_uint(r, 2, header.little)?;
+        let count = read_uint(r, field, header.little)?;
+        if count > limits::MAX_TIFF_TAG_VALUES {
+            return Err(bad(format!(
+                "tag {tag} has {count} values, more than the limit of {}",
+                limits::MAX_TIFF_TAG_VALUES
+            )));
+        }
+        read_uint(r, field, header.little)?;
+    }
+    Ok(())
 }
 
 /// Slices read from the pages of one TIFF file.
@@ -180,12 +215,16 @@ impl TiffSliceSource {
         index: usize,
     ) -> Result<(Decoder<&'r mut RangeReader<'a>>, SliceInfo), SourceError> {
         let error = |e: &dyn std::fmt::Display| self.page_error(index, e.to_string());
+        check_directory(reader, self.header, self.pages[index]).map_err(|e| error(&e))?;
         reader.set_overlay(self.header.bytes(self.pages[index]));
         reader.seek(SeekFrom::Start(0)).map_err(|e| error(&e))?;
         let mut decoder = Decoder::new(reader)
             .map_err(|e| error(&e))?
-            .with_limits(Limits::unlimited());
+            .with_limits(decoder_limits());
         let (width, height) = decoder.dimensions().map_err(|e| error(&e))?;
+        // Held to the slice limits before anything is sized from them.
+        let side = |what: &str, v: u32| limits::header_side(what, v.into()).map_err(|m| error(&m));
+        let (width, height) = (side("ImageWidth", width)?, side("ImageLength", height)?);
         let color = decoder.colortype().map_err(|e| error(&e))?;
         let format = decoder
             .find_tag_unsigned::<u16>(Tag::SampleFormat)
@@ -205,8 +244,8 @@ impl TiffSliceSource {
             }
         };
         let info = SliceInfo {
-            height: height as usize,
-            width: width as usize,
+            height,
+            width,
             dtype,
         };
         Ok((decoder, info))
@@ -244,7 +283,19 @@ impl TiffSliceSource {
     }
 }
 
-/// The bytes holding a page's strips or tiles, when they lie close together (so one read fetches them).
+/// What the `tiff` crate may allocate from a page's directory: a tag's values at most
+/// [`limits::MAX_TIFF_TAG_BYTES`], one strip or tile at most [`limits::MAX_OBJECT_BYTES`] (the page itself is
+/// decoded into the chunk, sized from the checked width and height).
+fn decoder_limits() -> Limits {
+    let mut l = Limits::default();
+    l.decoding_buffer_size = usize::try_from(limits::MAX_TIFF_TAG_BYTES).unwrap_or(usize::MAX);
+    l.ifd_value_size = l.decoding_buffer_size;
+    l.intermediate_buffer_size = usize::try_from(limits::MAX_OBJECT_BYTES).unwrap_or(usize::MAX);
+    l
+}
+
+/// The bytes holding a page's strips or tiles, when they lie close together (so one read fetches them) and
+/// within the limit of one read; offsets and counts are the file's, so the sums are checked.
 fn data_span<R: Read + Seek>(decoder: &mut Decoder<R>) -> Option<std::ops::Range<u64>> {
     let (offsets, counts) = [
         (Tag::StripOffsets, Tag::StripByteCounts),
@@ -257,9 +308,16 @@ fn data_span<R: Read + Seek>(decoder: &mut Decoder<R>) -> Option<std::ops::Range
         Some((offsets, counts))
     })?;
     let start = *offsets.iter().min()?;
-    let end = offsets.iter().zip(&counts).map(|(o, c)| o + c).max()?;
-    let total: u64 = counts.iter().sum();
-    (end > start && end - start <= total.saturating_mul(2)).then_some(start..end)
+    let end = offsets
+        .iter()
+        .zip(&counts)
+        .map(|(o, c)| o.checked_add(*c))
+        .try_fold(0u64, |m, e| Some(m.max(e?)))?;
+    let total = counts.iter().try_fold(0u64, |a, &c| a.checked_add(c))?;
+    (end > start
+        && end - start <= total.saturating_mul(2)
+        && end - start <= limits::MAX_OBJECT_BYTES)
+        .then_some(start..end)
 }
 
 impl SliceSource for TiffSliceSource {

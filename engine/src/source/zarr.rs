@@ -18,8 +18,8 @@ use zarrs::storage::{
     MaybeBytes, MaybeBytesIterator, ReadableStorageTraits, StorageError, StoreKey,
 };
 
-use super::location::Location;
-use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range};
+use super::location::{Location, Part};
+use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::{Chunk, DType};
 use crate::spec::{MissingChunks, S3Storage, ZarrSource};
 
@@ -35,25 +35,41 @@ pub struct ZarrStore {
 const METADATA: [&str; 5] = ["zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"];
 
 impl ZarrStore {
-    /// Bytes `range` of `key`, `None` when it is not stored.
+    /// Bytes `range` of `key`, `None` when it is not stored. A metadata document is read whole up to
+    /// [`limits::MAX_METADATA_BYTES`], a chunk or shard up to [`limits::MAX_OBJECT_BYTES`].
     fn get_range(&self, key: &str, range: ByteRange) -> Result<MaybeBytes, StorageError> {
-        let wanted = match range {
-            ByteRange::FromStart(start, Some(len)) => Some(start..start + len),
-            ByteRange::FromStart(0, None) => None,
-            _ => {
-                let Some(all) = self.get_range(key, ByteRange::FromStart(0, None))? else {
-                    return Ok(None);
-                };
-                let size = all.len() as u64;
-                let (start, end) = (range.start(size) as usize, range.end(size) as usize);
-                return Ok(Some(all.slice(start.min(end)..end)));
+        let metadata = METADATA.contains(&key.rsplit('/').next().unwrap_or(key));
+        let part = match range {
+            ByteRange::FromStart(0, None) if metadata => Part::Whole {
+                limit: limits::MAX_METADATA_BYTES,
+                what: "a Zarr metadata document",
+            },
+            ByteRange::FromStart(0, None) => Part::Whole {
+                limit: limits::MAX_OBJECT_BYTES,
+                what: "a Zarr chunk or shard read whole",
+            },
+            ByteRange::FromStart(start, None) => {
+                let all = self.get_range(key, ByteRange::FromStart(0, None))?;
+                return Ok(all.map(|b| {
+                    let at = usize::try_from(start).unwrap_or(usize::MAX).min(b.len());
+                    b.slice(at..)
+                }));
             }
+            ByteRange::FromStart(start, Some(len)) => {
+                let end = start.checked_add(len).ok_or_else(|| {
+                    StorageError::Other(format!(
+                        "{}: a range of {len} bytes at offset {start} overflows",
+                        self.location.name(key)
+                    ))
+                })?;
+                Part::Range(start..end)
+            }
+            ByteRange::Suffix(n) => Part::Suffix(n),
         };
         let got = self
             .location
-            .get(key, wanted)
+            .get(key, part)
             .map_err(|e| StorageError::Other(e.to_string()))?;
-        let metadata = METADATA.contains(&key.rsplit('/').next().unwrap_or(key));
         if got.is_none() && self.chunks_required && !metadata {
             return Err(StorageError::Other(format!(
                 "chunk {} is not stored (spec.source.zarr.missingChunks: error)",
@@ -137,6 +153,8 @@ pub struct ZarrSliceSource {
     /// The array's location (a level of an OME-Zarr image names its dataset).
     name: String,
     element: Element,
+    /// `shape[0]`, `shape[1]`, `shape[2]`, checked against the source limits.
+    slices: usize,
     height: usize,
     width: usize,
     info: InfoCache,
@@ -178,12 +196,19 @@ impl ZarrSliceSource {
             location: name.clone(),
             message,
         };
-        let &[_, height, width] = array.shape() else {
+        let &[slices, height, width] = array.shape() else {
             return Err(invalid(format!(
                 "the array has shape {:?}: a source is 3-D (slices, rows, columns)",
                 array.shape()
             )));
         };
+        // The metadata's numbers are held to the source limits before anything is planned or sized from them.
+        let shape = array.shape().to_vec();
+        let checked =
+            |r: Result<usize, String>| r.map_err(|m| invalid(format!("shape {shape:?}: {m}")));
+        let slices = checked(limits::header_slices("shape[0]", slices))?;
+        let height = checked(limits::header_side("shape[1]", height))?;
+        let width = checked(limits::header_side("shape[2]", width))?;
         let type_name = array
             .data_type()
             .name(ZarrVersion::V3)
@@ -194,12 +219,14 @@ impl ZarrSliceSource {
                 "data type {type_name} is not supported: a source is an integer or float32/float64 array"
             ))
         })?;
+        check_chunk_size(&array, element).map_err(invalid)?;
         Ok(ZarrSliceSource {
             array,
             name,
             element,
-            height: height as usize,
-            width: width as usize,
+            slices,
+            height,
+            width,
             info: InfoCache::new(declared),
         })
     }
@@ -253,11 +280,42 @@ impl ZarrSliceSource {
     }
 }
 
+/// Refuses an array whose chunks (or shards, or the inner chunks of a shard) are larger, decoded, than
+/// [`limits::MAX_CHUNK_BYTES`]: zarrs allocates a whole chunk to decode it, whatever part of it is read.
+fn check_chunk_size(array: &Array<ZarrStore>, element: Element) -> Result<(), String> {
+    use zarrs::array::ArrayShardedExt;
+    let size = match element {
+        Element::U8 => 1,
+        Element::U16 => 2,
+        Element::F32 => 4,
+        Element::F64 | Element::Widened(_) => 8,
+    };
+    let outer = array
+        .chunk_shape(&[0, 0, 0])
+        .map_err(|e| format!("cannot read the chunk shape: {e}"))?;
+    let shapes = [Some(outer), array.effective_subchunk_shape()];
+    for shape in shapes.into_iter().flatten() {
+        let dims: Vec<u64> = shape.iter().map(|n| n.get()).collect();
+        let bytes = dims.iter().try_fold(size, |a: u64, &n| a.checked_mul(n));
+        if bytes.is_none_or(|b| b > limits::MAX_CHUNK_BYTES) {
+            return Err(format!(
+                "chunk shape {dims:?} of {size}-byte elements is more than the limit of {} bytes per chunk",
+                limits::MAX_CHUNK_BYTES
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The path of the array under `location`: `""` for an array, the dataset of multiscale `level` for an OME-Zarr
 /// image (v3 `zarr.json` `attributes.ome.multiscales`, or v2 `.zattrs` `multiscales`).
 fn array_path(location: &Location, level: Option<usize>) -> Result<String, SourceError> {
     let json = |key: &str| -> Result<Option<serde_json::Value>, SourceError> {
-        let Some(bytes) = location.get(key, None)? else {
+        let part = Part::Whole {
+            limit: limits::MAX_METADATA_BYTES,
+            what: "a Zarr metadata document",
+        };
+        let Some(bytes) = location.get(key, part)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -328,7 +386,7 @@ fn ome_dataset(
 
 impl SliceSource for ZarrSliceSource {
     fn len(&self) -> usize {
-        self.array.shape()[0] as usize
+        self.slices
     }
 
     fn slice_info(&self) -> Result<SliceInfo, SourceError> {
@@ -368,6 +426,8 @@ impl SliceSource for ZarrSliceSource {
     }
 
     fn chunk_depth(&self) -> Option<usize> {
-        self.chunking().0.first().map(|&d| d as usize)
+        // At most the array's depth (the metadata may declare deeper chunks than the array).
+        let depth = *self.chunking().0.first()?;
+        Some(usize::try_from(depth).map_or(self.slices, |d| d.min(self.slices)))
     }
 }
