@@ -22,6 +22,7 @@ pub mod agent;
 mod env;
 mod error;
 pub mod locate;
+pub mod podman;
 mod proc;
 pub mod s3;
 

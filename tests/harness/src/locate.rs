@@ -1,7 +1,7 @@
 //! Finding the binaries and files prepared by `tests/env/setup.sh`.
 //!
 //! Each location comes from an environment variable when set (`ARRAYJOB_K8S_BIN`,
-//! `ARRAYJOB_TOOLS_BIN`, `ARRAYJOB_PKI_DIR`), otherwise from `$ARRAYJOB_CACHE/testenv.env`, the file
+//! `ARRAYJOB_TOOLS_BIN`, `ARRAYJOB_PKI_DIR`, `ARRAYJOB_BASE_IMAGE`), otherwise from `$ARRAYJOB_CACHE/testenv.env`, the file
 //! `setup.sh` writes.
 
 use std::collections::HashMap;
@@ -134,6 +134,12 @@ impl Binaries {
             },
         })
     }
+}
+
+/// A value `tests/env/setup.sh` records (e.g. `ARRAYJOB_BASE_IMAGE`): the environment variable of that name
+/// when set, else its line in `$ARRAYJOB_CACHE/testenv.env`.
+pub fn setup_var(name: &str) -> Result<String> {
+    var(name, &setup_file_vars()).map(|p| p.display().to_string())
 }
 
 /// Locates SeaweedFS (`weed`) alone, for tests that need only S3 ([`crate::S3Server`]).
