@@ -3,7 +3,9 @@
 #   1. installs podman, runc and mmdebstrap (Debian packages) when one is missing (needs root);
 #   2. builds a Debian root filesystem with mmdebstrap (--variant=essential plus BASE_IMAGE_PACKAGES
 #      from versions.env: glibc, libgcc, libstdc++ and ca-certificates, like
-#      gcr.io/distroless/cc-debian12, plus a shell and coreutils), cached as
+#      gcr.io/distroless/cc-debian12, plus a shell and coreutils; and distroless' `nonroot` user and
+#      group 65532 with its home /home/nonroot, so that a container run as uid 65532 gets gid 65532
+#      from /etc/passwd as it would on distroless), cached as
 #      ${ARRAYJOB_CACHE:-$HOME/.cache/arrayjob}/base-image-<key>/rootfs.tar (about 150 MB, a minute);
 #   3. imports it into podman's image store as localhost/arrayjob-base:<suite>-<key>.
 # <key> is derived from the suite and the packages. Prints the image name; a second run returns in
@@ -15,7 +17,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
 CACHE="${ARRAYJOB_CACHE:-$HOME/.cache/arrayjob}"
-KEY="$(printf 'v1|%s|%s' "$BASE_IMAGE_SUITE" "$BASE_IMAGE_PACKAGES" | sha256sum | cut -c1-10)"
+KEY="$(printf 'v2|%s|%s' "$BASE_IMAGE_SUITE" "$BASE_IMAGE_PACKAGES" | sha256sum | cut -c1-10)"
 IMAGE="localhost/arrayjob-base:$BASE_IMAGE_SUITE-$KEY"
 DIR="$CACHE/base-image-$KEY"
 
@@ -49,6 +51,9 @@ if [[ ! -f "$DIR/rootfs.tar" ]]; then
   log "building a $BASE_IMAGE_SUITE root filesystem with $BASE_IMAGE_PACKAGES (mmdebstrap, about a minute)"
   rm -f "$DIR/rootfs.tar.tmp"
   mmdebstrap --quiet --variant=essential --include="$BASE_IMAGE_PACKAGES" --format=tar \
+    --customize-hook='echo "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" >>"$1/etc/passwd"' \
+    --customize-hook='echo "nonroot:x:65532:" >>"$1/etc/group"' \
+    --customize-hook='install -d -m 0700 -o 65532 -g 65532 "$1/home/nonroot"' \
     "$BASE_IMAGE_SUITE" "$DIR/rootfs.tar.tmp" http://deb.debian.org/debian >&2
   mv "$DIR/rootfs.tar.tmp" "$DIR/rootfs.tar"
 fi

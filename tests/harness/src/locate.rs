@@ -156,7 +156,8 @@ pub fn tool(name: &str) -> Result<PathBuf> {
 }
 
 /// Finds the `arrayjob-node-agent` binary: `$ARRAYJOB_NODE_AGENT`, else next to the running test
-/// executable (`target/<profile>/arrayjob-node-agent`, which cargo builds for this crate's tests).
+/// executable (`target/<profile>/arrayjob-node-agent`, which cargo builds for this crate's tests), else in
+/// `$CARGO_TARGET_DIR/<profile>/`.
 pub fn node_agent() -> Result<PathBuf> {
     if let Some(v) = std::env::var_os("ARRAYJOB_NODE_AGENT").filter(|v| !v.is_empty()) {
         return must_exist("arrayjob-node-agent", PathBuf::from(v));
@@ -165,6 +166,18 @@ pub fn node_agent() -> Result<PathBuf> {
     let mut candidates = Vec::new();
     for dir in exe.ancestors().skip(1).take(2) {
         candidates.push(dir.join("arrayjob-node-agent"));
+    }
+    // With a separate `build-dir`, test executables live there (`<build-dir>/<profile>/deps/`) while binaries
+    // go to `$CARGO_TARGET_DIR/<profile>/`.
+    if let (Some(target), Some(profile)) = (
+        std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()),
+        exe.ancestors().nth(2).and_then(Path::file_name),
+    ) {
+        candidates.push(
+            PathBuf::from(target)
+                .join(profile)
+                .join("arrayjob-node-agent"),
+        );
     }
     candidates
         .iter()

@@ -196,3 +196,95 @@ fn remove_other_tags(keep: &str) {
         }
     }
 }
+
+/// What the kernel says about the main process of a running container (read from `/proc` and the cgroup
+/// files, not from podman's configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessFacts {
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Effective capabilities (bit mask).
+    pub cap_eff: u64,
+    /// `no_new_privs` is set.
+    pub no_new_privs: bool,
+    /// Its root filesystem is mounted read-only.
+    pub root_read_only: bool,
+    /// The memory limit of its cgroup (cgroup v1 `memory.limit_in_bytes`, v2 `memory.max`); `None` when
+    /// unlimited.
+    pub memory_limit: Option<u64>,
+}
+
+/// [`ProcessFacts`] of the running container `container` (a name or id; `podman://` prefix allowed).
+pub fn process_facts(container: &str) -> Result<ProcessFacts> {
+    let id = container.strip_prefix("podman://").unwrap_or(container);
+    let pid = run(&["inspect", "--format", "{{.State.Pid}}", id])?;
+    let pid: u32 =
+        pid.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+            Error::Invalid(format!("container {id} is not running (pid {pid:?})"))
+        })?;
+    let proc_file = |name: &str| {
+        let p = PathBuf::from(format!("/proc/{pid}/{name}"));
+        std::fs::read_to_string(&p).map_err(|e| Error::io(format!("read {}", p.display()), e))
+    };
+    let status = proc_file("status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .ok_or_else(|| Error::Invalid(format!("no {name} in /proc/{pid}/status")))
+    };
+    let first = |v: &str| -> Result<u32> {
+        v.split_whitespace()
+            .next()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| Error::Invalid(format!("bad id list {v:?} in /proc/{pid}/status")))
+    };
+    let cap_eff = u64::from_str_radix(field("CapEff")?, 16)
+        .map_err(|e| Error::Invalid(format!("CapEff of {pid}: {e}")))?;
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ...; the last mount on "/" is the one in effect.
+    let root_read_only = proc_file("mountinfo")?
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(4) == Some(&"/"))
+                .then(|| f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro")))
+        })
+        .last()
+        .unwrap_or(false);
+    Ok(ProcessFacts {
+        uid: first(field("Uid")?)?,
+        gid: first(field("Gid")?)?,
+        cap_eff,
+        no_new_privs: field("NoNewPrivs")? == "1",
+        root_read_only,
+        memory_limit: cgroup_memory_limit(&proc_file("cgroup")?),
+    })
+}
+
+/// The memory limit of the cgroup named in a `/proc/PID/cgroup` text (v1 `memory` controller, else v2).
+fn cgroup_memory_limit(proc_cgroup: &str) -> Option<u64> {
+    let mut v2 = None;
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "memory") {
+            let text = std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+            ))
+            .ok()?;
+            let v: u64 = text.trim().parse().ok()?;
+            // An unlimited v1 cgroup reads as the largest page-aligned value.
+            return (v < 1 << 62).then_some(v);
+        }
+        if controllers.is_empty() {
+            v2 = Some(path.to_owned());
+        }
+    }
+    let text = std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", v2?)).ok()?;
+    text.trim().parse().ok()
+}
