@@ -950,12 +950,21 @@ impl Drop for MemoryPolicy<'_> {
     }
 }
 
-/// Container terminations of the worker pods of a namespace, seen by a watch from now on: (pod, reason,
-/// exit code, memory limit of the pod).
+/// A worker container's end, as its pod's status reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Termination {
+    pod: String,
+    reason: String,
+    exit_code: i32,
+    /// The pod's memory limit.
+    memory: String,
+}
+
+/// Container terminations of the worker pods of a namespace, seen by a watch from now on.
 fn watch_worker_terminations(
     client: kube::Client,
     ns: &str,
-) -> std::sync::Arc<std::sync::Mutex<Vec<(String, String, i64, String)>>> {
+) -> std::sync::Arc<std::sync::Mutex<Vec<Termination>>> {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::WatchStreamExt;
@@ -984,12 +993,12 @@ fn watch_worker_terminations(
                 .iter()
                 .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
             {
-                let entry = (
-                    name.clone(),
-                    t.reason.clone().unwrap_or_default(),
-                    i64::from(t.exit_code),
-                    memory.clone(),
-                );
+                let entry = Termination {
+                    pod: name.clone(),
+                    reason: t.reason.clone().unwrap_or_default(),
+                    exit_code: t.exit_code,
+                    memory: memory.clone(),
+                };
                 let mut seen = out.lock().unwrap_or_else(|e| e.into_inner());
                 if !seen.contains(&entry) {
                     seen.push(entry);
@@ -1071,17 +1080,14 @@ async fn a_worker_over_its_memory_limit_is_oom_killed_and_the_job_completes_with
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let killed: Vec<_> = seen.iter().filter(|t| t.1 == "OOMKilled").collect();
-    assert_eq!(
-        killed,
-        [&(
-            "aj-oom-worker-1".to_owned(),
-            "OOMKilled".to_owned(),
-            137,
-            "24Mi".to_owned()
-        )],
-        "{seen:?}"
-    );
+    let killed: Vec<_> = seen.iter().filter(|t| t.reason == "OOMKilled").collect();
+    let want = Termination {
+        pod: "aj-oom-worker-1".to_owned(),
+        reason: "OOMKilled".to_owned(),
+        exit_code: 137,
+        memory: "24Mi".to_owned(),
+    };
+    assert_eq!(killed, [&want], "{seen:?}");
     let st = &j["status"];
     assert_eq!(st["phase"], "Succeeded", "{st}");
     assert_eq!(

@@ -252,7 +252,7 @@ pub fn process_facts(container: &str) -> Result<ProcessFacts> {
             (f.get(4) == Some(&"/"))
                 .then(|| f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro")))
         })
-        .last()
+        .next_back()
         .unwrap_or(false);
     Ok(ProcessFacts {
         uid: first(field("Uid")?)?,

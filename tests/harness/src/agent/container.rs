@@ -26,8 +26,8 @@ use std::process::Stdio;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityContext};
 
-use super::pods::NotReady;
 use super::sandbox::BindMount;
+use super::waiting::NotReady;
 use crate::podman::{GLOBAL_ARGS, ulimit_args};
 
 /// What `podman create` is given for one container run.

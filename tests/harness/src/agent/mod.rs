@@ -28,6 +28,7 @@ pub(crate) mod proxy;
 pub mod reclaim;
 pub mod sandbox;
 pub(crate) mod volumes;
+mod waiting;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -26,6 +26,7 @@ use super::node::now_time;
 use super::probes::{self, ExecTarget, ProbeSpec};
 use super::sandbox::{BindMount, SandboxPlan};
 use super::volumes::{self, PodVolumes};
+use super::waiting::NotReady;
 use super::{Ctx, Stop, force_delete, lock, proxy};
 use crate::{Error, Result};
 
@@ -94,12 +95,6 @@ fn expand(s: &str, vars: &HashMap<String, String>) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Why a container could not be prepared (shown as its waiting state).
-pub(crate) struct NotReady {
-    pub(crate) reason: &'static str,
-    pub(crate) message: String,
 }
 
 pub(crate) fn field_value(

@@ -26,8 +26,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::Ctx;
-use super::pods::{NotReady, config_map_data, field_value, secret_data};
+use super::pods::{config_map_data, field_value, secret_data};
 use super::sandbox::BindMount;
+use super::waiting::NotReady;
 
 /// Mode of projected files when the volume does not say (kubelet's default, 0644).
 const DEFAULT_MODE: u32 = 0o644;
