@@ -99,8 +99,8 @@ pub fn base_image() -> Result<String> {
 /// Builds (or finds, when already built from the same binaries) the arrayjob image: the `Dockerfile`'s
 /// `prebuilt` target with the three binaries of `bin_dir` (a cargo target folder such as
 /// `target/release`) on [`base_image`]. Returns its reference, `localhost/arrayjob-test:<key>`, the key
-/// covering the Dockerfile, the base image and each binary's size and modification time. Older tags of
-/// [`TEST_IMAGE_REPO`] are removed (those still used by a container stay).
+/// covering the Dockerfile, the base image and each binary's size and modification time. Tags of
+/// [`TEST_IMAGE_REPO`] older than the newest three are removed (those still used by a container stay).
 pub fn build_image(bin_dir: &Path) -> Result<String> {
     let base = base_image()?;
     let dockerfile = repo_root().join("Dockerfile");
@@ -176,10 +176,16 @@ fn stage(context: &Path, binaries: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Untags the other test images so that old builds do not pile up (best effort).
+/// Test images kept besides the newest, for test binaries of other builds running at the same time.
+const KEEP_OLDER_IMAGES: usize = 2;
+
+/// Removes all but the newest test images so that old builds do not pile up (best effort; an image a
+/// container still uses stays).
 fn remove_other_tags(keep: &str) {
     let Ok(list) = run(&[
         "images",
+        "--sort",
+        "created",
         "--format",
         "{{.Repository}}:{{.Tag}}",
         TEST_IMAGE_REPO,
@@ -190,6 +196,7 @@ fn remove_other_tags(keep: &str) {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && *l != keep)
+        .skip(KEEP_OLDER_IMAGES)
     {
         if let Err(e) = run(&["rmi", image]) {
             tracing::debug!("keeping {image}: {e}");
