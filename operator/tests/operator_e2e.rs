@@ -27,11 +27,17 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
-/// A binary built next to this test's (`cargo test --workspace` builds every package's binaries).
+/// The folder of this build's binaries (`target/release`; with a separate `build-dir` the test executable
+/// itself lives elsewhere).
+fn bin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_arrayjob-operator"))
+        .parent()
+        .expect("the target folder")
+}
+
+/// A binary built next to the operator's (`cargo test --workspace` builds every package's binaries).
 fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
+    let p = bin_dir().join(name);
     assert!(
         p.exists(),
         "{} is missing: build it first (cargo build --release -p arrayjob-cli)",
@@ -155,19 +161,21 @@ fn example(env: &TestEnv, name: &str, edit: impl Fn(String) -> String) -> String
 }
 
 /// `helm install` of the chart (once per test binary): the operator runs as two pods of the node agent, under
-/// its own service account and RBAC, with leader election; the job pods' image maps to `arrayjob`.
+/// its own service account and RBAC, with leader election. The operator's and the job pods' images both map
+/// to the image the Dockerfile builds from this build's binaries (`arrayjob_testenv::podman::build_image`):
+/// every pod runs in a podman container (the agent's container mode), so the kernel enforces the pods'
+/// security context (user 65532, read-only root filesystem, no capabilities) and memory limits.
 fn install_operator(env: &TestEnv) {
     static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
     if *done {
         return;
     }
-    env.map_image(
-        OPERATOR_IMAGE,
-        Path::new(env!("CARGO_BIN_EXE_arrayjob-operator")),
-    )
-    .expect("map the operator image");
-    env.map_image(IMAGE, &sibling_binary("arrayjob"))
+    let image = arrayjob_testenv::podman::build_image(bin_dir())
+        .expect("build the arrayjob image (tests/env/setup.sh makes its base image)");
+    env.map_image_to_container(OPERATOR_IMAGE, &image)
+        .expect("map the operator image");
+    env.map_image_to_container(IMAGE, &image)
         .expect("map the job image");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -414,7 +422,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
 
     // A worker pod deleted while the job runs is replaced (and counted).
     let deadline = Instant::now() + Duration::from_secs(120);
-    let victim = loop {
+    let ready = loop {
         let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker")
             .iter()
             .filter(|p| {
@@ -426,11 +434,37 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
             .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
             .collect();
         if ready.len() == 3 {
-            break ready[1].clone();
+            break ready;
         }
         assert!(Instant::now() < deadline, "the worker pods never got ready");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The pods run in containers: the kernel holds them to the operator's security context (user 65532,
+    // the image's group, no capabilities, no privilege escalation, read-only root) and the workers to
+    // `workers.memory` (1Gi).
+    for (pod, memory_limit) in [(ready[0].as_str(), Some(1 << 30)), ("aj-quick", None)] {
+        let id = env.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])?;
+        assert!(id.starts_with("podman://"), "{pod}: {id}");
+        let facts = arrayjob_testenv::podman::process_facts(&id)?;
+        let want = arrayjob_testenv::podman::ProcessFacts {
+            uid: 65532,
+            gid: 65532,
+            cap_eff: 0,
+            no_new_privs: true,
+            root_read_only: true,
+            memory_limit,
+        };
+        assert_eq!(facts, want, "{pod}");
+    }
+    let victim = ready[1].clone();
     // The coordinator answers its own job's token and refuses another job's.
     let ip = env.kubectl(&[
         "get",
@@ -851,6 +885,257 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
         "False"
     );
     env.kubectl(&["delete", "arrayjob", "idle", "-n", &ns, "--timeout=60s"])?;
+    Ok(())
+}
+
+/// A MutatingAdmissionPolicy (and its binding) named `name` that gives the pods named in `pods` of namespace
+/// `ns` the memory limit and request `memory`, as a cluster's admission policy (a LimitRange, VPA) may;
+/// removed when dropped.
+struct MemoryPolicy<'a> {
+    env: &'a TestEnv,
+    name: String,
+}
+
+impl<'a> MemoryPolicy<'a> {
+    fn apply(
+        env: &'a TestEnv,
+        name: &str,
+        ns: &str,
+        pods: &[&str],
+        memory: &str,
+    ) -> anyhow::Result<Self> {
+        let names: Vec<String> = pods.iter().map(|p| format!("'{p}'")).collect();
+        let yaml = format!(
+            r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}}
+  matchConditions:
+  - name: named-pods
+    expression: "request.namespace == '{ns}' && object.metadata.name in [{names}]"
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >-
+        [JSONPatch{{op: "replace", path: "/spec/containers/0/resources",
+          value: {{"limits": {{"memory": "{memory}"}}, "requests": {{"memory": "{memory}"}}}}}}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec: {{policyName: {name}}}
+"#,
+            names = names.join(", ")
+        );
+        env.kubectl_with_input(&["apply", "-f", "-"], Some(&yaml))?;
+        Ok(MemoryPolicy {
+            env,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for MemoryPolicy<'_> {
+    fn drop(&mut self) {
+        for kind in ["mutatingadmissionpolicybinding", "mutatingadmissionpolicy"] {
+            let _ = self
+                .env
+                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// A worker container's end, as its pod's status reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Termination {
+    pod: String,
+    reason: String,
+    exit_code: i32,
+    /// The pod's memory limit.
+    memory: String,
+}
+
+/// Container terminations of the worker pods of a namespace, seen by a watch from now on.
+fn watch_worker_terminations(
+    client: kube::Client,
+    ns: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Termination>>> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::WatchStreamExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, ns);
+    let config = kube::runtime::watcher::Config::default().labels("arrayjob.dev/role=worker");
+    tokio::spawn(async move {
+        let mut pods = kube::runtime::watcher::watcher(api, config)
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(p)) = pods.next().await {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let memory = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
+                .map(|q| q.0.clone())
+                .unwrap_or_default();
+            let statuses = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
+            for t in statuses
+                .iter()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+            {
+                let entry = Termination {
+                    pod: name.clone(),
+                    reason: t.reason.clone().unwrap_or_default(),
+                    exit_code: t.exit_code,
+                    memory: memory.clone(),
+                };
+                let mut seen = out.lock().unwrap_or_else(|e| e.into_inner());
+                if !seen.contains(&entry) {
+                    seen.push(entry);
+                }
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_over_its_memory_limit_is_oom_killed_and_the_job_completes_with_the_local_runs_bytes()
+-> anyhow::Result<()> {
+    let env = TestEnv::shared()?;
+    setup(env).await;
+    install_operator(env);
+    let d = tempfile::tempdir()?;
+    let ns = env.namespace("aj-oom").await?;
+    s3_secret(env, &ns).await;
+    // The job's second worker pod gets 24Mi instead of the job's 1Gi: less than a worker uses (30-80 MiB).
+    let _policy = MemoryPolicy::apply(
+        env,
+        &format!("aj-oom-{}", ns.name()),
+        &ns,
+        &["aj-oom-worker-1", "policy-probe"],
+        "24Mi",
+    )?;
+    // Policies load asynchronously: a server-side dry run of a pod it names shows when it is in force.
+    let probe = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {{\"name\": \"policy-probe\"}}, \"spec\": \
+         {{\"containers\": [{{\"name\": \"c\", \"image\": \"{IMAGE}\", \"resources\": {{\"limits\": {{\"memory\": \"1Gi\"}}}}}}]}}}}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let limit = env.kubectl_with_input(
+            &[
+                "create",
+                "--dry-run=server",
+                "-n",
+                &ns,
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.spec.containers[0].resources.limits.memory}",
+            ],
+            Some(&probe),
+        )?;
+        if limit.trim() == "24Mi" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admission policy never applied: {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let terminations = watch_worker_terminations(env.client().await?, &ns);
+    let manifest = example(env, "oom", |t| {
+        t.replace("stop: 160", &format!("stop: {SLICES}"))
+    });
+    env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest))?;
+    let wait = env.kubectl(&[
+        "wait",
+        "--for=condition=Complete",
+        "arrayjob/oom",
+        "-n",
+        &ns,
+        "--timeout=240s",
+    ]);
+    let j = get_job(env, &ns, "oom");
+    assert!(
+        wait.is_ok(),
+        "not Complete: {}\n{wait:?}\noperator log:\n{}",
+        j["status"],
+        operator_log(env)
+    );
+    // The kernel killed that worker for its memory (the node agent reports it as kubelet does), and only it.
+    let seen = terminations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let killed: Vec<_> = seen.iter().filter(|t| t.reason == "OOMKilled").collect();
+    let want = Termination {
+        pod: "aj-oom-worker-1".to_owned(),
+        reason: "OOMKilled".to_owned(),
+        exit_code: 137,
+        memory: "24Mi".to_owned(),
+    };
+    assert_eq!(killed, [&want], "{seen:?}");
+    let st = &j["status"];
+    assert_eq!(st["phase"], "Succeeded", "{st}");
+    assert_eq!(
+        st["workerPods"]["lost"].as_i64(),
+        Some(1),
+        "the OOM-killed worker is counted: {st}"
+    );
+    let (done, total) = st["progress"]
+        .as_str()
+        .expect("progress")
+        .split_once('/')
+        .expect("n/m");
+    assert_eq!(done, total);
+    assert!(
+        event_reasons(env, &ns, "oom")
+            .iter()
+            .any(|(r, _)| r == "WorkerReplaced"),
+        "{:?}",
+        event_reasons(env, &ns, "oom")
+    );
+    // The same bytes as `arrayjob run` of the manifest the coordinator ran.
+    let mut remote = objects(env, &format!("outputs/{}/oom/", ns.name())).await;
+    for f in [
+        "summary.json",
+        "workers.json",
+        "timeline.html",
+        "timeline.png",
+    ] {
+        remote.remove(f);
+    }
+    let cm = env.kubectl(&[
+        "get",
+        "configmap",
+        "aj-oom-manifest",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.data.job\\.yaml}",
+    ])?;
+    let local = local_run(env, d.path(), &cm);
+    assert_eq!(
+        remote.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &local {
+        assert!(remote[k] == *v, "{k} differs from `arrayjob run`'s");
+    }
+    env.kubectl(&["delete", "arrayjob", "oom", "-n", &ns, "--timeout=60s"])?;
     Ok(())
 }
 

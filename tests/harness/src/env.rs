@@ -15,7 +15,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-use crate::agent::{self, NodeSpec, lock};
+use crate::agent::{self, ImageTarget, NodeSpec, lock};
 use crate::locate::{self, Binaries};
 use crate::proc::{ProcessGroup, free_ports, prune_stale_runs};
 use crate::s3::{self, S3Endpoint};
@@ -323,6 +323,10 @@ impl TestEnv {
             .arg(format!("--state-dir={}", agent_state.display()))
             .arg(format!("--pgid-dir={}", run_dir.join("podpgids").display()))
             .arg(format!(
+                "--container-dir={}",
+                run_dir.join("podcontainers").display()
+            ))
+            .arg(format!(
                 "--pod-ip-start={}",
                 Ipv4Addr::new(127, 0, third, 1)
             ))
@@ -443,12 +447,29 @@ impl TestEnv {
 
     /// Maps a container image to a local binary for pods started from now on.
     pub fn map_image(&self, image: &str, binary: &Path) -> Result<()> {
+        self.set_image(image, ImageTarget::Binary(binary.to_path_buf()))
+    }
+
+    /// Maps a container image to an image of podman's local store (e.g. one made by
+    /// [`crate::podman::build_image`]) for pods started from now on: their containers run as podman
+    /// containers, with the security context and limits enforced (the agent's container mode).
+    pub fn map_image_to_container(&self, image: &str, podman_image: &str) -> Result<()> {
+        self.set_image(
+            image,
+            ImageTarget::Container {
+                podman: podman_image.to_owned(),
+            },
+        )
+    }
+
+    fn set_image(&self, image: &str, target: ImageTarget) -> Result<()> {
         let _g = lock(&self.group);
-        let mut map: BTreeMap<String, PathBuf> = std::fs::read_to_string(&self.images_file)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
-        map.insert(image.to_owned(), binary.to_path_buf());
+        let mut map: BTreeMap<String, ImageTarget> =
+            match std::fs::read_to_string(&self.images_file) {
+                Ok(s) => serde_json::from_str(&s)?,
+                Err(_) => BTreeMap::new(),
+            };
+        map.insert(image.to_owned(), target);
         let tmp = self.images_file.with_extension("json.tmp");
         write(&tmp, serde_json::to_vec_pretty(&map)?)?;
         std::fs::rename(&tmp, &self.images_file).map_err(|e| Error::io("rename images.json", e))

@@ -23,6 +23,7 @@ mod env;
 mod error;
 pub mod faultproxy;
 pub mod locate;
+pub mod podman;
 mod proc;
 pub mod s3;
 

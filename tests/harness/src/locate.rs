@@ -1,7 +1,7 @@
 //! Finding the binaries and files prepared by `tests/env/setup.sh`.
 //!
 //! Each location comes from an environment variable when set (`ARRAYJOB_K8S_BIN`,
-//! `ARRAYJOB_TOOLS_BIN`, `ARRAYJOB_PKI_DIR`), otherwise from `$ARRAYJOB_CACHE/testenv.env`, the file
+//! `ARRAYJOB_TOOLS_BIN`, `ARRAYJOB_PKI_DIR`, `ARRAYJOB_BASE_IMAGE`), otherwise from `$ARRAYJOB_CACHE/testenv.env`, the file
 //! `setup.sh` writes.
 
 use std::collections::HashMap;
@@ -136,6 +136,12 @@ impl Binaries {
     }
 }
 
+/// A value `tests/env/setup.sh` records (e.g. `ARRAYJOB_BASE_IMAGE`): the environment variable of that name
+/// when set, else its line in `$ARRAYJOB_CACHE/testenv.env`.
+pub fn setup_var(name: &str) -> Result<String> {
+    var(name, &setup_file_vars()).map(|p| p.display().to_string())
+}
+
 /// Locates SeaweedFS (`weed`) alone, for tests that need only S3 ([`crate::S3Server`]).
 pub fn weed() -> Result<PathBuf> {
     let tools = var("ARRAYJOB_TOOLS_BIN", &setup_file_vars())?;
@@ -150,7 +156,8 @@ pub fn tool(name: &str) -> Result<PathBuf> {
 }
 
 /// Finds the `arrayjob-node-agent` binary: `$ARRAYJOB_NODE_AGENT`, else next to the running test
-/// executable (`target/<profile>/arrayjob-node-agent`, which cargo builds for this crate's tests).
+/// executable (`target/<profile>/arrayjob-node-agent`, which cargo builds for this crate's tests), else in
+/// `$CARGO_TARGET_DIR/<profile>/`.
 pub fn node_agent() -> Result<PathBuf> {
     if let Some(v) = std::env::var_os("ARRAYJOB_NODE_AGENT").filter(|v| !v.is_empty()) {
         return must_exist("arrayjob-node-agent", PathBuf::from(v));
@@ -159,6 +166,18 @@ pub fn node_agent() -> Result<PathBuf> {
     let mut candidates = Vec::new();
     for dir in exe.ancestors().skip(1).take(2) {
         candidates.push(dir.join("arrayjob-node-agent"));
+    }
+    // With a separate `build-dir`, test executables live there (`<build-dir>/<profile>/deps/`) while binaries
+    // go to `$CARGO_TARGET_DIR/<profile>/`.
+    if let (Some(target), Some(profile)) = (
+        std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()),
+        exe.ancestors().nth(2).and_then(Path::file_name),
+    ) {
+        candidates.push(
+            PathBuf::from(target)
+                .join(profile)
+                .join("arrayjob-node-agent"),
+        );
     }
     candidates
         .iter()

@@ -4,7 +4,8 @@
 //! watchdog's standard input is a pipe whose only writer is the test process; when the test
 //! process ends for any reason (normal exit, panic, abort, SIGKILL) the kernel closes the pipe,
 //! the watchdog's `cat` returns, and the watchdog kills the pod process groups listed in the
-//! environment's `podpgids/` folder and then its own group: SIGTERM, a short wait, SIGKILL (each
+//! environment's `podpgids/` folder, removes the podman containers listed in `podcontainers/`, and then
+//! kills its own group: SIGTERM, a short wait, SIGKILL (each
 //! component also by the PID recorded in `pids/`).
 
 use std::fs::File;
@@ -87,6 +88,9 @@ killpods() {
   done
 }
 killpods "$1" KILL
+for f in "$1"/podcontainers/*; do
+  [ -e "$f" ] && podman --runtime runc --cgroup-manager cgroupfs rm --force --time=0 "${f##*/}" >/dev/null 2>&1
+done
 kill -TERM "-$$" 2>/dev/null
 sleep 1
 killpods "$1" KILL

@@ -9,7 +9,9 @@
 //!   (including downward-API fields, Secret and ConfigMap references), each pod with its own
 //!   loopback IP `127.0.x.y` and its own process group, output appended to
 //!   `<state>/pods/<namespace>/<pod>/<container>.log`.
-//! * Pod status (phase, podIP, container states, exit codes, restart counts) is reported, the
+//! * An image mapped to `{"podman": IMAGE}` runs as a podman container from that local image instead
+//!   (`container`): security context, memory and CPU limits enforced by the kernel, host network.
+//! * Pod status (phase, podIP, container states, exit codes, `OOMKilled`, restart counts) is reported, the
 //!   restart policy honoured, and a deleted pod gets SIGTERM, then SIGKILL after its grace period.
 //! * Readiness probes (httpGet, tcpSocket, exec) drive the Ready conditions (`probes`).
 //! * Volumes (emptyDir, projected service-account tokens, configMap, secret) are bind-mounted in
@@ -18,6 +20,7 @@
 //!   the kubelet-style `{NAME}_SERVICE_HOST/PORT` variables (`proxy`).
 //! * [`reclaim::reclaim_spot_node`] simulates a spot interruption.
 
+mod container;
 mod node;
 mod pods;
 pub(crate) mod probes;
@@ -25,6 +28,7 @@ pub(crate) mod proxy;
 pub mod reclaim;
 pub mod sandbox;
 pub(crate) mod volumes;
+mod waiting;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -40,7 +44,7 @@ use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use pods::image_lookup;
+pub use pods::{ImageTarget, image_lookup};
 
 use crate::{Error, Result};
 
@@ -151,6 +155,9 @@ pub struct AgentConfig {
     /// Folder where the process group id of each running pod is recorded (one empty file per
     /// group, named by the id), so that the environment's watchdog can kill them.
     pub pgid_dir: Option<PathBuf>,
+    /// Folder where the name of each podman container is recorded (one empty file per container),
+    /// so that the environment's watchdog can remove them.
+    pub container_dir: Option<PathBuf>,
     /// First pod IP; the following pods get the next addresses (must be in 127.0.0.0/8).
     pub pod_ip_start: Ipv4Addr,
     /// Value of KUBERNETES_SERVICE_HOST / _PORT given to pods.
@@ -239,8 +246,8 @@ pub async fn run(client: Client, cfg: AgentConfig) -> Result<()> {
     }
     std::fs::create_dir_all(cfg.state_dir.join("pods"))
         .map_err(|e| Error::io("create state dir", e))?;
-    if let Some(d) = &cfg.pgid_dir {
-        std::fs::create_dir_all(d).map_err(|e| Error::io("create pgid dir", e))?;
+    for d in [&cfg.pgid_dir, &cfg.container_dir].into_iter().flatten() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
     }
     let node_ips: HashMap<String, Ipv4Addr> = cfg
         .nodes

@@ -1,4 +1,5 @@
-//! Running one pod as local processes and reporting its status.
+//! Running one pod as local processes (or, for images mapped to podman images, as containers: see
+//! [`super::container`]) and reporting its status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -14,21 +15,37 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::container::{self, ContainerSpec, Created};
 use super::node::now_time;
 use super::probes::{self, ExecTarget, ProbeSpec};
 use super::sandbox::{BindMount, SandboxPlan};
 use super::volumes::{self, PodVolumes};
+use super::waiting::NotReady;
 use super::{Ctx, Stop, force_delete, lock, proxy};
 use crate::{Error, Result};
 
-/// Finds the local binary for `image` in `map`: the exact image reference first, then the
-/// reference without tag / digest, then its last path segment (`registry/org/name:tag` -> `name`).
-pub fn image_lookup(map: &BTreeMap<String, String>, image: &str) -> Option<PathBuf> {
+/// What an image of the image map stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageTarget {
+    /// A local binary (JSON: its path), run as a process: `command[0]` is replaced by it.
+    Binary(PathBuf),
+    /// An image in podman's local store (JSON: `{"podman": "localhost/name:tag"}`), run as a container.
+    Container {
+        /// The podman image reference.
+        podman: String,
+    },
+}
+
+/// Finds what `image` maps to in `map`: the exact image reference first, then the reference
+/// without tag / digest, then its last path segment (`registry/org/name:tag` -> `name`).
+pub fn image_lookup(map: &BTreeMap<String, ImageTarget>, image: &str) -> Option<ImageTarget> {
     let no_digest = image.split('@').next().unwrap_or(image);
     let repo = match no_digest.rsplit_once(':') {
         Some((head, tag)) if !tag.contains('/') => head,
@@ -38,10 +55,10 @@ pub fn image_lookup(map: &BTreeMap<String, String>, image: &str) -> Option<PathB
     [image, no_digest, repo, last]
         .iter()
         .find_map(|k| map.get(*k))
-        .map(PathBuf::from)
+        .cloned()
 }
 
-fn read_image_map(path: &Path) -> BTreeMap<String, String> {
+fn read_image_map(path: &Path) -> BTreeMap<String, ImageTarget> {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -78,12 +95,6 @@ fn expand(s: &str, vars: &HashMap<String, String>) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Why a container could not be prepared (shown as its waiting state).
-pub(crate) struct NotReady {
-    pub(crate) reason: &'static str,
-    pub(crate) message: String,
 }
 
 pub(crate) fn field_value(
@@ -151,11 +162,24 @@ fn config_error(what: String) -> NotReady {
     }
 }
 
+/// How a prepared container runs.
+#[derive(Clone)]
+enum Runner {
+    /// A local binary.
+    Process {
+        /// The binary.
+        program: PathBuf,
+        /// Its arguments (`command[1..]`, then `args`).
+        argv: Vec<String>,
+    },
+    /// A podman container.
+    Container(Box<ContainerSpec>),
+}
+
 /// A container ready to start.
 #[derive(Clone)]
 struct Prepared {
-    program: PathBuf,
-    argv: Vec<String>,
+    runner: Runner,
     env: Vec<(String, String)>,
     workdir: PathBuf,
     mounts: Vec<BindMount>,
@@ -213,22 +237,25 @@ async fn prepare(
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let image = c.image.clone().unwrap_or_default();
     let map = read_image_map(&ctx.cfg.images_file);
-    let program = image_lookup(&map, &image).ok_or_else(|| NotReady {
+    let target = image_lookup(&map, &image).ok_or_else(|| NotReady {
         reason: "ErrImagePull",
         message: format!(
             "image {image:?} has no local binary in {}",
             ctx.cfg.images_file.display()
         ),
     })?;
-
-    let mut vars: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("HOSTNAME".into(), pod.name_any()),
-        ("HOME".into(), pod_dir.display().to_string()),
-    ];
+    // A container gets PATH and HOME from its image and HOSTNAME from the runtime, as on a node.
+    let mut vars: Vec<(String, String)> = match target {
+        ImageTarget::Binary(_) => vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("HOSTNAME".into(), pod.name_any()),
+            ("HOME".into(), pod_dir.display().to_string()),
+        ],
+        ImageTarget::Container { .. } => Vec::new(),
+    };
     vars.extend(setup.service_env.iter().cloned());
     if let Some((h, p)) = &ctx.cfg.api_host_port {
         vars.push(("KUBERNETES_SERVICE_HOST".into(), h.clone()));
@@ -334,9 +361,7 @@ async fn prepare(
         .flatten()
         .map(|s| expand(s, &known))
         .collect();
-    let args = c.args.iter().flatten().map(|s| expand(s, &known));
-    // command[0] names the program inside the image; the image map says which local binary that is.
-    let argv: Vec<String> = command.into_iter().skip(1).chain(args).collect();
+    let args: Vec<String> = c.args.iter().flatten().map(|s| expand(s, &known)).collect();
     let mounts = volumes::container_mounts(setup.volumes, c)?;
     let readiness = c
         .readiness_probe
@@ -344,9 +369,32 @@ async fn prepare(
         .map(|p| ProbeSpec::from_k8s(p, c, ip))
         .transpose()
         .map_err(|e| config_error(format!("readinessProbe: {e}")))?;
+    let runner = match target {
+        // command[0] names the program inside the image; the image map says which local binary that is.
+        ImageTarget::Binary(program) => Runner::Process {
+            program,
+            argv: command.into_iter().skip(1).chain(args).collect(),
+        },
+        ImageTarget::Container { podman } => {
+            let image_user = container::image_user(&podman).await?;
+            let mut names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+            names.sort();
+            names.dedup();
+            let entrypoint = c.command.is_some().then_some(command);
+            Runner::Container(Box::new(container::spec(
+                pod,
+                c,
+                &podman,
+                &image_user,
+                names,
+                mounts.clone(),
+                entrypoint,
+                args,
+            )?))
+        }
+    };
     Ok(Prepared {
-        program,
-        argv,
+        runner,
         env: vars,
         workdir: working_dir(c, pod_dir, &mounts),
         mounts,
@@ -370,6 +418,8 @@ enum CState {
         message: Option<String>,
         /// The end of its log, as `terminationMessagePolicy: FallbackToLogsOnError` reports a failed run.
         log_tail: Option<String>,
+        /// Killed by the kernel for going over its memory limit (reason `OOMKilled`).
+        oom_killed: bool,
     },
 }
 
@@ -386,9 +436,11 @@ impl CState {
                 finished,
                 message,
                 log_tail,
+                oom_killed,
             } => {
                 let reason = match (code, message) {
                     (_, Some(_)) => "StartError",
+                    _ if *oom_killed => "OOMKilled",
                     (0, None) => "Completed",
                     _ => "Error",
                 };
@@ -405,11 +457,20 @@ impl CState {
     }
 }
 
+/// The podman container of a container's current run.
+#[derive(Debug, Clone)]
+struct RunningContainer {
+    name: String,
+    id: String,
+}
+
 struct CRun {
     name: String,
     image: String,
     prepared: Option<Prepared>,
     pid: Option<i32>,
+    /// Container mode: the current run's container.
+    container: Option<RunningContainer>,
     generation: u64,
     restarts: i32,
     state: CState,
@@ -429,6 +490,7 @@ impl CRun {
             image: c.image.clone().unwrap_or_default(),
             prepared: None,
             pid: None,
+            container: None,
             generation: 0,
             restarts: 0,
             state: CState::Waiting {
@@ -475,31 +537,43 @@ impl Drop for Tasks {
     }
 }
 
-/// The command that starts a prepared container: directly, or through the agent's sandbox when
-/// the container has mounts.
-fn command(agent_exe: &Path, p: &Prepared) -> std::io::Result<tokio::process::Command> {
-    if p.mounts.is_empty() {
-        let mut cmd = tokio::process::Command::new(&p.program);
-        cmd.args(&p.argv).current_dir(&p.workdir);
-        return Ok(cmd);
-    }
-    let plan = SandboxPlan {
-        mounts: p.mounts.clone(),
-        join_mount_ns_of: None,
-        workdir: Some(p.workdir.clone()),
+/// The command that starts a prepared process: directly, or through the agent's sandbox when the
+/// container has mounts; the environment is the container's.
+fn process_command(
+    agent_exe: &Path,
+    p: &Prepared,
+    program: &Path,
+    argv: &[String],
+) -> std::io::Result<tokio::process::Command> {
+    let mut cmd = if p.mounts.is_empty() {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(argv).current_dir(&p.workdir);
+        cmd
+    } else {
+        let plan = SandboxPlan {
+            mounts: p.mounts.clone(),
+            join_mount_ns_of: None,
+            workdir: Some(p.workdir.clone()),
+        };
+        let plan = serde_json::to_string(&plan).map_err(std::io::Error::other)?;
+        let mut cmd = tokio::process::Command::new(agent_exe);
+        cmd.args(["sandbox", "--plan", &plan, "--"])
+            .arg(program)
+            .args(argv)
+            .current_dir("/");
+        cmd
     };
-    let plan = serde_json::to_string(&plan).map_err(std::io::Error::other)?;
-    let mut cmd = tokio::process::Command::new(agent_exe);
-    cmd.args(["sandbox", "--plan", &plan, "--"])
-        .arg(&p.program)
-        .args(&p.argv)
-        .current_dir("/");
+    cmd.env_clear().envs(p.env.iter().cloned());
     Ok(cmd)
 }
+
+/// A container's exit: (container index, generation, exit code, killed for its memory limit).
+type Exit = (usize, u64, i32, bool);
 
 struct PodRun {
     ctx: Arc<Ctx>,
     api: Api<Pod>,
+    pod: Arc<Pod>,
     name: String,
     pod_dir: PathBuf,
     ip: Ipv4Addr,
@@ -507,7 +581,7 @@ struct PodRun {
     start_time: Value,
     policy: String,
     containers: Vec<CRun>,
-    exits: mpsc::UnboundedSender<(usize, u64, i32)>,
+    exits: mpsc::UnboundedSender<Exit>,
     probes: mpsc::UnboundedSender<(usize, u64, bool)>,
 }
 
@@ -534,7 +608,8 @@ impl PodRun {
             .map(|d| d.join(pid.to_string()))
     }
 
-    fn spawn(&mut self, i: usize) {
+    async fn spawn(&mut self, i: usize) {
+        let record_dir = self.ctx.cfg.container_dir.clone();
         let Some(c) = self.containers.get_mut(i) else {
             return;
         };
@@ -543,25 +618,47 @@ impl PodRun {
         let generation = c.generation;
         let started = now_time();
         let log_path = self.pod_dir.join(format!("{}.log", c.name));
-        let spawned = (|| -> std::io::Result<tokio::process::Child> {
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)?;
-            let log2 = log.try_clone()?;
-            command(&self.ctx.agent_exe, &p)?
-                .env_clear()
-                .envs(p.env.iter().cloned())
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .process_group(0)
-                .spawn()
-        })();
+        let mut running = None;
+        let command = match &p.runner {
+            Runner::Process { program, argv } => {
+                process_command(&self.ctx.agent_exe, &p, program, argv)
+                    .map_err(|e| format!("starting {}: {e}", program.display()))
+            }
+            Runner::Container(spec) => {
+                let name = container::container_name(&self.pod, &c.name, generation);
+                match container::create(spec, &name, &p.env, record_dir.as_deref()).await {
+                    Ok(Created { id, static_dir }) => {
+                        let cmd = container::start_command(&name, &static_dir);
+                        running = Some(RunningContainer { name, id });
+                        Ok(cmd)
+                    }
+                    Err(e) => {
+                        container::remove(&name, record_dir.as_deref()).await;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        let spawned = command.and_then(|mut cmd| {
+            let mut open = || -> std::io::Result<tokio::process::Child> {
+                let log = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)?;
+                let log2 = log.try_clone()?;
+                cmd.stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2)
+                    .process_group(0)
+                    .spawn()
+            };
+            open().map_err(|e| format!("starting {}: {e}", c.name))
+        });
         match spawned {
             Ok(mut child) => {
                 let pid = child.id().and_then(|p| i32::try_from(p).ok());
                 c.pid = pid;
+                c.container = running.clone();
                 c.state = CState::Running { started };
                 c.stop_probe();
                 c.probe_ready = p.readiness.is_none();
@@ -569,6 +666,7 @@ impl PodRun {
                     let exec = ExecTarget {
                         agent_exe: self.ctx.agent_exe.clone(),
                         mount_ns_of: (!p.mounts.is_empty()).then_some(pid),
+                        container: running.as_ref().map(|r| r.name.clone()),
                         env: p.env.clone(),
                         workdir: p.workdir.clone(),
                     };
@@ -596,19 +694,31 @@ impl PodRun {
                         Ok(st) => exit_code(st),
                         Err(_) => 255,
                     };
-                    let _ = tx.send((i, generation, code));
+                    let ended = match running {
+                        Some(r) => container::finish(&r.name, code, record_dir.as_deref()).await,
+                        None => container::Ended {
+                            code,
+                            oom_killed: false,
+                        },
+                    };
+                    let _ = tx.send((i, generation, ended.code, ended.oom_killed));
                 });
             }
-            Err(e) => {
+            Err(message) => {
+                if let Some(r) = running {
+                    container::remove(&r.name, record_dir.as_deref()).await;
+                }
                 c.pid = None;
+                c.container = None;
                 c.state = CState::Terminated {
                     code: 128,
                     started: started.clone(),
                     finished: started,
-                    message: Some(format!("starting {}: {e}", p.program.display())),
+                    message: Some(message),
                     log_tail: None,
+                    oom_killed: false,
                 };
-                let _ = self.exits.send((i, generation, -1));
+                let _ = self.exits.send((i, generation, -1, false));
             }
         }
     }
@@ -667,10 +777,24 @@ impl PodRun {
         missing.is_empty().then_some(vols)
     }
 
+    /// Signals every running container: its process group, or its container's main process through podman
+    /// (the `podman start` process only waits on it).
     fn signal_all(&self, sig: Signal) {
         for c in &self.containers {
-            if let Some(pid) = c.pid {
-                let _ = killpg(Pid::from_raw(pid), sig);
+            match (c.pid, &c.container) {
+                (Some(_), Some(r)) => {
+                    let name = r.name.clone();
+                    let sig = if sig == Signal::SIGKILL {
+                        "KILL"
+                    } else {
+                        "TERM"
+                    };
+                    tokio::spawn(async move { container::signal(&name, sig).await });
+                }
+                (Some(pid), None) => {
+                    let _ = killpg(Pid::from_raw(pid), sig);
+                }
+                (None, _) => {}
             }
         }
     }
@@ -703,11 +827,14 @@ impl PodRun {
         let ready = !preparing && self.containers.iter().all(CRun::ready);
         let mut statuses = Vec::new();
         for c in &self.containers {
-            let cid = format!(
-                "arrayjob://{}-{}",
-                c.pid.map_or_else(|| "none".to_owned(), |p| p.to_string()),
-                c.generation
-            );
+            let cid = match &c.container {
+                Some(r) => format!("podman://{}", r.id),
+                None => format!(
+                    "arrayjob://{}-{}",
+                    c.pid.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                    c.generation
+                ),
+            };
             let mut s = json!({
                 "name": c.name, "image": c.image, "imageID": "",
                 "containerID": cid,
@@ -764,7 +891,7 @@ impl PodRun {
         }
     }
 
-    fn on_exit(&mut self, i: usize, code: i32, terminating: bool) {
+    fn on_exit(&mut self, i: usize, code: i32, oom_killed: bool, terminating: bool) {
         let policy = self.policy.clone();
         let pgid_file = self
             .containers
@@ -780,6 +907,7 @@ impl PodRun {
         c.pid = None;
         c.stop_probe();
         c.probe_ready = false;
+        // The container id stays for the status of this run; the container itself is gone.
         if code >= 0 {
             let started = match &c.state {
                 CState::Running { started } => started.clone(),
@@ -793,6 +921,7 @@ impl PodRun {
                 finished: now_time(),
                 message: None,
                 log_tail,
+                oom_killed,
             };
         }
         let failed = !matches!(c.state, CState::Terminated { code: 0, .. });
@@ -842,8 +971,10 @@ pub(crate) async fn run_pod(
         .unwrap_or(Ipv4Addr::LOCALHOST);
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let (probes_tx, mut probe_results) = mpsc::unbounded_channel();
+    let shared_pod = Arc::new(pod.clone());
     let mut run = PodRun {
         api: Api::namespaced(ctx.client.clone(), &ns),
+        pod: shared_pod.clone(),
         ctx: ctx.clone(),
         name: name.clone(),
         pod_dir: pod_dir.clone(),
@@ -878,7 +1009,6 @@ pub(crate) async fn run_pod(
         }
     };
 
-    let shared_pod = Arc::new(pod.clone());
     let _refreshers = Tasks(
         std::mem::take(&mut pod_volumes.tokens)
             .into_iter()
@@ -889,7 +1019,7 @@ pub(crate) async fn run_pod(
             .collect(),
     );
     for i in 0..run.containers.len() {
-        run.spawn(i);
+        run.spawn(i).await;
     }
     run.publish(false).await;
 
@@ -898,11 +1028,11 @@ pub(crate) async fn run_pod(
     loop {
         let next_restart = run.containers.iter().filter_map(|c| c.restart_at).min();
         tokio::select! {
-            Some((i, generation, code)) = exits.recv() => {
+            Some((i, generation, code, oom_killed)) = exits.recv() => {
                 if run.containers.get(i).is_some_and(|c| c.generation != generation) {
                     continue;
                 }
-                run.on_exit(i, code, terminating);
+                run.on_exit(i, code, oom_killed, terminating);
                 if terminating {
                     if !run.any_running() {
                         break;
@@ -934,7 +1064,7 @@ pub(crate) async fn run_pod(
                         if let Some(c) = run.containers.get_mut(i) {
                             c.restart_at = None;
                         }
-                        run.spawn(i);
+                        run.spawn(i).await;
                     }
                 }
                 run.publish(false).await;
@@ -988,26 +1118,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn image_lookup_tries_exact_then_repo_then_last_segment() {
-        let mut m = BTreeMap::new();
-        m.insert("busybox".to_owned(), "/bin/sh".to_owned());
-        m.insert("arrayjob-worker:dev".to_owned(), "/w/dev".to_owned());
-        m.insert("registry:5000/org/tool".to_owned(), "/t".to_owned());
-        assert_eq!(image_lookup(&m, "busybox:1.36"), Some("/bin/sh".into()));
+    fn image_lookup_tries_exact_then_repo_then_last_segment() -> serde_json::Result<()> {
+        let m: BTreeMap<String, ImageTarget> = serde_json::from_str(
+            r#"{"busybox": "/bin/sh", "arrayjob-worker:dev": "/w/dev", "registry:5000/org/tool": "/t",
+                "ghcr.io/arrayjob/arrayjob:dev": {"podman": "localhost/arrayjob-test:1"}}"#,
+        )?;
+        let bin = |p: &str| Some(ImageTarget::Binary(p.into()));
+        assert_eq!(image_lookup(&m, "busybox:1.36"), bin("/bin/sh"));
         assert_eq!(
             image_lookup(&m, "docker.io/library/busybox@sha256:ab"),
-            Some("/bin/sh".into())
+            bin("/bin/sh")
         );
-        assert_eq!(
-            image_lookup(&m, "arrayjob-worker:dev"),
-            Some("/w/dev".into())
-        );
+        assert_eq!(image_lookup(&m, "arrayjob-worker:dev"), bin("/w/dev"));
         assert_eq!(image_lookup(&m, "arrayjob-worker:other"), None);
-        assert_eq!(
-            image_lookup(&m, "registry:5000/org/tool:v1"),
-            Some("/t".into())
-        );
+        assert_eq!(image_lookup(&m, "registry:5000/org/tool:v1"), bin("/t"));
         assert_eq!(image_lookup(&m, "nginx"), None);
+        assert_eq!(
+            image_lookup(&m, "ghcr.io/arrayjob/arrayjob:dev"),
+            Some(ImageTarget::Container {
+                podman: "localhost/arrayjob-test:1".into()
+            })
+        );
+        Ok(())
     }
 
     #[test]

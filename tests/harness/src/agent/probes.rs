@@ -188,6 +188,8 @@ pub(crate) struct ExecTarget {
     pub(crate) agent_exe: PathBuf,
     /// The container's main process, when it has a mount namespace of its own to join.
     pub(crate) mount_ns_of: Option<i32>,
+    /// Container mode: the podman container the command runs in (`podman exec`).
+    pub(crate) container: Option<String>,
     /// The container's environment.
     pub(crate) env: Vec<(String, String)>,
     /// The container's working directory.
@@ -227,6 +229,15 @@ async fn http_ok(
 }
 
 async fn exec_ok(command: &[String], t: &ExecTarget) -> std::io::Result<bool> {
+    if let Some(name) = &t.container {
+        let status = super::container::exec_command(name, command)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await?;
+        return Ok(status.success());
+    }
     let plan = SandboxPlan {
         join_mount_ns_of: t.mount_ns_of,
         workdir: Some(t.workdir.clone()),

@@ -26,8 +26,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::Ctx;
-use super::pods::{NotReady, config_map_data, field_value, secret_data};
+use super::pods::{config_map_data, field_value, secret_data};
 use super::sandbox::BindMount;
+use super::waiting::NotReady;
 
 /// Mode of projected files when the volume does not say (kubelet's default, 0644).
 const DEFAULT_MODE: u32 = 0o644;
@@ -307,7 +308,9 @@ impl Filler<'_> {
     ) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         if v.empty_dir.is_some() {
-            return Ok(());
+            // World-writable, as kubelet makes it: a container running as any user can use it.
+            return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("chmod {}: {e}", dir.display()));
         }
         if let Some(p) = &v.projected {
             let mode = mode_of(p.default_mode, DEFAULT_MODE);

@@ -1,4 +1,5 @@
-//! `arrayjob-node-agent`: registers test Nodes and runs their pods as local processes.
+//! `arrayjob-node-agent`: registers test Nodes and runs their pods as local processes (or as podman
+//! containers, for images mapped to podman images).
 //!
 //! ```text
 //! arrayjob-node-agent run --kubeconfig K --nodes nodes.json --images images.json --state-dir D
@@ -34,7 +35,8 @@ enum Cmd {
         /// the default set (one on-demand, two spot nodes) when absent.
         #[arg(long)]
         nodes: Option<PathBuf>,
-        /// JSON file mapping image names to local binaries (re-read at every container start).
+        /// JSON file mapping image names to local binaries or `{"podman": IMAGE}` (re-read at every
+        /// container start).
         #[arg(long)]
         images: PathBuf,
         /// Folder for pod working directories and logs.
@@ -43,6 +45,9 @@ enum Cmd {
         /// Folder where the process group id of each running pod is recorded.
         #[arg(long)]
         pgid_dir: Option<PathBuf>,
+        /// Folder where the name of each podman container is recorded (container mode).
+        #[arg(long)]
+        container_dir: Option<PathBuf>,
         /// First loopback pod IP.
         #[arg(long, default_value = "127.0.1.1")]
         pod_ip_start: Ipv4Addr,
@@ -129,6 +134,7 @@ async fn agent_main(cli: Cli) -> anyhow::Result<()> {
             images,
             state_dir,
             pgid_dir,
+            container_dir,
             pod_ip_start,
             api_host_port,
             pass_env,
@@ -156,6 +162,7 @@ async fn agent_main(cli: Cli) -> anyhow::Result<()> {
                 images_file: images,
                 state_dir,
                 pgid_dir,
+                container_dir,
                 pod_ip_start,
                 api_host_port,
                 pass_env,
