@@ -37,7 +37,7 @@ pub enum AfterFailure {
     /// Try again after `after`; `status` records the failure.
     Retry {
         /// The status with `cleanup` and the `CleanupFailed` condition.
-        status: ArrayJobStatus,
+        status: Box<ArrayJobStatus>,
         /// The back-off.
         after: Duration,
     },
@@ -111,7 +111,10 @@ pub fn after_failure(
         ),
         now,
     );
-    AfterFailure::Retry { status, after }
+    AfterFailure::Retry {
+        status: Box::new(status),
+        after,
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +127,7 @@ mod tests {
 
     fn retry(a: AfterFailure) -> (ArrayJobStatus, Duration) {
         match a {
-            AfterFailure::Retry { status, after } => (status, after),
+            AfterFailure::Retry { status, after } => (*status, after),
             AfterFailure::GiveUp { why, .. } => panic!("gave up: {why}"),
         }
     }

@@ -89,6 +89,12 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A deleted job's cleanup waits for its back-off (a pass woken early by a watch event): not a failure.
+    #[error("the S3 scratch cleanup waits {} s for its back-off", after.as_secs())]
+    CleanupWaiting {
+        /// What is left of the back-off.
+        after: Duration,
+    },
     /// Cleaning up the job's S3 scratch failed; tried again after `after` (the finalizer's back-off).
     #[error("S3 scratch cleanup: {message}; trying again in {} s", after.as_secs())]
     CleanupRetry {
@@ -108,7 +114,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
-            Error::CleanupRetry { .. } => "cleanup",
+            Error::CleanupRetry { .. } | Error::CleanupWaiting { .. } => "cleanup",
             Error::Other(_) => "other",
         }
     }
@@ -138,6 +144,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 fn error_policy(job: Arc<ArrayJob>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::CleanupWaiting { after } = e {
+        tracing::debug!(job = %job.name_any(), "{e}");
+        return Action::requeue(*after);
+    }
     tracing::warn!(job = %job.name_any(), error = %e, "reconcile failed; retrying");
     ctx.metrics.reconcile_error(e.kind());
     // The finalizer's own back-off, else a short one. A `Finalizer` error wraps the cleanup's: its back-off
@@ -160,7 +170,9 @@ async fn reconcile(job: Arc<ArrayJob>, ctx: Arc<Context>) -> Result<Action, Erro
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::CleanupFailed(inner @ Error::CleanupRetry { .. }) => inner,
+        kube::runtime::finalizer::Error::CleanupFailed(
+            inner @ (Error::CleanupRetry { .. } | Error::CleanupWaiting { .. }),
+        ) => inner,
         e => Error::Finalizer(e.to_string()),
     })
 }
@@ -184,7 +196,11 @@ async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, job, &current, next, true).await?;
         return Ok(Action::await_change());
     }
-    match admit(ctx, &ns, job).await? {
+    // The Secret's labels are read when the spec is new or changed, or the job has not started: not on every
+    // pass of a running job (the pure checks are).
+    let recheck = current.observed_generation != job.metadata.generation
+        || matches!(current.phase.as_deref(), None | Some("Pending"));
+    match admit(ctx, &ns, job, recheck).await? {
         Admission::Allowed => {}
         Admission::Refused(problem) => {
             let next = status::violates_policy(job, &current, &problem);
@@ -260,16 +276,16 @@ enum Admission {
     Waiting(&'static str, String),
 }
 
-/// The admin's policy on the job's image, service account, tolerations and credentials Secret (its labels
-/// only: the operator reads the Secret's data for the finalizer alone).
-async fn admit(ctx: &Context, ns: &str, job: &ArrayJob) -> Result<Admission, Error> {
+/// The admin's policy on the job's image, service account, tolerations and (when `secret`) credentials Secret
+/// (its labels only: the operator reads the Secret's data for the finalizer alone).
+async fn admit(ctx: &Context, ns: &str, job: &ArrayJob, secret: bool) -> Result<Admission, Error> {
     let policy = &ctx.settings.policy;
     let mut problems: Vec<String> = policy
         .check(job, &ctx.settings.image)
         .iter()
         .map(ToString::to_string)
         .collect();
-    if let Some(name) = &job.spec.s3_credentials_secret {
+    if let Some(name) = job.spec.s3_credentials_secret.as_ref().filter(|_| secret) {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         match secrets.get_metadata_opt(name).await? {
             None => {
@@ -611,10 +627,7 @@ async fn cleanup(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
     let now = k8s_openapi::jiff::Timestamp::now();
     if let Some(after) = cleanup::wait(&current, now) {
         // A pass woken by a watch event (our own status write) before the back-off is over.
-        return Err(Error::CleanupRetry {
-            message: "waiting for the back-off".into(),
-            after,
-        });
+        return Err(Error::CleanupWaiting { after });
     }
     match remove_everything(job, ctx, &ns).await {
         Ok(outcome) => {
@@ -637,7 +650,7 @@ async fn cleanup(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
                     status: next,
                     after,
                 } => {
-                    write_status(ctx, job, &current, next, true).await?;
+                    write_status(ctx, job, &current, *next, true).await?;
                     Err(Error::CleanupRetry {
                         message: failure.message,
                         after,

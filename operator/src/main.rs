@@ -1,5 +1,6 @@
 //! `arrayjob-operator`: the Kubernetes side of arrayjob.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,31 +23,35 @@ enum Command {
     /// Print the ArrayJob CustomResourceDefinition as YAML (committed as crds/arrayjob.yaml).
     Crd,
     /// Run the controller (in the cluster with its service account, or with `KUBECONFIG`).
-    Run {
-        /// Image of the coordinator and worker pods (a job's `workers.image` overrides it).
-        #[arg(long, env = "ARRAYJOB_IMAGE")]
-        image: String,
-        /// Where `/metrics` (Prometheus) and `/healthz` are served.
-        #[arg(long, env = "ARRAYJOB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-        metrics_addr: SocketAddr,
-        /// Watch this namespace only (default: all).
-        #[arg(long, env = "ARRAYJOB_NAMESPACE")]
-        namespace: Option<String>,
-        /// Reconcile only while holding the Lease `arrayjob-operator` in `POD_NAMESPACE` (several replicas:
-        /// one leads, the others wait to take over).
-        #[arg(long, env = "ARRAYJOB_LEADER_ELECTION")]
-        leader_election: bool,
-        /// What a job may ask for, as JSON (`allowedImages`, `allowedServiceAccounts`,
-        /// `s3CredentialsSecrets`, `allowedTolerationKeys`). Default: the safe policy (docs/security.md).
-        #[arg(long, env = "ARRAYJOB_POLICY", value_parser = parse_policy)]
-        policy: Option<Policy>,
-        /// Labels of the operator's pods (`k=v,k=v`): each job's NetworkPolicy lets them (in
-        /// `POD_NAMESPACE`) reach the coordinator's port. Unset: no such rule.
-        #[arg(long, env = "ARRAYJOB_OPERATOR_LABELS", value_parser = parse_labels)]
-        operator_labels: Option<Labels>,
-        #[command(flatten)]
-        cleanup: CleanupArgs,
-    },
+    Run(Box<RunArgs>),
+}
+
+/// The settings of `run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Image of the coordinator and worker pods (a job's `workers.image` overrides it).
+    #[arg(long, env = "ARRAYJOB_IMAGE")]
+    image: String,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, env = "ARRAYJOB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Watch this namespace only (default: all).
+    #[arg(long, env = "ARRAYJOB_NAMESPACE")]
+    namespace: Option<String>,
+    /// Reconcile only while holding the Lease `arrayjob-operator` in `POD_NAMESPACE` (several replicas:
+    /// one leads, the others wait to take over).
+    #[arg(long, env = "ARRAYJOB_LEADER_ELECTION")]
+    leader_election: bool,
+    /// What a job may ask for, as JSON (`allowedImages`, `allowedServiceAccounts`,
+    /// `s3CredentialsSecrets`, `allowedTolerationKeys`). Default: the safe policy (docs/security.md).
+    #[arg(long, env = "ARRAYJOB_POLICY", value_parser = parse_policy)]
+    policy: Option<Policy>,
+    /// Labels of the operator's pods (`k=v,k=v`): each job's NetworkPolicy lets them (in
+    /// `POD_NAMESPACE`) reach the coordinator's port. Unset: no such rule.
+    #[arg(long, env = "ARRAYJOB_OPERATOR_LABELS", value_parser = parse_labels)]
+    operator_labels: Option<Labels>,
+    #[command(flatten)]
+    cleanup: CleanupArgs,
 }
 
 /// How the finalizer cleans up.
@@ -94,21 +99,24 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a pod's log is a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", arrayjob_operator::crd_yaml()?);
             Ok(())
         }
-        Command::Run {
-            image,
-            metrics_addr,
-            namespace,
-            leader_election,
-            policy,
-            operator_labels,
-            cleanup,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                image,
+                metrics_addr,
+                namespace,
+                leader_election,
+                policy,
+                operator_labels,
+                cleanup,
+            } = *args;
             let settings = Settings {
                 image,
                 policy: policy.unwrap_or_default(),
@@ -214,4 +222,53 @@ async fn lead(
     }
     tracing::info!(identity = %me, "leading");
     Ok((leading, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_policy_flags_parse_or_name_the_problem() {
+        assert_eq!(
+            parse_labels("app.kubernetes.io/name=arrayjob,app.kubernetes.io/component=operator"),
+            Ok(Labels::from([
+                ("app.kubernetes.io/component".into(), "operator".into()),
+                ("app.kubernetes.io/name".into(), "arrayjob".into()),
+            ]))
+        );
+        assert_eq!(
+            parse_labels("a=b,oops"),
+            Err("--operator-labels: \"oops\" is not key=value".into())
+        );
+        assert!(
+            parse_policy(r#"{"s3CredentialsSecrets": "every"}"#)
+                .is_err_and(|e| e.starts_with("--policy: unknown variant `every`")),
+        );
+        let cli = Cli::try_parse_from([
+            "arrayjob-operator",
+            "run",
+            "--image=x:1",
+            "--policy={\"allowedImages\": [\"r.example/*\"]}",
+            "--cleanup-max-attempts=3",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.policy.map(|p| p.allowed_images),
+            Some(vec!["r.example/*".to_owned()])
+        );
+        assert_eq!(args.cleanup.cleanup_max_attempts, 3);
+        assert!(
+            Cli::try_parse_from([
+                "arrayjob-operator",
+                "run",
+                "--image=x",
+                "--cleanup-max-attempts=0"
+            ])
+            .is_err()
+        );
+    }
 }
