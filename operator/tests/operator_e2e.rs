@@ -29,15 +29,25 @@ fn repo(rel: &str) -> PathBuf {
 
 /// A binary built next to this test's (`cargo test --workspace` builds every package's binaries).
 fn sibling_binary(name: &str) -> PathBuf {
+    // Next to this test's directory (`target/release/deps/..`), or in `$CARGO_TARGET_DIR/release` when the
+    // build directory is elsewhere (`CARGO_BUILD_BUILD_DIR`).
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build --release -p arrayjob-cli)",
-        p.display()
-    );
-    p
+    let mut candidates: Vec<PathBuf> = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .into_iter()
+        .collect();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("release").join(name));
+    }
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("{name} is missing in {candidates:?}: build it first (cargo build --release -p arrayjob-cli)")
+        })
 }
 
 fn png(i: usize) -> Vec<u8> {
@@ -187,6 +197,9 @@ fn install_operator(env: &TestEnv) {
             &format!("image.repository={repository},image.tag={tag},workerImage={IMAGE}"),
             "--set",
             &format!("metrics.port={port},logLevel=info,replicaCount=2"),
+            // The missing-image case names another image of the same registry.
+            "--set",
+            "policy.allowedImages={ghcr.io/arrayjob/*}",
         ])
         .expect("helm install");
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -387,6 +400,20 @@ async fn s3_secret(env: &TestEnv, ns: &str) {
         &format!("--from-literal=AWS_REGION={}", s3.region),
     ])
     .expect("secret");
+    label_for_arrayjob(env, ns, "s3-credentials");
+}
+
+/// Labels a Secret so that the chart's default policy lets ArrayJobs name it.
+fn label_for_arrayjob(env: &TestEnv, ns: &str, secret: &str) {
+    env.kubectl(&[
+        "label",
+        "secret",
+        secret,
+        "-n",
+        ns,
+        "arrayjob.dev/s3-credentials=true",
+    ])
+    .expect("label the secret");
 }
 
 fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<serde_json::Value> {
@@ -790,6 +817,7 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
         "--from-literal=AWS_SECRET_ACCESS_KEY=not-the-secret",
         &format!("--from-literal=AWS_REGION={}", s3.region),
     ])?;
+    label_for_arrayjob(env, &ns, "wrong-keys");
     let denied = example(env, "denied", |t| {
         t.replace(
             "s3CredentialsSecret: s3-credentials",
