@@ -599,6 +599,10 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
     ])?;
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kubectl get arrayjobs"), "NOTES: {out}");
+    assert!(
+        out.contains("their S3 Secrets need the label arrayjob.dev/s3-credentials=true"),
+        "NOTES: {out}"
+    );
     let sa = format!("system:serviceaccount:{}:aj-all-arrayjob", release_ns);
     let dep: Value = serde_json::from_str(&env.kubectl(&[
         "get",
