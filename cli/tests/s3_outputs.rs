@@ -632,6 +632,7 @@ fn objects_beyond_one_copy_request_are_copied_in_ranged_parts() {
         credentials: S3Credentials::Static {
             access_key: s3.access_key.clone(),
             secret_key: s3.secret_key.clone(),
+            session_token: None,
         },
     })
     .expect("connect");

@@ -46,12 +46,15 @@ pub enum S3Credentials {
     /// accounts), ECS container and EC2 instance metadata.
     #[default]
     DefaultChain,
-    /// An access key and its secret given by the caller (what the operator reads from a Kubernetes Secret).
+    /// An access key and its secret given by the caller (what the operator reads from a Kubernetes Secret),
+    /// with the session token of temporary credentials (STS).
     Static {
         /// Access key id.
         access_key: String,
         /// Secret access key.
         secret_key: String,
+        /// `AWS_SESSION_TOKEN` of temporary credentials; `None` for long-lived keys.
+        session_token: Option<String>,
     },
 }
 
@@ -60,10 +63,18 @@ impl std::fmt::Debug for S3Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             S3Credentials::DefaultChain => f.write_str("DefaultChain"),
-            S3Credentials::Static { access_key, .. } => f
+            S3Credentials::Static {
+                access_key,
+                session_token,
+                ..
+            } => f
                 .debug_struct("Static")
                 .field("access_key", access_key)
                 .field("secret_key", &"<redacted>")
+                .field(
+                    "session_token",
+                    &session_token.as_ref().map(|_| "<redacted>"),
+                )
                 .finish(),
         }
     }
@@ -285,12 +296,13 @@ impl S3Connection {
         if let S3Credentials::Static {
             access_key,
             secret_key,
+            session_token,
         } = &settings.credentials
         {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 access_key,
                 secret_key,
-                None,
+                session_token.clone(),
                 None,
                 "arrayjob-static",
             ));

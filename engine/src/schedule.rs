@@ -164,7 +164,7 @@ pub struct StoreCounts {
 }
 
 /// A task moved from one worker's pending queue to an idle worker, and why.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Steal {
     /// The task.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -17,9 +18,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::desired::{self, JOB_LABEL, ROLE_LABEL, Settings};
+use crate::cleanup::{self, AfterFailure};
+use crate::desired::{self, JOB_LABEL, ROLE_LABEL, Settings, role};
 use crate::events;
 use crate::metrics::Metrics;
+use crate::progress::{self, Progress, ProgressError};
 use crate::status::{self, Observed};
 use crate::v1alpha1::{ArrayJob, ArrayJobStatus};
 
@@ -69,7 +72,7 @@ impl Context {
             settings,
             http: reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(3))
+                .timeout(progress::READ_TIMEOUT)
                 .build()?,
             metrics,
             written: Mutex::new(HashMap::new()),
@@ -86,9 +89,20 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
-    /// Cleaning up the job's S3 scratch failed.
-    #[error("S3 scratch cleanup: {0}")]
-    Scratch(String),
+    /// A deleted job's cleanup waits for its back-off (a pass woken early by a watch event): not a failure.
+    #[error("the S3 scratch cleanup waits {} s for its back-off", after.as_secs())]
+    CleanupWaiting {
+        /// What is left of the back-off.
+        after: Duration,
+    },
+    /// Cleaning up the job's S3 scratch failed; tried again after `after` (the finalizer's back-off).
+    #[error("S3 scratch cleanup: {message}; trying again in {} s", after.as_secs())]
+    CleanupRetry {
+        /// What failed.
+        message: String,
+        /// The back-off.
+        after: Duration,
+    },
     /// Something else (a serialisation bug).
     #[error("{0}")]
     Other(String),
@@ -100,7 +114,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
-            Error::Scratch(_) => "s3",
+            Error::CleanupRetry { .. } | Error::CleanupWaiting { .. } => "cleanup",
             Error::Other(_) => "other",
         }
     }
@@ -130,9 +144,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 fn error_policy(job: Arc<ArrayJob>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::CleanupWaiting { after } = e {
+        tracing::debug!(job = %job.name_any(), "{e}");
+        return Action::requeue(*after);
+    }
     tracing::warn!(job = %job.name_any(), error = %e, "reconcile failed; retrying");
     ctx.metrics.reconcile_error(e.kind());
-    Action::requeue(Duration::from_secs(5))
+    // The finalizer's own back-off, else a short one. A `Finalizer` error wraps the cleanup's: its back-off
+    // is in the status, and the next pass waits for it (see `cleanup`).
+    match e {
+        Error::CleanupRetry { after, .. } => Action::requeue(*after),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
 }
 
 async fn reconcile(job: Arc<ArrayJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -146,7 +169,12 @@ async fn reconcile(job: Arc<ArrayJob>, ctx: Arc<Context>) -> Result<Action, Erro
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::CleanupFailed(
+            inner @ (Error::CleanupRetry { .. } | Error::CleanupWaiting { .. }),
+        ) => inner,
+        e => Error::Finalizer(e.to_string()),
+    })
 }
 
 /// One pass over a live job.
@@ -168,24 +196,48 @@ async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, job, &current, next, true).await?;
         return Ok(Action::await_change());
     }
+    // The Secret's labels are read when the spec is new or changed, or the job has not started: not on every
+    // pass of a running job (the pure checks are).
+    let recheck = current.observed_generation != job.metadata.generation
+        || matches!(current.phase.as_deref(), None | Some("Pending"));
+    match admit(ctx, &ns, job, recheck).await? {
+        Admission::Allowed => {}
+        Admission::Refused(problem) => {
+            let next = status::violates_policy(job, &current, &problem);
+            write_status(ctx, job, &current, next, true).await?;
+            return Ok(Action::await_change());
+        }
+        Admission::Waiting(reason, message) => {
+            let next = status::waiting(
+                job,
+                &current,
+                reason,
+                &message,
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            write_status(ctx, job, &current, next, true).await?;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    }
     let token = ensure_token(ctx, &ns, job).await?;
     apply_objects(ctx, &ns, job).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mine = pods
-        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", job.name_any())))
+        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={}", desired::key(job))))
         .await?
         .items;
     let created = replace_workers(ctx, &ns, job, &current, &mine).await?;
-    let mut progress = read_progress(ctx, &ns, job, &token).await;
+    let (mut progress, mut unreadable) = read_progress(ctx, &ns, job, &token).await;
     if progress.is_none() && coordinator_succeeded(&mine) {
         // Its last stages' times and counts, also when it ended before its progress was ever read (a short
         // job, or this operator just started).
-        progress = read_summary(ctx, &ns, job).await;
+        (progress, unreadable) = read_summary(ctx, &ns, job).await;
     }
     let observed = Observed {
         pods: mine,
         created,
         progress,
+        unreadable,
         now: k8s_openapi::jiff::Timestamp::now(),
     };
     let next = status::observe(job, &current, &observed);
@@ -212,6 +264,48 @@ fn check(job: &ArrayJob) -> Result<(), String> {
     })?;
     desired::output_uri(job)?;
     Ok(())
+}
+
+/// What the cluster's policy says of a job.
+enum Admission {
+    /// It may run.
+    Allowed,
+    /// It asks for what the policy refuses: the fields and why.
+    Refused(String),
+    /// It names a Secret that is not there (yet): the reason and message of `Stalled`.
+    Waiting(&'static str, String),
+}
+
+/// The admin's policy on the job's image, service account, tolerations and (when `secret`) credentials Secret
+/// (its labels only: the operator reads the Secret's data for the finalizer alone).
+async fn admit(ctx: &Context, ns: &str, job: &ArrayJob, secret: bool) -> Result<Admission, Error> {
+    let policy = &ctx.settings.policy;
+    let mut problems: Vec<String> = policy
+        .check(job, &ctx.settings.image)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if let Some(name) = job.spec.s3_credentials_secret.as_ref().filter(|_| secret) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        match secrets.get_metadata_opt(name).await? {
+            None => {
+                return Ok(Admission::Waiting(
+                    "SecretNotFound",
+                    format!("spec.s3CredentialsSecret: Secret {ns}/{name} not found"),
+                ));
+            }
+            Some(meta) => {
+                if let Err(v) = policy.check_secret(name, meta.labels()) {
+                    problems.push(v.to_string());
+                }
+            }
+        }
+    }
+    Ok(if problems.is_empty() {
+        Admission::Allowed
+    } else {
+        Admission::Refused(problems.join("; "))
+    })
 }
 
 /// The job's token: read from its Secret, or created once.
@@ -243,10 +337,18 @@ async fn ensure_token(ctx: &Context, ns: &str, job: &ArrayJob) -> Result<String,
     }
 }
 
-/// Applies the manifest ConfigMap, the Service and (unless it exists) the coordinator Pod.
+/// Applies the manifest ConfigMap, the NetworkPolicy, the Service and (unless it exists) the coordinator Pod.
 async fn apply_objects(ctx: &Context, ns: &str, job: &ArrayJob) -> Result<(), Error> {
     let pp = PatchParams::apply(MANAGER).force();
     let n = desired::names(job);
+    // Before any pod: the job's pods never run unprotected.
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+        .patch(
+            &n.network_policy,
+            &pp,
+            &Patch::Apply(&desired::network_policy(job, &ctx.settings)),
+        )
+        .await?;
     let cm = desired::manifest_config(job).map_err(|e| Error::Other(e.to_string()))?;
     Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
         .patch(&n.config, &pp, &Patch::Apply(&cm))
@@ -317,37 +419,81 @@ fn coordinator_succeeded(pods: &[Pod]) -> bool {
         .any(|p| role(p) == "coordinator" && status::pod_phase(p) == "Succeeded")
 }
 
-/// The published `summary.json`'s stages, as a progress snapshot (`stages` with `tasksDone`/`tasksTotal`).
-async fn read_summary(ctx: &Context, ns: &str, job: &ArrayJob) -> Option<serde_json::Value> {
-    let storage = job.spec.job.s3_storage()?.clone();
-    let output = desired::output_uri(job).ok()?;
-    let credentials = s3_credentials(ctx, ns, job).await.ok()?;
-    let summary = tokio::task::spawn_blocking(move || {
+/// The published `summary.json`'s stages (read with the job's credentials, or the operator's own when the
+/// chart allows it for cleanup), as a progress snapshot.
+async fn read_summary(
+    ctx: &Context,
+    ns: &str,
+    job: &ArrayJob,
+) -> (Option<Progress>, Option<ProgressError>) {
+    let (Some(storage), Ok(output)) =
+        (job.spec.job.s3_storage().cloned(), desired::output_uri(job))
+    else {
+        return (None, None);
+    };
+    let credentials = match s3_credentials(ctx, ns, job).await {
+        Ok(Some(c)) => c,
+        Ok(None) | Err(_) => return (None, None),
+    };
+    let body = tokio::task::spawn_blocking(move || {
         crate::scratch::summary(&storage, credentials, &output)
     })
-    .await
-    .ok()?;
-    match summary {
-        Ok(s) => s.map(|s| serde_json::json!({"stages": s["stages"]})),
-        Err(e) => {
+    .await;
+    match body {
+        Ok(Ok(Some(body))) => checked(job, "summary.json", progress::parse_summary(&body)),
+        Ok(Ok(None)) => (None, None),
+        Ok(Err(e)) => {
             tracing::warn!(job = %job.name_any(), error = %e, "cannot read the job's summary.json");
-            None
+            (None, None)
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.name_any(), error = %e, "the summary.json read stopped");
+            (None, None)
         }
     }
 }
 
-/// The role label of a pod.
-pub fn role(p: &Pod) -> &str {
-    p.labels().get(ROLE_LABEL).map_or("", String::as_str)
+/// A parsed answer as the status takes it: the progress, or why it was refused (logged).
+fn checked(
+    job: &ArrayJob,
+    what: &str,
+    parsed: Result<Progress, ProgressError>,
+) -> (Option<Progress>, Option<ProgressError>) {
+    match parsed {
+        Ok(p) => (Some(p), None),
+        Err(e) => {
+            tracing::warn!(job = %job.name_any(), error = %e, "refused the job's {what}");
+            (None, Some(e))
+        }
+    }
 }
 
-/// The coordinator's progress snapshot (through its Service), when it answers.
+/// The coordinator's progress snapshot (through its Service), when it answers; why it was refused, when it
+/// was.
 async fn read_progress(
     ctx: &Context,
     ns: &str,
     job: &ArrayJob,
     token: &str,
-) -> Option<serde_json::Value> {
+) -> (Option<Progress>, Option<ProgressError>) {
+    let Some(answer) = request_progress(ctx, ns, job, token).await else {
+        return (None, None);
+    };
+    let parsed = match progress::read_body(answer, progress::BODY_LIMIT).await {
+        Ok(body) => progress::parse_progress(&body),
+        Err(e) => Err(e),
+    };
+    checked(job, "progress answer", parsed)
+}
+
+/// `GET /v1/progress` of the job's coordinator with its token; `None` when it does not answer 2xx (not
+/// started yet, gone).
+async fn request_progress(
+    ctx: &Context,
+    ns: &str,
+    job: &ArrayJob,
+    token: &str,
+) -> Option<reqwest::Response> {
     let svc = Api::<Service>::namespaced(ctx.client.clone(), ns)
         .get_opt(&desired::names(job).coordinator)
         .await
@@ -360,7 +506,7 @@ async fn read_progress(
     let answer = arrayjob_runtime::auth::send(ctx.http.get(url), &token)
         .await
         .ok()?;
-    answer.json().await.ok()
+    answer.status().is_success().then_some(answer)
 }
 
 /// Writes `next` (its messages bounded) if it differs from `current`, at most every few seconds unless `now`
@@ -425,25 +571,29 @@ async fn publish_events(
     current: &ArrayJobStatus,
     next: &ArrayJobStatus,
 ) {
-    let reference = job.object_ref(&());
     for note in events::between(current, next) {
-        // A recorder for each: kube's merges events of one reason into a series under the first one's note,
-        // and each of these says something different (which stage, which failure).
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        let ev = KubeEvent {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: note.reason,
-            note: Some(note.text),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&ev, &reference).await {
-            tracing::warn!(job = %job.name_any(), error = %e, "cannot publish an event");
-        }
+        publish(ctx, job, note, "Reconcile").await;
+    }
+}
+
+/// Publishes one Event about `job` (a failure is logged: in a namespace being deleted none can be created).
+async fn publish(ctx: &Context, job: &ArrayJob, note: events::Note, action: &str) {
+    // A recorder for each: kube's merges events of one reason into a series under the first one's note,
+    // and each of these says something different (which stage, which failure).
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = KubeEvent {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason,
+        note: Some(note.text),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &job.object_ref(&())).await {
+        tracing::warn!(job = %job.name_any(), error = %e, "cannot publish an event");
     }
 }
 
@@ -452,7 +602,7 @@ async fn delete_pods(ctx: &Context, ns: &str, job: &ArrayJob, role: &str) -> Res
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let lp = ListParams::default().labels(&format!(
         "{JOB_LABEL}={},{ROLE_LABEL}={role}",
-        job.name_any()
+        desired::key(job)
     ));
     for p in pods.list(&lp).await?.items {
         if p.metadata.deletion_timestamp.is_none() {
@@ -462,46 +612,193 @@ async fn delete_pods(ctx: &Context, ns: &str, job: &ArrayJob, role: &str) -> Res
     Ok(())
 }
 
-/// The finalizer: the job's pods go, its S3 scratch goes; its outputs stay.
+/// The finalizer: the job's pods go, its S3 scratch goes (unless skipped); its outputs stay. A failure is
+/// tried again with back-off (`status.cleanup`, condition `CleanupFailed`) and given up after the settings'
+/// limits, or at once when the credentials are gone: then the finalizer goes and an Event names the scratch
+/// left behind. Never an endless Terminating.
 async fn cleanup(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
-    delete_pods(ctx, &ns, job, "worker").await?;
-    delete_pods(ctx, &ns, job, "coordinator").await?;
-    if let Some(storage) = job.spec.job.s3_storage().cloned() {
-        let credentials = s3_credentials(ctx, &ns, job).await?;
-        let job_id = desired::job_id(job);
-        let name = job.name_any();
-        let removed = tokio::task::spawn_blocking(move || {
-            crate::scratch::remove(&storage, credentials, &name, &job_id)
-        })
-        .await
-        .map_err(|e| Error::Scratch(e.to_string()))?
-        .map_err(|e| Error::Scratch(e.to_string()))?;
-        tracing::info!(job = %job.name_any(), objects = removed, "removed the job's S3 scratch");
+    let api = Api::<ArrayJob>::namespaced(ctx.client.clone(), &ns);
+    let Some(fresh) = api.get_opt(&job.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let current = fresh.status.unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    if let Some(after) = cleanup::wait(&current, now) {
+        // A pass woken by a watch event (our own status write) before the back-off is over.
+        return Err(Error::CleanupWaiting { after });
     }
-    Ok(Action::await_change())
+    match remove_everything(job, ctx, &ns).await {
+        Ok(outcome) => {
+            ctx.metrics.cleanup(outcome.metric);
+            if let Some(note) = outcome.note {
+                publish(ctx, job, note, "Cleanup").await;
+            }
+            Ok(Action::await_change())
+        }
+        Err(failure) => {
+            let settings = &ctx.settings.cleanup;
+            match cleanup::after_failure(
+                &current,
+                settings,
+                &failure.message,
+                failure.permanent,
+                now,
+            ) {
+                AfterFailure::Retry {
+                    status: next,
+                    after,
+                } => {
+                    write_status(ctx, job, &current, *next, true).await?;
+                    Err(Error::CleanupRetry {
+                        message: failure.message,
+                        after,
+                    })
+                }
+                AfterFailure::GiveUp { attempts, why } => {
+                    tracing::warn!(job = %job.name_any(), attempts, error = %why, scratch = %failure.scratch,
+                        "gave up removing the job's S3 scratch; removing the finalizer");
+                    ctx.metrics.cleanup("abandoned");
+                    let text = format!(
+                        "gave up removing the S3 scratch {}: {why}; it is left for `arrayjob gc --scratch`",
+                        failure.scratch
+                    );
+                    publish(
+                        ctx,
+                        job,
+                        events::Note::warning("CleanupAbandoned", text),
+                        "Cleanup",
+                    )
+                    .await;
+                    Ok(Action::await_change())
+                }
+            }
+        }
+    }
 }
 
-/// The S3 credentials of the job's pods, for the operator's own cleanup.
+/// How a cleanup ended: the metric's outcome and the Event to publish, if any.
+struct Cleaned {
+    metric: &'static str,
+    note: Option<events::Note>,
+}
+
+/// Why a cleanup attempt failed.
+struct CleanupFailure {
+    message: String,
+    /// Trying again cannot help (the credentials Secret is gone).
+    permanent: bool,
+    /// The scratch prefix, for the give-up Event.
+    scratch: String,
+}
+
+/// One attempt: the pods, then the S3 scratch with the job's credentials (or the operator's, when allowed).
+async fn remove_everything(
+    job: &ArrayJob,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Cleaned, CleanupFailure> {
+    let storage = job.spec.job.s3_storage().cloned();
+    let key = desired::key(job);
+    let job_id = desired::job_id(job);
+    let scratch = storage.as_ref().map_or_else(String::new, |s| {
+        crate::scratch::scratch_uri(s, &key, &job_id)
+    });
+    let fail = |message: String, permanent: bool| CleanupFailure {
+        message,
+        permanent,
+        scratch: scratch.clone(),
+    };
+    for role in ["worker", "coordinator"] {
+        delete_pods(ctx, ns, job, role)
+            .await
+            .map_err(|e| fail(format!("deleting the {role} pods: {e}"), false))?;
+    }
+    let Some(storage) = storage else {
+        return Ok(Cleaned {
+            metric: "removed",
+            note: None,
+        });
+    };
+    if cleanup::skip_requested(job) {
+        let text = format!(
+            "{}: the S3 scratch {scratch} is left as asked",
+            cleanup::SKIP_ANNOTATION
+        );
+        return Ok(Cleaned {
+            metric: "skipped",
+            note: Some(events::Note::normal("CleanupSkipped", text)),
+        });
+    }
+    let credentials = match s3_credentials(ctx, ns, job).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let text = format!(
+                "no s3CredentialsSecret, and the operator does not clean up with its own identity                  (chart value cleanup.operatorIdentity): the S3 scratch {scratch} is left"
+            );
+            return Ok(Cleaned {
+                metric: "skipped",
+                note: Some(events::Note::warning("CleanupSkipped", text)),
+            });
+        }
+        Err(CredentialsError::Missing(m)) => return Err(fail(m, true)),
+        Err(CredentialsError::Api(e)) => return Err(fail(e.to_string(), false)),
+    };
+    let name = job.name_any();
+    let removal = tokio::task::spawn_blocking(move || {
+        crate::scratch::remove(&storage, credentials, &key, &job_id)
+    });
+    let removed = match tokio::time::timeout(CLEANUP_TIMEOUT, removal).await {
+        Ok(Ok(Ok(n))) => n,
+        Ok(Ok(Err(e))) => return Err(fail(e.to_string(), false)),
+        Ok(Err(e)) => return Err(fail(format!("the removal stopped: {e}"), false)),
+        Err(_) => {
+            return Err(fail(
+                format!("no answer within {} s", CLEANUP_TIMEOUT.as_secs()),
+                false,
+            ));
+        }
+    };
+    tracing::info!(job = %name, objects = removed, %scratch, "removed the job's S3 scratch");
+    Ok(Cleaned {
+        metric: "removed",
+        note: None,
+    })
+}
+
+/// The longest one removal attempt is waited for (the requests' own timeouts end it sooner).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why the job's credentials cannot be had.
+enum CredentialsError {
+    /// The Secret or one of its keys is not there: trying again cannot help.
+    Missing(String),
+    /// The API call failed.
+    Api(kube::Error),
+}
+
+/// The S3 credentials of the job's pods, for the operator's own requests: the Secret's keys (with the session
+/// token of temporary credentials), the operator's own identity (AWS default chain) when the job names no
+/// Secret and the chart allows it, else `None`.
 async fn s3_credentials(
     ctx: &Context,
     ns: &str,
     job: &ArrayJob,
-) -> Result<arrayjob_engine::s3::S3Credentials, Error> {
+) -> Result<Option<arrayjob_engine::s3::S3Credentials>, CredentialsError> {
     let Some(name) = &job.spec.s3_credentials_secret else {
-        return Ok(arrayjob_engine::s3::S3Credentials::DefaultChain);
+        return Ok(ctx
+            .settings
+            .cleanup
+            .operator_identity
+            .then_some(arrayjob_engine::s3::S3Credentials::DefaultChain));
     };
-    let s = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get(name)
-        .await?;
-    let data = s.data.unwrap_or_default();
-    let field = |k: &str| {
-        data.get(k)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .ok_or_else(|| Error::Scratch(format!("Secret {ns}/{name} has no {k}")))
-    };
-    Ok(arrayjob_engine::s3::S3Credentials::Static {
-        access_key: field("AWS_ACCESS_KEY_ID")?,
-        secret_key: field("AWS_SECRET_ACCESS_KEY")?,
-    })
+    let what = format!("{ns}/{name}");
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(CredentialsError::Api)?
+        .ok_or_else(|| CredentialsError::Missing(format!("Secret {what} not found")))?;
+    crate::scratch::credentials(&secret.data.unwrap_or_default(), &what)
+        .map(Some)
+        .map_err(CredentialsError::Missing)
 }

@@ -10,11 +10,17 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecretKeySelector,
     SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use sha2::Digest;
 
+pub use crate::settings::{Peer, Settings};
 use crate::v1alpha1::ArrayJob;
 
 /// The coordinator's port (workers' requests, the operator's progress reads).
@@ -30,13 +36,6 @@ pub const ROLE_LABEL: &str = "arrayjob.dev/role";
 /// The node label of the capacity type (Karpenter's; EKS managed groups use `eks.amazonaws.com/capacityType`).
 pub const CAPACITY_LABEL: &str = "karpenter.sh/capacity-type";
 
-/// The operator's own settings that shape the objects.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Image of the coordinator and workers, unless the job names one.
-    pub image: String,
-}
-
 /// The names of a job's objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -48,17 +47,73 @@ pub struct Names {
     pub coordinator: String,
     /// Worker pods are named `{worker_prefix}{n}`.
     pub worker_prefix: String,
+    /// The NetworkPolicy that lets only the job's pods (and the operator) reach them.
+    pub network_policy: String,
 }
 
-/// The names of `job`'s objects (all start with `aj-{name}`, 5 + 63 characters at most with the suffixes).
+/// The longest ArrayJob name used as is in its objects' names; a longer one, or one that is not a DNS label
+/// (dots, capitals), gets a [`key`] made of its cleaned start and a hash.
+pub const KEY_MAX: usize = 40;
+
+/// The job's key: its name when that is a DNS label of at most [`KEY_MAX`] characters, else the name cleaned
+/// to one (lowercase letters, digits, `-`; at most 31 characters) and `-` and 8 hex digits of its SHA-256. A
+/// DNS-1123 label either way: the value of the `arrayjob.dev/job` label, the manifest's `metadata.name` and
+/// the scratch prefix's job part; `aj-{key}` is a valid Service name (DNS-1035) whatever the ArrayJob's name
+/// (up to 253 characters, dots allowed).
+pub fn key(job: &ArrayJob) -> String {
+    key_of(&job.name_any())
+}
+
+fn key_of(name: &str) -> String {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain
+        && !name.is_empty()
+        && name.len() <= KEY_MAX
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+    {
+        return name.to_owned();
+    }
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let mut clean = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            clean.push(c);
+        } else if !clean.is_empty() && !clean.ends_with('-') {
+            clean.push('-');
+        }
+        if clean.len() >= KEY_MAX - hash.len() - 1 {
+            break;
+        }
+    }
+    let clean = clean.trim_end_matches('-');
+    if clean.is_empty() {
+        hash
+    } else {
+        format!("{clean}-{hash}")
+    }
+}
+
+/// The names of `job`'s objects: `aj-{key}` and suffixes (see [`key`]), 63 characters at most but for the
+/// worker pods' numbers.
 pub fn names(job: &ArrayJob) -> Names {
-    let base = format!("aj-{}", job.name_any());
+    let base = format!("aj-{}", key(job));
     Names {
         secret: format!("{base}-token"),
         config: format!("{base}-manifest"),
         coordinator: base.clone(),
         worker_prefix: format!("{base}-worker-"),
+        network_policy: format!("{base}-peers"),
     }
+}
+
+/// The role label of a pod (`coordinator`, `worker`).
+pub fn role(p: &Pod) -> &str {
+    p.labels().get(ROLE_LABEL).map_or("", String::as_str)
 }
 
 /// The labels of `job`'s objects of `role`.
@@ -69,7 +124,7 @@ pub fn labels(job: &ArrayJob, role: &str) -> BTreeMap<String, String> {
             "app.kubernetes.io/managed-by".to_owned(),
             "arrayjob-operator".to_owned(),
         ),
-        (JOB_LABEL.to_owned(), job.name_any()),
+        (JOB_LABEL.to_owned(), key(job)),
         (ROLE_LABEL.to_owned(), role.to_owned()),
     ])
 }
@@ -109,14 +164,16 @@ pub fn output_uri(job: &ArrayJob) -> Result<String, String> {
 }
 
 /// The run id the coordinator uses: stable for the object (a coordinator pod started again resumes from the
-/// ledger), new for a new object of the same name.
+/// ledger), new for a new object of the same name: `{key}-{12 hex digits of the UID}`, at most 53 characters.
 pub fn job_id(job: &ArrayJob) -> String {
     let uid = job.uid().unwrap_or_default();
-    let short: String = uid.chars().filter(|c| *c != '-').take(12).collect();
-    format!("{}-{short}", job.name_any())
+    let short: String = uid
         .chars()
-        .take(63)
-        .collect()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .take(12)
+        .collect();
+    format!("{}-{short}", key(job))
 }
 
 /// The Secret holding the job token (created once; never rewritten).
@@ -137,7 +194,7 @@ pub fn manifest_config(job: &ArrayJob) -> Result<ConfigMap, serde_yaml::Error> {
     let manifest = serde_json::json!({
         "apiVersion": "arrayjob.dev/v1alpha1",
         "kind": "ArrayJob",
-        "metadata": {"name": job.name_any()},
+        "metadata": {"name": key(job)},
         "spec": job.spec.job,
     });
     Ok(ConfigMap {
@@ -157,7 +214,7 @@ pub fn coordinator_service(job: &ArrayJob) -> Service {
         metadata: meta(job, &n.coordinator, "coordinator"),
         spec: Some(ServiceSpec {
             selector: Some(BTreeMap::from([
-                (JOB_LABEL.to_owned(), job.name_any()),
+                (JOB_LABEL.to_owned(), key(job)),
                 (ROLE_LABEL.to_owned(), "coordinator".to_owned()),
             ])),
             ports: Some(vec![ServicePort {
@@ -169,6 +226,55 @@ pub fn coordinator_service(job: &ArrayJob) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The job's NetworkPolicy: its pods (coordinator and workers) accept traffic only from each other, and the
+/// coordinator's port from the operator's pods (its progress reads). Other policies of the namespace add to
+/// it (e.g. to let Prometheus scrape the coordinator).
+pub fn network_policy(job: &ArrayJob, settings: &Settings) -> NetworkPolicy {
+    let mine = || LabelSelector {
+        match_labels: Some(BTreeMap::from([(JOB_LABEL.to_owned(), key(job))])),
+        ..LabelSelector::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(mine()),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: None,
+    }];
+    if let Some(peer) = &settings.operator_peer {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        peer.namespace.clone(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(peer.labels.clone()),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![NetworkPolicyPort {
+                port: Some(IntOrString::Int(COORDINATOR_PORT)),
+                protocol: Some("TCP".into()),
+                ..NetworkPolicyPort::default()
+            }]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(job, &names(job).network_policy, "network-policy"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(mine()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
     }
 }
 
@@ -441,9 +547,102 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings {
-            image: "ghcr.io/arrayjob/arrayjob:0.1.0".into(),
+        Settings::new("ghcr.io/arrayjob/arrayjob:0.1.0")
+    }
+
+    fn named(name: &str) -> ArrayJob {
+        let mut j = job("");
+        j.metadata.name = Some(name.to_owned());
+        j
+    }
+
+    /// A DNS-1035 label (a Service's name): a letter, then letters, digits and `-`, ending alphanumeric.
+    fn dns_1035(s: &str) -> bool {
+        s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
+
+    #[test]
+    fn any_arrayjob_name_gives_valid_object_names_and_a_job_id_with_the_uid() {
+        // A plain short name is kept as it is.
+        let plain = named("quick");
+        assert_eq!(key(&plain), "quick");
+        assert_eq!(names(&plain).coordinator, "aj-quick");
+        assert_eq!(job_id(&plain), "quick-0a1b2c3d4e5f");
+        let dotted = named("em.run.v2");
+        let long = named(&format!("a{}", ".b-C".repeat(63)));
+        assert_eq!(long.name_any().len(), 253);
+        let forty = named(&"x".repeat(40));
+        let forty_one = named(&"x".repeat(41));
+        assert_eq!(key(&forty), "x".repeat(40));
+        for j in [&dotted, &long, &forty_one, &named("-.-"), &named("Em")] {
+            let k = key(j);
+            assert!(k.len() <= KEY_MAX, "{k}");
+            let n = names(j);
+            for name in [&n.coordinator, &n.secret, &n.config, &n.network_policy] {
+                assert!(dns_1035(name), "{name} of {}", j.name_any());
+            }
+            assert!(dns_1035(&format!("{}1000", n.worker_prefix)));
+            let id = job_id(j);
+            assert!(id.ends_with("-0a1b2c3d4e5f"), "{id}: the UID is kept");
+            assert!(arrayjob_engine::runner::check_job_id(&id).is_ok(), "{id}");
+            assert_eq!(labels(j, "worker")[JOB_LABEL], k);
+            // The coordinator's manifest names the job by its key (the engine wants a DNS label).
+            let cm = manifest_config(j).expect("config map");
+            let m = arrayjob_engine::validate::parse_manifest(
+                &cm.data.expect("data")["job.yaml"],
+                "job.yaml",
+            )
+            .expect("the engine takes the manifest");
+            assert_eq!(m.metadata.name, k);
         }
+        assert_eq!(key(&dotted), "em-run-v2-56701891");
+        assert_eq!(names(&dotted).coordinator, "aj-em-run-v2-56701891");
+        assert_eq!(key(&named("Em")), format!("em-{}", &key(&named("Em"))[3..]));
+        // Different names, different keys (the hash), even when they clean to the same text.
+        assert_ne!(key(&named("em.run")), key(&named("em_run")));
+        assert_ne!(key(&forty_one), key(&named(&"x".repeat(42))));
+        assert!(service_env(&dotted, "HOST").starts_with("AJ_EM_RUN_V2_"));
+    }
+
+    #[test]
+    fn the_network_policy_lets_in_only_the_jobs_pods_and_the_operator() {
+        let j = named("em.run.v2");
+        let mut s = settings();
+        s.operator_peer = Some(Peer {
+            namespace: "arrayjob-system".into(),
+            labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
+        });
+        let np = serde_json::to_value(network_policy(&j, &s)).expect("json");
+        let k = key(&j);
+        assert_eq!(np["metadata"]["name"], format!("aj-{k}-peers"));
+        assert_eq!(np["metadata"]["ownerReferences"][0]["kind"], "ArrayJob");
+        assert_eq!(
+            np["spec"],
+            serde_json::json!({
+                "podSelector": {"matchLabels": {JOB_LABEL: k}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {JOB_LABEL: k}}}]},
+                    {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "arrayjob-system"}},
+                               "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}}}],
+                     "ports": [{"port": 7070, "protocol": "TCP"}]}
+                ]
+            })
+        );
+        // Every pod of the job carries the label the policy selects.
+        for p in [
+            coordinator_pod(&j, &s).expect("pod"),
+            worker_pod(&j, &s, "w"),
+        ] {
+            assert_eq!(p.metadata.labels.expect("labels")[JOB_LABEL], k);
+        }
+        // Without a known operator: the job's pods only.
+        let np = network_policy(&j, &settings());
+        assert_eq!(np.spec.and_then(|s| s.ingress).map(|i| i.len()), Some(1));
     }
 
     #[test]

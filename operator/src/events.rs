@@ -16,7 +16,8 @@ pub struct Note {
 }
 
 impl Note {
-    fn normal(reason: &str, text: String) -> Note {
+    /// A `Normal` event.
+    pub fn normal(reason: &str, text: String) -> Note {
         Note {
             warning: false,
             reason: reason.into(),
@@ -24,7 +25,8 @@ impl Note {
         }
     }
 
-    fn warning(reason: &str, text: String) -> Note {
+    /// A `Warning` event.
+    pub fn warning(reason: &str, text: String) -> Note {
         Note {
             warning: true,
             reason: reason.into(),
@@ -34,7 +36,7 @@ impl Note {
 }
 
 /// The events of going from `before` to `after`: phase changes, stages started and finished, worker pods
-/// replaced, a condition `Stalled` or `Failed` turning true.
+/// replaced, a condition `Stalled`, `Failed`, `ProgressUnreadable` or `CleanupFailed` turning true.
 pub fn between(before: &ArrayJobStatus, after: &ArrayJobStatus) -> Vec<Note> {
     let mut notes = Vec::new();
     if after.phase.as_deref() == Some("Running") && before.phase.as_deref() != Some("Running") {
@@ -55,7 +57,7 @@ pub fn between(before: &ArrayJobStatus, after: &ArrayJobStatus) -> Vec<Note> {
             ),
         ));
     }
-    for type_ in ["Stalled", "Failed"] {
+    for type_ in ["Stalled", "Failed", "ProgressUnreadable", "CleanupFailed"] {
         if let Some(c) = turned_true(before, after, type_) {
             notes.push(Note::warning(&c.reason, c.message.clone()));
         }

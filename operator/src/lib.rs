@@ -5,11 +5,15 @@
 //! the reconciler that runs a job as a coordinator pod and worker pods. It knows nothing of how arrays are
 //! computed and never carries chunk bytes: it reads the coordinator's progress snapshot and the pods' states.
 
+pub mod cleanup;
 pub mod controller;
 pub mod desired;
 pub mod events;
 pub mod metrics;
+pub mod policy;
+pub mod progress;
 pub mod scratch;
+pub mod settings;
 pub mod status;
 pub mod v1alpha1;
 

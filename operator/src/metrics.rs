@@ -1,4 +1,5 @@
-//! The operator's Prometheus metrics: jobs by phase, reconcile errors by kind, status writes.
+//! The operator's Prometheus metrics: jobs by phase, reconcile errors by kind, status writes, cleanups by
+//! outcome.
 
 use std::sync::atomic::AtomicU64;
 
@@ -18,6 +19,11 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +33,7 @@ pub struct Metrics {
     writes: Counter<u64, AtomicU64>,
     reconciles: Counter<u64, AtomicU64>,
     leader: Gauge<i64, std::sync::atomic::AtomicI64>,
+    cleanups: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -61,7 +68,14 @@ impl Metrics {
             "1 while this replica reconciles (holds the leader Lease, or runs without leader election)",
             leader.clone(),
         );
+        let cleanups = Family::<OutcomeLabel, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "cleanups",
+            "Finalizer cleanups of deleted ArrayJobs by outcome: removed, skipped, abandoned",
+            cleanups.clone(),
+        );
         Metrics {
+            cleanups,
             registry,
             jobs,
             errors,
@@ -100,6 +114,15 @@ impl Metrics {
     /// Whether this replica reconciles.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// A deleted job's cleanup ended with `outcome` (`removed`, `skipped`, `abandoned`).
+    pub fn cleanup(&self, outcome: &str) {
+        self.cleanups
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// A status was written.

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use crate::controller::role;
-use crate::desired;
+use crate::desired::{self, role};
+use crate::progress::{Progress, ProgressError};
 use crate::v1alpha1::{ArrayJob, ArrayJobStatus, Condition, StageStatus, WorkerCounts};
 
 /// What one reconcile pass saw.
@@ -17,8 +17,10 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// Worker pods created in all (replacements included).
     pub created: i32,
-    /// The coordinator's progress snapshot, when it answered.
-    pub progress: Option<serde_json::Value>,
+    /// The coordinator's progress snapshot (checked), when it answered.
+    pub progress: Option<Progress>,
+    /// Why its answer was refused, when it was (too large, a value out of range).
+    pub unreadable: Option<ProgressError>,
     /// When it was seen.
     pub now: Timestamp,
 }
@@ -44,6 +46,9 @@ pub fn bound_messages(s: &mut ArrayJobStatus) {
     }
     for c in &mut s.conditions {
         cut(&mut c.message);
+    }
+    if let Some(c) = &mut s.cleanup {
+        cut(&mut c.last_error);
     }
 }
 
@@ -105,16 +110,87 @@ fn set(
     }
 }
 
-/// The status of a job whose spec the operator refuses (`problem` names the field): Failed, for good.
+/// Sets condition `type_` of `s` for the generation it describes (the finalizer's `CleanupFailed`).
+pub fn set_condition(
+    s: &mut ArrayJobStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    at: Timestamp,
+) {
+    let generation = s.observed_generation;
+    set(
+        &mut s.conditions,
+        type_,
+        status,
+        reason,
+        message,
+        generation,
+        at,
+    );
+}
+
+/// The status of a job whose spec the operator refuses (`problem` names the field): Failed, for good, with
+/// reason `InvalidSpec`.
 pub fn invalid(job: &ArrayJob, current: &ArrayJobStatus, problem: &str) -> ArrayJobStatus {
-    let mut s = current.clone();
-    s.observed_generation = job.metadata.generation;
-    end(
-        &mut s,
-        false,
+    refused(
+        job,
+        current,
         "InvalidSpec",
         &format!("invalid spec: {problem}"),
-        Timestamp::now(),
+    )
+}
+
+/// The status of a job that asks for what the cluster's policy refuses (`problem` names the field): Failed,
+/// for good, with reason `PolicyViolation`.
+pub fn violates_policy(job: &ArrayJob, current: &ArrayJobStatus, problem: &str) -> ArrayJobStatus {
+    refused(
+        job,
+        current,
+        "PolicyViolation",
+        &format!("refused by the cluster's policy: {problem}"),
+    )
+}
+
+fn refused(job: &ArrayJob, current: &ArrayJobStatus, reason: &str, msg: &str) -> ArrayJobStatus {
+    let mut s = current.clone();
+    s.observed_generation = job.metadata.generation;
+    end(&mut s, false, reason, msg, Timestamp::now());
+    s
+}
+
+/// The status of a job waiting for something it names (its credentials Secret): Pending, `Stalled` with
+/// `reason` and `message`.
+pub fn waiting(
+    job: &ArrayJob,
+    current: &ArrayJobStatus,
+    reason: &str,
+    message: &str,
+    at: Timestamp,
+) -> ArrayJobStatus {
+    let mut s = current.clone();
+    s.observed_generation = job.metadata.generation;
+    s.phase = Some("Pending".into());
+    s.message = Some(message.to_owned());
+    let generation = s.observed_generation;
+    set(
+        &mut s.conditions,
+        "Stalled",
+        true,
+        reason,
+        message,
+        generation,
+        at,
+    );
+    set(
+        &mut s.conditions,
+        "Progressing",
+        false,
+        reason,
+        message,
+        generation,
+        at,
     );
     s
 }
@@ -243,28 +319,25 @@ fn coordinator_end(p: &Pod) -> Option<(bool, String)> {
     }
 }
 
-/// Per-stage progress from the coordinator's snapshot (or a published summary.json, whose stages have the same
-/// fields). Times are `startSeconds`/`endSeconds` after the job's start, `startedAtUnix` (the summary has none:
-/// then the job's `startTime`); a stage's times, once set, are kept.
-fn stages(progress: &serde_json::Value, current: &ArrayJobStatus) -> Vec<StageStatus> {
-    let base = progress["startedAtUnix"]
-        .as_f64()
-        .and_then(|t| Timestamp::from_millisecond((t * 1000.0) as i64).ok())
+/// Per-stage progress from the coordinator's snapshot (or a published summary.json). Times are after the
+/// job's start: the snapshot's `startedAtUnix`, else (a summary) the job's `startTime`; a stage's times, once
+/// set, are kept. A time past what a timestamp holds is left unset (the values were checked, this is the last
+/// guard: no arithmetic here can panic).
+fn stages(progress: &Progress, current: &ArrayJobStatus) -> Vec<StageStatus> {
+    let base = progress
+        .started_at
         .or_else(|| current.start_time.as_deref()?.parse().ok());
-    let at = |seconds: &serde_json::Value| {
-        let t = base? + SignedDuration::from_millis((seconds.as_f64()? * 1000.0) as i64);
+    let at = |after: Option<SignedDuration>| {
+        let t = base?.checked_add(after?).ok()?;
         Some(t.to_string())
     };
-    let Some(list) = progress["stages"].as_array() else {
-        return Vec::new();
-    };
-    list.iter()
+    progress
+        .stages
+        .iter()
         .map(|st| {
-            let name = st["name"].as_str().unwrap_or_default().to_owned();
-            let before = current.stages.iter().find(|b| b.name == name);
-            let done = st["tasksDone"].as_i64().unwrap_or(0);
-            let total = st["tasksTotal"].as_i64().unwrap_or(0);
-            let started = done > 0 || !st["startSeconds"].is_null();
+            let before = current.stages.iter().find(|b| b.name == st.name);
+            let (done, total) = (st.tasks_done, st.tasks_total);
+            let started = done > 0 || st.start.is_some();
             let phase = match (done == total && total > 0, started) {
                 (true, _) => "Succeeded",
                 (false, true) => "Running",
@@ -275,14 +348,11 @@ fn stages(progress: &serde_json::Value, current: &ArrayJobStatus) -> Vec<StageSt
                 phase: Some(phase.into()),
                 tasks_done: done,
                 tasks_total: total,
-                bytes: st["bytesOut"].as_i64().unwrap_or(0),
-                start_time: keep(|b| &b.start_time).or_else(|| at(&st["startSeconds"])),
-                completion_time: keep(|b| &b.completion_time).or_else(|| {
-                    (phase == "Succeeded")
-                        .then(|| at(&st["endSeconds"]))
-                        .flatten()
-                }),
-                name,
+                bytes: st.bytes,
+                start_time: keep(|b| &b.start_time).or_else(|| at(st.start)),
+                completion_time: keep(|b| &b.completion_time)
+                    .or_else(|| (phase == "Succeeded").then(|| at(st.end)).flatten()),
+                name: st.name.clone(),
             }
         })
         .collect()
@@ -290,7 +360,9 @@ fn stages(progress: &serde_json::Value, current: &ArrayJobStatus) -> Vec<StageSt
 
 /// Tasks done over all stages.
 fn tasks_done(stages: &[StageStatus]) -> i64 {
-    stages.iter().map(|st| st.tasks_done).sum()
+    stages
+        .iter()
+        .fold(0i64, |sum, st| sum.saturating_add(st.tasks_done))
 }
 
 /// The next status of a live job from what was observed.
@@ -303,6 +375,7 @@ pub fn observe(job: &ArrayJob, current: &ArrayJobStatus, o: &Observed) -> ArrayJ
     if let Some(p) = &o.progress {
         take_progress(&mut s, current, p, at);
     }
+    note_unreadable(&mut s, o);
     let coordinator = o.pods.iter().find(|p| role(p) == "coordinator");
     match coordinator.and_then(coordinator_end) {
         Some((true, msg)) => {
@@ -354,15 +427,13 @@ fn count_workers(s: &mut ArrayJobStatus, job: &ArrayJob, o: &Observed) {
 
 /// Stages, progress, current stage and the coordinator's failure from its snapshot; a task finished since
 /// `current` moves `lastProgressTime`.
-fn take_progress(
-    s: &mut ArrayJobStatus,
-    current: &ArrayJobStatus,
-    p: &serde_json::Value,
-    at: Timestamp,
-) {
+fn take_progress(s: &mut ArrayJobStatus, current: &ArrayJobStatus, p: &Progress, at: Timestamp) {
     s.stages = stages(p, current);
     let done = tasks_done(&s.stages);
-    let total: i64 = s.stages.iter().map(|st| st.tasks_total).sum();
+    let total = s
+        .stages
+        .iter()
+        .fold(0i64, |sum, st| sum.saturating_add(st.tasks_total));
     s.progress = Some(format!("{done}/{total}"));
     s.current_stage = s
         .stages
@@ -372,8 +443,35 @@ fn take_progress(
     if done > tasks_done(&current.stages) {
         s.last_progress_time = Some(at.to_string());
     }
-    if let Some(f) = p["failure"].as_str() {
-        s.message = Some(f.to_owned());
+    if let Some(f) = &p.failure {
+        s.message = Some(f.clone());
+    }
+}
+
+/// Condition `ProgressUnreadable`: true with the reason and the field while the coordinator's answer is
+/// refused, false again once one is read.
+fn note_unreadable(s: &mut ArrayJobStatus, o: &Observed) {
+    let generation = s.observed_generation;
+    match (&o.unreadable, &o.progress) {
+        (Some(e), _) => set(
+            &mut s.conditions,
+            "ProgressUnreadable",
+            true,
+            e.reason(),
+            &format!("the coordinator's progress answer was refused: {e}"),
+            generation,
+            o.now,
+        ),
+        (None, Some(_)) if s.conditions.iter().any(|c| c.type_ == "ProgressUnreadable") => set(
+            &mut s.conditions,
+            "ProgressUnreadable",
+            false,
+            "ProgressRead",
+            "",
+            generation,
+            o.now,
+        ),
+        _ => {}
     }
 }
 
@@ -504,6 +602,17 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).expect("time")
     }
 
+    /// A snapshot as the operator reads it (a `phase` added when the test leaves it out).
+    fn snap(mut v: serde_json::Value) -> Option<Progress> {
+        v.as_object_mut()?
+            .entry("phase")
+            .or_insert_with(|| "running".into());
+        Some(
+            crate::progress::parse_progress(&serde_json::to_vec(&v).ok()?)
+                .expect("a valid snapshot"),
+        )
+    }
+
     fn condition<'a>(s: &'a ArrayJobStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).expect(t)
     }
@@ -525,7 +634,8 @@ mod tests {
                 ),
             ],
             created: 4,
-            progress: Some(progress),
+            progress: snap(progress),
+            unreadable: None,
             now: at(0),
         };
         let s = observe(&job(), &ArrayJobStatus::default(), &o);
@@ -559,6 +669,7 @@ mod tests {
             pods: vec![running("aj-em", "coordinator"), stuck],
             created: 3,
             progress: None,
+            unreadable: None,
             now: at(0),
         };
         let s = observe(&job(), &ArrayJobStatus::default(), &o);
@@ -593,6 +704,7 @@ mod tests {
                 pods: vec![done],
                 created: 3,
                 progress: None,
+                unreadable: None,
                 now: at(0),
             },
         );
@@ -613,6 +725,7 @@ mod tests {
                 pods: vec![failed],
                 created: 3,
                 progress: None,
+                unreadable: None,
                 now: at(0),
             },
         );
@@ -656,7 +769,8 @@ mod tests {
         let o = Observed {
             pods,
             created: 100_000,
-            progress: Some(serde_json::json!({"stages": stages})),
+            progress: snap(serde_json::json!({"stages": stages})),
+            unreadable: None,
             now: at(0),
         };
         let s = observe(&job(), &ArrayJobStatus::default(), &o);
@@ -688,7 +802,8 @@ mod tests {
         let o = Observed {
             pods: vec![running("aj-em", "coordinator")],
             created: 3,
-            progress: Some(progress),
+            progress: snap(progress),
+            unreadable: None,
             now: at(10),
         };
         let s = observe(&job(), &ArrayJobStatus::default(), &o);
@@ -725,7 +840,8 @@ mod tests {
         let seen = |done: i64, secs: i64| Observed {
             pods: vec![running("aj-em", "coordinator")],
             created: 3,
-            progress: Some(snapshot(done)),
+            progress: snap(snapshot(done)),
+            unreadable: None,
             now: at(secs),
         };
         let first = observe(&job(), &ArrayJobStatus::default(), &seen(5, 0));
@@ -756,5 +872,74 @@ mod tests {
         assert_eq!(condition(&moving, "Stalled").status, "False");
         assert_eq!(condition(&moving, "Progressing").status, "True");
         assert_eq!(moving.last_progress_time, Some(at(610).to_string()));
+    }
+
+    #[test]
+    fn times_past_what_a_timestamp_holds_are_left_unset_and_a_refused_answer_is_a_condition() {
+        // Values no parser lets through, straight into the status rules: no panic, no time.
+        let extreme = Progress {
+            started_at: Some(Timestamp::MAX),
+            failure: None,
+            stages: vec![crate::progress::Stage {
+                name: "source".into(),
+                tasks_done: 4,
+                tasks_total: 4,
+                bytes: i64::MAX,
+                start: Some(SignedDuration::MAX),
+                end: Some(SignedDuration::MAX),
+            }],
+        };
+        let o = Observed {
+            pods: vec![running("aj-em", "coordinator")],
+            created: 3,
+            progress: Some(extreme),
+            unreadable: None,
+            now: at(0),
+        };
+        let s = observe(&job(), &ArrayJobStatus::default(), &o);
+        assert_eq!(s.stages[0].phase.as_deref(), Some("Succeeded"));
+        assert_eq!(
+            (
+                s.stages[0].start_time.as_deref(),
+                s.stages[0].completion_time.as_deref()
+            ),
+            (None, None)
+        );
+        // The issue's answer, {"startSeconds": 1e300} in a stage: refused with the field, the job goes on.
+        let hostile = br#"{"phase": "running", "startedAtUnix": 1800000000, "stages": [
+            {"name": "source", "tasksDone": 1, "tasksTotal": 4, "startSeconds": 1e300}]}"#;
+        let e = crate::progress::parse_progress(hostile).expect_err("refused");
+        let o = Observed {
+            pods: vec![running("aj-em", "coordinator")],
+            created: 3,
+            progress: None,
+            unreadable: Some(e),
+            now: at(1),
+        };
+        let s = observe(&job(), &s, &o);
+        let c = condition(&s, "ProgressUnreadable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "InvalidProgress")
+        );
+        assert_eq!(
+            c.message,
+            "the coordinator's progress answer was refused: stages[0].startSeconds: 1e300 is not between 0 and 315576000 seconds"
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(s.stages.len(), 1, "the last good stages are kept");
+        // A good answer again: the condition goes false.
+        let o = Observed {
+            pods: vec![running("aj-em", "coordinator")],
+            created: 3,
+            progress: snap(
+                serde_json::json!({"stages": [{"name": "source", "tasksDone": 2, "tasksTotal": 4}]}),
+            ),
+            unreadable: None,
+            now: at(2),
+        };
+        let s = observe(&job(), &s, &o);
+        assert_eq!(condition(&s, "ProgressUnreadable").status, "False");
+        assert_eq!(s.progress.as_deref(), Some("2/4"));
     }
 }

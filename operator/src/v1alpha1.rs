@@ -164,7 +164,8 @@ pub struct ArrayJobStatus {
     /// Why the job is where it is, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Progressing, Complete, Failed, Stalled.
+    /// Progressing, Complete, Failed, Stalled; ProgressUnreadable (the coordinator's answer was refused) and
+    /// CleanupFailed (deleting the job's scratch failed; retried with back-off).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Generation of the spec this status describes.
@@ -173,6 +174,24 @@ pub struct ArrayJobStatus {
     /// When a task last finished (or the job started running), for `progressDeadlineSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<String>,
+    /// The finalizer's removal of the S3 scratch, once an attempt failed (the ArrayJob is being deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupStatus>,
+}
+
+/// Failed attempts of the finalizer's cleanup; it gives up after `maxAttempts` of them or `giveUpAfterSeconds`
+/// (the operator's settings), leaving the scratch and saying so in an Event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupStatus {
+    /// Attempts that failed so far.
+    pub attempts: i32,
+    /// The last failure, e.g. the S3 request and its error.
+    pub last_error: String,
+    /// When the first attempt failed (RFC 3339).
+    pub first_failure_time: String,
+    /// The next attempt is not made before this (RFC 3339).
+    pub next_attempt_time: String,
 }
 
 /// Worker pods of a job.

@@ -120,9 +120,9 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// The rules the operator gets (ClusterRole, or Role in the watched namespace), exactly.
+/// The rules the operator gets (ClusterRole, or Role in the watched namespace), exactly: Secrets by name
+/// only, nothing listed or watched but pods and ArrayJobs.
 fn expected_operator_rules() -> BTreeMap<String, Vec<String>> {
-    let crud = ["get", "list", "watch", "create", "delete", "patch"];
     let mut m = BTreeMap::new();
     m.insert(
         "arrayjob.dev/arrayjobs".to_owned(),
@@ -136,9 +136,17 @@ fn expected_operator_rules() -> BTreeMap<String, Vec<String>> {
         "arrayjob.dev/arrayjobs/finalizers".to_owned(),
         strings(&["update"]),
     );
-    for r in ["pods", "services", "secrets", "configmaps"] {
-        m.insert(format!("/{r}"), strings(&crud));
-    }
+    m.insert(
+        "/pods".to_owned(),
+        strings(&["get", "list", "watch", "create", "delete", "patch"]),
+    );
+    m.insert("/services".to_owned(), strings(&["get", "create", "patch"]));
+    m.insert("/configmaps".to_owned(), strings(&["create", "patch"]));
+    m.insert("/secrets".to_owned(), strings(&["get", "create"]));
+    m.insert(
+        "networking.k8s.io/networkpolicies".to_owned(),
+        strings(&["create", "patch"]),
+    );
     m.insert("/events".to_owned(), strings(&["create", "patch"]));
     m.insert(
         "events.k8s.io/events".to_owned(),
@@ -153,7 +161,27 @@ fn assert_least_privilege(rules: &BTreeMap<String, Vec<String>>) {
         assert!(!verbs.iter().any(|v| v == "*"), "wildcard verb on {res}");
         assert!(!res.contains("nodes"), "access to nodes: {res}");
         assert!(!res.contains("clusterrole"), "RBAC escalation: {res}");
+        if res.ends_with("/secrets") {
+            assert!(
+                !verbs.iter().any(|v| v == "list" || v == "watch"),
+                "Secrets listed or watched: {verbs:?}"
+            );
+        }
     }
+}
+
+/// The operator's arguments after `--metrics-addr` with the default cleanup values.
+const CLEANUP_ARGS: [&str; 3] = [
+    "--cleanup-max-attempts=8",
+    "--cleanup-backoff-seconds=5",
+    "--cleanup-give-up-after-seconds=900",
+];
+
+/// `ARRAYJOB_POLICY` with the default values (Helm's toJson sorts the keys).
+const DEFAULT_POLICY: &str = r#"{"allowedImages":[],"allowedServiceAccounts":[],"allowedTolerationKeys":["karpenter.sh/capacity-type"],"s3CredentialsSecrets":"labelled"}"#;
+
+fn args(head: &[&str], tail: &[&str]) -> Value {
+    json!(head.iter().chain(tail).collect::<Vec<_>>())
 }
 
 #[test]
@@ -213,12 +241,15 @@ fn template_with_default_values() -> Result<()> {
     assert_eq!(c["command"], json!(["arrayjob-operator"]));
     assert_eq!(
         c["args"],
-        json!([
-            "run",
-            "--image=arrayjob:0.1.0",
-            "--metrics-addr=$(POD_IP):8080",
-            "--leader-election"
-        ])
+        args(
+            &[
+                "run",
+                "--image=arrayjob:0.1.0",
+                "--metrics-addr=$(POD_IP):8080",
+                "--leader-election"
+            ],
+            &CLEANUP_ARGS
+        )
     );
     assert_eq!(
         c["env"],
@@ -227,8 +258,17 @@ fn template_with_default_values() -> Result<()> {
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "RUST_LOG", "value": "info"},
+            {"name": "ARRAYJOB_POLICY", "value": DEFAULT_POLICY},
+            {"name": "ARRAYJOB_OPERATOR_LABELS", "value":
+                "app.kubernetes.io/name=arrayjob,app.kubernetes.io/instance=aj,app.kubernetes.io/component=operator"},
         ])
     );
+    // The operator's labels are the ones its pods carry (each job's NetworkPolicy selects them).
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    for pair in c["env"][5]["value"].as_str().context("labels")?.split(',') {
+        let (k, v) = pair.split_once('=').context("k=v")?;
+        assert_eq!(labels[k], v, "{k}");
+    }
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["runAsUser"], 65532);
@@ -295,6 +335,12 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
         "nodeSelector.pool=system",
         "--set",
         "tolerations[0].key=dedicated,tolerations[0].operator=Exists",
+        "--set",
+        "policy.allowedImages={registry.example/*},policy.allowedServiceAccounts={arrayjob-s3}",
+        "--set",
+        "policy.s3CredentialsSecrets=any",
+        "--set",
+        "cleanup.operatorIdentity=true,cleanup.maxAttempts=3,cleanup.giveUpAfterSeconds=60",
     ];
     let docs = template("helm", &set)?;
     assert_eq!(template("helm4", &set)?, docs);
@@ -316,13 +362,25 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
     assert_eq!(pod["containers"][0]["image"], "arrayjob:1.2.3");
     assert_eq!(
         pod["containers"][0]["args"],
-        json!([
-            "run",
-            "--image=registry.example/arrayjob:dev",
-            "--metrics-addr=$(POD_IP):8080",
-            "--leader-election",
-            "--namespace=x"
-        ])
+        args(
+            &[
+                "run",
+                "--image=registry.example/arrayjob:dev",
+                "--metrics-addr=$(POD_IP):8080",
+                "--leader-election",
+                "--namespace=x",
+                "--cleanup-operator-identity",
+                "--cleanup-max-attempts=3",
+                "--cleanup-backoff-seconds=5",
+                "--cleanup-give-up-after-seconds=60"
+            ],
+            &[]
+        )
+    );
+    assert_eq!(
+        pod["containers"][0]["env"][4],
+        json!({"name": "ARRAYJOB_POLICY", "value":
+            r#"{"allowedImages":["registry.example/*"],"allowedServiceAccounts":["arrayjob-s3"],"allowedTolerationKeys":["karpenter.sh/capacity-type"],"s3CredentialsSecrets":"any"}"#})
     );
     assert_eq!(pod["nodeSelector"], json!({"pool": "system"}));
     assert_eq!(
@@ -361,11 +419,14 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
         [0]["args"];
     assert_eq!(
         args,
-        &json!([
-            "run",
-            "--image=arrayjob:0.1.0",
-            "--metrics-addr=$(POD_IP):8080"
-        ])
+        &self::args(
+            &[
+                "run",
+                "--image=arrayjob:0.1.0",
+                "--metrics-addr=$(POD_IP):8080"
+            ],
+            &CLEANUP_ARGS
+        )
     );
     assert!(find(&docs, "Role", "aj-arrayjob-leader-election").is_err());
     Ok(())
@@ -373,7 +434,7 @@ fn template_with_watch_namespace_and_other_values() -> Result<()> {
 
 #[test]
 fn the_values_schema_refuses_wrong_values_naming_the_field() -> Result<()> {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--set-string", "replicaCount=abc"],
             "/replicaCount': got string, want integer",
@@ -391,6 +452,15 @@ fn the_values_schema_refuses_wrong_values_naming_the_field() -> Result<()> {
             &["--set", "leaderElection.enabled=yes-please"],
             "/leaderElection/enabled': got string, want boolean",
         ),
+        (
+            &["--set", "policy.s3CredentialsSecrets=some"],
+            "/policy/s3CredentialsSecrets",
+        ),
+        (
+            &["--set", "policy.allowedImage={x}"],
+            "additional properties 'allowedImage' not allowed",
+        ),
+        (&["--set", "cleanup.maxAttempts=0"], "/cleanup/maxAttempts"),
     ];
     for which in HELMS {
         for (set, want) in cases {
@@ -529,6 +599,10 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
     ])?;
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kubectl get arrayjobs"), "NOTES: {out}");
+    assert!(
+        out.contains("their S3 Secrets need the label arrayjob.dev/s3-credentials=true"),
+        "NOTES: {out}"
+    );
     let sa = format!("system:serviceaccount:{}:aj-all-arrayjob", release_ns);
     let dep: Value = serde_json::from_str(&env.kubectl(&[
         "get",
@@ -558,7 +632,10 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         ("watch", "pods"),
         ("create", "services"),
         ("create", "secrets"),
+        ("get", "secrets"),
         ("create", "configmaps"),
+        ("patch", "networkpolicies.networking.k8s.io"),
+        ("create", "networkpolicies.networking.k8s.io"),
         ("patch", "arrayjobs.arrayjob.dev/status"),
         ("update", "arrayjobs.arrayjob.dev/finalizers"),
         ("watch", "arrayjobs.arrayjob.dev"),
@@ -568,9 +645,23 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         assert!(can_i(env, &sa, verb, res, Some(jobs_ns))?, "{verb} {res}");
     }
     assert!(
-        can_i(env, &sa, "list", "secrets", None)?,
+        can_i(env, &sa, "get", "secrets", None)?,
         "cluster-wide by default"
     );
+    // Secrets by name only: never listed nor watched, here or anywhere.
+    for (verb, ns) in [
+        ("list", None),
+        ("watch", None),
+        ("list", Some(jobs_ns)),
+        ("watch", Some(jobs_ns)),
+        ("update", Some(jobs_ns)),
+        ("delete", Some(jobs_ns)),
+    ] {
+        assert!(
+            !can_i(env, &sa, verb, "secrets", ns)?,
+            "must not: {verb} secrets in {ns:?}"
+        );
+    }
     for verb in ["get", "create", "update", "patch"] {
         assert!(
             can_i(
@@ -597,6 +688,9 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         ("patch", "pods/status", Some(jobs_ns)),
         ("delete", "arrayjobs.arrayjob.dev/status", Some(jobs_ns)),
         ("create", "deployments.apps", Some(jobs_ns)),
+        ("list", "configmaps", Some(jobs_ns)),
+        ("list", "services", Some(jobs_ns)),
+        ("delete", "networkpolicies.networking.k8s.io", Some(jobs_ns)),
         (
             "create",
             "rolebindings.rbac.authorization.k8s.io",
@@ -641,7 +735,8 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         ("create", "pods"),
         ("create", "services"),
         ("create", "secrets"),
-        ("list", "secrets"),
+        ("get", "secrets"),
+        ("patch", "networkpolicies.networking.k8s.io"),
         ("patch", "arrayjobs.arrayjob.dev/status"),
     ] {
         assert!(
@@ -649,6 +744,8 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
             "{verb} {res} in the watched namespace"
         );
     }
+    assert!(!can_i(env, &sa, "list", "secrets", Some(jobs_ns))?);
+    assert!(!can_i(env, &sa, "watch", "secrets", Some(jobs_ns))?);
     assert!(can_i(
         env,
         &sa,
@@ -657,10 +754,10 @@ async fn installed_chart_grants_exactly_what_the_operator_needs() -> Result<()> 
         Some(release_ns)
     )?);
     assert!(
-        !can_i(env, &sa, "list", "secrets", None)?,
+        !can_i(env, &sa, "get", "secrets", None)?,
         "no cluster-wide secrets"
     );
-    assert!(!can_i(env, &sa, "list", "secrets", Some(other_ns))?);
+    assert!(!can_i(env, &sa, "get", "secrets", Some(other_ns))?);
     assert!(!can_i(env, &sa, "create", "pods", Some(other_ns))?);
     assert!(!can_i(env, &sa, "list", "arrayjobs.arrayjob.dev", None)?);
     assert!(!can_i(env, &sa, "delete", "nodes", None)?);

@@ -158,8 +158,13 @@ async fn explain_documents_the_fields_and_a_100k_task_status_stays_small() -> an
     let observed = Observed {
         pods,
         created: 1400,
-        progress: Some(serde_json::json!({"startedAtUnix": 1.8e9, "stages": stages,
-            "failure": format!("stage-03, chunk 7: {}", "a long log line ".repeat(500))})),
+        progress: Some(arrayjob_operator::progress::parse_progress(
+            serde_json::json!({"phase": "failed", "startedAtUnix": 1.8e9, "stages": stages,
+            "failure": format!("stage-03, chunk 7: {}", "a long log line ".repeat(500))})
+            .to_string()
+            .as_bytes(),
+        )?),
+        unreadable: None,
         now: k8s_openapi::jiff::Timestamp::now(),
     };
     let mut next = status::observe(&job, &job.status.clone().unwrap_or_default(), &observed);

@@ -195,6 +195,9 @@ fn install_operator(env: &TestEnv) {
             &format!("image.repository={repository},image.tag={tag},workerImage={IMAGE}"),
             "--set",
             &format!("metrics.port={port},logLevel=info,replicaCount=2"),
+            // The missing-image case names another image of the same registry.
+            "--set",
+            "policy.allowedImages={ghcr.io/arrayjob/*}",
         ])
         .expect("helm install");
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -395,6 +398,20 @@ async fn s3_secret(env: &TestEnv, ns: &str) {
         &format!("--from-literal=AWS_REGION={}", s3.region),
     ])
     .expect("secret");
+    label_for_arrayjob(env, ns, "s3-credentials");
+}
+
+/// Labels a Secret so that the chart's default policy lets ArrayJobs name it.
+fn label_for_arrayjob(env: &TestEnv, ns: &str, secret: &str) {
+    env.kubectl(&[
+        "label",
+        "secret",
+        secret,
+        "-n",
+        ns,
+        "arrayjob.dev/s3-credentials=true",
+    ])
+    .expect("label the secret");
 }
 
 fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<serde_json::Value> {
@@ -824,6 +841,7 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
         "--from-literal=AWS_SECRET_ACCESS_KEY=not-the-secret",
         &format!("--from-literal=AWS_REGION={}", s3.region),
     ])?;
+    label_for_arrayjob(env, &ns, "wrong-keys");
     let denied = example(env, "denied", |t| {
         t.replace(
             "s3CredentialsSecret: s3-credentials",

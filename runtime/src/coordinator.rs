@@ -192,7 +192,7 @@ pub enum Event {
 }
 
 /// One worker in the progress snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerProgress {
     /// Its number.
@@ -1369,8 +1369,10 @@ async fn gather_handler(
     }
 }
 
-/// The progress snapshot: per stage, per worker, and the network.
-#[derive(Debug, Clone, serde::Serialize)]
+/// The progress snapshot: per stage, per worker, and the network. `GET /v1/progress` answers it as JSON;
+/// the operator reads it back with this type (the fields it does not use default when absent, so a
+/// coordinator of another version still gives its stages).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressSnapshot {
     /// `running`, `finished` or `failed`.
@@ -1378,35 +1380,47 @@ pub struct ProgressSnapshot {
     /// Why it failed.
     pub failure: Option<String>,
     /// Seconds since the job started.
+    #[serde(default)]
     pub elapsed_seconds: f64,
     /// When the job started (this coordinator's clock), seconds since the Unix epoch.
+    #[serde(default)]
     pub started_at_unix: f64,
     /// Per stage: tasks done and total.
     pub stages: Vec<StageProgress>,
     /// Per worker.
+    #[serde(default)]
     pub workers: Vec<WorkerProgress>,
     /// Bytes workers fetched from each other.
+    #[serde(default)]
     pub bytes_moved: u64,
     /// Of these, pieces moved to their merge's worker as soon as they were written.
+    #[serde(default)]
     pub bytes_moved_early: u64,
     /// Bytes workers spilled to their disks.
+    #[serde(default)]
     pub spilled_bytes: u64,
     /// Tasks moved to idle workers, and why.
+    #[serde(default)]
     pub steals: Vec<Steal>,
     /// Tasks given a second copy.
+    #[serde(default)]
     pub speculated: usize,
     /// Tasks run again after a worker loss.
+    #[serde(default)]
     pub recomputed: usize,
     /// Workers declared lost.
+    #[serde(default)]
     pub workers_lost: usize,
     /// Requests refused for a missing or wrong token.
+    #[serde(default)]
     pub auth_refused: u64,
     /// What went through the job's object store.
+    #[serde(default)]
     pub store: StoreCounts,
 }
 
 /// One stage's tasks.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StageProgress {
     /// Stage name.
@@ -1416,6 +1430,7 @@ pub struct StageProgress {
     /// Tasks of the stage.
     pub tasks_total: usize,
     /// Bytes its tasks wrote so far.
+    #[serde(default)]
     pub bytes_out: u64,
     /// When its first task started, seconds after the job started.
     pub start_seconds: Option<f64>,

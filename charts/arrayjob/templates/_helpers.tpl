@@ -23,6 +23,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The selector labels as `key=value,...` (the operator's --operator-labels). */}}
+{{- define "arrayjob.selectorLabelPairs" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=operator" (include "arrayjob.name" .) .Release.Name }}
+{{- end }}
+
 {{- define "arrayjob.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "arrayjob.selectorLabels" . }}
