@@ -402,23 +402,7 @@ impl Bucket {
         key: &str,
         max: u64,
     ) -> Result<Option<(Bytes, String)>, S3Error> {
-        let too_large = || {
-            S3Error::request(
-                None,
-                "GetObject",
-                &self.uri(key),
-                format!("larger than {max} bytes: not an object arrayjob writes there"),
-            )
-        };
-        // Ask for one byte more than allowed: a longer answer means a larger object. A ranged answer carries
-        // the whole object's ETag (the lock's `If-Match` needs it).
-        match self.get_ranged(key, Some(format!("bytes=0-{max}"))).await? {
-            None => Ok(None),
-            Some((bytes, _)) if bytes.len() as u64 > max => Err(too_large()),
-            Some((bytes, etag)) if !etag.is_empty() => Ok(Some((bytes, etag))),
-            // An empty object answers 416, without an ETag.
-            Some(_) => self.get(key).await,
-        }
+        self.get_ranged(key, None, max).await
     }
 
     /// Bytes `start..end` of the object at `key` (one ranged GetObject; fewer when the object is shorter);
