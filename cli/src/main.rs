@@ -231,6 +231,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker { args } => {
+            // In a container this process is PID 1, for which the kernel has no default SIGTERM action: without
+            // a handler a deleted worker pod would go on until SIGKILL. Leaving at once is safe: the coordinator
+            // notices, and recomputes what this worker held elsewhere.
+            ctrlc::set_handler(|| {
+                eprintln!("arrayjob worker: terminated (SIGTERM or Ctrl-C); leaving the job");
+                std::process::exit(143);
+            })
+            .context("cannot install the SIGTERM handler")?;
             let outcome = arrayjob_runtime::worker::run(args.into_options()?)?;
             tracing::info!(
                 worker = outcome.worker.0,

@@ -594,3 +594,33 @@ fn requests_not_signed_with_the_job_token_are_refused_and_counted() {
     child.kill().expect("stop the coordinator");
     let _ = child.wait();
 }
+
+#[test]
+fn a_worker_leaves_at_once_on_sigterm() {
+    // A coordinator that never answers: the worker waits for its job description.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let worker = worker_command(
+        port,
+        &["--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:7"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start a worker");
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let o = worker.wait_with_output().expect("wait");
+    // Handled, not the default action: so it also leaves as PID 1 in a container, which has none.
+    assert_eq!(o.status.code(), Some(143), "{:?}", o.status);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("terminated (SIGTERM or Ctrl-C); leaving the job"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

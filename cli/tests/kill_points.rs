@@ -152,9 +152,28 @@ fn start(
     cmd.spawn().expect("start arrayjob")
 }
 
-/// Waits for a run; returns (exit status, stderr).
+/// How long a run of the test job may take before it counts as hung.
+const HUNG: Duration = Duration::from_secs(180);
+
+/// Waits for a run; returns (exit status, stderr). A run still going after [`HUNG`] is killed with its group and
+/// fails the test: a hang is a failure, not a CI timeout.
 fn finish(child: Child) -> (std::process::ExitStatus, String) {
-    let o = child.wait_with_output().expect("wait");
+    let pgid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let o = match rx.recv_timeout(HUNG) {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            kill_group(pgid);
+            let o = rx.recv().expect("the run").expect("wait");
+            panic!(
+                "the run hung for {HUNG:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    };
     (o.status, String::from_utf8_lossy(&o.stderr).into())
 }
 

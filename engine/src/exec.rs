@@ -507,6 +507,14 @@ impl Exec<'_> {
         }
         drop(f);
         self.runner.cancel.store(true, Ordering::Relaxed);
+        self.wake_all();
+    }
+
+    /// Wakes every waiting thread, under the queue's lock: a thread checks its conditions (stopped, queue,
+    /// outstanding) under that lock and waits atomically with its release, so a change made before this call
+    /// is seen either by its check or by its wake-up, never lost in between.
+    fn wake_all(&self) {
+        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         self.wake.notify_all();
     }
 
@@ -601,7 +609,7 @@ impl Exec<'_> {
                 self.fail(e);
             }
             if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-                self.wake.notify_all();
+                self.wake_all();
             }
         }
     }

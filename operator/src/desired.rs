@@ -344,6 +344,8 @@ fn restricted() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(65532),
+        // Not left to the image's /etc/passwd (0 on an image without the `nonroot` user).
+        run_as_group: Some(65532),
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
