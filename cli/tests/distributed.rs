@@ -279,13 +279,15 @@ fn survives_a_kill(phase: &str, victim: Victim, when: impl Fn(&serde_json::Value
     let out = d.path().join("out");
     let port = free_port();
     let local = if victim == Victim::External { 2 } else { 3 };
-    let mut child = start_run(&m, &out, port, local, &[], &[]);
+    // The outside worker starts first (it waits for the coordinator), so it joins with the local ones
+    // rather than after a slow machine has already loaded most of the stack.
     let external = (victim == Victim::External).then(|| {
         worker_command(port, &["--listen", "127.0.0.9:0", "--threads", "1"])
             .stderr(Stdio::null())
             .spawn()
             .expect("start a worker")
     });
+    let mut child = start_run(&m, &out, port, local, &[], &[]);
     // The victim must hold results someone still needs (else a speculative copy of its task may finish the
     // job before its loss is even noticed): it has finished two tasks.
     let victim_busy = |p: &serde_json::Value| {
@@ -346,7 +348,7 @@ fn a_worker_killed_during_loading_is_recomputed_and_the_bytes_are_the_same() {
     let _serial = serial();
     survives_a_kill("loading", Victim::External, |p| {
         let (done, total) = stage(p, "source");
-        total > 0 && done >= total / 3 && done < total * 2 / 3
+        total > 0 && done < total * 2 / 3
     });
 }
 
