@@ -23,4 +23,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
-cargo test --workspace --locked --release
+cargo test --workspace --locked --release --no-fail-fast

@@ -421,13 +421,32 @@ fn a_worker_lost_after_shipping_has_its_pieces_read_back_not_recomputed() {
     let local = local_outputs(d.path(), &job("lose", "direct", false));
     let port = free_port();
     let mut child = start_run(d.path(), &job("lose", "s3", false), "lose", port, &[]);
-    wait_for(port, &mut child, |p| {
-        p["store"]["shippedKeys"].as_u64() == Some(LOADS * GROUPS)
-            && (1..GROUPS / 2).contains(&done(p, "series"))
+    // Early in the merges (the progress lags by up to 200 ms, and the loss is noticed up to 200 ms after the
+    // kill), so that most pieces are still to be read when the loss is handled.
+    let p = wait_for(port, &mut child, |p| {
+        p["store"]["shippedKeys"].as_u64() == Some(LOADS * GROUPS) && done(p, "series") < GROUPS / 4
     });
+    // The victim is the worker that shipped the most pieces: it surely holds some that merges still read.
+    let busiest = p["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .max_by_key(|w| w["s3"]["objectsPut"].as_u64())
+        .and_then(|w| w["address"].as_str())
+        .and_then(|a| a.split_once(':'))
+        .map(|(host, _)| format!("{host}:0"))
+        .expect("a worker's address");
     let workers = children_of(child.id());
     assert_eq!(workers.len(), 3, "three local workers");
-    kill9(workers[1]);
+    let victim = workers
+        .iter()
+        .copied()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == busiest.as_bytes()))
+        })
+        .unwrap_or_else(|| panic!("no local worker listens on {busiest}"));
+    kill9(victim);
     let (ok, err) = finish(child);
     assert!(ok, "run failed: {err}");
     let report = assert_published_equal("lose", &local);
