@@ -174,6 +174,12 @@ fn wait_for(
     panic!("the run never reached the point the test waits for");
 }
 
+fn signal(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
 fn kill9(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -421,12 +427,11 @@ fn a_worker_lost_after_shipping_has_its_pieces_read_back_not_recomputed() {
     let local = local_outputs(d.path(), &job("lose", "direct", false));
     let port = free_port();
     let mut child = start_run(d.path(), &job("lose", "s3", false), "lose", port, &[]);
-    // Early in the merges (the progress lags by up to 200 ms, and the loss is noticed up to 200 ms after the
-    // kill), so that most pieces are still to be read when the loss is handled.
+    // Early in the merges; the victim is the worker that shipped the most pieces (it surely holds some that
+    // merges still read).
     let p = wait_for(port, &mut child, |p| {
         p["store"]["shippedKeys"].as_u64() == Some(LOADS * GROUPS) && done(p, "series") < GROUPS / 4
     });
-    // The victim is the worker that shipped the most pieces: it surely holds some that merges still read.
     let busiest = p["workers"]
         .as_array()
         .expect("workers")
@@ -438,15 +443,23 @@ fn a_worker_lost_after_shipping_has_its_pieces_read_back_not_recomputed() {
         .expect("a worker's address");
     let workers = children_of(child.id());
     assert_eq!(workers.len(), 3, "three local workers");
-    let victim = workers
-        .iter()
-        .copied()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == busiest.as_bytes()))
-        })
-        .unwrap_or_else(|| panic!("no local worker listens on {busiest}"));
-    kill9(victim);
+    let (victim, others): (Vec<i32>, Vec<i32>) = workers.iter().partition(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == busiest.as_bytes()))
+    });
+    assert_eq!(victim.len(), 1, "one local worker listens on {busiest}");
+    // The others pause until the coordinator has handled the loss (it notices an exited child within
+    // 200 ms, well inside their 2 s heartbeat timeout): else the last merges may all be done by then, and
+    // nothing is left to read back.
+    signal(&others, nix::sys::signal::Signal::SIGSTOP);
+    kill9(victim[0]);
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline
+        && progress(port, TOKEN).is_none_or(|p| p["workersLost"].as_u64() != Some(1))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&others, nix::sys::signal::Signal::SIGCONT);
     let (ok, err) = finish(child);
     assert!(ok, "run failed: {err}");
     let report = assert_published_equal("lose", &local);

@@ -104,6 +104,8 @@ fn comparable_summary(bytes: &[u8]) -> Result<Value> {
                         && !k.ends_with("Seconds")
                         && k != "peakResidentBytes"
                         && k != "memoryBudget"
+                        // each run's own id (it names the run's staging and ledger)
+                        && k != "run"
                 });
                 m.values_mut().for_each(strip);
             }

@@ -67,20 +67,35 @@ fn python() -> PathBuf {
 }
 
 /// A fake coordinator: `run ... --listen IP:PORT` serves `GET /v1/progress` the way `mode` says (`time`: a
-/// stage starting 1e300 s after the job; `endless`: a body that never ends); `worker ...` idles.
+/// stage starting 1e300 s after the job; `endless`: a body that never ends); `worker ...` idles. Like any
+/// image the job runs, it holds the job token (`ARRAYJOB_TOKEN`), so it proves its answers as
+/// `runtime/src/auth/signature.rs` says (HMAC-SHA256 under the key derived from the token): the operator
+/// reads them, and must survive what they say.
 fn fake_coordinator(dir: &Path, mode: &str) -> Result<PathBuf> {
     let script = format!(
         r#"#!{python}
-import http.server, sys, time
+import hashlib, hmac, http.server, os, struct, sys, time
 args = sys.argv[1:]
 if not args or args[0] != "run":
     while True:
         time.sleep(3600)
 host, port = args[args.index("--listen") + 1].rsplit(":", 1)
+key = hmac.new(os.environ["ARRAYJOB_TOKEN"].strip().encode(), b"arrayjob runtime request signing key v1",
+               hashlib.sha256).digest()
+
+def proof(nonce, status):
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for field in (b"arrayjob answer v1", nonce, struct.pack("<H", status)):
+        mac.update(struct.pack("<Q", len(field)))
+        mac.update(field)
+    return mac.hexdigest()
 
 class Answer(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        auth = self.headers.get("authorization", "")
+        fields = dict(kv.split("=", 1) for kv in auth.partition(" ")[2].split(",") if "=" in kv)
         self.send_response(200)
+        self.send_header("x-arrayjob-proof", proof(bytes.fromhex(fields.get("nonce", "")), 200))
         self.send_header("content-type", "application/json")
         if "{mode}" == "endless":
             self.end_headers()
