@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::decode::{SliceStack, decode_into, probe};
+use super::decode::{decode_into, probe};
+use super::stack::SliceStack;
 use super::template::IndexTemplate;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
