@@ -6,6 +6,7 @@ pub mod data;
 pub mod exec;
 pub mod frame;
 pub mod graph;
+pub mod grid;
 pub mod kernels;
 pub mod output;
 pub mod plan;

@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use crate::array::{ArrayMeta, Chunk};
-use crate::plan::product;
+use crate::grid::product;
 use crate::source::{SliceSource, SourceError, limits};
 use crate::spec::AxisSelection;
 

@@ -23,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod location;
 pub mod s3;
+pub mod stack;
 pub mod synthetic;
 pub mod template;
 pub mod tiff;

@@ -18,6 +18,8 @@ pub const API_VERSION: &str = "arrayjob.dev/v1alpha1";
 pub const KIND: &str = "ArrayJob";
 /// Name of the implicit input that refers to the job's source array.
 pub const SOURCE_INPUT: &str = "source";
+/// Default slices per source chunk, when neither the spec nor the source's own chunking gives one.
+pub const DEFAULT_SLICES_PER_CHUNK: usize = 20;
 
 /// A whole `kind: ArrayJob` manifest as read from a YAML file (the local runner's view of the resource).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

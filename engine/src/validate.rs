@@ -17,8 +17,8 @@ use crate::spec::{
     StageSpec, SyntheticSource, ZSTD_LEVELS,
 };
 
-/// Default slices per source chunk.
-pub const DEFAULT_SLICES_PER_CHUNK: usize = 20;
+// Lived here; re-exported so the old path keeps working.
+pub use crate::spec::DEFAULT_SLICES_PER_CHUNK;
 
 /// One problem found in a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
