@@ -22,7 +22,7 @@ use crate::s3::error_chain;
 use crate::spec::HttpSource;
 
 /// Requests in flight at once when the spec does not say.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub use crate::spec::DEFAULT_HTTP_CONCURRENCY as DEFAULT_CONCURRENCY;
 /// Retries of one URL when the spec does not say.
 pub const DEFAULT_RETRIES: u32 = 4;
 /// Timeout of one request when the spec does not say.
