@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arrayjob_engine::exec::{ExecError, JobProgress};
+use arrayjob_engine::graph::TaskGraph;
 use arrayjob_engine::resources;
 use arrayjob_engine::runner::{self, RunOptions};
 use arrayjob_engine::spec::ArrayJobManifest;
@@ -207,7 +208,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (m, order) = load(&file)?;
             let job = runner::prepare(m, &order, &base_dir(&file))?;
-            let r = job.plan.report(threads.unwrap_or_else(default_threads));
+            // An unbuildable graph is a bug that `run` reports; the plan is printed without task counts.
+            let counts = TaskGraph::build(&job.plan)
+                .map(|g| g.task_counts())
+                .unwrap_or_default();
+            let r = job
+                .plan
+                .report(threads.unwrap_or_else(default_threads), counts);
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -19,9 +19,8 @@
 use std::fmt;
 
 use crate::data::{DataKey, FastMap};
-use crate::plan::{
-    NodeOp, Plan, chunk_index, linear, merge_groups, overlapping, product, unlinear,
-};
+use crate::grid::{chunk_index, linear, merge_groups, overlapping, product, unlinear};
+use crate::plan::{NodeOp, Plan};
 use crate::select::Selection;
 
 /// Index of a task in its [`TaskGraph`].
@@ -259,6 +258,15 @@ impl TaskGraph {
         self.tasks.iter().enumerate().map(|(i, t)| (TaskId(i), t))
     }
 
+    /// How many tasks of each kind (load, merge, combine), for [`crate::plan::Plan::report`].
+    pub fn task_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in &self.tasks {
+            *counts.entry(t.kind.name()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// The task that writes `key` (its lineage: run it again to rebuild the key).
     pub fn producer(&self, key: DataKey) -> Option<TaskId> {
         self.producer.get(&key).copied()
@@ -480,6 +488,11 @@ mod tests {
             4 + 4 + 5
         );
         assert_eq!(g.len(), 5 + 5 + 13);
+        let counts = g.task_counts();
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            vec![("combine", 13), ("load", 5), ("merge", 5)]
+        );
 
         // Load 2 writes, in order: partials of time-mean and brightness, then through recenter the
         // recentered-mean partial and one piece for each of the 5 merge groups.

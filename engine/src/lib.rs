@@ -1,11 +1,12 @@
-//! arrayjob engine: the `ArrayJob` spec, its validation and planning into chunk tasks, the compute kernels,
-//! the chunk store and the local executor. Nothing in here knows about Kubernetes.
+//! arrayjob engine: planning a validated `ArrayJob` spec (from `arrayjob-spec`) into chunk tasks, the compute
+//! kernels, the chunk store and the local executor. Nothing in here knows about Kubernetes.
 
 pub mod array;
 pub mod data;
 pub mod exec;
 pub mod frame;
 pub mod graph;
+pub mod grid;
 pub mod kernels;
 pub mod output;
 pub mod plan;
@@ -15,7 +16,8 @@ pub mod s3;
 pub mod schedule;
 pub mod select;
 pub mod source;
-pub mod spec;
 pub mod store;
 pub mod tracker;
-pub mod validate;
+
+// The spec and its validation live in `arrayjob-spec`; re-exported at their old paths.
+pub use arrayjob_spec::{spec, validate};

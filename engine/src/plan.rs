@@ -16,25 +16,13 @@
 use crate::array::{ArrayMeta, DType};
 use crate::select::Selection;
 use crate::source::{SliceInfo, limits};
-use crate::spec::{ArrayJobSpec, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp};
-use crate::validate::DEFAULT_SLICES_PER_CHUNK;
-
-/// Target size of one rechunk merge task: output chunks are merged in groups of about this many bytes.
-pub const MERGE_GROUP_BYTES: usize = 8 << 20;
-
-/// The grid of a rechunk's merge tasks: consecutive output chunks along the last axis are merged together
-/// (about [`MERGE_GROUP_BYTES`] per task), so pieces are large and few even when output chunks are tiny
-/// (the post's `(N, 10, 10)` time-series chunks). The result is the node's grid with longer chunks on the
-/// last axis.
-pub fn merge_groups(meta: &ArrayMeta) -> ArrayMeta {
-    let mut g = meta.clone();
-    if let Some(last) = meta.chunks.len().checked_sub(1) {
-        let chunk_bytes = meta.chunks.iter().product::<usize>() * meta.dtype.size();
-        let per_group = (MERGE_GROUP_BYTES / chunk_bytes.max(1)).clamp(1, meta.grid()[last].max(1));
-        g.chunks[last] = meta.chunks[last] * per_group;
-    }
-    g
-}
+use crate::spec::{
+    ArrayJobSpec, DEFAULT_SLICES_PER_CHUNK, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp,
+};
+// The grid helpers lived here; re-exported so their old paths keep working.
+pub use crate::grid::{
+    MERGE_GROUP_BYTES, chunk_index, chunks_in, linear, merge_groups, overlapping, product, unlinear,
+};
 
 /// What a node computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -444,8 +432,13 @@ impl Plan {
         }
     }
 
-    /// Per-node figures for `arrayjob plan` and for sizing runs.
-    pub fn report(&self, threads: usize) -> PlanReport {
+    /// Per-node figures for `arrayjob plan` and for sizing runs, with `task_counts` from the caller that built
+    /// the task graph ([`crate::graph::TaskGraph::task_counts`]; the plan sits below the graph).
+    pub fn report(
+        &self,
+        threads: usize,
+        task_counts: std::collections::BTreeMap<&'static str, usize>,
+    ) -> PlanReport {
         let mut stages = Vec::new();
         let mut exchange = 0usize;
         let mut largest_chunk = 0usize;
@@ -487,12 +480,6 @@ impl Plan {
         // In flight: each thread holds a chunk and what is derived from it (about 4 chunk sizes); the
         // exchange holds its pieces until merged (bounded by the memory budget, beyond which they spill).
         let in_flight = threads * largest_chunk * 4;
-        let mut task_counts = std::collections::BTreeMap::new();
-        if let Ok(g) = crate::graph::TaskGraph::build(self) {
-            for (_, t) in g.tasks() {
-                *task_counts.entry(t.kind.name()).or_insert(0) += 1;
-            }
-        }
         PlanReport {
             plan_hash: self.hash,
             task_counts,
@@ -650,61 +637,6 @@ pub struct PlanReport {
     pub peak_memory_estimate: usize,
 }
 
-/// For each axis, the range of chunk indices of grid `from` (chunks of `from_chunks`) that overlap
-/// `start .. start + len`.
-pub fn overlapping(
-    from_chunks: &[usize],
-    start: &[usize],
-    len: &[usize],
-) -> Vec<std::ops::Range<usize>> {
-    from_chunks
-        .iter()
-        .zip(start.iter().zip(len))
-        .map(|(&c, (&s, &l))| (s / c)..(s + l).div_ceil(c))
-        .collect()
-}
-
-/// Linear (row-major) index of a chunk in a grid.
-pub fn linear(grid: &[usize], idx: &[usize]) -> usize {
-    idx.iter().zip(grid).fold(0, |acc, (&i, &g)| acc * g + i)
-}
-
-/// Chunk index of a linear index in a grid.
-pub fn unlinear(grid: &[usize], mut lin: usize) -> Vec<usize> {
-    let mut idx = vec![0; grid.len()];
-    for a in (0..grid.len()).rev() {
-        idx[a] = lin % grid[a].max(1);
-        lin /= grid[a].max(1);
-    }
-    idx
-}
-
-/// Index of the chunk of `meta` that starts at element `start`.
-pub fn chunk_index(meta: &ArrayMeta, start: &[usize]) -> Vec<usize> {
-    start
-        .iter()
-        .zip(&meta.chunks)
-        .map(|(s, c)| s / c.max(&1))
-        .collect()
-}
-
-/// Number of chunks of `meta` in the chunk-aligned block `start .. start + len`.
-pub fn chunks_in(meta: &ArrayMeta, start: &[usize], len: &[usize]) -> u64 {
-    overlapping(&meta.chunks, start, len)
-        .iter()
-        .map(|r| r.len() as u64)
-        .product()
-}
-
-/// Every index in the cartesian product of per-axis ranges, row-major.
-pub fn product(ranges: &[std::ops::Range<usize>]) -> Vec<Vec<usize>> {
-    let ext: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
-    crate::array::grid_indices(&ext)
-        .into_iter()
-        .map(|i| i.iter().zip(ranges).map(|(k, r)| r.start + k).collect())
-        .collect()
-}
-
 /// A plan over a synthetic source of `slices` slices of `side` x `side` in chunks of 10 slices, with the
 /// given `stages:` entries (YAML list lines), for tests.
 #[cfg(test)]
@@ -770,7 +702,7 @@ spec:
         assert_eq!(by("series").block, vec![45, 7, 21]);
         assert_eq!(by("power").block, vec![23, 7, 21]);
         assert_eq!(by("recentered").block, by("recentered").meta.chunks);
-        let r = p.report(2);
+        let r = p.report(2, std::collections::BTreeMap::new());
         assert_eq!(r.bytes_moved, 45 * 20 * 20);
     }
 
@@ -809,13 +741,6 @@ spec:
             serde_json::to_string(&base).expect("json"),
             format!("\"{base}\"")
         );
-    }
-
-    #[test]
-    fn overlap_and_linear_indices() {
-        assert_eq!(overlapping(&[20, 5], &[15, 0], &[10, 5]), vec![0..2, 0..1]);
-        assert_eq!(linear(&[3, 4], &[2, 1]), 9);
-        assert_eq!(unlinear(&[3, 4], 9), vec![2, 1]);
     }
 
     /// The plan of `source` and `stages`, or its error as text.

@@ -139,22 +139,8 @@ pub struct RunOptions {
     pub job_id: Option<String>,
 }
 
-/// Checks a `--job-id`: 1 to 63 lowercase letters, digits and '-', starting with a letter or digit (it names
-/// S3 prefixes and, on Kubernetes, objects).
-///
-/// # Errors
-/// What is wrong with it.
-pub fn check_job_id(id: &str) -> Result<(), String> {
-    let ok_chars = id
-        .bytes()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
-    if id.is_empty() || id.len() > 63 || !ok_chars || id.starts_with('-') {
-        return Err(format!(
-            "job id {id:?}: expected 1 to 63 lowercase letters, digits and '-', not starting with '-'"
-        ));
-    }
-    Ok(())
-}
+// Lives with the spec's other name checks; re-exported at its old path.
+pub use arrayjob_spec::job::check_job_id;
 
 /// What `summary.json` holds.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

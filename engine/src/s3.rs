@@ -21,12 +21,10 @@ pub mod ledger;
 pub mod objects;
 pub mod spill;
 
-/// Retries of one request when the spec does not say.
-pub const DEFAULT_RETRIES: u32 = 4;
-/// Most retries a spec may ask for.
-pub const MAX_RETRIES: u32 = 20;
-/// Timeout of one request attempt when the spec does not say.
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+// The spec's S3 defaults and name checks live with the spec; re-exported at their old paths.
+pub use arrayjob_spec::s3::{
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECONDS, MAX_RETRIES, check_bucket, check_storage,
+};
 /// Delay before the first retry (the SDK doubles it on each further retry, with jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts.
@@ -236,6 +234,16 @@ pub enum S3Error {
         /// What the answer means (`no such key (HTTP 404 NoSuchKey)`, ...).
         message: String,
     },
+}
+
+/// A spec check's problem ([`arrayjob_spec::ConfigError`]) is an S3 configuration error, with the same text.
+impl From<arrayjob_spec::ConfigError> for S3Error {
+    fn from(e: arrayjob_spec::ConfigError) -> S3Error {
+        S3Error::Config {
+            field: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl S3Error {
@@ -474,93 +482,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     message
-}
-
-/// Checks a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or
-/// digit.
-///
-/// # Errors
-/// [`S3Error::Config`] naming `field`.
-pub fn check_bucket(field: &str, name: &str) -> Result<(), S3Error> {
-    let valid = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
-        Ok(())
-    } else {
-        Err(S3Error::Config {
-            field: field.to_owned(),
-            message: format!(
-                "{name:?} is not a valid bucket name (3 to 63 lowercase letters, digits, '.' and '-', starting and \
-                 ending with a letter or digit)"
-            ),
-        })
-    }
-}
-
-/// Checks the fields of `spec.storage.s3` other than the bucket: an http(s) endpoint URL, a non-empty region,
-/// a prefix without a leading '/'.
-///
-/// # Errors
-/// Every problem, each naming its field.
-pub fn check_storage(storage: &S3Storage) -> Vec<S3Error> {
-    let config = |field: &str, message: String| S3Error::Config {
-        field: format!("spec.storage.s3.{field}"),
-        message,
-    };
-    let mut problems = Vec::new();
-    if let Err(e) = check_bucket("spec.storage.s3.bucket", &storage.bucket) {
-        problems.push(e);
-    }
-    if let Some(endpoint) = &storage.endpoint {
-        let ok = reqwest::Url::parse(endpoint).is_ok_and(|u| {
-            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
-        });
-        if !ok {
-            problems.push(config(
-                "endpoint",
-                format!("expected an http:// or https:// URL, found {endpoint:?}"),
-            ));
-        }
-    }
-    if storage
-        .part_size_mib
-        .is_some_and(|m| !(5..=5120).contains(&m))
-    {
-        problems.push(config(
-            "partSizeMiB",
-            "must be from 5 (the smallest part S3 accepts) to 5120".into(),
-        ));
-    }
-    if storage.outage_seconds.is_some_and(|s| s > 3600) {
-        problems.push(config(
-            "outageSeconds",
-            "must be at most 3600 (an hour)".into(),
-        ));
-    }
-    if storage
-        .lease_seconds
-        .is_some_and(|s| !(5..=3600).contains(&s))
-    {
-        problems.push(config("leaseSeconds", "must be from 5 to 3600".into()));
-    }
-    if storage.region.as_deref().is_some_and(str::is_empty) {
-        problems.push(config("region", "must not be empty".into()));
-    }
-    if storage
-        .prefix
-        .as_deref()
-        .is_some_and(|p| p.starts_with('/'))
-    {
-        problems.push(config(
-            "prefix",
-            "must not start with '/' (keys are relative to the bucket)".into(),
-        ));
-    }
-    problems
 }
 
 #[cfg(test)]

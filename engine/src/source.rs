@@ -23,8 +23,10 @@ pub mod http;
 pub mod limits;
 pub mod location;
 pub mod s3;
+pub mod stack;
 pub mod synthetic;
-pub mod template;
+// Index templates are part of the spec; re-exported at their old path.
+pub use arrayjob_spec::template;
 pub mod tiff;
 pub mod zarr;
 
@@ -284,6 +286,16 @@ pub enum SourceError {
         /// Type of this slice.
         found_dtype: DType,
     },
+}
+
+/// A spec check's problem ([`arrayjob_spec::ConfigError`]) is a source configuration error, with the same text.
+impl From<arrayjob_spec::ConfigError> for SourceError {
+    fn from(e: arrayjob_spec::ConfigError) -> SourceError {
+        SourceError::Config {
+            field: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl SliceInfo {

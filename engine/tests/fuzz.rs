@@ -678,7 +678,10 @@ fn manifest_case(text: &str) -> Result<(), TestCaseError> {
             .as_ref()
             .is_some_and(|s| s.slices <= 100_000);
         if small && let Ok(job) = arrayjob_engine::runner::prepare(m, &order, dir.path()) {
-            let _ = job.plan.report(2);
+            let counts = arrayjob_engine::graph::TaskGraph::build(&job.plan)
+                .map(|g| g.task_counts())
+                .unwrap_or_default();
+            let _ = job.plan.report(2, counts);
         }
     });
     // A select keeps its index lists: 8 bytes per index of an axis of at most `MAX_SLICES`.

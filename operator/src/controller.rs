@@ -253,9 +253,9 @@ async fn apply(job: &ArrayJob, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(RUNNING_PERIOD))
 }
 
-/// What the API server could not check: the engine's validation (field paths) and the output location.
+/// What the API server could not check: the spec's validation (field paths) and the output location.
 fn check(job: &ArrayJob) -> Result<(), String> {
-    arrayjob_engine::validate::validate(&job.spec.job).map_err(|problems| {
+    arrayjob_spec::validate::validate(&job.spec.job).map_err(|problems| {
         problems
             .iter()
             .map(ToString::to_string)

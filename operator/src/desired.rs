@@ -590,11 +590,11 @@ mod tests {
             assert!(dns_1035(&format!("{}1000", n.worker_prefix)));
             let id = job_id(j);
             assert!(id.ends_with("-0a1b2c3d4e5f"), "{id}: the UID is kept");
-            assert!(arrayjob_engine::runner::check_job_id(&id).is_ok(), "{id}");
+            assert!(arrayjob_spec::job::check_job_id(&id).is_ok(), "{id}");
             assert_eq!(labels(j, "worker")[JOB_LABEL], k);
             // The coordinator's manifest names the job by its key (the engine wants a DNS label).
             let cm = manifest_config(j).expect("config map");
-            let m = arrayjob_engine::validate::parse_manifest(
+            let m = arrayjob_spec::validate::parse_manifest(
                 &cm.data.expect("data")["job.yaml"],
                 "job.yaml",
             )
@@ -673,7 +673,7 @@ mod tests {
         );
         let cm = manifest_config(&j).expect("config map");
         let text = &cm.data.expect("data")["job.yaml"];
-        let m = arrayjob_engine::validate::parse_manifest(text, "job.yaml").expect("parses");
+        let m = arrayjob_spec::validate::parse_manifest(text, "job.yaml").expect("parses");
         assert_eq!(
             m.spec, j.spec.job,
             "the manifest is the engine's part of the spec"

@@ -1,6 +1,6 @@
 //! arrayjob operator: the `ArrayJob` custom resource and its controller.
 //!
-//! The spec type wraps the engine's [`arrayjob_engine::spec::ArrayJobSpec`]; this crate adds the Kubernetes
+//! The spec type wraps [`arrayjob_spec::spec::ArrayJobSpec`]; this crate adds the Kubernetes
 //! envelope (group, version, status, printer columns, what only a cluster needs: worker pods, credentials) and
 //! the reconciler that runs a job as a coordinator pod and worker pods. It knows nothing of how arrays are
 //! computed and never carries chunk bytes: it reads the coordinator's progress snapshot and the pods' states.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use arrayjob_engine::s3::objects::S3Location;
 use arrayjob_engine::s3::spill::{Scratch, job_scratch};
 use arrayjob_engine::s3::{RequestPolicy, S3Connection, S3Credentials, S3Error, S3Settings};
-use arrayjob_engine::spec::S3Storage;
+use arrayjob_spec::spec::S3Storage;
 use k8s_openapi::ByteString;
 
 use crate::progress::BODY_LIMIT;

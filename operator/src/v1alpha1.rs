@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 pub struct ArrayJobResourceSpec {
     /// The job: source, stages, storage and exchange (the fields `arrayjob run` reads from a manifest).
     #[serde(flatten)]
-    pub job: arrayjob_engine::spec::ArrayJobSpec,
+    pub job: arrayjob_spec::spec::ArrayJobSpec,
     /// The worker pods.
     #[serde(default)]
     pub workers: WorkersSpec,
@@ -250,4 +250,125 @@ pub struct Condition {
     /// The generation it was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    /// A source section of each kind, valid on its own.
+    const SOURCES: [(&str, &str); 6] = [
+        ("synthetic", "{slices: 2, height: 8, width: 8}"),
+        ("files", "{pattern: 'a/{index}.png', stop: 2}"),
+        ("http", "{urlTemplate: 'http://h/{index}.png', stop: 2}"),
+        ("s3", "{keys: 'k/{index}.png', stop: 2}"),
+        ("tiff", "{path: a.tif}"),
+        ("zarr", "{path: a.zarr}"),
+    ];
+
+    /// The CEL rules of the CRD's spec, as (rule, message, fieldPath).
+    fn cel_rules() -> Vec<(String, String, String)> {
+        let crd = serde_json::to_value(ArrayJob::crd()).expect("CRD as JSON");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        spec["x-kubernetes-validations"]
+            .as_array()
+            .expect("CEL rules")
+            .iter()
+            .map(|r| (text(&r["rule"]), text(&r["message"]), text(&r["fieldPath"])))
+            .collect()
+    }
+
+    /// The problems `arrayjob_spec::validate` finds at `path` in a job whose source sets the kinds in `mask`
+    /// (bit k: `SOURCES[k]`) and whose storage is `storage`.
+    fn problems_at(mask: u32, storage: &str, path: &str) -> Vec<String> {
+        let source: Vec<String> = SOURCES
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| mask & (1 << k) != 0)
+            .map(|(_, (kind, body))| format!("{kind}: {body}"))
+            .collect();
+        let yaml = format!(
+            "{storage}source: {{{}}}\nstages: [{{name: m, input: source, reduce: {{op: mean, axes: [0]}}}}]\n",
+            source.join(", ")
+        );
+        let spec: arrayjob_spec::spec::ArrayJobSpec = serde_yaml::from_str(&yaml).expect("spec");
+        match arrayjob_spec::validate::validate(&spec) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .into_iter()
+                .filter(|p| p.path == path)
+                .map(|p| p.message)
+                .collect(),
+        }
+    }
+
+    /// Each CEL rule of the CRD mirrors a rule of `arrayjob_spec::validate` (the API server evaluates the rules
+    /// themselves: `tests/crd_e2e.rs`). The source rule is evaluated here as the server would, for every set of
+    /// source kinds, and must refuse exactly the specs validation refuses at `spec.source`; the storage rule is
+    /// the one rule of Kubernetes alone (a laptop run needs no S3), which validation checks only when storage
+    /// is set. A new CEL rule fails this test until it is mirrored here.
+    #[test]
+    fn cel_rules_mirror_validation() {
+        let rules = cel_rules();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+
+        let (rule, message, field) = &rules[0];
+        let kinds: Vec<&str> = SOURCES.iter().map(|(k, _)| *k).collect();
+        let has: Vec<String> = kinds
+            .iter()
+            .map(|k| format!("has(self.source.{k})"))
+            .collect();
+        assert_eq!(
+            rule,
+            &format!("[{}].filter(x, x).size() == 1", has.join(", "))
+        );
+        assert_eq!(field, ".source");
+        assert_eq!(
+            message,
+            &format!("spec.source: exactly one of {}", kinds.join(", "))
+        );
+        // The kinds listed are every kind the spec has (a new source kind must join the rule).
+        let schema = serde_json::to_value(schemars::schema_for!(arrayjob_spec::spec::SourceSpec))
+            .expect("schema");
+        let mut props: Vec<&str> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !matches!(*k, "slicesPerChunk" | "sliceShape" | "dtype"))
+            .collect();
+        props.sort_unstable();
+        let mut sorted = kinds.clone();
+        sorted.sort_unstable();
+        assert_eq!(props, sorted);
+        let storage = "storage: {s3: {bucket: data}}\n";
+        for mask in 0..(1u32 << SOURCES.len()) {
+            let cel_accepts = mask.count_ones() == 1;
+            let refused = problems_at(mask, storage, "spec.source");
+            assert_eq!(
+                refused.is_empty(),
+                cel_accepts,
+                "mask {mask:06b}: validation says {refused:?}"
+            );
+            if !cel_accepts {
+                assert!(refused[0].starts_with("exactly one of"), "{refused:?}");
+            }
+        }
+
+        let (rule, message, field) = &rules[1];
+        assert_eq!(rule, "has(self.storage) && has(self.storage.s3)");
+        assert_eq!(field, ".storage");
+        assert!(
+            message.starts_with("spec.storage.s3: required on Kubernetes"),
+            "{message}"
+        );
+        assert_eq!(problems_at(1, "", "spec.storage.s3"), Vec::<String>::new());
+        assert_eq!(
+            problems_at(1, "storage: {s3: {bucket: B}}\n", "spec.storage.s3.bucket").len(),
+            1
+        );
+    }
 }

@@ -90,6 +90,42 @@ async fn chart_installs_the_crd_and_examples_apply() -> anyhow::Result<()> {
         err.to_string().contains("spec.source.synthetic.slices"),
         "{err}"
     );
+
+    // The CRD's source rule (CEL, evaluated by the server) and `arrayjob_spec::validate` give the same verdict
+    // on the same manifests: none or two source kinds are refused by both, naming spec.source; one is taken.
+    let job = |name: &str, source: &str| {
+        format!(
+            "apiVersion: arrayjob.dev/v1alpha1\nkind: ArrayJob\nmetadata: {{name: {name}}}\nspec:\n  \
+             storage: {{s3: {{bucket: data}}}}\n  source: {{{source}}}\n  \
+             stages: [{{name: m, input: source, reduce: {{op: mean, axes: [0]}}}}]\n"
+        )
+    };
+    let cases = [
+        ("none", "", false),
+        (
+            "two",
+            "synthetic: {slices: 2, height: 8, width: 8}, tiff: {path: a.tif}",
+            false,
+        ),
+        ("one", "tiff: {path: a.tif}", true),
+    ];
+    for (name, source, valid) in cases {
+        let manifest = job(name, source);
+        let by_validate = arrayjob_spec::validate::parse_manifest(&manifest, name);
+        let by_server = env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&manifest));
+        assert_eq!(by_validate.is_ok(), valid, "{name}: {by_validate:?}");
+        assert_eq!(by_server.is_ok(), valid, "{name}: {by_server:?}");
+        if let (Err(local), Err(server)) = (by_validate, by_server) {
+            assert!(
+                local.to_string().contains("spec.source: exactly one of"),
+                "{name}: {local}"
+            );
+            assert!(
+                server.to_string().contains("spec.source: exactly one of"),
+                "{name}: {server}"
+            );
+        }
+    }
     env.helm(&["uninstall", "arrayjob", "--namespace", &ns])?;
     Ok(())
 }

@@ -153,7 +153,7 @@ async fn fake_s3() -> anyhow::Result<(String, Arc<Mutex<Vec<String>>>)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cleanup_sends_the_session_token_of_temporary_credentials() -> anyhow::Result<()> {
     let (endpoint, heads) = fake_s3().await?;
-    let storage: arrayjob_engine::spec::S3Storage = serde_yaml::from_str(&format!(
+    let storage: arrayjob_spec::spec::S3Storage = serde_yaml::from_str(&format!(
         "{{bucket: b, endpoint: \"{endpoint}\", region: us-east-1, forcePathStyle: true}}"
     ))?;
     let data = [

@@ -108,12 +108,8 @@ pub fn centroid<T: Pixel>(slice: ArrayView2<'_, T>) -> (f64, f64) {
     }
 }
 
-/// The post's window for an `h x w` slice: `[2 * (h / 4), 2 * (w / 4)]` (bench_common.py crops `+-H/4` around
-/// the clamped centroid), i.e. half the slice when its sides are multiples of 4 (1000 of 2000 in the post).
-/// With this window [`recenter_chunk`] reproduces the post's `recenter` exactly for any slice size.
-pub fn post_window(h: usize, w: usize) -> [usize; 2] {
-    [2 * (h / 4), 2 * (w / 4)]
-}
+// The default window is part of the spec (validation infers shapes with it); re-exported at its old path.
+pub use arrayjob_spec::spec::post_window;
 
 /// Start of the crop along one axis of length `n`, for centroid coordinate `c` and window length `w <= n`:
 /// truncate `c` to an integer, clamp it to `[w/2, n - (w - w/2)]`, subtract `w/2`.

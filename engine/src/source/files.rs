@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::decode::{SliceStack, decode_into, probe};
+use super::decode::{decode_into, probe};
+use super::stack::SliceStack;
 use super::template::IndexTemplate;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;

@@ -13,7 +13,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::decode::{SliceStack, decode_into, probe};
+use super::decode::{decode_into, probe};
+use super::stack::SliceStack;
 use super::template::IndexTemplate;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
@@ -21,7 +22,7 @@ use crate::s3::error_chain;
 use crate::spec::HttpSource;
 
 /// Requests in flight at once when the spec does not say.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub use crate::spec::DEFAULT_HTTP_CONCURRENCY as DEFAULT_CONCURRENCY;
 /// Retries of one URL when the spec does not say.
 pub const DEFAULT_RETRIES: u32 = 4;
 /// Timeout of one request when the spec does not say.

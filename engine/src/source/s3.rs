@@ -7,14 +7,14 @@
 //! work starts.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::decode::{SliceStack, decode_into, probe};
+use super::decode::{decode_into, probe};
+use super::stack::SliceStack;
 use super::template::IndexTemplate;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::Chunk;
@@ -24,7 +24,7 @@ use crate::s3::{
 use crate::spec::{S3Source, S3Storage};
 
 /// Requests in flight at once when the spec does not say.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub use arrayjob_spec::s3::DEFAULT_SOURCE_CONCURRENCY as DEFAULT_CONCURRENCY;
 
 /// How the objects of an [`S3SliceSource`] are named.
 #[derive(Debug, Clone)]
@@ -50,7 +50,8 @@ pub struct S3SourcePlan {
     pub policy: RequestPolicy,
 }
 
-/// Checks an `s3` source spec; `storage` gives the default bucket. Validation and the source both call it.
+/// Checks an `s3` source spec ([`arrayjob_spec::s3::check_source`], which validation calls too); `storage`
+/// gives the default bucket and the outage budget.
 ///
 /// # Errors
 /// Every problem found, each a [`SourceError::Config`] naming its field.
@@ -58,93 +59,20 @@ pub fn check_spec(
     spec: &S3Source,
     storage: Option<&S3Storage>,
 ) -> Result<S3SourcePlan, Vec<SourceError>> {
-    let config = |field: &str, message: &str| SourceError::Config {
-        field: format!("spec.source.s3{field}"),
-        message: message.to_owned(),
-    };
-    let mut problems = Vec::new();
-    let bucket = match (&spec.bucket, storage) {
-        (Some(b), _) => {
-            if let Err(e) = s3c::check_bucket("spec.source.s3.bucket", b) {
-                problems.push(SourceError::S3(e));
-            }
-            b.clone()
-        }
-        (None, Some(s)) => s.bucket.clone(),
-        (None, None) => {
-            problems.push(config(
-                ".bucket",
-                "required when spec.storage.s3 (whose bucket is the default) is not set",
-            ));
-            String::new()
-        }
-    };
-    let (keys, len) = match (&spec.keys, &spec.prefix) {
-        (Some(keys), None) => {
-            let start = spec.start.unwrap_or(0);
-            let template = IndexTemplate::parse(keys, "spec.source.s3.keys")
-                .map_err(|e| problems.push(e))
-                .ok();
-            let len = match spec.stop {
-                None => {
-                    problems.push(config(
-                        ".stop",
-                        "required with 'keys' (last index, exclusive)",
-                    ));
-                    None
-                }
-                Some(stop) => limits::slice_count("spec.source.s3", start, stop)
-                    .map_err(|e| problems.push(e))
-                    .ok(),
-            };
-            (template.map(|t| (t, start)), len)
-        }
-        (None, Some(prefix)) => {
-            if spec.start.is_some() || spec.stop.is_some() {
-                problems.push(config(
-                    "",
-                    "'start'/'stop' go with 'keys', not with 'prefix'",
-                ));
-            }
-            if prefix.starts_with('/') {
-                problems.push(config(
-                    ".prefix",
-                    "must not start with '/' (keys are relative to the bucket)",
-                ));
-            }
-            (None, None)
-        }
-        _ => {
-            problems.push(config("", "exactly one of 'keys' or 'prefix' must be set"));
-            (None, None)
-        }
-    };
-    let concurrency = spec.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if let Err(e) = limits::concurrency("spec.source.s3.concurrency", concurrency) {
-        problems.push(e);
-    }
-    let retries = spec.retries.unwrap_or(s3c::DEFAULT_RETRIES);
-    if retries > s3c::MAX_RETRIES {
-        problems.push(config(
-            ".retries",
-            &format!("{retries} is more than the limit of {}", s3c::MAX_RETRIES),
-        ));
-    }
-    let timeout = spec.timeout_seconds.unwrap_or(s3c::DEFAULT_TIMEOUT_SECONDS);
-    if timeout == 0 {
-        problems.push(config(".timeoutSeconds", "must be at least 1"));
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
+    let c = arrayjob_spec::s3::check_source(spec, storage).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(SourceError::from)
+            .collect::<Vec<_>>()
+    })?;
     Ok(S3SourcePlan {
-        bucket,
-        keys,
-        len,
-        concurrency,
+        bucket: c.bucket,
+        keys: c.keys,
+        len: c.len,
+        concurrency: c.concurrency,
         policy: RequestPolicy {
-            retries,
-            timeout: Duration::from_secs(timeout),
+            retries: c.retries,
+            timeout: c.timeout,
             outage: s3c::outage_of(storage),
         },
     })

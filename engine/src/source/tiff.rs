@@ -13,8 +13,8 @@ use tiff::ColorType;
 use tiff::decoder::{Decoder, Limits};
 use tiff::tags::Tag;
 
-use super::decode::SliceStack;
 use super::location::{Location, RangeReader};
+use super::stack::SliceStack;
 use super::{Declared, InfoCache, SliceInfo, SliceSource, SourceError, check_range, limits};
 use crate::array::{Chunk, DType};
 use crate::spec::{S3Storage, TiffSource};

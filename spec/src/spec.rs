@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::array::DType;
+use crate::dtype::DType;
 
 /// API group of the `ArrayJob` resource.
 pub const GROUP: &str = "arrayjob.dev";
@@ -18,6 +18,10 @@ pub const API_VERSION: &str = "arrayjob.dev/v1alpha1";
 pub const KIND: &str = "ArrayJob";
 /// Name of the implicit input that refers to the job's source array.
 pub const SOURCE_INPUT: &str = "source";
+/// Default slices per source chunk, when neither the spec nor the source's own chunking gives one.
+pub const DEFAULT_SLICES_PER_CHUNK: usize = 20;
+/// Requests in flight at once for an `http` source when the spec does not say.
+pub const DEFAULT_HTTP_CONCURRENCY: usize = 4;
 
 /// A whole `kind: ArrayJob` manifest as read from a YAML file (the local runner's view of the resource).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -456,6 +460,13 @@ pub struct RecenterOp {
     /// length (the post's 1000 of 2000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Vec<usize>>,
+}
+
+/// The post's window for an `h x w` slice: `[2 * (h / 4), 2 * (w / 4)]` (bench_common.py crops `+-H/4` around
+/// the clamped centroid), i.e. half the slice when its sides are multiples of 4 (1000 of 2000 in the post).
+/// With this window the engine's `recenter_chunk` reproduces the post's `recenter` exactly for any slice size.
+pub fn post_window(h: usize, w: usize) -> [usize; 2] {
+    [2 * (h / 4), 2 * (w / 4)]
 }
 
 /// New chunk shape: one entry per axis, `-1` meaning the whole axis.

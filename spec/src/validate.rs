@@ -7,18 +7,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use crate::array::DType;
-use crate::s3::S3Error;
-use crate::source::http::DEFAULT_CONCURRENCY;
-use crate::source::{IndexTemplate, SourceError, limits};
+use crate::dtype::DType;
+use crate::error::ConfigError;
+use crate::limits;
 use crate::spec::{
-    API_VERSION, ArrayJobManifest, ArrayJobSpec, AxisSelection, CompressionCodec, FilesSource,
-    HttpSource, KIND, OutputSpec, ReduceKind, S3Source, S3Storage, SOURCE_INPUT, StageOp,
-    StageSpec, SyntheticSource, ZSTD_LEVELS,
+    API_VERSION, ArrayJobManifest, ArrayJobSpec, AxisSelection, CompressionCodec,
+    DEFAULT_HTTP_CONCURRENCY, FilesSource, HttpSource, KIND, OutputSpec, ReduceKind, S3Source,
+    S3Storage, SOURCE_INPUT, StageOp, StageSpec, SyntheticSource, ZSTD_LEVELS, post_window,
 };
+use crate::template::IndexTemplate;
 
-/// Default slices per source chunk.
-pub const DEFAULT_SLICES_PER_CHUNK: usize = 20;
+// Lived here; re-exported so the old path keeps working.
+pub use crate::spec::DEFAULT_SLICES_PER_CHUNK;
 
 /// One problem found in a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     let storage = spec.s3_storage();
     if let Some(st) = storage {
         for e in crate::s3::check_storage(st) {
-            check::<()>(&mut p, Err(e.into()));
+            check::<()>(&mut p, Err(e));
         }
     }
     if spec.exchange == Some(crate::spec::Exchange::S3) && storage.is_none() {
@@ -254,22 +254,18 @@ fn source_shape(
     })
 }
 
-/// Records the problem of a failed source check (which names its field); the value when it passed.
-fn check<T>(p: &mut Vec<Problem>, r: Result<T, SourceError>) -> Option<T> {
-    r.map_err(|e| {
-        p.push(match e {
-            SourceError::Config { field, message }
-            | SourceError::S3(S3Error::Config { field, message }) => Problem {
-                path: field,
-                message,
-            },
-            other => Problem {
-                path: "spec.source".into(),
-                message: other.to_string(),
-            },
-        })
-    })
-    .ok()
+/// Records the problem of a failed check (which names its field); the value when it passed.
+fn check<T>(p: &mut Vec<Problem>, r: Result<T, ConfigError>) -> Option<T> {
+    r.map_err(|e| p.push(e.into())).ok()
+}
+
+impl From<ConfigError> for Problem {
+    fn from(e: ConfigError) -> Problem {
+        Problem {
+            path: e.field,
+            message: e.message,
+        }
+    }
 }
 
 /// Checks a synthetic source against the declared slice shape/type; its number of slices when valid.
@@ -359,7 +355,7 @@ fn http_len(h: &HttpSource, p: &mut Vec<Problem>) -> Option<usize> {
         p,
         limits::concurrency(
             "spec.source.http.concurrency",
-            h.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            h.concurrency.unwrap_or(DEFAULT_HTTP_CONCURRENCY),
         ),
     );
     if h.timeout_seconds == Some(0) {
@@ -377,8 +373,8 @@ fn http_len(h: &HttpSource, p: &mut Vec<Problem>) -> Option<usize> {
 
 /// Checks an s3 source; its number of slices when known without listing (a key template).
 fn s3_len(s3: &S3Source, storage: Option<&S3Storage>, p: &mut Vec<Problem>) -> Option<usize> {
-    match crate::source::s3::check_spec(s3, storage) {
-        Ok(plan) => plan.len,
+    match crate::s3::check_source(s3, storage) {
+        Ok(checked) => checked.len,
         Err(problems) => {
             for e in problems {
                 check::<()>(p, Err(e));
@@ -588,8 +584,8 @@ fn stage_shape(
                 }
                 // The post's window: half the slice, rounded down to an even length.
                 None => [
-                    input.dims[1].map(|h| 2 * (h / 4)),
-                    input.dims[2].map(|w| 2 * (w / 4)),
+                    input.dims[1].map(|h| post_window(h, 4)[0]),
+                    input.dims[2].map(|w| post_window(4, w)[1]),
                 ],
             };
             Some(ShapeInfo {
@@ -912,7 +908,7 @@ fn report_name_problem(f: &str) -> Option<String> {
 
 /// Why `f` cannot be an output path, if it cannot: it must be a plain relative path inside the output
 /// directory that does not collide with `summary.json` or the runner's `.arrayjob*` entries.
-pub(crate) fn output_path_problem(f: &str) -> Option<String> {
+pub fn output_path_problem(f: &str) -> Option<String> {
     let relative = !f.is_empty()
         && !f.starts_with('/')
         && !f.split('/').any(|c| c == ".." || c == "." || c.is_empty());

@@ -1,6 +1,6 @@
 //! Index templates: a path or URL with the slice index in it, as `{index}`, `{index:05}`, `%d` or `%05d`.
 
-use super::SourceError;
+use crate::error::ConfigError;
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +30,9 @@ impl IndexTemplate {
     /// Parses `template`; `field` is the spec field it came from, for messages.
     ///
     /// # Errors
-    /// [`SourceError::Config`] naming `field` when the template has no index placeholder or a malformed
+    /// [`ConfigError`] naming `field` when the template has no index placeholder or a malformed
     /// `{index...}` one.
-    pub fn parse(template: &str, field: &str) -> Result<IndexTemplate, SourceError> {
+    pub fn parse(template: &str, field: &str) -> Result<IndexTemplate, ConfigError> {
         Self::parse_with(template, field, true)
     }
 
@@ -40,17 +40,14 @@ impl IndexTemplate {
     /// valid `http://` or `https://` URL.
     ///
     /// # Errors
-    /// [`SourceError::Config`] naming `field` as for [`IndexTemplate::parse`], or when the template is not an
+    /// [`ConfigError`] naming `field` as for [`IndexTemplate::parse`], or when the template is not an
     /// http(s) URL.
     pub fn parse_url(
         template: &str,
         field: &str,
         first: u64,
-    ) -> Result<IndexTemplate, SourceError> {
-        let config = |message: String| SourceError::Config {
-            field: field.to_owned(),
-            message,
-        };
+    ) -> Result<IndexTemplate, ConfigError> {
+        let config = |message: String| ConfigError::new(field, message);
         if !(template.starts_with("http://") || template.starts_with("https://")) {
             return Err(config(format!(
                 "expected an http:// or https:// URL, found {template:?}"
@@ -58,16 +55,13 @@ impl IndexTemplate {
         }
         let parsed = Self::parse_with(template, field, false)?;
         let example = parsed.render(first);
-        reqwest::Url::parse(&example)
+        url::Url::parse(&example)
             .map_err(|e| config(format!("{example} is not a valid URL: {e}")))?;
         Ok(parsed)
     }
 
-    fn parse_with(template: &str, field: &str, printf: bool) -> Result<IndexTemplate, SourceError> {
-        let config = |message: String| SourceError::Config {
-            field: field.to_owned(),
-            message,
-        };
+    fn parse_with(template: &str, field: &str, printf: bool) -> Result<IndexTemplate, ConfigError> {
+        let config = |message: String| ConfigError::new(field, message);
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = template;
