@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The arrayjob image: the operator (`arrayjob-operator`), the worker (`arrayjob-worker`) and the
-# command line (`arrayjob`), on a distroless runtime with the C/C++ runtime libraries and no shell.
+# The arrayjob image: the operator (`arrayjob-operator`) and the command line (`arrayjob`, whose
+# `arrayjob worker` is the worker process), on a distroless runtime with the C/C++ runtime
+# libraries and no shell.
 # The chart runs the operator from it, and the operator starts coordinator and worker pods from the
 # same image by default (`--image`).
 #
@@ -10,10 +11,10 @@
 #   * the default target `runtime` compiles them in the `builder` stage (the whole repository is
 #     the build context);
 #   * the target `prebuilt` copies binaries already built by cargo on a Debian 12 host: the build
-#     context is a folder holding just `arrayjob`, `arrayjob-worker` and `arrayjob-operator`
+#     context is a folder holding just `arrayjob` and `arrayjob-operator`
 #     (tests/harness builds the test image this way, on a local bookworm base, with podman):
 #       podman build --target prebuilt --build-arg RUNTIME_IMAGE=localhost/base:bookworm \
-#         -f Dockerfile -t arrayjob:dev DIR_WITH_THE_THREE_BINARIES
+#         -f Dockerfile -t arrayjob:dev DIR_WITH_THE_TWO_BINARIES
 # The base images are build arguments, so a machine without access to their registries can pass
 # local ones.
 #
@@ -36,9 +37,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        --bin arrayjob --bin arrayjob-worker --bin arrayjob-operator \
+        --bin arrayjob --bin arrayjob-operator \
     && install -D -m 0755 -t /out \
-        target/release/arrayjob target/release/arrayjob-worker target/release/arrayjob-operator
+        target/release/arrayjob target/release/arrayjob-operator
 
 # What both runtime targets share: metadata, the user (numeric, so a base without that user in
 # /etc/passwd works too) and the entry point.
@@ -52,7 +53,7 @@ CMD ["run"]
 
 # Binaries built on the host: the build context is the folder holding them (see above).
 FROM runtime-base AS prebuilt
-COPY arrayjob arrayjob-worker arrayjob-operator /usr/local/bin/
+COPY arrayjob arrayjob-operator /usr/local/bin/
 
 # The default target: binaries compiled by the builder stage.
 FROM runtime-base AS runtime

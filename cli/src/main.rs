@@ -82,6 +82,14 @@ enum Command {
         #[command(flatten)]
         args: arrayjob_runtime::cli::WorkerArgs,
     },
+    /// Print what a worker started here would offer, as JSON: its threads, the memory this process may use
+    /// (RAM, or its cgroup's limit when lower: what the kernel enforces in a container) and the default
+    /// chunk-memory budget derived from it (half), the same figures `arrayjob worker` uses.
+    Resources {
+        /// Threads for tasks (default: the cores this process may use).
+        #[arg(long, env = "ARRAYJOB_THREADS")]
+        threads: Option<usize>,
+    },
     /// Print a running job's progress (JSON) from its coordinator, with a request signed with the job token
     /// from `ARRAYJOB_TOKEN` (the token itself is not sent; the answer is read only once the coordinator
     /// proved it holds it).
@@ -232,6 +240,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             scratch,
         } => gc(location.as_deref(), file.as_deref(), scratch),
+        Command::Resources { threads } => {
+            let res = resources::detect();
+            let v = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "threads": threads.unwrap_or(res.cores).max(1),
+                "memoryBytes": res.memory_bytes,
+                "memoryBudgetBytes": resources::default_memory_budget(),
+            });
+            println!("{v}");
+            Ok(())
+        }
         Command::Progress { args } => {
             let p = arrayjob_runtime::cli::progress(&args)?;
             println!("{}", serde_json::to_string_pretty(&p)?);
@@ -398,7 +417,7 @@ fn coordinator(
         vec![exe.display().to_string(), "worker".into()],
     )?;
     if let Ok(t) = std::env::var("ARRAYJOB_TOKEN") {
-        o.token = arrayjob_runtime::auth::Token::from_text(&t)?;
+        o.token = arrayjob_auth::Token::from_text(&t)?;
     }
     if let Some(l) = dist.listen {
         o.listen = l;

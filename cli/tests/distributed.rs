@@ -517,7 +517,7 @@ fn requests_not_signed_with_the_job_token_are_refused_and_counted() {
         );
     }
     // A worker whose plan differs (another engine version or other data) is refused by name.
-    let token = arrayjob_runtime::auth::Token::from_text(TOKEN).expect("token");
+    let token = arrayjob_auth::Token::from_text(TOKEN).expect("token");
     let (status, text) = on_tokio(async {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -526,7 +526,7 @@ fn requests_not_signed_with_the_job_token_are_refused_and_counted() {
         let reg = client
             .post(format!("http://127.0.0.1:{port}/v1/register"))
             .json(&serde_json::json!({"address": "127.0.0.5:1", "cores": 1, "memoryBudget": 1, "planHash": "00ff", "version": "0.0.0"}));
-        let answer = arrayjob_runtime::auth::send(reg, &token)
+        let answer = arrayjob_auth::send(reg, &token)
             .await
             .expect("a proven answer");
         (answer.status(), answer.text().await.expect("text"))

@@ -322,7 +322,7 @@ async fn ensure_token(ctx: &Context, ns: &str, job: &ArrayJob) -> Result<String,
             return Ok(t);
         }
     }
-    let token = arrayjob_runtime::auth::Token::generate()
+    let token = arrayjob_auth::Token::generate()
         .map_err(|e| Error::Other(e.to_string()))?
         .expose()
         .to_owned();
@@ -502,10 +502,8 @@ async fn request_progress(
     let url = format!("http://{ip}:{}/v1/progress", desired::COORDINATOR_PORT);
     // Signed with the job token (never sent itself); the answer is read once the coordinator proved it holds
     // the token.
-    let token = arrayjob_runtime::auth::Token::from_text(token).ok()?;
-    let answer = arrayjob_runtime::auth::send(ctx.http.get(url), &token)
-        .await
-        .ok()?;
+    let token = arrayjob_auth::Token::from_text(token).ok()?;
+    let answer = arrayjob_auth::send(ctx.http.get(url), &token).await.ok()?;
     answer.status().is_success().then_some(answer)
 }
 

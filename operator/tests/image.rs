@@ -17,8 +17,8 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
-/// The cargo target folder holding this test's binaries (`arrayjob`, `arrayjob-worker` come from the
-/// workspace build: `cargo build --release -p arrayjob-cli -p arrayjob-worker`).
+/// The cargo target folder holding this test's binaries (`arrayjob` comes from the workspace build:
+/// `cargo build --release -p arrayjob-cli`).
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_arrayjob-operator"))
         .parent()
@@ -243,5 +243,36 @@ fn the_kernel_holds_the_image_to_its_user_and_read_only_root() -> Result<()> {
         &["run", "/examples/quickstart.yaml", "--out", "/examples/out"],
     )?;
     assert!(!ok && err.contains("Read-only file system"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_worker_entry_point_in_the_image_offers_the_containers_memory_limit() -> Result<()> {
+    let image = image()?;
+    // `arrayjob resources` prints what `arrayjob worker` (the image's one worker entry point) budgets with:
+    // the engine's cgroup-aware figures, so the container's limit, not the host's RAM.
+    let (ok, out, err) = run_in(
+        &image,
+        &[],
+        "/usr/local/bin/arrayjob",
+        &["resources", "--threads", "2"],
+    )?;
+    ensure!(ok, "arrayjob resources in the image: {err}");
+    let v: Value = serde_json::from_str(out.trim()).context("resources JSON")?;
+    assert_eq!(v["threads"], 2, "{v}");
+    assert_eq!(v["memoryBytes"].as_u64(), Some(MEMORY_LIMIT), "{v}");
+    assert_eq!(
+        v["memoryBudgetBytes"].as_u64(),
+        Some(MEMORY_LIMIT / 2),
+        "{v}"
+    );
+    // The worker subcommand is there and refuses to start without its job token, naming it.
+    let (ok, _, err) = run_in(
+        &image,
+        &[],
+        "/usr/local/bin/arrayjob",
+        &["worker", "--coordinator", "http://127.0.0.1:9"],
+    )?;
+    assert!(!ok && err.contains("ARRAYJOB_TOKEN is not set"), "{err}");
     Ok(())
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use arrayjob_auth::{Guard, Token};
 use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill};
-use arrayjob_runtime::auth::{Guard, Token};
 use arrayjob_runtime::worker::{DataServer, fetch_keys, serve_data};
 
 fn main() -> anyhow::Result<()> {

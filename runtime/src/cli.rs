@@ -1,12 +1,62 @@
-//! Command-line pieces shared by `arrayjob` and `arrayjob-worker`: the worker's flags, the checks of address
-//! and duration flags, and `arrayjob progress`.
+//! Command-line pieces of `arrayjob`: the flags of `arrayjob worker`, the checks of address and duration
+//! flags, and `arrayjob progress`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::Token;
 use crate::worker::WorkerOptions;
+use arrayjob_auth::{AuthError, Token, TokenError};
+
+/// Why a command of the runtime could not start or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `ARRAYJOB_TOKEN` is not set.
+    #[error("ARRAYJOB_TOKEN is not set: {why}")]
+    NoToken {
+        /// What needs it.
+        why: String,
+    },
+    /// `ARRAYJOB_TOKEN` is not a valid token.
+    #[error("ARRAYJOB_TOKEN: {0}")]
+    Token(#[from] TokenError),
+    /// The async runtime or the HTTP client could not start.
+    #[error("cannot start the HTTP client: {0}")]
+    Client(String),
+    /// No trusted answer from `url`.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// `url` answered with an error status.
+    #[error("{url}: {status}: {message}")]
+    Refused {
+        /// The URL asked.
+        url: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+        /// The answer's text.
+        message: String,
+    },
+    /// `url` answered something that is not JSON.
+    #[error("{url}: {source}")]
+    Answer {
+        /// The URL asked.
+        url: String,
+        /// What failed.
+        source: reqwest::Error,
+    },
+}
+
+/// A flag's value refused, with why (clap names the flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FlagError(String);
+
+impl FlagError {
+    /// What is wrong with the value.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Flags of a worker process. Every flag has an environment variable, so a pod spec can set them.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +99,7 @@ impl WorkerArgs {
     ///
     /// # Errors
     /// When `ARRAYJOB_TOKEN` is not set or not a valid token.
-    pub fn into_options(self) -> anyhow::Result<WorkerOptions> {
+    pub fn into_options(self) -> Result<WorkerOptions, CliError> {
         let token = token_from_env("a worker needs its job's token")?;
         let res = arrayjob_engine::resources::detect();
         Ok(WorkerOptions {
@@ -67,6 +117,7 @@ impl WorkerArgs {
             spill_disk_limit: self.spill_disk_limit.map(|b| b.as_u64()),
             expect_plan_hash: self.expect_plan_hash,
             launch_id: self.launch_id,
+            join_timeout: crate::worker::DEFAULT_JOIN_TIMEOUT,
             abort_on_task: std::env::var("ARRAYJOB_FAULT_ABORT_TASK")
                 .ok()
                 .and_then(|t| t.parse().ok()),
@@ -78,10 +129,11 @@ impl WorkerArgs {
 ///
 /// # Errors
 /// When it is not set (`why` says what needs it) or not a valid token.
-pub fn token_from_env(why: &str) -> anyhow::Result<Token> {
-    let token = std::env::var("ARRAYJOB_TOKEN")
-        .map_err(|_| anyhow::anyhow!("ARRAYJOB_TOKEN is not set: {why}"))?;
-    Token::from_text(&token)
+pub fn token_from_env(why: &str) -> Result<Token, CliError> {
+    let token = std::env::var("ARRAYJOB_TOKEN").map_err(|_| CliError::NoToken {
+        why: why.to_owned(),
+    })?;
+    Ok(Token::from_text(&token)?)
 }
 
 /// `--advertise`: a `host:port` a peer can dial: a host (name, IPv4, or IPv6 in brackets) that is not "every
@@ -89,38 +141,42 @@ pub fn token_from_env(why: &str) -> anyhow::Result<Token> {
 ///
 /// # Errors
 /// What is wrong with it (clap names the flag).
-pub fn advertised(s: &str) -> Result<String, String> {
+pub fn advertised(s: &str) -> Result<String, FlagError> {
     let (host, port) = s
         .rsplit_once(':')
-        .ok_or_else(|| format!("'{s}' is not host:port"))?;
+        .ok_or_else(|| FlagError(format!("'{s}' is not host:port")))?;
     match port.parse::<u16>() {
         Ok(0) => {
-            return Err(format!(
+            return Err(FlagError(format!(
                 "'{s}': port 0 cannot be dialled; give the port peers reach"
-            ));
+            )));
         }
         Ok(_) => {}
-        Err(_) => return Err(format!("'{s}': '{port}' is not a port (1-65535)")),
+        Err(_) => {
+            return Err(FlagError(format!(
+                "'{s}': '{port}' is not a port (1-65535)"
+            )));
+        }
     }
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if bare.is_empty() || bare.contains(char::is_whitespace) || bare.contains('/') {
-        return Err(format!("'{s}': '{host}' is not a host"));
+        return Err(FlagError(format!("'{s}': '{host}' is not a host")));
     }
     if bare.contains(':') && bare == host {
-        return Err(format!(
+        return Err(FlagError(format!(
             "'{s}': an IPv6 address goes in brackets, e.g. [fd00::1]:7071"
-        ));
+        )));
     }
     if bare
         .parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_unspecified())
     {
-        return Err(format!(
+        return Err(FlagError(format!(
             "'{s}' means every interface, which no peer can dial; give this host's address on the job's network"
-        ));
+        )));
     }
     Ok(s.to_owned())
 }
@@ -130,15 +186,15 @@ pub fn advertised(s: &str) -> Result<String, String> {
 ///
 /// # Errors
 /// What is wrong with it (clap names the flag).
-pub fn seconds_within(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+pub fn seconds_within(s: &str, min: f64, max: f64) -> Result<Duration, FlagError> {
     let v: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+        .map_err(|_| FlagError(format!("'{s}' is not a number of seconds")))?;
     if !v.is_finite() || v < min || v > max {
-        return Err(format!(
+        return Err(FlagError(format!(
             "'{s}' is not a duration from {min} to {max} seconds"
-        ));
+        )));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -152,7 +208,7 @@ pub const MAX_WORKER_TIMEOUT_SECONDS: f64 = 86_400.0;
 ///
 /// # Errors
 /// What is wrong with it (clap names the flag).
-pub fn worker_timeout(s: &str) -> Result<Duration, String> {
+pub fn worker_timeout(s: &str) -> Result<Duration, FlagError> {
     seconds_within(s, MIN_WORKER_TIMEOUT_SECONDS, MAX_WORKER_TIMEOUT_SECONDS)
 }
 
@@ -170,24 +226,33 @@ pub struct ProgressArgs {
 /// # Errors
 /// When the token is missing, the coordinator cannot be reached, does not prove it holds the token, or
 /// refuses.
-pub fn progress(args: &ProgressArgs) -> anyhow::Result<serde_json::Value> {
+pub fn progress(args: &ProgressArgs) -> Result<serde_json::Value, CliError> {
     let token = token_from_env("it signs the request for the coordinator's progress")?;
     let url = format!("{}/v1/progress", args.coordinator.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|e| CliError::Client(e.to_string()))?;
     rt.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
-            .build()?;
-        let answer = crate::auth::send(client.get(&url), &token).await?;
+            .build()
+            .map_err(|e| CliError::Client(e.to_string()))?;
+        let answer = arrayjob_auth::send(client.get(&url), &token).await?;
         let status = answer.status();
         if !status.is_success() {
-            let text = answer.text().await.unwrap_or_default();
-            anyhow::bail!("{url}: {status}: {text}");
+            let message = answer.text().await.unwrap_or_default();
+            return Err(CliError::Refused {
+                url,
+                status,
+                message,
+            });
         }
-        Ok(answer.json().await?)
+        answer
+            .json()
+            .await
+            .map_err(|source| CliError::Answer { url, source })
     })
 }
 
@@ -216,7 +281,7 @@ mod tests {
             ("fd00::1:7071", "in brackets"),
             ("a b:7071", "not a host"),
         ] {
-            let e = advertised(bad).expect_err(bad);
+            let e = advertised(bad).expect_err(bad).to_string();
             assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
         }
     }
@@ -229,12 +294,13 @@ mod tests {
         for bad in [
             "inf", "-inf", "NaN", "nan", "-1", "0", "0.49", "86400.5", "1e300", "3s", "",
         ] {
-            let e = worker_timeout(bad).expect_err(bad);
+            let e = worker_timeout(bad).expect_err(bad).to_string();
             assert!(e.contains(&format!("'{bad}'")), "{bad}: {e}");
         }
         assert!(
             worker_timeout("inf")
                 .expect_err("inf")
+                .message()
                 .contains("from 0.5 to 86400 seconds")
         );
     }

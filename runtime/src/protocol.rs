@@ -343,6 +343,82 @@ where
     Ok(sent)
 }
 
+/// Why a fetch answer's frames could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The answer ended inside a frame.
+    #[error("the fetch answer ended inside a frame")]
+    Truncated,
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// A length prefix past the limit of a frame.
+    #[error("a frame announced as {len} bytes is more than the limit of {most} bytes")]
+    TooLong {
+        /// The length announced.
+        len: u64,
+        /// The longest frame taken.
+        most: u64,
+    },
+    /// A length prefix this machine cannot address.
+    #[error("a frame of {0} bytes does not fit this machine")]
+    Unaddressable(u64),
+    /// A length prefix that disagrees with the frame's header.
+    #[error("a frame announced as {len} bytes has the header of a {header}-byte frame")]
+    LengthMismatch {
+        /// The length announced.
+        len: usize,
+        /// The length the header says.
+        header: usize,
+    },
+    /// A header whose fixed part is complete but says no payload length follows.
+    #[error("a frame header without its payload length")]
+    NoPayloadLength,
+    /// An invalid header or payload.
+    #[error(transparent)]
+    Frame(#[from] arrayjob_engine::frame::FrameError),
+    /// A chunk whose elements do not match their checksum.
+    #[error("chunk frame checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The checksum sent.
+        stored: u32,
+        /// The checksum of the bytes received.
+        computed: u32,
+    },
+    /// More frames than asked for.
+    #[error("the answer holds more than the {0} frame(s) asked for")]
+    TooMany(usize),
+    /// Which frame of the answer failed.
+    #[error("frame {index} of {count}: {source}")]
+    InFrame {
+        /// The frame, from 1.
+        index: usize,
+        /// Frames expected.
+        count: usize,
+        /// What failed.
+        source: Box<ReadError>,
+    },
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+            _ => ReadError::Io(e),
+        }
+    }
+}
+
+/// A list of indices that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{item}' in '{list}' is not an index")]
+pub struct IndexError {
+    /// The item that is not a number.
+    pub item: String,
+    /// The whole list.
+    pub list: String,
+}
+
 /// Bytes of a chunk's elements written to or read from the socket at a time: each step is checksummed right
 /// before the kernel copies it out (sender) or right after the kernel copied it in (receiver), while it is in
 /// the CPU's cache.
@@ -354,16 +430,18 @@ const STEP: usize = 256 << 10;
 ///
 /// # Errors
 /// When the connection fails or ends early, or a frame is invalid (header, checksum, length prefix).
-pub async fn read_frames<R>(r: &mut R, n: usize) -> Result<(Vec<Data>, u64), String>
+pub async fn read_frames<R>(r: &mut R, n: usize) -> Result<(Vec<Data>, u64), ReadError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
     let mut out = Vec::with_capacity(n.min(1024));
     let mut bytes = 0;
     for i in 0..n {
-        let frame = read_frame(r)
-            .await
-            .map_err(|e| format!("frame {} of {n}: {e}", i + 1))?;
+        let frame = read_frame(r).await.map_err(|e| ReadError::InFrame {
+            index: i + 1,
+            count: n,
+            source: Box::new(e),
+        })?;
         bytes += frame.1;
         out.push(frame.0);
     }
@@ -372,55 +450,49 @@ where
 
 /// The bytes of a length prefix, checked before anything is read or sized from it: at most a frame of the
 /// longest header, the largest payload and the checksum.
-fn frame_length(prefix: [u8; 8]) -> Result<usize, String> {
+fn frame_length(prefix: [u8; 8]) -> Result<usize, ReadError> {
     use arrayjob_engine::frame::{MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES};
     let len = u64::from_le_bytes(prefix);
     let most = MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES as u64 + 4;
     if len > most {
-        return Err(format!(
-            "a frame announced as {len} bytes is more than the limit of {most} bytes"
-        ));
+        return Err(ReadError::TooLong { len, most });
     }
-    usize::try_from(len).map_err(|_| format!("a frame of {len} bytes does not fit this machine"))
+    usize::try_from(len).map_err(|_| ReadError::Unaddressable(len))
 }
 
 /// Checks a frame's length prefix against its header.
-fn check_length(len: usize, h: &arrayjob_engine::frame::FrameHeader) -> Result<(), String> {
+fn check_length(len: usize, h: &arrayjob_engine::frame::FrameHeader) -> Result<(), ReadError> {
     if h.frame_len() != len {
-        return Err(format!(
-            "a frame announced as {len} bytes has the header of a {}-byte frame",
-            h.frame_len()
-        ));
+        return Err(ReadError::LengthMismatch {
+            len,
+            header: h.frame_len(),
+        });
     }
     Ok(())
 }
 
 /// One frame of [`read_frames`], with the bytes it took.
-async fn read_frame<R>(r: &mut R) -> Result<(Data, u64), String>
+async fn read_frame<R>(r: &mut R) -> Result<(Data, u64), ReadError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
     use arrayjob_engine::frame::{FrameError, PayloadFill, parse_header};
     use tokio::io::AsyncReadExt;
-    let io = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => "the fetch answer ended inside a frame".to_string(),
-        _ => e.to_string(),
-    };
     let mut prefix = [0u8; 8];
-    r.read_exact(&mut prefix).await.map_err(io)?;
+    r.read_exact(&mut prefix).await?;
     let len = frame_length(prefix)?;
     // The header's fixed part says how many dimensions follow (at most `MAX_DIMS`, checked before reading
     // them), then the shape and payload length.
     let mut header = vec![0u8; 8];
-    r.read_exact(&mut header).await.map_err(io)?;
+    r.read_exact(&mut header).await?;
     match parse_header(&header) {
         Err(FrameError::Truncated(_)) => {}
-        Err(e) => return Err(e.to_string()),
-        Ok(_) => return Err("a frame header without its payload length".into()),
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err(ReadError::NoPayloadLength),
     }
     header.resize(8 + 8 * usize::from(header[6]) + 8, 0);
-    r.read_exact(&mut header[8..]).await.map_err(io)?;
-    let h = parse_header(&header).map_err(|e| e.to_string())?;
+    r.read_exact(&mut header[8..]).await?;
+    let h = parse_header(&header)?;
     check_length(len, &h)?;
     let Some(mut fill) = PayloadFill::new(&h) else {
         // A reduction partial: decoded whole, read as it comes rather than allocated from the header.
@@ -429,12 +501,11 @@ where
         (&mut *r)
             .take((len - h.header_len) as u64)
             .read_to_end(&mut frame)
-            .await
-            .map_err(io)?;
+            .await?;
         if frame.len() != len {
-            return Err("the fetch answer ended inside a frame".into());
+            return Err(ReadError::Truncated);
         }
-        let d = arrayjob_engine::frame::decode(&frame).map_err(|e| e.to_string())?;
+        let d = arrayjob_engine::frame::decode(&frame)?;
         return Ok((d, 8 + len as u64));
     };
     let mut crc = crc32c::crc32c(&header);
@@ -442,22 +513,23 @@ where
         let room = fill.room();
         let n = room.len().min(STEP);
         let piece = &mut room[..n];
-        let got = r.read(piece).await.map_err(io)?;
+        let got = r.read(piece).await?;
         if got == 0 {
-            return Err("the fetch answer ended inside a frame".into());
+            return Err(ReadError::Truncated);
         }
         crc = crc32c::crc32c_append(crc, &piece[..got]);
         fill.advance(got);
     }
     let mut stored = [0u8; 4];
-    r.read_exact(&mut stored).await.map_err(io)?;
+    r.read_exact(&mut stored).await?;
     let stored = u32::from_le_bytes(stored);
     if stored != crc {
-        return Err(format!(
-            "chunk frame checksum mismatch: stored {stored:#010x}, computed {crc:#010x}"
-        ));
+        return Err(ReadError::Checksum {
+            stored,
+            computed: crc,
+        });
     }
-    let chunk = fill.finish().map_err(|e| e.to_string())?;
+    let chunk = fill.finish()?;
     Ok((Data::Chunk(chunk), 8 + len as u64))
 }
 
@@ -507,7 +579,7 @@ impl FrameReader {
     /// # Errors
     /// When a frame is invalid (header, checksum, a length past the limits), its length prefix disagrees with
     /// its header, or it is one more than expected.
-    pub fn push(&mut self, piece: &[u8]) -> Result<(), String> {
+    pub fn push(&mut self, piece: &[u8]) -> Result<(), ReadError> {
         let mut input = std::borrow::Cow::Borrowed(piece);
         let mut at = 0;
         while at < input.len() {
@@ -546,7 +618,7 @@ impl FrameReader {
     }
 
     /// With the checksum's 4 bytes in `pending`, checks a filled chunk and keeps it; else waits for them.
-    fn check_chunk(&mut self, f: Filling) -> Result<(), String> {
+    fn check_chunk(&mut self, f: Filling) -> Result<(), ReadError> {
         let Some(stored) = self
             .pending
             .first_chunk::<4>()
@@ -557,29 +629,27 @@ impl FrameReader {
         };
         self.pending.clear();
         if stored != f.crc {
-            return Err(format!(
-                "chunk frame checksum mismatch: stored {stored:#010x}, computed {:#010x}",
-                f.crc
-            ));
+            return Err(ReadError::Checksum {
+                stored,
+                computed: f.crc,
+            });
         }
-        let chunk = f.fill.finish().map_err(|e| e.to_string())?;
+        let chunk = f.fill.finish()?;
         self.done.push(Data::Chunk(chunk));
         Ok(())
     }
 
     /// Refuses a frame past the expected count.
-    fn check_count(&self) -> Result<(), String> {
+    fn check_count(&self) -> Result<(), ReadError> {
         match self.expected {
-            Some(n) if self.done.len() >= n => Err(format!(
-                "the answer holds more than the {n} frame(s) asked for"
-            )),
+            Some(n) if self.done.len() >= n => Err(ReadError::TooMany(n)),
             _ => Ok(()),
         }
     }
 
     /// Decodes the partials at the start of `pending`; at a chunk's header, starts filling the chunk and
     /// returns the bytes after the header (to copy into it). None: more bytes are needed.
-    fn read_heads(&mut self) -> Result<Option<Vec<u8>>, String> {
+    fn read_heads(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
         loop {
             let Some((len, rest)) = self.pending.split_first_chunk::<8>() else {
                 return Ok(None);
@@ -588,7 +658,7 @@ impl FrameReader {
             let len = frame_length(*len)?;
             let h = match arrayjob_engine::frame::parse_header(rest) {
                 Err(arrayjob_engine::frame::FrameError::Truncated(_)) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
                 Ok(h) => h,
             };
             check_length(len, &h)?;
@@ -598,7 +668,7 @@ impl FrameReader {
                 if rest.len() < len {
                     return Ok(None);
                 }
-                let d = arrayjob_engine::frame::decode(&rest[..len]).map_err(|e| e.to_string())?;
+                let d = arrayjob_engine::frame::decode(&rest[..len])?;
                 self.done.push(d);
                 self.pending.drain(..8 + len);
                 continue;
@@ -620,9 +690,9 @@ impl FrameReader {
     ///
     /// # Errors
     /// When the answer ended inside a frame.
-    pub fn finish(self) -> Result<Vec<Data>, String> {
+    pub fn finish(self) -> Result<Vec<Data>, ReadError> {
         if !self.pending.is_empty() || !matches!(self.stage, Stage::Head) {
-            return Err("the fetch answer ended inside a frame".into());
+            return Err(ReadError::Truncated);
         }
         Ok(self.done)
     }
@@ -632,14 +702,16 @@ impl FrameReader {
 ///
 /// # Errors
 /// When an item is not a number.
-pub fn parse_index(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_index(s: &str) -> Result<Vec<usize>, IndexError> {
     if s.is_empty() {
         return Ok(Vec::new());
     }
     s.split(',')
         .map(|v| {
-            v.parse()
-                .map_err(|_| format!("'{v}' in '{s}' is not an index"))
+            v.parse().map_err(|_| IndexError {
+                item: v.to_owned(),
+                list: s.to_owned(),
+            })
         })
         .collect()
 }
@@ -691,12 +763,13 @@ mod tests {
             short
                 .finish()
                 .expect_err("cut")
+                .to_string()
                 .contains("ended inside a frame")
         );
         let mut bad = body.clone();
         bad[8 + 40] ^= 1;
         let mut r = FrameReader::default();
-        let err = r.push(&bad).expect_err("corrupt");
+        let err = r.push(&bad).expect_err("corrupt").to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
     }
 
@@ -755,14 +828,16 @@ mod tests {
         bad[8 + 40 + 500_000] ^= 1;
         let err = rt
             .block_on(read_frames(&mut bad.as_slice(), values.len()))
-            .expect_err("corrupt");
+            .expect_err("corrupt")
+            .to_string();
         assert!(
             err.contains("frame 1 of 4: chunk frame checksum mismatch"),
             "{err}"
         );
         let err = rt
             .block_on(read_frames(&mut &answer[..answer.len() - 2], values.len()))
-            .expect_err("cut");
+            .expect_err("cut")
+            .to_string();
         assert!(
             err.contains("frame 4 of 4: the fetch answer ended inside a frame"),
             "{err}"
@@ -771,13 +846,15 @@ mod tests {
         lying[0] ^= 1;
         let err = rt
             .block_on(read_frames(&mut lying.as_slice(), values.len()))
-            .expect_err("prefix");
+            .expect_err("prefix")
+            .to_string();
         assert!(err.contains("has the header of a"), "{err}");
         let mut magic = answer;
         magic[8] = b'X';
         let err = rt
             .block_on(read_frames(&mut magic.as_slice(), values.len()))
-            .expect_err("magic");
+            .expect_err("magic")
+            .to_string();
         assert!(err.contains("bad magic"), "{err}");
     }
 
@@ -785,6 +862,11 @@ mod tests {
     fn index_lists_round_trip() {
         assert_eq!(parse_index(&format_index(&[0, 40, 7])), Ok(vec![0, 40, 7]));
         assert_eq!(parse_index(""), Ok(vec![]));
-        assert!(parse_index("1,x").expect_err("bad").contains("'x'"));
+        assert!(
+            parse_index("1,x")
+                .expect_err("bad")
+                .to_string()
+                .contains("'x'")
+        );
     }
 }

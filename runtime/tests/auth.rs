@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrayjob_auth::client::{is_proven, sign};
+use arrayjob_auth::signature::{Credentials, RequestLine, fresh_nonce, now_ms};
+use arrayjob_auth::{Guard, Token};
 use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill};
-use arrayjob_runtime::auth::client::{is_proven, sign};
-use arrayjob_runtime::auth::signature::{Credentials, RequestLine, fresh_nonce, now_ms};
-use arrayjob_runtime::auth::{Guard, Token};
 use arrayjob_runtime::metrics::WorkerMetrics;
 use arrayjob_runtime::protocol;
 use arrayjob_runtime::worker::{DataServer, fetch_keys, serve_data};
@@ -151,7 +151,8 @@ fn a_worker_refuses_peers_without_the_token_and_counts_them() {
         let other = Token::generate().expect("token");
         let err = fetch_keys(&http, &other, &address, &[key(0)])
             .await
-            .expect_err("another job");
+            .expect_err("another job")
+            .to_string();
         assert!(
             err.contains("answered 401 Unauthorized without proving it holds the job token"),
             "{err}"
@@ -244,7 +245,7 @@ fn a_worker_reads_nothing_from_a_server_that_cannot_prove_the_token() {
             let (address, seen) = fake_server(answer).await;
             let err = fetch_keys(&client(), &token, &address, &[key(0)])
                 .await
-                .expect_err("an unproven answer");
+                .expect_err("an unproven answer").to_string();
             assert!(
                 err.contains(&format!(
                     "http://{address}/v1/fetch answered {status} without proving it holds the job token"
@@ -281,7 +282,7 @@ async fn signed_server(guard: Guard) -> String {
         .route("/v1/thing", axum::routing::get(|| async { "the answer" }))
         .layer(axum::middleware::from_fn_with_state(
             guard,
-            arrayjob_runtime::auth::require_signature,
+            arrayjob_auth::require_signature,
         ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

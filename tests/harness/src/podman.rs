@@ -20,7 +20,7 @@ pub const GLOBAL_ARGS: [&str; 4] = ["--runtime", "runc", "--cgroup-manager", "cg
 pub const TEST_IMAGE_REPO: &str = "localhost/arrayjob-test";
 
 /// The programs the image holds, in `/usr/local/bin`.
-pub const IMAGE_BINARIES: [&str; 3] = ["arrayjob", "arrayjob-worker", "arrayjob-operator"];
+pub const IMAGE_BINARIES: [&str; 2] = ["arrayjob", "arrayjob-operator"];
 
 /// `podman` with the global options.
 pub fn command() -> Command {
@@ -97,7 +97,7 @@ pub fn base_image() -> Result<String> {
 }
 
 /// Builds (or finds, when already built from the same binaries) the arrayjob image: the `Dockerfile`'s
-/// `prebuilt` target with the three binaries of `bin_dir` (a cargo target folder such as
+/// `prebuilt` target with the two binaries of `bin_dir` (a cargo target folder such as
 /// `target/release`) on [`base_image`]. Returns its reference, `localhost/arrayjob-test:<key>`, the key
 /// covering the Dockerfile, the base image and each binary's size and modification time. Tags of
 /// [`TEST_IMAGE_REPO`] older than the newest three are removed (those still used by a container stay).
@@ -115,7 +115,7 @@ pub fn build_image(bin_dir: &Path) -> Result<String> {
         let meta = std::fs::metadata(&path).map_err(|_| Error::Missing {
             what: name.to_owned(),
             path: path.clone(),
-            hint: "build it first: cargo build --release -p arrayjob-cli -p arrayjob-worker -p arrayjob-operator"
+            hint: "build it first: cargo build --release -p arrayjob-cli -p arrayjob-operator"
                 .to_owned(),
         })?;
         let mtime = meta

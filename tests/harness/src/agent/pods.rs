@@ -1120,7 +1120,7 @@ mod tests {
     #[test]
     fn image_lookup_tries_exact_then_repo_then_last_segment() -> serde_json::Result<()> {
         let m: BTreeMap<String, ImageTarget> = serde_json::from_str(
-            r#"{"busybox": "/bin/sh", "arrayjob-worker:dev": "/w/dev", "registry:5000/org/tool": "/t",
+            r#"{"busybox": "/bin/sh", "arrayjob:dev": "/w/dev", "registry:5000/org/tool": "/t",
                 "ghcr.io/arrayjob/arrayjob:dev": {"podman": "localhost/arrayjob-test:1"}}"#,
         )?;
         let bin = |p: &str| Some(ImageTarget::Binary(p.into()));
@@ -1129,8 +1129,8 @@ mod tests {
             image_lookup(&m, "docker.io/library/busybox@sha256:ab"),
             bin("/bin/sh")
         );
-        assert_eq!(image_lookup(&m, "arrayjob-worker:dev"), bin("/w/dev"));
-        assert_eq!(image_lookup(&m, "arrayjob-worker:other"), None);
+        assert_eq!(image_lookup(&m, "arrayjob:dev"), bin("/w/dev"));
+        assert_eq!(image_lookup(&m, "arrayjob:other"), None);
         assert_eq!(image_lookup(&m, "registry:5000/org/tool:v1"), bin("/t"));
         assert_eq!(image_lookup(&m, "nginx"), None);
         assert_eq!(

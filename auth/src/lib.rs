@@ -11,6 +11,10 @@
 //! coordinator. On a fetch's upgraded connection the request and the `101` are authenticated, not each frame
 //! (frames carry their own checksums). Refusals are counted exactly and logged at most once per
 //! [`REFUSAL_LOG_PERIOD`] per reason ([`refusals`]). The design and its limits: docs/security.md.
+//!
+//! This crate depends on no other arrayjob crate (not the engine), so the operator and `arrayjob progress`
+//! sign their requests without linking array code; the runtime uses it for every request between a job's
+//! processes.
 
 pub mod client;
 pub mod refusals;
@@ -23,4 +27,4 @@ pub use client::{AuthError, send};
 pub use refusals::REFUSAL_LOG_PERIOD;
 pub use server::{Guard, require_signature, require_signature_or_bearer};
 pub use signature::WINDOW;
-pub use token::Token;
+pub use token::{Token, TokenError};

@@ -19,6 +19,19 @@ const KEY_LABEL: &[u8] = b"arrayjob runtime request signing key v1";
 /// Shortest token accepted from outside, in characters.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why a token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The OS gave no randomness for a new token.
+    #[error("no randomness for the job token: {0}")]
+    NoRandomness(String),
+    /// A given token is too short or not plain printable ASCII.
+    #[error(
+        "the job token must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces"
+    )]
+    Invalid,
+}
+
 /// A job's shared secret, with the signing key derived from it.
 #[derive(Clone)]
 pub struct Token {
@@ -37,10 +50,9 @@ impl Token {
     ///
     /// # Errors
     /// When the OS has no randomness to give.
-    pub fn generate() -> anyhow::Result<Token> {
+    pub fn generate() -> Result<Token, TokenError> {
         let mut b = [0u8; 32];
-        getrandom::fill(&mut b)
-            .map_err(|e| anyhow::anyhow!("no randomness for the job token: {e}"))?;
+        getrandom::fill(&mut b).map_err(|e| TokenError::NoRandomness(e.to_string()))?;
         Ok(Token::new(&hex::encode(b)))
     }
 
@@ -49,12 +61,10 @@ impl Token {
     /// # Errors
     /// When it is shorter than [`MIN_TOKEN_LEN`] characters or not plain printable ASCII (it may go into a
     /// header).
-    pub fn from_text(text: &str) -> anyhow::Result<Token> {
+    pub fn from_text(text: &str) -> Result<Token, TokenError> {
         let t = text.trim();
         if t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
-            anyhow::bail!(
-                "the job token must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces"
-            );
+            return Err(TokenError::Invalid);
         }
         Ok(Token::new(t))
     }
