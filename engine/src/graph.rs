@@ -23,17 +23,8 @@ use crate::grid::{chunk_index, linear, merge_groups, overlapping, product, unlin
 use crate::plan::{NodeOp, Plan};
 use crate::select::Selection;
 
-/// Index of a task in its [`TaskGraph`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct TaskId(pub usize);
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "task {}", self.0)
-    }
-}
+/// Index of a task in its [`TaskGraph`] (a wire type: reports and the progress snapshot carry it).
+pub use arrayjob_spec::progress::TaskId;
 
 /// What a task does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

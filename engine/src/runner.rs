@@ -524,7 +524,7 @@ impl Executor for LocalExecutor {
             spill_tier: outputs
                 .scratch()
                 .zip(self.spill_disk_limit)
-                .map(|(s, limit)| s.spill_tier("local", limit)),
+                .map(|(s, limit)| crate::s3::spill::spill_tier(s, "local", limit)),
         };
         Ok(execute(
             &job.plan,

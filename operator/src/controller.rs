@@ -782,13 +782,13 @@ async fn s3_credentials(
     ctx: &Context,
     ns: &str,
     job: &ArrayJob,
-) -> Result<Option<arrayjob_engine::s3::S3Credentials>, CredentialsError> {
+) -> Result<Option<arrayjob_s3::S3Credentials>, CredentialsError> {
     let Some(name) = &job.spec.s3_credentials_secret else {
         return Ok(ctx
             .settings
             .cleanup
             .operator_identity
-            .then_some(arrayjob_engine::s3::S3Credentials::DefaultChain));
+            .then_some(arrayjob_s3::S3Credentials::DefaultChain));
     };
     let what = format!("{ns}/{name}");
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)

@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use arrayjob_engine::exec::NodeSnapshot;
-use arrayjob_runtime::coordinator::{ProgressSnapshot, StageProgress};
+use arrayjob_spec::progress::{NodeSnapshot, ProgressSnapshot, StageProgress};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// The largest progress answer or `summary.json` read, in bytes (a job of 12 stages and 1000 workers answers

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrayjob_engine::s3::objects::S3Location;
-use arrayjob_engine::s3::spill::{Scratch, job_scratch};
-use arrayjob_engine::s3::{RequestPolicy, S3Connection, S3Credentials, S3Error, S3Settings};
+use arrayjob_s3::objects::S3Location;
+use arrayjob_s3::scratch::{Scratch, job_scratch};
+use arrayjob_s3::{RequestPolicy, S3Connection, S3Credentials, S3Error, S3Settings};
 use arrayjob_spec::spec::S3Storage;
 use k8s_openapi::ByteString;
 
@@ -86,7 +86,7 @@ pub fn summary(
     let b = bucket(storage, credentials, &location.bucket)?;
     let key = location.key("summary.json");
     let end = BODY_LIMIT as u64 + 1;
-    let got = arrayjob_engine::s3::objects::block(async move { b.get_range(&key, 0, end).await })?;
+    let got = arrayjob_s3::objects::block(async move { b.get_range(&key, 0, end).await })?;
     Ok(got.map(|body| body.to_vec()))
 }
 
@@ -94,15 +94,15 @@ fn bucket(
     storage: &S3Storage,
     credentials: S3Credentials,
     name: &str,
-) -> Result<arrayjob_engine::s3::objects::Bucket, S3Error> {
+) -> Result<arrayjob_s3::objects::Bucket, S3Error> {
     let mut settings = S3Settings::from_spec(Some(storage));
     settings.credentials = credentials;
     let conn = S3Connection::connect(&settings)?;
-    Ok(arrayjob_engine::s3::objects::Bucket::new(
+    Ok(arrayjob_s3::objects::Bucket::new(
         &conn,
         name,
         REQUESTS,
-        arrayjob_engine::s3::objects::DEFAULT_PART_BYTES,
+        arrayjob_s3::objects::DEFAULT_PART_BYTES,
     ))
 }
 

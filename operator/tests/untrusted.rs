@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrayjob_engine::s3::S3Credentials;
+use arrayjob_s3::S3Credentials;
 use arrayjob_operator::progress::{self, ProgressError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

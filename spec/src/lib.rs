@@ -7,6 +7,7 @@ pub mod dtype;
 pub mod error;
 pub mod job;
 pub mod limits;
+pub mod progress;
 pub mod s3;
 pub mod select;
 pub mod spec;

@@ -178,60 +178,15 @@ impl TieredSpill {
     }
 }
 
-/// A run's scratch prefix on S3, `{storage.prefix}scratch/{job}/{run}/` in the job's bucket: where spilled
-/// chunks go beyond the disk limit (`spill/local/`, `spill/w{worker}/`). Deleted when the run succeeds; kept
-/// when it fails unless `storage.s3.keepFailedScratch` is false; `arrayjob gc --scratch` removes a job's.
-#[derive(Debug, Clone)]
-pub struct Scratch {
-    /// The job's bucket.
-    pub bucket: Bucket,
-    /// The run's prefix.
-    pub location: super::objects::S3Location,
-}
+pub use arrayjob_s3::scratch::{Scratch, job_scratch};
 
-impl Scratch {
-    /// The scratch of run `run` of the job named `job` with `storage`.
-    ///
-    /// # Errors
-    /// As [`super::bucket`].
-    pub fn of(
-        storage: &crate::spec::S3Storage,
-        job: &str,
-        run: &str,
-    ) -> Result<Scratch, super::S3Error> {
-        Ok(Scratch {
-            bucket: super::bucket(Some(storage), &storage.bucket)?,
-            location: job_scratch(storage, job).join(run),
-        })
-    }
-
-    /// The spill tier of one process of the run (`who`: `local` or `w{id}`) with `disk_limit` bytes on disk.
-    pub fn spill_tier(&self, who: &str, disk_limit: u64) -> SpillTier {
-        SpillTier {
-            bucket: self.bucket.clone(),
-            prefix: self.location.join(&format!("spill/{who}")).prefix,
-            disk_limit,
-            damage_first: false,
-        }
-    }
-
-    /// Deletes everything under the run's prefix; returns how many objects there were.
-    ///
-    /// # Errors
-    /// When listing or deleting fails.
-    pub fn remove(&self) -> Result<usize, super::S3Error> {
-        let (b, p) = (self.bucket.clone(), self.location.prefix.clone());
-        block(async move { b.delete_prefix(&p).await })
-    }
-}
-
-/// Where every run of the job named `job` keeps its scratch: `s3://{bucket}/{prefix}scratch/{job}/`.
-pub fn job_scratch(storage: &crate::spec::S3Storage, job: &str) -> super::objects::S3Location {
-    super::objects::S3Location {
-        bucket: storage.bucket.clone(),
-        prefix: format!(
-            "{}scratch/{job}/",
-            storage.prefix.as_deref().unwrap_or_default()
-        ),
+/// The spill tier of one process of the run `scratch` belongs to (`who`: `local` or `w{id}`), with
+/// `disk_limit` bytes on disk before chunks go to S3.
+pub fn spill_tier(scratch: &Scratch, who: &str, disk_limit: u64) -> SpillTier {
+    SpillTier {
+        bucket: scratch.bucket.clone(),
+        prefix: scratch.spill_prefix(who),
+        disk_limit,
+        damage_first: false,
     }
 }

@@ -7,7 +7,7 @@
 //! It is a [`runner::Executor`], so a distributed run goes through the same staging and all-or-nothing
 //! commit as a local one. Its parts: `options` (how it runs), `state` (what it knows of the job and its
 //! workers), `routing` (the scheduler's actions to the workers' mailboxes, their reports to the scheduler),
-//! `drive` (its own loop), `http` (the endpoints), `progress` (the progress snapshot, a wire type), `report`
+//! `drive` (its own loop), `http` (the endpoints), `report`
 //! (`workers.json` and the timeline), `local` (worker processes started on this machine) and `error`.
 
 mod drive;
@@ -15,7 +15,6 @@ mod error;
 mod http;
 mod local;
 mod options;
-mod progress;
 mod report;
 mod routing;
 mod state;
@@ -34,7 +33,10 @@ use arrayjob_engine::store::StoreStats;
 pub use self::error::CoordinatorError;
 pub use self::local::local_worker_host;
 pub use self::options::CoordinatorOptions;
-pub use self::progress::{JobPhase, ProgressSnapshot, StageProgress, WorkerProgress, WorkerState};
+// The progress snapshot is a wire type: its one definition is in the spec crate, shared with its readers.
+pub use arrayjob_spec::progress::{
+    JobPhase, ProgressSnapshot, StageProgress, WorkerProgress, WorkerState,
+};
 pub use self::report::{DistributedReport, Event, Span, TIMELINE_HTML, TIMELINE_PNG, WORKERS_FILE};
 pub use self::state::describe_task;
 

@@ -171,7 +171,7 @@ pub(super) fn spill_backend(
         bucket: arrayjob_engine::s3::bucket(storage, &location.bucket)?,
         location,
     };
-    let mut tier = scratch.spill_tier(&format!("w{}", id.0), limit);
+    let mut tier = arrayjob_engine::s3::spill::spill_tier(&scratch, &format!("w{}", id.0), limit);
     // Fault injection for the recovery test of a damaged spilled object.
     tier.damage_first = std::env::var_os("ARRAYJOB_FAULT_DAMAGE_SPILL").is_some();
     Ok(Box::new(arrayjob_engine::s3::spill::TieredSpill::new(

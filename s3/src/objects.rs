@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Missing, RequestPolicy, S3Connection, S3Error, explain, outlast};
-use crate::source::limits;
+use arrayjob_spec::limits;
 
 /// Default size of one part of a multipart upload (objects up to this size go in one PUT).
 pub const DEFAULT_PART_BYTES: usize = 16 << 20;
@@ -87,25 +87,8 @@ impl std::fmt::Display for S3Location {
     }
 }
 
-/// Requests and bytes of this process, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct S3Counters {
-    /// Requests sent (each SDK retry is not counted again).
-    pub requests: u64,
-    /// Objects written (PUT or multipart upload).
-    pub objects_put: u64,
-    /// Of which multipart uploads.
-    pub multipart_uploads: u64,
-    /// Bytes written.
-    pub bytes_put: u64,
-    /// Bytes read.
-    pub bytes_got: u64,
-    /// Server-side copies.
-    pub copies: u64,
-    /// Objects deleted.
-    pub deleted: u64,
-}
+/// Requests and bytes of this process, by kind (a wire type: reports carry it).
+pub use arrayjob_spec::progress::S3Counters;
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 static OBJECTS_PUT: AtomicU64 = AtomicU64::new(0);

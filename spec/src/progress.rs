@@ -1,12 +1,11 @@
-//! The progress snapshot, the coordinator's answer to `GET /v1/progress`: per stage, per worker and the
-//! network, with the job's phase and each worker's state as enums written as the strings the wire has always
-//! carried. Its readers (the operator, `arrayjob progress`) deserialize the same types; the fields a reader
-//! does not need default when absent, and a phase or state this version does not know reads as `Other`, so a
-//! coordinator of another version still gives its stages.
+//! The contracts between processes about progress: the coordinator's answer to `GET /v1/progress`
+//! ([`ProgressSnapshot`]: per stage, per worker and the network, with the job's phase and each worker's state
+//! as enums written as the strings the wire has always carried) and the per-stage counters a run writes in
+//! `summary.json` ([`NodeSnapshot`]), with the ids and counters they carry. The coordinator and the engine
+//! write them; their readers (the operator, `arrayjob progress`) deserialize the same types. The fields a
+//! reader does not need default when absent, and a phase or state this version does not know reads as
+//! `Other`, so a coordinator of another version still gives its stages.
 
-use arrayjob_engine::s3::objects::S3Counters;
-use arrayjob_engine::schedule::{Steal, StoreCounts, WorkerId};
-use arrayjob_engine::store::StoreStats;
 
 /// A job's phase, as the coordinator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -187,6 +186,130 @@ pub struct StageProgress {
     pub start_seconds: Option<f64>,
     /// When its last task ended, once all are done.
     pub end_seconds: Option<f64>,
+}
+
+/// Index of a task in the job's task graph.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TaskId(pub usize);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {}", self.0)
+    }
+}
+
+/// A worker of the job, numbered by the coordinator in order of joining.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct WorkerId(pub u32);
+
+impl WorkerId {
+    /// The job's object store (the S3 scratch prefix) as a holder of keys: never lost, never sent tasks.
+    /// Pieces shipped there under `exchange: s3`, and keys a resumed job finds durable, are held by it.
+    pub const STORE: WorkerId = WorkerId(u32::MAX);
+}
+
+/// What went through the object store ([`WorkerId::STORE`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCounts {
+    /// Keys shipped to the store, and their bytes.
+    pub shipped_keys: u64,
+    /// See `shipped_keys`.
+    pub shipped_bytes: u64,
+    /// Keys a lost worker had shipped that were read back from the store rather than recomputed.
+    pub read_back_after_loss: u64,
+    /// Keys found unreadable in the store (a damaged or missing object), whose producers ran again.
+    pub unreadable: u64,
+    /// Tasks a resumed run found done in the ledger and did not run again.
+    pub restored_tasks: u64,
+    /// Tasks of the ledger run again on resume, because outputs still needed were not durable.
+    pub restored_reopened: u64,
+}
+
+/// A task moved from one worker's pending queue to an idle worker, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Steal {
+    /// The task.
+    pub task: TaskId,
+    /// Where it was waiting.
+    pub from: WorkerId,
+    /// Where it runs.
+    pub to: WorkerId,
+    /// Estimated seconds it would have waited.
+    pub wait_seconds: f64,
+    /// Estimated seconds to move its inputs.
+    pub transfer_seconds: f64,
+    /// When it was decided (seconds since the job started).
+    pub at: f64,
+}
+
+/// Counters of a store, for summaries.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStats {
+    /// Highest bytes in memory seen: resident chunks plus what the engine held against the budget.
+    pub peak_resident_bytes: u64,
+    /// Bytes written to the spill backend.
+    pub spilled_bytes: u64,
+    /// Bytes read back from it.
+    pub unspilled_bytes: u64,
+    /// Of the bytes spilled, those that went to S3 (beyond the local disk's limit); the rest went to disk.
+    #[serde(default)]
+    pub spilled_to_s3_bytes: u64,
+}
+
+/// Requests and bytes of this process, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Counters {
+    /// Requests sent (each SDK retry is not counted again).
+    pub requests: u64,
+    /// Objects written (PUT or multipart upload).
+    pub objects_put: u64,
+    /// Of which multipart uploads.
+    pub multipart_uploads: u64,
+    /// Bytes written.
+    pub bytes_put: u64,
+    /// Bytes read.
+    pub bytes_got: u64,
+    /// Server-side copies.
+    pub copies: u64,
+    /// Objects deleted.
+    pub deleted: u64,
+}
+
+/// A copy of a node's counters.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSnapshot {
+    /// Node name.
+    pub name: String,
+    /// Operation kind.
+    pub kind: String,
+    /// Units of work in total.
+    pub tasks_total: u64,
+    /// Units of work done.
+    pub tasks_done: u64,
+    /// Bytes read by this node's computations.
+    pub bytes_in: u64,
+    /// Bytes of the chunks it produced.
+    pub bytes_out: u64,
+    /// Wall-clock seconds from its first to its last unit of work.
+    pub seconds: f64,
+    /// When its first unit of work started, seconds after the run started.
+    pub start_seconds: f64,
+    /// When its last unit of work ended, seconds after the run started.
+    pub end_seconds: f64,
+    /// Thread-seconds spent in its computations.
+    pub busy_seconds: f64,
+    /// The stage's result, when it is a single number with a `value` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
 }
 
 #[cfg(test)]
