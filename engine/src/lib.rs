@@ -3,9 +3,11 @@
 
 pub mod array;
 pub mod data;
+pub mod error;
 pub mod exec;
 pub mod frame;
 pub mod graph;
+pub mod job;
 pub mod kernels;
 pub mod output;
 pub mod plan;
@@ -17,5 +19,6 @@ pub mod select;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod summary;
 pub mod tracker;
 pub mod validate;

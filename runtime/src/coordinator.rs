@@ -15,11 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrayjob_engine::data::Data;
+use arrayjob_engine::error::RunError;
 use arrayjob_engine::exec::{ExecError, JobProgress, NodeSnapshot};
 use arrayjob_engine::graph::{TaskGraph, TaskKind};
+use arrayjob_engine::job::Prepared;
+use arrayjob_engine::output::sink::{OutputRecord, Outputs};
 use arrayjob_engine::output::timeline;
 use arrayjob_engine::plan::{Plan, unlinear};
-use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
+use arrayjob_engine::runner;
 use arrayjob_engine::s3::ledger::{GatheredBlock, Ledger, StoredObject};
 use arrayjob_engine::s3::objects::Bucket;
 use arrayjob_engine::s3::objects::S3Counters;

@@ -21,8 +21,9 @@ use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::{Data, DataKey};
 use arrayjob_engine::exec::{ChunkSink, ExecError, JobProgress, KeepingIo, TaskRunner};
 use arrayjob_engine::graph::{TaskGraph, TaskId};
-use arrayjob_engine::output::zarr::{ArrayPlace, ZarrWriter};
-use arrayjob_engine::runner::{self, Prepared};
+use arrayjob_engine::job::Prepared;
+use arrayjob_engine::output::sink::{BlockOutputs, Gather};
+use arrayjob_engine::output::zarr::ArrayPlace;
 use arrayjob_engine::s3::objects::{Bucket, S3Location};
 use arrayjob_engine::schedule::WorkerId;
 use arrayjob_engine::store::{ChunkStore, FileSpill, StoreError};
@@ -469,7 +470,7 @@ fn prepare(desc: &JobDescription) -> anyhow::Result<Prepared> {
     let m = arrayjob_engine::validate::parse_manifest(&desc.manifest, "job manifest")?;
     let order = arrayjob_engine::validate::validate(&m.spec)
         .map_err(|p| anyhow::anyhow!("the job's manifest is invalid here: {p:?}"))?;
-    Ok(runner::prepare(
+    Ok(arrayjob_engine::job::prepare(
         m,
         &order,
         std::path::Path::new(&desc.base_dir),
@@ -1065,67 +1066,31 @@ fn zarr_root(job: &Prepared, desc: &JobDescription) -> anyhow::Result<ArrayPlace
 /// Where a worker's finished blocks go: Zarr chunks into the arrays the coordinator created (written here,
 /// by the worker that made them); blocks of small outputs (images, plots, CSVs) to the coordinator.
 struct WorkerSink {
-    stages: Vec<String>,
-    zarr: Vec<Option<ZarrWriter>>,
-    dense: Vec<bool>,
-    pixels: Vec<Option<Vec<[usize; 2]>>>,
+    blocks: BlockOutputs,
     http: Http,
 }
 
 impl WorkerSink {
     fn open(job: &Prepared, desc: &JobDescription, http: Http) -> anyhow::Result<WorkerSink> {
         let root = zarr_root(job, desc)?;
-        let mut zarr = Vec::new();
-        for n in &job.plan.nodes {
-            let z = match n
-                .output
-                .as_ref()
-                .and_then(|o| o.zarr.as_ref().map(|z| (o, z)))
-            {
-                Some((o, z)) => Some(ZarrWriter::open_existing(
-                    &root.join(z),
-                    &n.meta,
-                    &runner::zarr_options(n, o),
-                )?),
-                None => None,
-            };
-            zarr.push(z);
-        }
         Ok(WorkerSink {
-            stages: job.plan.nodes.iter().map(|n| n.name.clone()).collect(),
-            zarr,
-            dense: job.plan.nodes.iter().map(runner::dense_output).collect(),
-            pixels: job.plan.nodes.iter().map(runner::plotted_pixels).collect(),
+            blocks: BlockOutputs::open(job, &root)?,
             http,
         })
     }
 
     /// Marks of the Zarr writes submitted so far, one per node.
     fn write_marks(&self) -> Vec<u64> {
-        self.zarr
-            .iter()
-            .map(|z| z.as_ref().map_or(0, ZarrWriter::write_mark))
-            .collect()
+        self.blocks.write_marks()
     }
 
     /// Waits until the writes before `marks` are in their files.
     fn wait_written(&self, marks: &[u64]) -> Result<(), ExecError> {
-        for ((z, &mark), stage) in self.zarr.iter().zip(marks).zip(&self.stages) {
-            if let Some(z) = z
-                && mark > 0
-            {
-                z.wait_written(mark).map_err(|e| ExecError::Output {
-                    stage: stage.clone(),
-                    target: "zarr".into(),
-                    message: e.to_string(),
-                })?;
-            }
-        }
-        Ok(())
+        self.blocks.wait_written(marks)
     }
 
     /// Sends one block (or one pixel's series) to the coordinator.
-    fn gather(
+    fn send(
         &self,
         node: usize,
         start: &[usize],
@@ -1150,22 +1115,36 @@ impl WorkerSink {
             r.error_for_status().map(|_| ()).map_err(|e| e.to_string())
         });
         sent.map_err(|e| ExecError::Output {
-            stage: self.stages[node].clone(),
+            stage: self.blocks.stage(node).to_owned(),
             target: "coordinator".into(),
             message: format!("sending a block to the coordinator failed: {e}"),
         })
     }
 }
 
+impl Gather for WorkerSink {
+    fn gather_dense(&self, node: usize, start: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
+        self.send(node, start, None, chunk.clone())
+    }
+
+    fn gather_series(
+        &self,
+        node: usize,
+        k: usize,
+        t0: usize,
+        values: Vec<f64>,
+    ) -> Result<(), ExecError> {
+        let series = Chunk::F64(
+            ndarray::ArrayD::from_shape_vec(vec![values.len()], values)
+                .map_err(|e| ExecError::Internal(format!("pixel series: {e}")))?,
+        );
+        self.send(node, &[t0], Some(k), series)
+    }
+}
+
 impl ChunkSink for WorkerSink {
     fn tile_shape(&self, node: usize) -> Option<Vec<usize>> {
-        if self.dense[node] || self.pixels[node].is_some() {
-            return None;
-        }
-        self.zarr[node]
-            .as_ref()?
-            .tile_shape()
-            .map(<[usize]>::to_vec)
+        self.blocks.tile_shape(node)
     }
 
     fn deliver_tiles(
@@ -1175,31 +1154,11 @@ impl ChunkSink for WorkerSink {
         _shape: &[usize],
         tiles: &[Chunk],
     ) -> Result<(), ExecError> {
-        let Some(z) = &self.zarr[node] else {
-            return Err(ExecError::Internal(format!(
-                "node {node} has no sharded Zarr output to take pieces"
-            )));
-        };
-        runner::write_zarr_tiles(z, &self.stages[node], start, tiles)
+        self.blocks.deliver_tiles(node, start, tiles)
     }
 
     fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError> {
-        if let Some(z) = &self.zarr[node] {
-            runner::write_zarr_block(z, &self.stages[node], start, block)?;
-        }
-        if self.dense[node] {
-            self.gather(node, start, None, block.clone())?;
-        }
-        if let Some(px) = &self.pixels[node] {
-            for (k, t0, values) in runner::series_in_block(px, start, block) {
-                let series = Chunk::F64(
-                    ndarray::ArrayD::from_shape_vec(vec![values.len()], values)
-                        .map_err(|e| ExecError::Internal(format!("pixel series: {e}")))?,
-                );
-                self.gather(node, &[t0], Some(k), series)?;
-            }
-        }
-        Ok(())
+        self.blocks.deliver(node, start, block, self)
     }
 }
 
