@@ -3,10 +3,12 @@
 
 pub mod array;
 pub mod data;
+pub mod error;
 pub mod exec;
 pub mod frame;
 pub mod graph;
 pub mod grid;
+pub mod job;
 pub mod kernels;
 pub mod output;
 pub mod plan;
@@ -17,6 +19,7 @@ pub mod schedule;
 pub mod select;
 pub mod source;
 pub mod store;
+pub mod summary;
 pub mod tracker;
 
 // The spec and its validation live in `arrayjob-spec`; re-exported at their old paths.

@@ -13,6 +13,7 @@ pub mod image;
 pub mod montage;
 pub mod plot;
 pub mod s3store;
+pub mod sink;
 pub mod timeline;
 pub mod zarr;
 

@@ -4,8 +4,9 @@
 use arrayjob_engine::array::Chunk;
 use arrayjob_engine::data::Data;
 use arrayjob_engine::exec::{ChunkSink, ExecError};
-use arrayjob_engine::output::zarr::{ArrayPlace, ZarrWriter};
-use arrayjob_engine::runner::{self, Prepared};
+use arrayjob_engine::job::Prepared;
+use arrayjob_engine::output::sink::{BlockOutputs, Gather};
+use arrayjob_engine::output::zarr::ArrayPlace;
 use arrayjob_engine::s3::objects::S3Location;
 
 use super::error::WorkerError;
@@ -27,12 +28,10 @@ pub(super) fn zarr_root(job: &Prepared, desc: &JobDescription) -> Result<ArrayPl
 }
 
 /// Where a worker's finished blocks go: Zarr chunks into the arrays the coordinator created (written here,
-/// by the worker that made them); blocks of small outputs (images, plots, CSVs) to the coordinator.
+/// by the worker that made them, through the engine's [`BlockOutputs`], the same as a local run's); blocks of
+/// small outputs (images, plots, CSVs) to the coordinator.
 pub(super) struct WorkerSink {
-    pub(super) stages: Vec<String>,
-    pub(super) zarr: Vec<Option<ZarrWriter>>,
-    pub(super) dense: Vec<bool>,
-    pub(super) pixels: Vec<Option<Vec<[usize; 2]>>>,
+    pub(super) blocks: BlockOutputs,
     pub(super) http: Http,
 }
 
@@ -44,57 +43,24 @@ impl WorkerSink {
         http: Http,
     ) -> Result<WorkerSink, WorkerError> {
         let root = zarr_root(job, desc)?;
-        let mut zarr = Vec::new();
-        for n in &job.plan.nodes {
-            let z = match n
-                .output
-                .as_ref()
-                .and_then(|o| o.zarr.as_ref().map(|z| (o, z)))
-            {
-                Some((o, z)) => Some(ZarrWriter::open_existing(
-                    &root.join(z),
-                    &n.meta,
-                    &runner::zarr_options(n, o),
-                )?),
-                None => None,
-            };
-            zarr.push(z);
-        }
         Ok(WorkerSink {
-            stages: job.plan.nodes.iter().map(|n| n.name.clone()).collect(),
-            zarr,
-            dense: job.plan.nodes.iter().map(runner::dense_output).collect(),
-            pixels: job.plan.nodes.iter().map(runner::plotted_pixels).collect(),
+            blocks: BlockOutputs::open(job, &root)?,
             http,
         })
     }
 
     /// Marks of the Zarr writes submitted so far, one per node.
     pub(super) fn write_marks(&self) -> Vec<u64> {
-        self.zarr
-            .iter()
-            .map(|z| z.as_ref().map_or(0, ZarrWriter::write_mark))
-            .collect()
+        self.blocks.write_marks()
     }
 
     /// Waits until the writes before `marks` are in their files.
     pub(super) fn wait_written(&self, marks: &[u64]) -> Result<(), ExecError> {
-        for ((z, &mark), stage) in self.zarr.iter().zip(marks).zip(&self.stages) {
-            if let Some(z) = z
-                && mark > 0
-            {
-                z.wait_written(mark).map_err(|e| ExecError::Output {
-                    stage: stage.clone(),
-                    target: "zarr".into(),
-                    message: e.to_string(),
-                })?;
-            }
-        }
-        Ok(())
+        self.blocks.wait_written(marks)
     }
 
     /// Sends one block (or one pixel's series) to the coordinator.
-    pub(super) fn gather(
+    fn send(
         &self,
         node: usize,
         start: &[usize],
@@ -119,22 +85,36 @@ impl WorkerSink {
             r.error_for_status().map(|_| ()).map_err(|e| e.to_string())
         });
         sent.map_err(|e| ExecError::Output {
-            stage: self.stages[node].clone(),
+            stage: self.blocks.stage(node).to_owned(),
             target: "coordinator".into(),
             message: format!("sending a block to the coordinator failed: {e}"),
         })
     }
 }
 
+impl Gather for WorkerSink {
+    fn gather_dense(&self, node: usize, start: &[usize], chunk: &Chunk) -> Result<(), ExecError> {
+        self.send(node, start, None, chunk.clone())
+    }
+
+    fn gather_series(
+        &self,
+        node: usize,
+        k: usize,
+        t0: usize,
+        values: Vec<f64>,
+    ) -> Result<(), ExecError> {
+        let series = Chunk::F64(
+            ndarray::ArrayD::from_shape_vec(vec![values.len()], values)
+                .map_err(|e| ExecError::Internal(format!("pixel series: {e}")))?,
+        );
+        self.send(node, &[t0], Some(k), series)
+    }
+}
+
 impl ChunkSink for WorkerSink {
     fn tile_shape(&self, node: usize) -> Option<Vec<usize>> {
-        if self.dense[node] || self.pixels[node].is_some() {
-            return None;
-        }
-        self.zarr[node]
-            .as_ref()?
-            .tile_shape()
-            .map(<[usize]>::to_vec)
+        self.blocks.tile_shape(node)
     }
 
     fn deliver_tiles(
@@ -144,30 +124,10 @@ impl ChunkSink for WorkerSink {
         _shape: &[usize],
         tiles: &[Chunk],
     ) -> Result<(), ExecError> {
-        let Some(z) = &self.zarr[node] else {
-            return Err(ExecError::Internal(format!(
-                "node {node} has no sharded Zarr output to take pieces"
-            )));
-        };
-        runner::write_zarr_tiles(z, &self.stages[node], start, tiles)
+        self.blocks.deliver_tiles(node, start, tiles)
     }
 
     fn deliver(&self, node: usize, start: &[usize], block: &Chunk) -> Result<(), ExecError> {
-        if let Some(z) = &self.zarr[node] {
-            runner::write_zarr_block(z, &self.stages[node], start, block)?;
-        }
-        if self.dense[node] {
-            self.gather(node, start, None, block.clone())?;
-        }
-        if let Some(px) = &self.pixels[node] {
-            for (k, t0, values) in runner::series_in_block(px, start, block) {
-                let series = Chunk::F64(
-                    ndarray::ArrayD::from_shape_vec(vec![values.len()], values)
-                        .map_err(|e| ExecError::Internal(format!("pixel series: {e}")))?,
-                );
-                self.gather(node, &[t0], Some(k), series)?;
-            }
-        }
-        Ok(())
+        self.blocks.deliver(node, start, block, self)
     }
 }

@@ -21,11 +21,14 @@
 //! * [`reclaim::reclaim_spot_node`] simulates a spot interruption.
 
 mod container;
+mod images;
 mod node;
 mod pods;
+mod prepare;
 pub(crate) mod probes;
 pub(crate) mod proxy;
 pub mod reclaim;
+pub(crate) mod refs;
 pub mod sandbox;
 pub(crate) mod volumes;
 mod waiting;
@@ -44,7 +47,7 @@ use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use pods::{ImageTarget, image_lookup};
+pub use images::{ImageTarget, image_lookup};
 
 use crate::{Error, Result};
 

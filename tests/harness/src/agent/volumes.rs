@@ -26,7 +26,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::Ctx;
-use super::pods::{config_map_data, field_value, secret_data};
+use super::refs::{config_map_data, field_value, secret_data};
 use super::sandbox::BindMount;
 use super::waiting::NotReady;
 
