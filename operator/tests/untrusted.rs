@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrayjob_s3::S3Credentials;
 use arrayjob_operator::progress::{self, ProgressError};
+use arrayjob_s3::S3Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -6,7 +6,6 @@
 //! reader does not need default when absent, and a phase or state this version does not know reads as
 //! `Other`, so a coordinator of another version still gives its stages.
 
-
 /// A job's phase, as the coordinator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

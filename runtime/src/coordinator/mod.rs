@@ -34,11 +34,11 @@ pub use self::error::CoordinatorError;
 pub use self::local::local_worker_host;
 pub use self::options::CoordinatorOptions;
 // The progress snapshot is a wire type: its one definition is in the spec crate, shared with its readers.
+pub use self::report::{DistributedReport, Event, Span, TIMELINE_HTML, TIMELINE_PNG, WORKERS_FILE};
+pub use self::state::describe_task;
 pub use arrayjob_spec::progress::{
     JobPhase, ProgressSnapshot, StageProgress, WorkerProgress, WorkerState,
 };
-pub use self::report::{DistributedReport, Event, Span, TIMELINE_HTML, TIMELINE_PNG, WORKERS_FILE};
-pub use self::state::describe_task;
 
 use self::drive::{drive, resume, tell_workers_over};
 use self::http::{dialable, serve};

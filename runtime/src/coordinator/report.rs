@@ -8,7 +8,7 @@ use arrayjob_engine::runner::{self, OutputRecord, RunError};
 use arrayjob_engine::schedule::{Steal, StoreCounts, WorkerId};
 
 use super::error::CoordinatorError;
-use super::progress::WorkerProgress;
+use arrayjob_spec::progress::WorkerProgress;
 
 /// What the distributed run did, beyond the local summary: per worker, and the network.
 #[derive(Debug, Clone, Default, serde::Serialize)]

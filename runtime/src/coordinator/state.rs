@@ -18,11 +18,13 @@ use arrayjob_engine::store::StoreStats;
 use axum::body::Bytes;
 
 use super::options::CoordinatorOptions;
-use super::progress::{JobPhase, ProgressSnapshot, StageProgress, WorkerProgress, WorkerState};
 use super::report::{DistributedReport, Event, Span};
 use crate::exchange::StoreBook;
 use crate::metrics::CoordinatorMetrics;
 use crate::protocol::{Command, JobDescription, RegisterRequest};
+use arrayjob_spec::progress::{
+    JobPhase, ProgressSnapshot, StageProgress, WorkerProgress, WorkerState,
+};
 
 /// A block of a small output sent by a worker.
 pub(super) struct Gathered {
