@@ -21,8 +21,10 @@ fast_tests=(
   bad_input hostile run_results out_dir pipeline_oracle select_montage stack_sources
   # operator: no API server
   crd progress_fuzz untrusted
-  # runtime: loopback only
-  auth frames_fuzz
+  # runtime: loopback only, in one process
+  auth cluster frames_fuzz
+  # cli
+  resources
 )
 args=(--workspace --locked --release --lib --bins)
 for t in "${fast_tests[@]}"; do
