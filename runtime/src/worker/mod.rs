@@ -122,7 +122,7 @@ pub fn run(opts: WorkerOptions) -> Result<WorkerOutcome, WorkerError> {
         token: opts.token.clone(),
         rt: rt.handle().clone(),
     };
-    let joined = rt.block_on(join(&opts, &http))?;
+    let joined = join(&opts, &http, &rt)?;
     tracing::info!(worker = joined.id.0, address = %joined.address, "joined the job");
     let Joined {
         desc,
@@ -160,18 +160,14 @@ pub fn run(opts: WorkerOptions) -> Result<WorkerOutcome, WorkerError> {
 }
 
 /// Listens, asks the coordinator for the job, finds the address peers reach this worker at, builds the
-/// plan (refusing another plan hash than expected) and registers.
-async fn join(opts: &WorkerOptions, http: &Http) -> Result<Joined, WorkerError> {
-    let listen = |source| WorkerError::Listen {
-        address: opts.listen,
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(listen)?;
-    let bound = listener.local_addr().map_err(listen)?;
-    let desc = fetch_job(http, opts.join_timeout).await?;
-    let address = advertised_address(opts.advertise.as_deref(), bound, &http.coordinator).await?;
+/// plan (refusing another plan hash than expected) and registers. The plan is built outside the async
+/// runtime: opening the source may open S3 connections, which block on the process-wide S3 runtime.
+fn join(
+    opts: &WorkerOptions,
+    http: &Http,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Joined, WorkerError> {
+    let (listener, desc, address) = rt.block_on(contact(opts, http))?;
     let job = prepare(&desc)?;
     if let Some(want) = &opts.expect_plan_hash
         && *want != desc.plan_hash
@@ -182,7 +178,7 @@ async fn join(opts: &WorkerOptions, http: &Http) -> Result<Joined, WorkerError> 
             expected: want.clone(),
         });
     }
-    let id = register(
+    let id = rt.block_on(register(
         http,
         &RegisterRequest {
             address: address.clone(),
@@ -192,8 +188,7 @@ async fn join(opts: &WorkerOptions, http: &Http) -> Result<Joined, WorkerError> 
             version: env!("CARGO_PKG_VERSION").to_string(),
             launch_id: opts.launch_id.clone(),
         },
-    )
-    .await?;
+    ))?;
     Ok(Joined {
         desc,
         job,
@@ -201,6 +196,24 @@ async fn join(opts: &WorkerOptions, http: &Http) -> Result<Joined, WorkerError> 
         address,
         listener,
     })
+}
+
+/// Listens, asks the coordinator for the job and finds the address peers reach this worker at.
+async fn contact(
+    opts: &WorkerOptions,
+    http: &Http,
+) -> Result<(tokio::net::TcpListener, JobDescription, String), WorkerError> {
+    let listen = |source| WorkerError::Listen {
+        address: opts.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    let desc = fetch_job(http, opts.join_timeout).await?;
+    let address = advertised_address(opts.advertise.as_deref(), bound, &http.coordinator).await?;
+    Ok((listener, desc, address))
 }
 
 /// What the worker's threads share once it joined: its store (spilling to disk, then the job's S3 scratch),
