@@ -249,6 +249,21 @@ fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Whether the pods matching `selector` are all gone within `secs` (the garbage collector removes a deleted
+/// job's pods after the job, and each pod only once its process has stopped).
+fn pods_gone(env: &TestEnv, ns: &str, selector: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if pods(env, ns, selector).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn get_job(env: &TestEnv, ns: &str, name: &str) -> Option<Value> {
     let text = env
         .kubectl(&["get", "arrayjob", name, "-n", ns, "-o", "json"])
@@ -848,7 +863,11 @@ async fn deleting_a_job_whose_secret_went_first_or_that_skips_cleanup_ends_at_on
         exists(env.s3(), &planted).await?,
         "the scratch is left (and the Event says so)"
     );
-    assert!(pods(env, &ns, "arrayjob.dev/job=orphan").is_empty());
+    assert!(
+        pods_gone(env, &ns, "arrayjob.dev/job=orphan", 30),
+        "{:?}",
+        pods(env, &ns, "arrayjob.dev/job=orphan")
+    );
     eprintln!(
         "deleted in {:.1} s with its Secret gone",
         took.as_secs_f64()
