@@ -107,8 +107,17 @@ fn content_length(head: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// One test at a time: `tracing` caches per call site whether anyone listens, and a refusal logged by
+/// another test's thread (with no subscriber) while the flood test's scoped subscriber is set can leave that
+/// cache saying no one does.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_worker_refuses_peers_without_the_token_and_counts_them() {
+    let _serial = serial();
     let rt = runtime();
     let tmp = tempfile::tempdir().expect("tmp");
     let token = Token::generate().expect("token");
@@ -207,6 +216,7 @@ async fn fake_server(answer: Vec<u8>) -> (String, Arc<Mutex<Vec<u8>>>) {
 
 #[test]
 fn a_worker_reads_nothing_from_a_server_that_cannot_prove_the_token() {
+    let _serial = serial();
     let rt = runtime();
     let tmp = tempfile::tempdir().expect("tmp");
     let token = Token::generate().expect("token");
@@ -294,6 +304,7 @@ async fn signed_server(guard: Guard) -> String {
 
 #[test]
 fn replayed_stale_and_tampered_requests_are_refused() {
+    let _serial = serial();
     let rt = runtime();
     let token = Token::generate().expect("token");
     let guard = Guard::new(token.clone());
@@ -378,7 +389,13 @@ impl std::io::Write for Captured {
 
 #[test]
 fn a_flood_of_bad_requests_is_counted_exactly_and_logged_a_bounded_number_of_times() {
-    let rt = runtime();
+    let _serial = serial();
+    // One thread: the server's handlers run where the capturing subscriber is the default (on a
+    // multi-threaded runtime they ran on its workers, and their lines went elsewhere now and then).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let token = Token::generate().expect("token");
     let other = Token::generate().expect("token");
     // One line per reason per hour: the flood below takes seconds, so exactly one line per reason.
@@ -390,6 +407,7 @@ fn a_flood_of_bad_requests_is_counted_exactly_and_logged_a_bounded_number_of_tim
         .with_ansi(false)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
         rt.block_on(async {
             let address = signed_server(guard.clone()).await;
             let http = client();
