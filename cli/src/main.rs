@@ -11,7 +11,7 @@ use arrayjob_engine::graph::TaskGraph;
 use arrayjob_engine::resources;
 use arrayjob_engine::runner::{self, RunOptions};
 use arrayjob_engine::spec::ArrayJobManifest;
-use arrayjob_engine::validate;
+use arrayjob_engine::validate::{self, ValidatedSpec};
 use clap::{Parser, Subcommand};
 
 mod report;
@@ -176,15 +176,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(file: &Path) -> anyhow::Result<(ArrayJobManifest, Vec<usize>)> {
+fn load(file: &Path) -> anyhow::Result<(ArrayJobManifest, ValidatedSpec)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let m = validate::parse_manifest(&text, &file.display().to_string())?;
-    let order = validate::validate(&m.spec).map_err(|p| validate::SpecError::Invalid {
+    let valid = validate::validate(&m.spec).map_err(|p| validate::SpecError::Invalid {
         file: file.display().to_string(),
         problems: p,
     })?;
-    Ok((m, order))
+    Ok((m, valid))
 }
 
 fn base_dir(file: &Path) -> PathBuf {
@@ -200,12 +200,12 @@ fn default_threads() -> usize {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Validate { file } => {
-            let (m, order) = load(&file)?;
+            let (m, valid) = load(&file)?;
             println!(
                 "{}: valid ArrayJob '{}' with {} stage(s)",
                 file.display(),
                 m.metadata.name,
-                order.len()
+                valid.stages.len()
             );
             Ok(())
         }
@@ -214,8 +214,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             threads,
         } => {
-            let (m, order) = load(&file)?;
-            let job = runner::prepare(m, &order, &base_dir(&file))?;
+            let (m, valid) = load(&file)?;
+            let job = runner::prepare(m, &valid, &base_dir(&file))?;
             // An unbuildable graph is a bug that `run` reports; the plan is printed without task counts.
             let counts = TaskGraph::build(&job.plan)
                 .map(|g| g.task_counts())
@@ -284,14 +284,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             dist,
         } => {
-            let (m, order) = load(&file)?;
+            let (m, valid) = load(&file)?;
             let out = match out {
                 Some(o) => runner::OutLocation::parse("--out", &o)?,
                 None => runner::OutLocation::Dir(PathBuf::from("out").join(&m.metadata.name)),
             };
             let manifest_text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let job = runner::prepare(m, &order, &base_dir(&file))?;
+            let job = runner::prepare(m, &valid, &base_dir(&file))?;
             let threads = threads.unwrap_or_else(default_threads).max(1);
             let memory_budget =
                 memory_limit.map_or_else(resources::default_memory_budget, |b| b.as_u64() as usize);

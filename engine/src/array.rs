@@ -446,6 +446,26 @@ impl ArrayMeta {
     }
 }
 
+impl From<arrayjob_spec::validate::Grid> for ArrayMeta {
+    fn from(g: arrayjob_spec::validate::Grid) -> ArrayMeta {
+        ArrayMeta {
+            shape: g.shape,
+            chunks: g.chunks,
+            dtype: g.dtype,
+        }
+    }
+}
+
+impl From<ArrayMeta> for arrayjob_spec::validate::Grid {
+    fn from(m: ArrayMeta) -> Self {
+        arrayjob_spec::validate::Grid {
+            shape: m.shape,
+            chunks: m.chunks,
+            dtype: m.dtype,
+        }
+    }
+}
+
 /// All indices of a grid of the given extent, in row-major order.
 pub fn grid_indices(grid: &[usize]) -> Vec<Vec<usize>> {
     let total: usize = grid.iter().product();

@@ -7,6 +7,7 @@ use crate::error::RunError;
 use crate::plan::Plan;
 use crate::source::SliceSource;
 use crate::spec::ArrayJobManifest;
+use crate::validate::ValidatedSpec;
 
 /// A job with its source opened and its plan built, ready to run.
 #[derive(Debug)]
@@ -27,7 +28,7 @@ pub struct Prepared {
 /// When the source cannot be opened or read, or the spec does not fit the data.
 pub fn prepare(
     mut manifest: ArrayJobManifest,
-    order: &[usize],
+    validated: &ValidatedSpec,
     base_dir: &Path,
 ) -> Result<Prepared, RunError> {
     let source = crate::source::open_job(&manifest.spec, base_dir)?;
@@ -36,7 +37,7 @@ pub fn prepare(
         *per_chunk = source.chunk_depth();
     }
     let info = source.slice_info()?;
-    let plan = Plan::build(&manifest.spec, order, source.len(), info)?;
+    let plan = Plan::build(&manifest.spec, validated, source.len(), info)?;
     Ok(Prepared {
         manifest,
         source,

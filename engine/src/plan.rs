@@ -17,8 +17,9 @@ use crate::array::{ArrayMeta, DType};
 use crate::select::Selection;
 use crate::source::{SliceInfo, limits};
 use crate::spec::{
-    ArrayJobSpec, DEFAULT_SLICES_PER_CHUNK, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT, StageOp,
+    ArrayJobSpec, DEFAULT_SLICES_PER_CHUNK, FftOp, OutputSpec, ReduceOp, SOURCE_INPUT,
 };
+use crate::validate::{Problem, ResolvedOp, ValidatedSpec, ValidatedStage};
 // The grid helpers lived here; re-exported so their old paths keep working.
 pub use crate::grid::{
     MERGE_GROUP_BYTES, chunk_index, chunks_in, linear, merge_groups, overlapping, product, unlinear,
@@ -181,233 +182,65 @@ pub struct PlanError {
     pub message: String,
 }
 
+impl PlanError {
+    /// The first of the problems binding a spec to its data found (each names its field).
+    fn first(problems: Vec<Problem>) -> PlanError {
+        let p = problems.into_iter().next().unwrap_or_else(|| Problem {
+            path: "spec".into(),
+            message: "does not fit the data".into(),
+        });
+        PlanError {
+            path: p.path,
+            message: p.message,
+        }
+    }
+}
+
 impl Plan {
-    /// Builds the plan for `spec` (validated, stages in `order`) over `slices` slices described by `info`.
+    /// Builds the plan for `spec`, validated as `validated`, over `slices` slices described by `info`: the
+    /// validated stages are bound to the real lengths ([`ValidatedSpec::bind`]) and become nodes with chunk
+    /// grids and the blocks they are produced in.
     ///
     /// # Errors
-    /// When the spec does not fit the data: a window or pixel outside the real slice size, a declared slice
-    /// shape or type that differs from the data.
+    /// When the spec does not fit the data (a window or pixel outside the real slice size, a declared slice
+    /// shape or type that differs from the data), or its chunks, pieces or tasks pass the limits.
     pub fn build(
         spec: &ArrayJobSpec,
-        order: &[usize],
+        validated: &ValidatedSpec,
         slices: usize,
         info: SliceInfo,
     ) -> Result<Plan, PlanError> {
-        if let Some(s) = &spec.source.slice_shape
-            && s.as_slice() != [info.height, info.width]
-        {
-            return Err(PlanError {
-                path: "spec.source.sliceShape".into(),
-                message: format!(
-                    "declared {s:?}, but slice 0 is {}x{}",
-                    info.height, info.width
-                ),
-            });
-        }
-        if let Some(d) = spec.source.dtype
-            && d != info.dtype
-        {
-            return Err(PlanError {
-                path: "spec.source.dtype".into(),
-                message: format!("declared {d}, but slice 0 is {}", info.dtype),
-            });
-        }
-        if slices == 0 {
-            return Err(PlanError {
-                path: "spec.source".into(),
-                message: "the source has no slices".into(),
-            });
-        }
         let per_chunk = spec
             .source
             .slices_per_chunk
             .unwrap_or(DEFAULT_SLICES_PER_CHUNK)
-            .clamp(1, slices);
-        check_chunk_bytes(
-            "spec.source.slicesPerChunk",
-            &[per_chunk, info.height, info.width],
-            info.dtype.size(),
-            || {
-                format!(
-                    "a load task's {per_chunk} slice(s) of {}x{} {}",
-                    info.height, info.width, info.dtype
-                )
-            },
-        )?;
-        let loads = slices.div_ceil(per_chunk) as u64;
-        if loads > limits::MAX_CHUNKS_PER_STAGE {
-            return Err(PlanError {
-                path: "spec.source.slicesPerChunk".into(),
-                message: format!(
-                    "{slices} slices in chunks of {per_chunk} make {loads} load tasks, more than the limit of {} \
-                     chunks per stage: raise slicesPerChunk",
-                    limits::MAX_CHUNKS_PER_STAGE
-                ),
-            });
-        }
+            .clamp(1, slices.max(1));
+        let source = ArrayMeta {
+            shape: vec![slices, info.height, info.width],
+            chunks: vec![per_chunk, info.height, info.width],
+            dtype: info.dtype,
+        };
+        let bound = validated
+            .bind(spec, &source.clone().into())
+            .map_err(PlanError::first)?;
+        check_loads(&source)?;
         let mut nodes = vec![Node {
             name: SOURCE_INPUT.to_string(),
             spec_index: None,
             input: None,
             op: NodeOp::Source,
-            meta: ArrayMeta {
-                shape: vec![slices, info.height, info.width],
-                chunks: vec![per_chunk, info.height, info.width],
-                dtype: info.dtype,
-            },
-            block: vec![per_chunk, info.height, info.width],
+            block: source.chunks.clone(),
+            meta: source,
             output: None,
             children: vec![],
         }];
-        for &si in order {
-            let st = &spec.stages[si];
-            let at = format!("spec.stages[{si}]");
-            let input = nodes
-                .iter()
-                .position(|n| n.name == st.input)
-                .ok_or_else(|| PlanError {
-                    path: format!("{at}.input"),
-                    message: format!("unknown input '{}'", st.input),
-                })?;
-            let im = nodes[input].meta.clone();
-            let ops = st.ops();
-            let Some(op) = ops.first() else {
-                return Err(PlanError {
-                    path: at,
-                    message: "no operation".into(),
-                });
-            };
-            let (op, meta) = match op {
-                StageOp::Select(s) => {
-                    let dims: Vec<Option<usize>> = im.shape.iter().map(|&n| Some(n)).collect();
-                    let resolved = crate::select::resolve(s, &dims, &at).map_err(|p| {
-                        let (path, message) = p.into_iter().next().unwrap_or_default();
-                        PlanError { path, message }
-                    })?;
-                    let Some(sel) = resolved else {
-                        return Err(PlanError {
-                            path: format!("{at}.select"),
-                            message: "the input's lengths are unknown".into(),
-                        });
-                    };
-                    let meta = sel.meta(&im);
-                    (NodeOp::Select(sel), meta)
-                }
-                StageOp::Reduce(r) => {
-                    let keep: Vec<usize> = (0..im.shape.len())
-                        .filter(|a| !r.axes.contains(a))
-                        .collect();
-                    let dtype = match r.op {
-                        crate::spec::ReduceKind::Min | crate::spec::ReduceKind::Max => im.dtype,
-                        _ => DType::Float64,
-                    };
-                    let meta = ArrayMeta {
-                        shape: keep.iter().map(|&a| im.shape[a]).collect(),
-                        chunks: keep.iter().map(|&a| im.chunks[a]).collect(),
-                        dtype,
-                    };
-                    (NodeOp::Reduce(r.clone()), meta)
-                }
-                StageOp::Recenter(r) => {
-                    let (h, w) = (im.shape[1], im.shape[2]);
-                    let window = match &r.window {
-                        Some(v) => [v[0], v[1]],
-                        None => crate::kernels::recenter::post_window(h, w),
-                    };
-                    if window[0] > h || window[1] > w || window[0] == 0 || window[1] == 0 {
-                        return Err(PlanError {
-                            path: format!("{at}.recenter.window"),
-                            message: format!("window {window:?} does not fit in slices of {h}x{w}"),
-                        });
-                    }
-                    let meta = ArrayMeta {
-                        shape: vec![im.shape[0], window[0], window[1]],
-                        chunks: vec![im.chunks[0], window[0], window[1]],
-                        dtype: im.dtype,
-                    };
-                    (NodeOp::Recenter { window }, meta)
-                }
-                StageOp::Rechunk(r) => {
-                    let chunks = r
-                        .chunks
-                        .iter()
-                        .zip(&im.shape)
-                        .map(|(&c, &n)| {
-                            if c < 0 {
-                                n.max(1)
-                            } else {
-                                (c as usize).min(n).max(1)
-                            }
-                        })
-                        .collect();
-                    (
-                        NodeOp::Rechunk,
-                        ArrayMeta {
-                            shape: im.shape.clone(),
-                            chunks,
-                            dtype: im.dtype,
-                        },
-                    )
-                }
-                StageOp::Fft(f) => {
-                    let mut shape = im.shape.clone();
-                    if f.onesided {
-                        shape[f.axis] = shape[f.axis] / 2 + 1;
-                    }
-                    let mut chunks = im.chunks.clone();
-                    chunks[f.axis] = shape[f.axis];
-                    let dtype = f.dtype.unwrap_or(DType::Float32);
-                    (
-                        NodeOp::Fft(f.clone()),
-                        ArrayMeta {
-                            shape,
-                            chunks,
-                            dtype,
-                        },
-                    )
-                }
-            };
-            if let Some(o) = &st.output
-                && let Some(pl) = &o.plot
-                && let Some(px) = &pl.pixels
-            {
-                for (k, rc) in px.iter().enumerate() {
-                    for (a, &v) in rc.iter().enumerate() {
-                        if meta.shape.get(a + 1).is_none_or(|&d| v >= d) {
-                            return Err(PlanError {
-                                path: format!("{at}.output.plot.pixels[{k}][{a}]"),
-                                message: format!(
-                                    "{v} out of range: stage '{}' has shape {:?}",
-                                    st.name, meta.shape
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-            let block = match &op {
-                NodeOp::Rechunk => merge_groups(&meta).chunks,
-                NodeOp::Fft(f) => {
-                    let mut b = nodes[input].block.clone();
-                    b[f.axis] = meta.shape[f.axis];
-                    b
-                }
-                _ => meta.chunks.clone(),
-            };
-            check_node_bytes(&at, &st.name, &op, &meta, &block)?;
-            check_node_count(&at, &st.name, &op, &meta, &nodes[input].meta)?;
+        for st in &bound.stages {
+            let node = stage_node(spec, st, &nodes)?;
             let id = nodes.len();
-            nodes[input].children.push(id);
-            nodes.push(Node {
-                name: st.name.clone(),
-                spec_index: Some(si),
-                input: Some(input),
-                op,
-                meta,
-                block,
-                output: st.output.clone(),
-                children: vec![],
-            });
+            if let Some(input) = node.input {
+                nodes[input].children.push(id);
+            }
+            nodes.push(node);
         }
         Ok(Plan {
             nodes,
@@ -488,6 +321,78 @@ impl Plan {
             peak_memory_estimate: in_flight + exchange + partial_bytes,
         }
     }
+}
+
+/// Refuses a load task larger than the chunk limit, and more load tasks than the chunks allowed per stage.
+fn check_loads(source: &ArrayMeta) -> Result<(), PlanError> {
+    let (slices, per_chunk) = (source.shape[0], source.chunks[0]);
+    check_chunk_bytes(
+        "spec.source.slicesPerChunk",
+        &source.chunks,
+        source.dtype.size(),
+        || {
+            format!(
+                "a load task's {per_chunk} slice(s) of {}x{} {}",
+                source.chunks[1], source.chunks[2], source.dtype
+            )
+        },
+    )?;
+    let loads = slices.div_ceil(per_chunk) as u64;
+    if loads > limits::MAX_CHUNKS_PER_STAGE {
+        return Err(PlanError {
+            path: "spec.source.slicesPerChunk".into(),
+            message: format!(
+                "{slices} slices in chunks of {per_chunk} make {loads} load tasks, more than the limit of {} \
+                 chunks per stage: raise slicesPerChunk",
+                limits::MAX_CHUNKS_PER_STAGE
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The node of a bound stage (every length known) reading one of `nodes`: its grid, the blocks it is
+/// produced in, its size checked.
+fn stage_node(spec: &ArrayJobSpec, st: &ValidatedStage, nodes: &[Node]) -> Result<Node, PlanError> {
+    let spec_stage = &spec.stages[st.index];
+    let at = format!("spec.stages[{}]", st.index);
+    let input = st.input.map_or(0, |k| k + 1);
+    let unbound = || PlanError {
+        path: at.clone(),
+        message: "the stage's lengths are not known after binding to the data (a bug)".into(),
+    };
+    let meta: ArrayMeta = st.shape.grid().ok_or_else(unbound)?.into();
+    let op = match &st.op {
+        ResolvedOp::Select(Some(r)) => NodeOp::Select(Selection::from(r.clone())),
+        ResolvedOp::Reduce(r) => NodeOp::Reduce(r.clone()),
+        ResolvedOp::Recenter([Some(rows), Some(cols)]) => NodeOp::Recenter {
+            window: [*rows, *cols],
+        },
+        ResolvedOp::Rechunk => NodeOp::Rechunk,
+        ResolvedOp::Fft(f) => NodeOp::Fft(f.clone()),
+        ResolvedOp::Select(None) | ResolvedOp::Recenter(_) => return Err(unbound()),
+    };
+    let block = match &op {
+        NodeOp::Rechunk => merge_groups(&meta).chunks,
+        NodeOp::Fft(f) => {
+            let mut b = nodes[input].block.clone();
+            b[f.axis] = meta.shape[f.axis];
+            b
+        }
+        _ => meta.chunks.clone(),
+    };
+    check_node_bytes(&at, &spec_stage.name, &op, &meta, &block)?;
+    check_node_count(&at, &spec_stage.name, &op, &meta, &nodes[input].meta)?;
+    Ok(Node {
+        name: spec_stage.name.clone(),
+        spec_index: Some(st.index),
+        input: Some(input),
+        op,
+        meta,
+        block,
+        output: spec_stage.output.clone(),
+        children: vec![],
+    })
 }
 
 /// Refuses a chunk of `shape` with elements of `size` bytes larger than [`limits::MAX_CHUNK_BYTES`], naming
@@ -650,13 +555,13 @@ pub(crate) fn test_plan(stages: &str, slices: usize, side: usize) -> Plan {
         "t.yaml",
     )
     .expect("valid manifest");
-    let order = crate::validate::validate(&m.spec).expect("valid spec");
+    let valid = crate::validate::validate(&m.spec).expect("valid spec");
     let info = SliceInfo {
         height: side,
         width: side,
         dtype: DType::Uint8,
     };
-    Plan::build(&m.spec, &order, slices, info).expect("plan")
+    Plan::build(&m.spec, &valid, slices, info).expect("plan")
 }
 
 #[cfg(test)]
@@ -682,13 +587,13 @@ spec:
             "t.yaml",
         )
         .expect("valid");
-        let order = crate::validate::validate(&m.spec).expect("valid");
+        let valid = crate::validate::validate(&m.spec).expect("valid");
         let info = SliceInfo {
             height: 40,
             width: 40,
             dtype: DType::Uint8,
         };
-        let p = Plan::build(&m.spec, &order, 45, info).expect("plan");
+        let p = Plan::build(&m.spec, &valid, 45, info).expect("plan");
         let by = |n: &str| p.nodes.iter().find(|x| x.name == n).expect("node");
         assert_eq!(by("source").meta.grid(), vec![3, 1, 1]);
         assert_eq!(by("brightness").meta.shape, vec![45]);
@@ -726,8 +631,8 @@ spec:
         };
         let hash = |window, slices, dtype| {
             let m = manifest(window);
-            let order = crate::validate::validate(&m.spec).expect("valid");
-            Plan::build(&m.spec, &order, slices, info(dtype))
+            let valid = crate::validate::validate(&m.spec).expect("valid");
+            Plan::build(&m.spec, &valid, slices, info(dtype))
                 .expect("plan")
                 .hash
         };
@@ -753,13 +658,13 @@ spec:
             "t.yaml",
         )
         .expect("valid manifest");
-        let order = crate::validate::validate(&m.spec).expect("valid spec");
+        let valid = crate::validate::validate(&m.spec).expect("valid spec");
         let info = SliceInfo {
             height: side,
             width: side,
             dtype: DType::Uint16,
         };
-        Plan::build(&m.spec, &order, slices, info).map_err(|e| e.to_string())
+        Plan::build(&m.spec, &valid, slices, info).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -49,12 +49,16 @@ pub fn resolve(
     dims: &[Option<usize>],
     at: &str,
 ) -> Result<Option<Selection>, Vec<SelectProblem>> {
-    Ok(
-        arrayjob_spec::select::resolve(sel, dims, at)?.map(|r| Selection {
+    Ok(arrayjob_spec::select::resolve(sel, dims, at)?.map(Selection::from))
+}
+
+impl From<arrayjob_spec::select::Resolved> for Selection {
+    fn from(r: arrayjob_spec::select::Resolved) -> Selection {
+        Selection {
             indices: r.indices,
             dropped: r.dropped,
-        }),
-    )
+        }
+    }
 }
 
 impl Selection {

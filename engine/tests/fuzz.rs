@@ -667,7 +667,7 @@ fn manifest_case(text: &str) -> Result<(), TestCaseError> {
         let Ok(m) = validate::parse_manifest(text, "fuzz.yaml") else {
             return;
         };
-        let Ok(order) = validate::validate(&m.spec) else {
+        let Ok(valid) = validate::validate(&m.spec) else {
             return;
         };
         // Offline only: the synthetic source (a source read from the network or S3 is validated, not opened).
@@ -677,7 +677,7 @@ fn manifest_case(text: &str) -> Result<(), TestCaseError> {
             .synthetic
             .as_ref()
             .is_some_and(|s| s.slices <= 100_000);
-        if small && let Ok(job) = arrayjob_engine::runner::prepare(m, &order, dir.path()) {
+        if small && let Ok(job) = arrayjob_engine::runner::prepare(m, &valid, dir.path()) {
             let counts = arrayjob_engine::graph::TaskGraph::build(&job.plan)
                 .map(|g| g.task_counts())
                 .unwrap_or_default();

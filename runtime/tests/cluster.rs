@@ -39,8 +39,8 @@ const TOKEN: &str = "runtime-test-token-0123456789";
 
 fn prepared(dir: &Path) -> Prepared {
     let m = arrayjob_engine::validate::parse_manifest(JOB, "job.yaml").expect("manifest");
-    let order = arrayjob_engine::validate::validate(&m.spec).expect("valid");
-    runner::prepare(m, &order, dir).expect("prepare")
+    let valid = arrayjob_engine::validate::validate(&m.spec).expect("valid");
+    runner::prepare(m, &valid, dir).expect("prepare")
 }
 
 fn run_options(out: &Path) -> RunOptions {

@@ -4,7 +4,7 @@
 //! the spec alone: where a slice's size is not known without reading data, the checks that need it are left
 //! to the planner, which runs once the first slice has been read.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::limits;
 use crate::spec::{API_VERSION, ArrayJobManifest, ArrayJobSpec, KIND, SOURCE_INPUT, StageSpec};
@@ -16,16 +16,18 @@ mod outputs;
 mod problem;
 mod source;
 mod stages;
+mod validated;
 
-use self::outputs::check_output;
 pub use self::outputs::{
     DISTRIBUTED_REPORTS, INTERNAL_PREFIX, TIMELINE_HTML, TIMELINE_PNG, WORKERS_REPORT,
     output_path_problem,
 };
 use self::problem::check;
-pub use self::problem::{Problem, ShapeInfo, SpecError};
+pub use self::problem::{AxisChunks, Grid, Problem, ShapeInfo, SpecError};
 use self::source::source_shape;
-use self::stages::stage_shape;
+pub use self::stages::ResolvedOp;
+use self::validated::walk;
+pub use self::validated::{ValidatedSpec, ValidatedStage};
 
 /// Parses a whole `kind: ArrayJob` manifest from YAML text and validates it.
 ///
@@ -81,11 +83,12 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Checks a spec and returns the stages in an order where every input comes before its consumers.
+/// Checks a spec: every problem at once, or the stages in an order where every input comes before its
+/// consumers, each with its op resolved and its result's shape as far as the spec alone tells.
 ///
 /// # Errors
 /// Every problem found, each with its field path.
-pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
+pub fn validate(spec: &ArrayJobSpec) -> Result<ValidatedSpec, Vec<Problem>> {
     let mut p = Vec::new();
     let storage = spec.s3_storage();
     if let Some(st) = storage {
@@ -103,30 +106,13 @@ pub fn validate(spec: &ArrayJobSpec) -> Result<Vec<usize>, Vec<Problem>> {
     }
     let source = source_shape(spec, storage, &mut p);
     let order = stage_order(&spec.stages, &mut p);
-    let mut shapes: HashMap<&str, ShapeInfo> = HashMap::new();
-    if let Some(s) = source {
-        shapes.insert(SOURCE_INPUT, s);
-    }
-    let mut outputs_seen: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(order) = &order {
-        for &i in order {
-            let st = &spec.stages[i];
-            let at = format!("spec.stages[{i}]");
-            let Some(input) = shapes.get(st.input.as_str()).cloned() else {
-                continue;
-            };
-            if let Some(out) = stage_shape(st, &at, &input, &mut p) {
-                if let Some(o) = &st.output {
-                    check_output(o, &at, &st.name, &out, &mut outputs_seen, &mut p);
-                }
-                shapes.insert(st.name.as_str(), out);
-            }
-        }
-    }
-    if p.is_empty() {
-        Ok(order.unwrap_or_default())
-    } else {
-        Err(p)
+    let stages = match &order {
+        Some(order) => walk(spec, source.as_ref(), order, &mut p),
+        None => Vec::new(),
+    };
+    match source {
+        Some(source) if p.is_empty() => Ok(ValidatedSpec { source, stages }),
+        _ => Err(p),
     }
 }
 
@@ -264,7 +250,7 @@ spec:
     #[test]
     fn good_manifest_orders_stages() {
         let m = parse_manifest(GOOD, "job.yaml").expect("valid");
-        assert_eq!(validate(&m.spec).expect("valid"), vec![0, 1, 2, 3]);
+        assert_eq!(validate(&m.spec).expect("valid").order(), vec![0, 1, 2, 3]);
     }
 
     #[test]

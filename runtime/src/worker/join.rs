@@ -129,10 +129,10 @@ pub async fn advertised_address(
 /// Builds the plan from the job description, as the coordinator did.
 pub(super) fn prepare(desc: &JobDescription) -> Result<Prepared, WorkerError> {
     let m = arrayjob_engine::validate::parse_manifest(&desc.manifest, "job manifest")?;
-    let order = arrayjob_engine::validate::validate(&m.spec).map_err(WorkerError::Invalid)?;
+    let valid = arrayjob_engine::validate::validate(&m.spec).map_err(WorkerError::Invalid)?;
     Ok(runner::prepare(
         m,
-        &order,
+        &valid,
         std::path::Path::new(&desc.base_dir),
     )?)
 }

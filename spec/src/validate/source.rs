@@ -9,7 +9,7 @@ use crate::spec::{
 };
 use crate::template::IndexTemplate;
 
-use super::problem::{Problem, ShapeInfo, check};
+use super::problem::{AxisChunks, Problem, ShapeInfo, check};
 
 pub(super) fn source_shape(
     spec: &ArrayJobSpec,
@@ -81,10 +81,13 @@ pub(super) fn source_shape(
     } else {
         None
     };
-    let whole0 = n.is_some_and(|n| per_chunk >= n);
     Some(ShapeInfo {
         dims: vec![n, hw[0], hw[1]],
-        whole: vec![whole0, true, true],
+        chunks: vec![
+            AxisChunks::Len(per_chunk),
+            AxisChunks::Whole,
+            AxisChunks::Whole,
+        ],
         dtype,
     })
 }
