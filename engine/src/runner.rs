@@ -17,7 +17,6 @@ use crate::exec::{ExecOptions, JobProgress, execute};
 use crate::output::OutputError;
 use crate::output::commit::{self, CommitError, Fingerprint, dir as outdir, s3 as publish};
 use crate::output::zarr::ArrayPlace;
-use crate::s3::ledger::Ledger;
 use crate::s3::objects::{S3Location, block};
 use crate::s3::spill::Scratch;
 use crate::store::StoreStats;
@@ -104,6 +103,42 @@ pub trait Executor {
     fn extra_outputs(&mut self, _staging: &Path) -> Result<Vec<OutputRecord>, RunError> {
         Ok(Vec::new())
     }
+
+    /// For a resumable run (`--job-id`, a scratch bucket, outputs on S3): takes the job's record of what a
+    /// killed predecessor made durable (the distributed coordinator's ledger), waiting out a killed owner's
+    /// lease, and says what it holds. `None`: this executor does not resume (the local one runs everything
+    /// again), so the run flow deletes a staging prefix of the same id.
+    ///
+    /// # Errors
+    /// When the record cannot be read or taken (another owner holds it).
+    fn take_resume(
+        &mut self,
+        _job: &Prepared,
+        _scratch: &Scratch,
+        _lease: std::time::Duration,
+    ) -> Result<Option<ResumeFound>, RunError> {
+        Ok(None)
+    }
+
+    /// Empties the record taken by [`Executor::take_resume`]: what it holds cannot be used, the run starts
+    /// over.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    fn reset_resume(&mut self) -> Result<(), RunError> {
+        Ok(())
+    }
+}
+
+/// What an executor's resume record holds (see [`Executor::take_resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFound {
+    /// Whether a killed run wrote anything to it.
+    pub written: bool,
+    /// Whether that was for another plan (its results cannot be used).
+    pub other_plan: bool,
+    /// Where it is, for the log.
+    pub uri: String,
 }
 
 /// The local executor: [`execute`] on `threads` threads of this process.
@@ -277,24 +312,30 @@ fn run_to_s3(
     let run = places.run;
     let lease = publish::lease_of(storage);
     let staged = out.join(&format!("{}{run}", commit::STAGING_PREFIX));
-    // A resumable run owns its job's ledger before anything else: then a lock of its own run id on the
+    // A resumable run owns its job's resume record before anything else: then a lock of its own run id on the
     // location is a killed predecessor's, taken over at once.
-    let ledger = match (&opts.job_id, places.scratch) {
-        (Some(_), Some(scratch)) => Some((take_ledger(job, scratch, lease)?, scratch)),
+    let found = match (&opts.job_id, places.scratch) {
+        (Some(_), Some(scratch)) => executor
+            .take_resume(job, scratch, lease)?
+            .map(|f| (f, scratch)),
         _ => None,
     };
     let lock = publish::S3OutLock::acquire(&bucket, out, run, lease)?;
     // An interrupted publish is finished first: only then is it known whether this job's staging still stands.
     publish::clean(&bucket, out, &lock, Some(&staged.prefix))?;
-    let mut ledger = match ledger {
-        Some((l, scratch)) => match settle_ledger(job, run, l, scratch, &bucket, out)? {
-            Settled::Resume(l) => Some(*l),
-            Settled::Published(summary) => return Ok(*summary),
-        },
-        None => None,
-    };
-    if ledger.is_none() && opts.job_id.is_some() {
-        // No ledger (no `storage.s3`): a staging prefix of this id is a killed run's, not to be resumed.
+    let resumable = found.is_some();
+    if let Some((found, scratch)) = found {
+        let place = Place {
+            run,
+            bucket: &bucket,
+            out,
+            scratch,
+        };
+        if let Some(summary) = settle_resume(job, &place, &found, executor)? {
+            return Ok(summary);
+        }
+    } else if opts.job_id.is_some() {
+        // Nothing resumes (no `storage.s3`, or a local run): a staging prefix of this id is a killed run's.
         let (b, p) = (bucket.clone(), staged.prefix.clone());
         block(async move { publish::delete_staging(&b, &p).await })?;
     }
@@ -306,9 +347,7 @@ fn run_to_s3(
         bucket: bucket.clone(),
         prefix: staged.prefix.clone(),
     };
-    let mut outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
-    outputs.set_ledger(ledger.take().map(std::sync::Arc::new));
-    let resumable = outputs.ledger().is_some();
+    let outputs = Outputs::create(job, root, local.path(), places.scratch.cloned())?;
     let result = execute_into(
         job,
         run,
@@ -345,60 +384,49 @@ fn run_to_s3(
     result
 }
 
-/// Takes the job's ledger (waiting for a killed coordinator's lease to run out) and reads it.
-fn take_ledger(
-    job: &Prepared,
-    scratch: &Scratch,
-    lease: std::time::Duration,
-) -> Result<Ledger, RunError> {
-    let owner = format!("coordinator-{}", run_id());
-    Ok(Ledger::open(
-        scratch,
-        &job.plan.hash.to_string(),
-        &owner,
-        lease,
-    )?)
+/// Where a resumable run publishes: its run id, the output location and the job's scratch.
+struct Place<'a> {
+    run: &'a str,
+    bucket: &'a crate::s3::objects::Bucket,
+    out: &'a S3Location,
+    scratch: &'a Scratch,
 }
 
-/// What a resumable run does with the ledger it found, once the location is clean.
-enum Settled {
-    /// Go on from it (or from nothing, when it was empty or unusable and reset).
-    Resume(Box<Ledger>),
-    /// The job's outputs are published already: the ledger is what a killed run left after its publish.
-    Published(Box<RunSummary>),
-}
-
-/// Decides, with the location locked and any interrupted publish finished, what the ledger is worth:
+/// Decides, with the location locked and any interrupted publish finished, what the resume record found is
+/// worth; the summary to return when there is nothing left to do:
 /// - written, and the location's `summary.json` is this run's (same run id and plan, every output with its
-///   fingerprint): published already;
+///   fingerprint): published already, the summary;
 /// - written for another plan, or its staging prefix lost its marker (deleted, or being deleted, by a publish,
 ///   a failed run's cleanup or `arrayjob gc`): reset, and the staging and exchange emptied: the run starts over;
-/// - otherwise resumed. The staging prefix is marked as the one the ledger describes.
-fn settle_ledger(
+/// - otherwise resumed. The staging prefix is marked as the one the record describes.
+fn settle_resume(
     job: &Prepared,
-    run: &str,
-    mut ledger: Ledger,
-    scratch: &Scratch,
-    bucket: &crate::s3::objects::Bucket,
-    out: &S3Location,
-) -> Result<Settled, RunError> {
+    place: &Place<'_>,
+    found: &ResumeFound,
+    executor: &mut dyn Executor,
+) -> Result<Option<RunSummary>, RunError> {
+    let Place {
+        run,
+        bucket,
+        out,
+        scratch,
+    } = *place;
     let staged = out.join(&format!("{}{run}", commit::STAGING_PREFIX));
-    let state = ledger.found();
-    if state.segments > 0
-        && !state.other_plan
+    if found.written
+        && !found.other_plan
         && let Some(summary) = published_run(bucket, out, run, job)?
     {
         tracing::warn!(location = %out, run, "the job's outputs were published by the run that was interrupted; nothing is left to do");
         let (b, p) = (bucket.clone(), staged.prefix.clone());
         block(async move { publish::delete_staging(&b, &p).await })?;
-        return Ok(Settled::Published(Box::new(summary)));
+        return Ok(Some(summary));
     }
     let marker = staged.key(publish::LEDGER_MARKER);
     let (b, m) = (bucket.clone(), marker.clone());
     let marked = block(async move { b.get_bounded(&m, 1024).await })?.is_some();
-    if state.segments > 0 && (state.other_plan || !marked) {
-        tracing::warn!(ledger = %ledger.uri(), other_plan = state.other_plan, "the job's ledger cannot be used; starting over");
-        ledger.reset()?;
+    if found.written && (found.other_plan || !marked) {
+        tracing::warn!(ledger = %found.uri, other_plan = found.other_plan, "the job's ledger cannot be used; starting over");
+        executor.reset_resume()?;
         let (b, p) = (bucket.clone(), staged.prefix.clone());
         block(async move { publish::delete_staging(&b, &p).await })?;
         let (b, p) = (bucket.clone(), scratch.location.key("exchange/"));
@@ -406,7 +434,7 @@ fn settle_ledger(
     }
     let (b, body) = (bucket.clone(), bytes::Bytes::from_static(b"{}\n"));
     block(async move { b.put(&marker, body).await })?;
-    Ok(Settled::Resume(Box::new(ledger)))
+    Ok(None)
 }
 
 /// The summary at `out` if it is the one run `run` of `job` published and every output it lists still has its

@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 
+use crate::coordinator::ledger::{Ledger, Segment, StoredObject};
 use arrayjob_engine::data::DataKey;
 use arrayjob_engine::error::RunError;
 use arrayjob_engine::graph::TaskId;
-use arrayjob_engine::s3::ledger::{Ledger, Segment, StoredObject};
 use arrayjob_engine::s3::objects::{Bucket, block};
 use arrayjob_engine::schedule::WorkerId;
 

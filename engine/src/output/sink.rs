@@ -18,7 +18,6 @@ use crate::output::commit::Fingerprint;
 use crate::output::plot::PlotSpec;
 use crate::output::zarr::{ArrayPlace, ZarrOptions, ZarrWriter};
 use crate::plan::Plan;
-use crate::s3::ledger::Ledger;
 use crate::s3::spill::Scratch;
 
 /// One output file of a run.
@@ -297,8 +296,6 @@ pub struct Outputs {
     zarr_root: ArrayPlace,
     /// The run's scratch prefix on S3 (with `spec.storage.s3`).
     scratch: Option<Scratch>,
-    /// The run's ledger, when it can resume (`--job-id` with outputs on S3).
-    ledger: Option<std::sync::Arc<Ledger>>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -428,7 +425,6 @@ impl Outputs {
             staging: staging.to_path_buf(),
             zarr_root,
             scratch,
-            ledger: None,
         })
     }
 
@@ -504,16 +500,6 @@ impl Outputs {
                 ),
             }),
         }
-    }
-
-    /// Gives the run's ledger to the outputs (a resumable run), for the executor to find.
-    pub fn set_ledger(&mut self, ledger: Option<std::sync::Arc<Ledger>>) {
-        self.ledger = ledger;
-    }
-
-    /// The run's ledger, when it can resume.
-    pub fn ledger(&self) -> Option<&std::sync::Arc<Ledger>> {
-        self.ledger.as_ref()
     }
 
     /// The run's scratch prefix on S3, when the job has `spec.storage.s3`.

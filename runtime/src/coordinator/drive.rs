@@ -5,11 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::ledger::Ledger;
 use arrayjob_engine::data::Data;
 use arrayjob_engine::exec::{ExecError, JobProgress, NodeSnapshot};
 use arrayjob_engine::plan::Plan;
 use arrayjob_engine::runner::{Outputs, RunError};
-use arrayjob_engine::s3::ledger::Ledger;
 use arrayjob_engine::schedule::Scheduler;
 
 use super::error::CoordinatorError;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrayjob_engine::s3::ledger::GatheredBlock;
+use super::ledger::GatheredBlock;
 use arrayjob_engine::schedule::WorkerId;
 use axum::Router;
 use axum::body::Bytes;

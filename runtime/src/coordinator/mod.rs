@@ -8,11 +8,13 @@
 //! commit as a local one. Its parts: `options` (how it runs), `state` (what it knows of the job and its
 //! workers), `routing` (the scheduler's actions to the workers' mailboxes, their reports to the scheduler),
 //! `drive` (its own loop), `http` (the endpoints), `report`
-//! (`workers.json` and the timeline), `local` (worker processes started on this machine) and `error`.
+//! (`workers.json` and the timeline), `local` (worker processes started on this machine), `ledger` (what a
+//! resumable run records so that a restarted coordinator goes on where a killed one stopped) and `error`.
 
 mod drive;
 mod error;
 mod http;
+pub mod ledger;
 mod local;
 mod options;
 mod report;
@@ -26,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use arrayjob_engine::exec::JobProgress;
 use arrayjob_engine::graph::TaskGraph;
-use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, RunError};
+use arrayjob_engine::runner::{self, OutputRecord, Outputs, Prepared, ResumeFound, RunError};
+use arrayjob_engine::s3::spill::Scratch;
 use arrayjob_engine::schedule::Scheduler;
 use arrayjob_engine::store::StoreStats;
 
@@ -42,6 +45,7 @@ pub use arrayjob_spec::progress::{
 
 use self::drive::{drive, resume, tell_workers_over};
 use self::http::{dialable, serve};
+use self::ledger::Ledger;
 use self::local::LocalWorkers;
 use self::state::{CoordShared, final_report};
 use crate::exchange::StoreBook;
@@ -52,12 +56,18 @@ use crate::protocol::JobDescription;
 pub struct Coordinator {
     opts: CoordinatorOptions,
     report: Option<DistributedReport>,
+    /// The job's ledger, once taken (a resumable run).
+    ledger: Option<Ledger>,
 }
 
 impl Coordinator {
     /// A coordinator with these options.
     pub fn new(opts: CoordinatorOptions) -> Coordinator {
-        Coordinator { opts, report: None }
+        Coordinator {
+            opts,
+            report: None,
+            ledger: None,
+        }
     }
 
     /// Bytes each local worker spills to its disk before the job's S3 scratch takes the rest.
@@ -130,7 +140,7 @@ impl Coordinator {
         sched_opts.exchange_store =
             job.manifest.spec.exchange == Some(arrayjob_engine::spec::Exchange::S3);
         let mut sched = Scheduler::new(graph, sched_opts);
-        let ledger = outputs.ledger().cloned();
+        let ledger = self.ledger.take().map(Arc::new);
         let scratch = outputs.scratch();
         let mut book = StoreBook::new(
             scratch.map_or_else(String::new, |s| {
@@ -198,5 +208,30 @@ impl runner::Executor for Coordinator {
             Some(r) => Ok(report::write_reports(r, staging)?),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn take_resume(
+        &mut self,
+        job: &Prepared,
+        scratch: &Scratch,
+        lease: Duration,
+    ) -> Result<Option<ResumeFound>, RunError> {
+        let owner = format!("coordinator-{}", runner::run_id());
+        let ledger = Ledger::open(scratch, &job.plan.hash.to_string(), &owner, lease)?;
+        let state = ledger.found();
+        let found = ResumeFound {
+            written: state.segments > 0,
+            other_plan: state.other_plan,
+            uri: ledger.uri(),
+        };
+        self.ledger = Some(ledger);
+        Ok(Some(found))
+    }
+
+    fn reset_resume(&mut self) -> Result<(), RunError> {
+        if let Some(l) = &mut self.ledger {
+            l.reset()?;
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use arrayjob_engine::s3::ledger::StoredObject;
+use super::ledger::StoredObject;
 use arrayjob_engine::schedule::{Action, WorkerId};
 
 use super::report::{Event, Span};

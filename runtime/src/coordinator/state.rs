@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::ledger::Ledger;
 use arrayjob_auth::Guard;
 use arrayjob_engine::exec::NodeSnapshot;
 use arrayjob_engine::graph::TaskKind;
 use arrayjob_engine::plan::{Plan, unlinear};
-use arrayjob_engine::s3::ledger::Ledger;
 use arrayjob_engine::s3::objects::{Bucket, S3Counters};
 use arrayjob_engine::schedule::{Scheduler, WorkerId};
 use arrayjob_engine::store::StoreStats;

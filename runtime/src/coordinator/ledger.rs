@@ -13,7 +13,7 @@
 //!
 //! The ledger only says what is durable; the scheduler decides what to run again ([`Scheduler::restore`]).
 //!
-//! [`Scheduler::restore`]: crate::schedule::Scheduler::restore
+//! [`Scheduler::restore`]: arrayjob_engine::schedule::Scheduler::restore
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +23,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::S3Error;
-use super::objects::{Bucket, CondPut, S3Location, block};
-use super::spill::Scratch;
-use crate::data::DataKey;
-use crate::graph::TaskId;
-use crate::output::commit::CommitError;
-use crate::output::commit::s3::S3OutLock;
+use arrayjob_engine::data::DataKey;
+use arrayjob_engine::graph::TaskId;
+use arrayjob_engine::output::commit::CommitError;
+use arrayjob_engine::output::commit::s3::S3OutLock;
+use arrayjob_engine::s3::S3Error;
+use arrayjob_engine::s3::objects::{Bucket, CondPut, S3Location, block};
+use arrayjob_engine::s3::spill::Scratch;
 
 /// An object of the exchange: the frames of `keys`, in this order (a fetch answer's bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,7 +279,7 @@ impl Ledger {
 }
 
 /// Largest ledger segment read back (a segment holds ~50 ms of news: far less).
-const MAX_SEGMENT_BYTES: u64 = crate::output::commit::MAX_RECORD_BYTES;
+const MAX_SEGMENT_BYTES: u64 = arrayjob_engine::output::commit::MAX_RECORD_BYTES;
 /// Largest gathered block read back: a block of an image, CSV or plot of a small output.
 const MAX_GATHERED_BYTES: u64 = 1 << 30;
 
