@@ -209,7 +209,12 @@ fn window_larger_than_the_slices_is_named() {
         "{files: {pattern: \"s{index}.png\", start: 0, stop: 5}}",
         stages,
     );
-    fails_with(d.path(), &t, &["spec.stages[0].recenter.window", "30x40"]);
+    // Known once slice 0 is read: refused by the same rule as a declared slice shape, with its message.
+    fails_with(
+        d.path(),
+        &t,
+        &["spec.stages[0].recenter.window[0]: 31 rows do not fit in slices of 30 rows"],
+    );
 }
 
 /// A loopback HTTP server over a directory; `fail` maps a path to statuses answered before the real file.
