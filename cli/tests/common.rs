@@ -4,6 +4,31 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// One test of this binary at a time, for tests that start several processes or watch timing on two cores.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `img` encoded as PNG.
+pub fn png_bytes(img: impl Into<image::DynamicImage>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    img.into()
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .expect("encode png");
+    bytes
+}
+
+/// Slice `i` of the S3 tests' stacks: a `side x side` uint8 PNG whose pixels depend on `i`, row and column.
+pub fn slice_png(i: usize, side: u32) -> Vec<u8> {
+    png_bytes(image::GrayImage::from_fn(side, side, |c, r| {
+        image::Luma([((i as u32 * 37 + r * 5 + c * 3 + (r * c) % 13) % 253) as u8])
+    }))
+}
+
 /// Repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -12,13 +12,8 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// One distributed run at a time: each starts several processes, and on a 2-core machine nine of them at
-/// once would starve heartbeats and make loss detection a matter of luck.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// One distributed run at a time (`serial()`): each starts several processes, and on a 2-core machine nine of
+// them at once would starve heartbeats and make loss detection a matter of luck.
 
 /// The post's pipeline on a synthetic stack: 60 loads of 5 slices, means, recentering, the exchange into
 /// per-pixel series, and the power spectrum as Zarr and a plot.

@@ -47,7 +47,7 @@ fn bench() -> &'static Bench {
         let s3 = server.endpoint();
         s3_create_bucket(s3, BUCKET);
         for i in 0..SLICES {
-            s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &png(i));
+            s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &slice_png(i, 128));
         }
         let proxy = FaultProxy::start(&s3.endpoint).unwrap_or_else(|e| panic!("proxy: {e}"));
         Bench { server, proxy }
@@ -56,25 +56,6 @@ fn bench() -> &'static Bench {
 
 fn proxy() -> &'static FaultProxy {
     &bench().proxy
-}
-
-/// One run at a time: the proxy has one trigger.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn png(i: usize) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(128, 128, |c, r| {
-        image::Luma([((i as u32 * 37 + r * 5 + c * 3 + (r * c) % 13) % 253) as u8])
-    });
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    bytes
 }
 
 /// The job, reading its slices through the proxy. `previous`: the variant a location holds before the run

@@ -30,13 +30,7 @@ fn pixel(i: usize, r: u32, c: u32) -> u16 {
 fn png(i: usize) -> Vec<u8> {
     let img: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
         image::ImageBuffer::from_fn(COLS, ROWS, |c, r| image::Luma([pixel(i, r, c)]));
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    bytes
+    png_bytes(img)
 }
 
 /// The server of this test binary, with the stack uploaded once.

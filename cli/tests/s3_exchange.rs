@@ -31,30 +31,11 @@ fn server() -> &'static S3Endpoint {
             let s3 = server.endpoint();
             s3_create_bucket(s3, BUCKET);
             for i in 0..SLICES {
-                s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &png(i));
+                s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &slice_png(i, 256));
             }
             server
         })
         .endpoint()
-}
-
-/// One run at a time: the kill tests watch timing on two cores.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn png(i: usize) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(256, 256, |c, r| {
-        image::Luma([((i as u32 * 37 + r * 5 + c * 3 + (r * c) % 13) % 253) as u8])
-    });
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    bytes
 }
 
 /// The job: named `name`, with the given `exchange`; leases of 5 s so a killed coordinator's expire soon. The

@@ -16,16 +16,9 @@ const SLICES: usize = 40;
 
 /// Slice `i`: 8-bit, 96 x 80, different in every slice.
 fn png(i: usize) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(80, 96, |c, r| {
+    png_bytes(image::GrayImage::from_fn(80, 96, |c, r| {
         image::Luma([((i as u32 * 31 + r * 7 + c * 3 + (r * c) % 11) % 251) as u8])
-    });
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    bytes
+    }))
 }
 
 fn setup(s3: &S3Endpoint) {

@@ -16,14 +16,7 @@ use std::sync::{Arc, Mutex};
 type Seen = Arc<Mutex<HashMap<String, usize>>>;
 
 fn png(value: u8) -> Vec<u8> {
-    let img = image::GrayImage::from_pixel(3, 2, image::Luma([value]));
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .expect("encode png");
-    bytes
+    png_bytes(image::GrayImage::from_pixel(3, 2, image::Luma([value])))
 }
 
 fn error_xml(code: &str) -> Vec<u8> {

@@ -33,6 +33,8 @@ spec:
   - {{name: pixel, input: picked, select: [{{axis: 0, index: 2}}, {{axis: 1, index: 3}}], output: {{csv: pixel.csv}}}}
   - {{name: recentered, input: source, recenter: {{window: [32, 24]}}}}
   - {{name: rrow, input: recentered, select: [{{axis: 0, indices: [4, 5, 40]}}], output: {{montage: {{file: rrow.png}}}}}}
+  - {{name: trio, input: source, select: [{{axis: 0, indices: [3, 5, 6]}}]}}
+  - {{name: trio-power, input: trio, fft: {{axis: 0, power: true, dtype: float64}}, output: {{zarr: trio-power.zarr}}}}
 "#
     )
 }
@@ -250,6 +252,11 @@ fn bad_selections_and_outputs_are_refused_naming_the_field() {
             "spec.stages[0].output.value: a value is a single number, but stage 's' is 1-D",
         ),
         (
+            // 30 slices in chunks of 20 (the default): two chunks along the FFT's axis.
+            "  - {name: s, input: source, select: [{axis: 0, stop: 30}]}\n  - {name: f, input: s, fft: {axis: 0}}\n",
+            "spec.stages[1].fft.axis: input 's' is split into several chunks along axis 0",
+        ),
+        (
             "  - {name: s, input: source, select: [{axis: 0, index: 5}]}\n  - {name: r, input: s, recenter: {}}\n",
             "spec.stages[1].recenter: needs a 3-D input (slices along axis 0), but input 's' is 2-D",
         ),
@@ -268,6 +275,13 @@ fn bad_selections_and_outputs_are_refused_naming_the_field() {
     assert!(
         ok,
         "a range's stop is clipped to the axis like NumPy's: {stderr}"
+    );
+    let (ok, stderr) = validate(
+        "  - {name: s, input: source, select: [{axis: 0, start: 3, stop: 200, step: 10}]}\n  - {name: f, input: s, fft: {axis: 0}}\n",
+    );
+    assert!(
+        ok,
+        "20 selected slices in chunks of 20 are one chunk: an FFT along them runs: {stderr}"
     );
 }
 

@@ -14,18 +14,13 @@ use std::time::{Duration, Instant};
 
 use arrayjob_testenv::TestEnv;
 
-const IMAGE: &str = "ghcr.io/arrayjob/arrayjob:dev";
-const OPERATOR_IMAGE: &str = "ghcr.io/arrayjob/arrayjob-operator:dev";
-/// The release namespace of the operator.
-const SYSTEM: &str = "arrayjob-system";
+mod common;
+use common::*;
+
 const BUCKET: &str = "arrayjob-quickstart";
 /// Slices in the bucket. The examples read the first 160; the quickstart test reads them all, so that its
 /// job runs long enough (several seconds) for a worker deleted mid-job to be noticed and replaced.
 const SLICES: usize = 480;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
 
 /// The folder of this build's binaries (`target/release`; with a separate `build-dir` the test executable
 /// itself lives elsewhere).
@@ -33,17 +28,6 @@ fn bin_dir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_arrayjob-operator"))
         .parent()
         .expect("the target folder")
-}
-
-/// A binary built next to the operator's (`cargo test --workspace` builds every package's binaries).
-fn sibling_binary(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build --release -p arrayjob-cli)",
-        p.display()
-    );
-    p
 }
 
 fn png(i: usize) -> Vec<u8> {
@@ -214,9 +198,6 @@ fn install_operator(env: &TestEnv) {
     METRICS_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The operator pods' metrics port (set by [`install_operator`]).
-static METRICS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-
 /// The holder of the operator's leader Lease.
 fn leader(env: &TestEnv) -> String {
     env.kubectl(&[
@@ -246,18 +227,7 @@ async fn operator_metric(env: &TestEnv, pod: &str, name: &str) -> f64 {
             "jsonpath={.status.podIP}",
         ])
         .expect("pod IP");
-    let port = METRICS_PORT.load(std::sync::atomic::Ordering::Relaxed);
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(format!("http://{}:{port}/metrics", ip.trim()))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = operator_metrics(&ip).await.expect("scrape");
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in the metrics of {pod}:\n{text}"))
@@ -289,56 +259,6 @@ fn event_reasons(env: &TestEnv, ns: &str, name: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// The logs of the operator pods.
-fn operator_log(env: &TestEnv) -> String {
-    let mut out = String::new();
-    for p in pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob") {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        out += &format!(
-            "--- {name}\n{}\n",
-            env.pod_log(SYSTEM, name, "operator").unwrap_or_default()
-        );
-    }
-    out
-}
-
-fn get_job(env: &TestEnv, ns: &str, name: &str) -> serde_json::Value {
-    let text = env
-        .kubectl(&["get", "arrayjob", name, "-n", ns, "-o", "json"])
-        .expect("get");
-    serde_json::from_str(&text).expect("json")
-}
-
-/// Polls the job until `when` holds.
-fn wait_job(
-    env: &TestEnv,
-    ns: &str,
-    name: &str,
-    secs: u64,
-    when: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let j = get_job(env, ns, name);
-        if when(&j) {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out; job is {}",
-            j["status"]
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn condition<'a>(j: &'a serde_json::Value, t: &str) -> Option<&'a serde_json::Value> {
-    j["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == t)
 }
 
 /// `arrayjob run` of the same job on this machine, outputs to a local directory.
@@ -414,14 +334,6 @@ fn label_for_arrayjob(env: &TestEnv, ns: &str, secret: &str) {
     .expect("label the secret");
 }
 
-fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<serde_json::Value> {
-    let text = env
-        .kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])
-        .expect("pods");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_runs_bytes()
 -> anyhow::Result<()> {
@@ -440,7 +352,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // A worker pod deleted while the job runs is replaced (and counted).
     let deadline = Instant::now() + Duration::from_secs(120);
     let ready = loop {
-        let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker")
+        let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker").expect("pods")
             .iter()
             .filter(|p| {
                 p["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -518,7 +430,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // The worker is deleted as soon as the coordinator has answered (it exits with the job), well before
     // the job can end.
     env.kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
-    let running = get_job(env, &ns, "quick");
+    let running = get_job(env, &ns, "quick").expect("the job");
     assert_ne!(
         running["status"]["phase"], "Succeeded",
         "the job ended before the worker was deleted"
@@ -544,7 +456,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         assert!(table.contains(col), "{table}");
     }
     // Two operator replicas: the one holding the Lease reconciles, the other waits.
-    let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob")
+    let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob").expect("pods")
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
@@ -593,7 +505,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         &ns,
         "--timeout=240s",
     ]);
-    let j = get_job(env, &ns, "quick");
+    let j = get_job(env, &ns, "quick").expect("the job");
     let log = operator_log(env);
     assert!(
         wait.is_ok(),
@@ -681,7 +593,7 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // Deleting the job removes its pods and keeps its outputs.
     env.kubectl(&["delete", "arrayjob", "quick", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(env, &ns, "arrayjob.dev/job=quick").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=quick").expect("pods").is_empty() {
         assert!(Instant::now() < deadline, "pods left behind");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -724,7 +636,7 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
         )
     });
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&axis))?;
-    let j = wait_job(env, &ns, "axis", 60, |j| j["status"]["phase"] == "Failed");
+    let j = wait_job(env, &ns, "axis", 60, |j| j["status"]["phase"] == "Failed").expect("the job");
     let c = condition(&j, "Failed").expect("Failed condition");
     assert_eq!(c["reason"], "InvalidSpec");
     assert!(
@@ -735,7 +647,7 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
         "{c}"
     );
     assert!(
-        pods(env, &ns, "arrayjob.dev/job=axis").is_empty(),
+        pods(env, &ns, "arrayjob.dev/job=axis").expect("pods").is_empty(),
         "pods for an invalid job"
     );
 
@@ -749,7 +661,7 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
     let j = wait_job(env, &ns, "stuck", 60, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    });
+    }).expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "Unschedulable");
     assert!(
@@ -776,7 +688,7 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     }
     env.kubectl(&["delete", "arrayjob", "stuck", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(env, &ns, "arrayjob.dev/job=stuck").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=stuck").expect("pods").is_empty() {
         assert!(Instant::now() < deadline, "pods left behind");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -805,7 +717,7 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&missing))?;
     let j = wait_job(env, &ns, "pull", 60, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    });
+    }).expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "ImagePullFailed", "{c}");
     assert!(
@@ -851,7 +763,7 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&denied))?;
     let j = wait_job(env, &ns, "denied", 120, |j| {
         j["status"]["phase"] == "Failed"
-    });
+    }).expect("the job");
     let c = condition(&j, "Failed").expect("Failed");
     assert_eq!(c["reason"], "S3AccessDenied", "{c}");
     assert!(
@@ -887,7 +799,7 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
     let j = wait_job(env, &ns, "idle", 120, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    });
+    }).expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "ProgressDeadlineExceeded", "{c}");
     assert!(
@@ -1086,7 +998,7 @@ async fn a_worker_over_its_memory_limit_is_oom_killed_and_the_job_completes_with
         &ns,
         "--timeout=240s",
     ]);
-    let j = get_job(env, &ns, "oom");
+    let j = get_job(env, &ns, "oom").expect("the job");
     assert!(
         wait.is_ok(),
         "not Complete: {}\n{wait:?}\noperator log:\n{}",

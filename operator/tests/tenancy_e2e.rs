@@ -21,42 +21,15 @@ use anyhow::{Context, Result, bail};
 use arrayjob_testenv::{S3Server, TestEnv};
 use serde_json::Value;
 
-const IMAGE: &str = "ghcr.io/arrayjob/arrayjob:dev";
-const OPERATOR_IMAGE: &str = "ghcr.io/arrayjob/arrayjob-operator:dev";
+mod common;
+use common::*;
+
 /// Images of the fake coordinators (allowed by the policy: `ghcr.io/arrayjob/*`).
 const HUGE_TIME_IMAGE: &str = "ghcr.io/arrayjob/hostile-time:dev";
 const ENDLESS_IMAGE: &str = "ghcr.io/arrayjob/hostile-endless:dev";
-const SYSTEM: &str = "arrayjob-system";
 const BUCKET: &str = "arrayjob-tenancy";
 /// The operator's cleanup settings in this file's install.
 const MAX_ATTEMPTS: u32 = 5;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
-
-/// A binary built next to this test's (`cargo build --release -p arrayjob-cli`).
-fn sibling_binary(name: &str) -> PathBuf {
-    // Next to this test's directory (`target/release/deps/..`), or in `$CARGO_TARGET_DIR/release` when the
-    // build directory is elsewhere (`CARGO_BUILD_BUILD_DIR`).
-    let exe = std::env::current_exe().expect("test exe");
-    let mut candidates: Vec<PathBuf> = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .into_iter()
-        .collect();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("release").join(name));
-    }
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!("{name} is missing in {candidates:?}: build it first (cargo build --release -p arrayjob-cli)")
-        })
-}
 
 /// A Python 3 for the fake coordinators: `ARRAYJOB_PYTHON` (scripts/setup-python.sh) or the system's.
 fn python() -> PathBuf {
@@ -124,9 +97,6 @@ http.server.ThreadingHTTPServer((host, int(port)), Answer).serve_forever()
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
-
-/// The operator's metrics port (set by [`install`]).
-static METRICS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 /// The CRD, the bucket, the image map and `helm install` of the chart (once per test binary).
 async fn install(env: &TestEnv) -> Result<()> {
@@ -199,22 +169,6 @@ async fn install(env: &TestEnv) -> Result<()> {
     Ok(())
 }
 
-fn operator_pods(env: &TestEnv) -> Vec<Value> {
-    pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob")
-}
-
-fn operator_log(env: &TestEnv) -> String {
-    let mut out = String::new();
-    for p in operator_pods(env) {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        out += &format!(
-            "--- {name}\n{}\n",
-            env.pod_log(SYSTEM, name, "operator").unwrap_or_default()
-        );
-    }
-    out
-}
-
 /// The sum of the operator's metric `name` (all label sets whose text contains `labels`).
 async fn operator_metric(env: &TestEnv, name: &str, labels: &str) -> Result<f64> {
     let pod = operator_pods(env)
@@ -225,15 +179,7 @@ async fn operator_metric(env: &TestEnv, name: &str, labels: &str) -> Result<f64>
         .as_str()
         .context("pod IP")?
         .to_owned();
-    let port = METRICS_PORT.load(std::sync::atomic::Ordering::Relaxed);
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()?
-        .get(format!("http://{ip}:{port}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = operator_metrics(&ip).await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))
@@ -241,20 +187,12 @@ async fn operator_metric(env: &TestEnv, name: &str, labels: &str) -> Result<f64>
         .sum())
 }
 
-fn pods(env: &TestEnv, ns: &str, selector: &str) -> Vec<Value> {
-    env.kubectl(&["get", "pods", "-n", ns, "-l", selector, "-o", "json"])
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v["items"].as_array().cloned())
-        .unwrap_or_default()
-}
-
 /// Whether the pods matching `selector` are all gone within `secs` (the garbage collector removes a deleted
 /// job's pods after the job, and each pod only once its process has stopped).
 fn pods_gone(env: &TestEnv, ns: &str, selector: &str, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if pods(env, ns, selector).is_empty() {
+        if pods(env, ns, selector).is_ok_and(|p| p.is_empty()) {
             return true;
         }
         if Instant::now() > deadline {
@@ -262,45 +200,6 @@ fn pods_gone(env: &TestEnv, ns: &str, selector: &str, secs: u64) -> bool {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn get_job(env: &TestEnv, ns: &str, name: &str) -> Option<Value> {
-    let text = env
-        .kubectl(&["get", "arrayjob", name, "-n", ns, "-o", "json"])
-        .ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Polls the job until `when` holds (the job may be gone: `Value::Null`).
-fn wait_job(
-    env: &TestEnv,
-    ns: &str,
-    name: &str,
-    secs: u64,
-    when: impl Fn(&Value) -> bool,
-) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let j = get_job(env, ns, name).unwrap_or(Value::Null);
-        if when(&j) {
-            return Ok(j);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out after {secs} s; job {name} is {}\n{}",
-                j["status"],
-                operator_log(env)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn condition<'a>(j: &'a Value, t: &str) -> Option<&'a Value> {
-    j["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == t)
 }
 
 fn is_true(j: &Value, t: &str) -> bool {
@@ -465,7 +364,7 @@ async fn wait_scratch(
         .as_str()
         .context("uid")?
         .replace('-', "");
-    let coordinator = pods(env, ns, "arrayjob.dev/role=coordinator")
+    let coordinator = pods(env, ns, "arrayjob.dev/role=coordinator")?
         .into_iter()
         .find(|p| {
             p["spec"]["containers"][0]["args"]
@@ -698,7 +597,7 @@ async fn the_policy_refuses_an_image_a_service_account_a_secret_and_a_toleration
         );
         assert!(msg.contains(want), "{name}: {msg}");
         assert!(
-            pods(env, &ns, &format!("arrayjob.dev/job={name}")).is_empty(),
+            pods(env, &ns, &format!("arrayjob.dev/job={name}"))?.is_empty(),
             "pods for the refused {name}"
         );
         let note = wait_event(env, &ns, name, "PolicyViolation", 20)?;

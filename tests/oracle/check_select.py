@@ -106,6 +106,10 @@ def main():
     recentered = np.stack([recenter(stack[i], 32, 24) for i in [4, 5, 40]])
     check("recentered montage labelled with source indices", read_png(out, "rrow.png"), montage(recentered, [4, 5, 40], 3), 0)
 
+    trio = stack[[3, 5, 6]].astype(np.float64)
+    check("power spectrum of a select that is one chunk along the FFT's axis", read_zarr(out, "trio-power.zarr"),
+          np.abs(np.fft.fft(trio, axis=0)) ** 2, 1e-9, 1e-6)
+
     failed = 0
     for name, ok, msg in checks:
         print("%s %s: %s" % ("ok  " if ok else "FAIL", name, msg))
