@@ -47,7 +47,12 @@ fn bench() -> &'static Bench {
         let s3 = server.endpoint();
         s3_create_bucket(s3, BUCKET);
         for i in 0..SLICES {
-            s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &slice_png(i, 128));
+            s3_put(
+                s3,
+                BUCKET,
+                &format!("slices/{i:03}.png"),
+                &slice_png(i, 128),
+            );
         }
         let proxy = FaultProxy::start(&s3.endpoint).unwrap_or_else(|e| panic!("proxy: {e}"));
         Bench { server, proxy }

@@ -31,7 +31,12 @@ fn server() -> &'static S3Endpoint {
             let s3 = server.endpoint();
             s3_create_bucket(s3, BUCKET);
             for i in 0..SLICES {
-                s3_put(s3, BUCKET, &format!("slices/{i:03}.png"), &slice_png(i, 256));
+                s3_put(
+                    s3,
+                    BUCKET,
+                    &format!("slices/{i:03}.png"),
+                    &slice_png(i, 256),
+                );
             }
             server
         })

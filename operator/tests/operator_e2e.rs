@@ -352,7 +352,8 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // A worker pod deleted while the job runs is replaced (and counted).
     let deadline = Instant::now() + Duration::from_secs(120);
     let ready = loop {
-        let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker").expect("pods")
+        let ready: Vec<String> = pods(env, &ns, "arrayjob.dev/role=worker")
+            .expect("pods")
             .iter()
             .filter(|p| {
                 p["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -456,7 +457,8 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
         assert!(table.contains(col), "{table}");
     }
     // Two operator replicas: the one holding the Lease reconciles, the other waits.
-    let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob").expect("pods")
+    let operators: Vec<String> = pods(env, SYSTEM, "app.kubernetes.io/name=arrayjob")
+        .expect("pods")
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
@@ -593,7 +595,10 @@ async fn the_quickstart_runs_to_complete_on_three_worker_pods_with_the_local_run
     // Deleting the job removes its pods and keeps its outputs.
     env.kubectl(&["delete", "arrayjob", "quick", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(env, &ns, "arrayjob.dev/job=quick").expect("pods").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=quick")
+        .expect("pods")
+        .is_empty()
+    {
         assert!(Instant::now() < deadline, "pods left behind");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -647,7 +652,9 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
         "{c}"
     );
     assert!(
-        pods(env, &ns, "arrayjob.dev/job=axis").expect("pods").is_empty(),
+        pods(env, &ns, "arrayjob.dev/job=axis")
+            .expect("pods")
+            .is_empty(),
         "pods for an invalid job"
     );
 
@@ -661,7 +668,8 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
     let j = wait_job(env, &ns, "stuck", 60, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    }).expect("the job");
+    })
+    .expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "Unschedulable");
     assert!(
@@ -688,7 +696,10 @@ async fn a_refused_spec_and_an_unschedulable_worker_say_why() -> anyhow::Result<
     }
     env.kubectl(&["delete", "arrayjob", "stuck", "-n", &ns, "--timeout=60s"])?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !pods(env, &ns, "arrayjob.dev/job=stuck").expect("pods").is_empty() {
+    while !pods(env, &ns, "arrayjob.dev/job=stuck")
+        .expect("pods")
+        .is_empty()
+    {
         assert!(Instant::now() < deadline, "pods left behind");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -717,7 +728,8 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&missing))?;
     let j = wait_job(env, &ns, "pull", 60, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    }).expect("the job");
+    })
+    .expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "ImagePullFailed", "{c}");
     assert!(
@@ -763,7 +775,8 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&denied))?;
     let j = wait_job(env, &ns, "denied", 120, |j| {
         j["status"]["phase"] == "Failed"
-    }).expect("the job");
+    })
+    .expect("the job");
     let c = condition(&j, "Failed").expect("Failed");
     assert_eq!(c["reason"], "S3AccessDenied", "{c}");
     assert!(
@@ -799,7 +812,8 @@ async fn a_missing_image_refused_s3_keys_and_no_progress_each_say_why() -> anyho
     env.kubectl_with_input(&["apply", "-n", &ns, "-f", "-"], Some(&stuck))?;
     let j = wait_job(env, &ns, "idle", 120, |j| {
         condition(j, "Stalled").is_some_and(|c| c["status"] == "True")
-    }).expect("the job");
+    })
+    .expect("the job");
     let c = condition(&j, "Stalled").expect("Stalled");
     assert_eq!(c["reason"], "ProgressDeadlineExceeded", "{c}");
     assert!(
