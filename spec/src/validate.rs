@@ -1,8 +1,9 @@
 //! Reading a manifest and checking a spec before anything runs.
 //!
 //! Validation reports every problem at once, each with the field path and what was expected. It works on
-//! the spec alone: where a slice's size is not known without reading data, the checks that need it are left
-//! to the planner, which runs once the first slice has been read.
+//! the spec alone and returns a [`ValidatedSpec`]; where a length is not known without reading data, the
+//! checks that need it run again, with the same code, when the planner binds the validated spec to the data
+//! ([`ValidatedSpec::bind`]) once the first slice has been read.
 
 use std::collections::{HashMap, HashSet};
 
