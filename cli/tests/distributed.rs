@@ -353,19 +353,22 @@ fn a_worker_killed_during_loading_is_recomputed_and_the_bytes_are_the_same() {
 #[test]
 fn a_worker_killed_during_the_exchange_is_recomputed_and_the_bytes_are_the_same() {
     let _serial = serial();
+    // After the last load, in the first half of the merges: every merge left fetches pieces from every
+    // worker. (Before the first merge ended was a window of one merge task, missed in a whole-suite run.)
     survives_a_kill("exchange", Victim::Local, |p| {
         let (loads, total) = stage(p, "source");
-        let (merges, _) = stage(p, "series");
-        total > 0 && loads == total && merges == 0
+        let (merges, merges_total) = stage(p, "series");
+        total > 0 && loads == total && merges < merges_total / 2
     });
 }
 
 #[test]
 fn a_worker_killed_during_the_fft_is_recomputed_and_the_bytes_are_the_same() {
     let _serial = serial();
+    // Merge tasks compute the spectra they paste (the FFT is fused into them): the middle half of them.
     survives_a_kill("fft", Victim::Local, |p| {
         let (merges, total) = stage(p, "series");
-        total > 0 && merges >= 2 && merges < total / 2
+        total > 0 && merges >= total / 4 && merges < total * 3 / 4
     });
 }
 
