@@ -12,7 +12,6 @@ use std::ops::Range;
 use crate::array::{ArrayMeta, Chunk};
 use crate::grid::product;
 use crate::source::{SliceSource, SourceError};
-use crate::spec::AxisSelection;
 
 /// Applies `$body` (an `ArrayD<T>` expression of `$a`) to the array of a [`Chunk`], keeping its type.
 macro_rules! map_chunk {
@@ -38,19 +37,6 @@ pub struct Selection {
 
 // The index rules live with the spec; re-exported at their old paths.
 pub use arrayjob_spec::select::{SelectProblem, resolve_axis};
-
-/// Checks the axes of a selection and resolves every entry against the input's lengths (`None` where unknown),
-/// as [`arrayjob_spec::select::resolve`] does. Returns the selection when every length is known.
-///
-/// # Errors
-/// Every problem found, each with its field path (`{at}.select[k]...`).
-pub fn resolve(
-    sel: &[AxisSelection],
-    dims: &[Option<usize>],
-    at: &str,
-) -> Result<Option<Selection>, Vec<SelectProblem>> {
-    Ok(arrayjob_spec::select::resolve(sel, dims, at)?.map(Selection::from))
-}
 
 impl From<arrayjob_spec::select::Resolved> for Selection {
     fn from(r: arrayjob_spec::select::Resolved) -> Selection {
@@ -246,6 +232,7 @@ mod tests {
     use super::*;
     use crate::array::DType;
     use crate::source::SliceInfo;
+    use crate::spec::AxisSelection;
     use std::sync::Mutex;
 
     /// 10 slices of 2 x 3 whose elements are their slice index; records every read.
@@ -311,9 +298,11 @@ mod tests {
             index: Some(4),
             ..axis(1)
         };
-        let sel = resolve(&[s, one], &[Some(12), Some(5), Some(6)], "at")
-            .expect("valid")
-            .expect("known");
+        let sel: Selection =
+            arrayjob_spec::select::resolve(&[s, one], &[Some(12), Some(5), Some(6)], "at")
+                .expect("valid")
+                .expect("known")
+                .into();
         assert_eq!(sel.dropped, vec![false, true, false]);
         let input = ArrayMeta {
             shape: vec![12, 5, 6],
